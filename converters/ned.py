@@ -1,0 +1,529 @@
+"""Converting NED's pre-generated in silico responses (HDF5 + pickled .npy) to Zarr stores."""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import fcntl
+import hashlib
+import logging
+import multiprocessing
+import os
+import re
+from collections.abc import Iterator, Mapping
+from concurrent.futures import Future, ProcessPoolExecutor, as_completed
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+from tqdm.auto import tqdm
+
+from nest_data import _config
+from nest_data._catalog import Catalog, Entry, catalog as default_catalog
+from nest_data._store import (
+    STAGING_DIR,
+    EntryData,
+    clean_staging,
+    read_store_attrs,
+    store_exists,
+    verify_store,
+    write_entry,
+)
+from nest_data.converters._pickle import load_npy_dict
+from nest_data.errors import ConversionError, SourceFormatError, StoreNotFoundError
+from nest_data.testing import NED_ROOT_NAMES
+
+logger = logging.getLogger("nest_data")
+
+DATASET = "synthetic_neural_responses"
+_FILE_RE = re.compile(
+    r"modality-(?P<modality>[^/]+)/train_dataset-(?P<train_dataset>[^/]+)/model-(?P<model>[^/]+)"
+    r"/imageset-(?P<imageset>[^/]+)/synthetic_neural_responses_sub-(?P<subject>\d+)"
+    r"(?:_roi-(?P<roi>[^/]+))?\.h5$"
+)
+
+__all__ = ["ConversionReport", "SourceEntry", "convert_ned", "discover_ned"]
+
+
+@dataclass(frozen=True)
+class SourceEntry:
+    """One NED entry: its catalog entry and its two source files."""
+
+    entry: Entry
+    h5: Path
+    npy: Path
+
+
+@dataclass
+class ConversionReport:
+    """What :func:`convert_ned` did: entries converted, skipped (already complete), failed."""
+
+    converted: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)
+
+    def __str__(self) -> str:
+        return (f"{len(self.converted)} converted, {len(self.skipped)} already complete, "
+                f"{len(self.failed)} failed")
+
+
+def discover_ned(
+    src: str | os.PathLike[str], *, catalog: Catalog | None = None, **keys: Any
+) -> list[SourceEntry]:
+    """Find the entries of a NED folder, optionally filtered by catalog keys.
+
+    ``src`` may be the folder that holds ``pregenerated_insilico_neural_responses/`` or
+    ``synthetic_neural_responses/`` (NED used both names), or one of those folders itself.
+
+    Parameters
+    ----------
+    src : path
+        The NED folder.
+    catalog : Catalog, optional
+        Catalog that validates keys and gives store paths.
+    **keys
+        Filters: ``modality, train_dataset, model, imageset, subject, roi`` (scalars or lists).
+
+    Returns
+    -------
+    list of SourceEntry
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> from nest_data.testing import write_ned
+    >>> from nest_data.converters import discover_ned
+    >>> ned = write_ned(tempfile.mkdtemp(), modalities=["eeg"], subjects=[1, 2],
+    ...                 imagesets=["things"], n_images=4, show_progress=False)
+    >>> [s.entry.subject for s in discover_ned(ned.parent)]
+    [1, 2]
+    """
+    cat = catalog or default_catalog()
+    wanted = {(e.modality, e.train_dataset, e.model, e.imageset, e.subject, e.roi)
+              for e in cat.search(**keys)}
+    found: dict[tuple[Any, ...], SourceEntry] = {}
+    roots = _ned_roots(Path(src))
+    for root in roots:
+        for h5 in sorted(root.glob("modality-*/train_dataset-*/model-*/imageset-*/*.h5")):
+            match = _FILE_RE.search(h5.relative_to(root).as_posix())
+            if match is None:
+                continue
+            g = match.groupdict()
+            key = (g["modality"], g["train_dataset"], g["model"], g["imageset"],
+                   int(g["subject"]), g["roi"])
+            if key not in wanted or key in found:
+                continue
+            entry = cat.resolve(**dict(zip(("modality", "train_dataset", "model", "imageset",
+                                            "subject", "roi"), key, strict=True)))
+            npy = h5.with_name(h5.name.replace(DATASET + "_", DATASET + "_metadata_")
+                               ).with_suffix(".npy")
+            found[key] = SourceEntry(entry, h5, npy)
+    if not found:
+        filters = ", ".join(f"{k}={v!r}" for k, v in keys.items() if v is not None) or "none"
+        raise ConversionError(
+            f"no NED response files under {src} match the filters ({filters}). Looked in "
+            f"{', '.join(str(r) for r in roots) or src} for modality-*/train_dataset-*/model-*/"
+            "imageset-*/synthetic_neural_responses_sub-XX[_roi-ROI].h5. Check SRC (the folder "
+            f"holding {' or '.join(NED_ROOT_NAMES)}) and the filters."
+        )
+    return sorted(found.values(), key=lambda s: s.entry.path)
+
+
+def _ned_roots(src: Path) -> list[Path]:
+    if not src.is_dir():
+        raise ConversionError(f"NED source folder {src} does not exist or is not a folder")
+    if any(src.glob("modality-*")):
+        return [src]
+    return [src / name for name in NED_ROOT_NAMES if (src / name).is_dir()]
+
+
+def convert_ned(
+    src: str | os.PathLike[str],
+    dest: str | os.PathLike[str],
+    *,
+    modality: str | list[str] | None = None,
+    subject: int | list[int] | None = None,
+    roi: str | list[str] | None = None,
+    imageset: str | list[str] | None = None,
+    workers: int | None = None,
+    overwrite: bool = False,
+    verify_existing: bool = True,
+    show_progress: bool | None = None,
+    catalog: Catalog | None = None,
+) -> ConversionReport:
+    """Convert a NED folder of pre-generated responses into nest-data Zarr stores.
+
+    Each entry becomes one store at ``dest/<catalog path>``; values are copied bit for bit,
+    streamed one chunk at a time, and every metadata field becomes a coordinate or an
+    attribute.  A store appears at its final path only when complete.  Rerunning after an
+    interruption skips entries whose store is complete, made from the same source files
+    and (with ``verify_existing``) passes its checksums.
+
+    Parameters
+    ----------
+    src : path
+        Folder holding NED's ``pregenerated_insilico_neural_responses/`` (or
+        ``synthetic_neural_responses/``).
+    dest : path
+        Root of the collection to write.
+    modality, subject, roi, imageset : optional
+        Convert only matching entries (scalars or lists).
+    workers : int, optional
+        Processes converting entries in parallel (default: number of CPUs, at most 4).
+    overwrite : bool
+        Reconvert entries even when a complete store exists.
+    verify_existing : bool
+        Re-check the checksums of existing stores before skipping them.
+    show_progress : bool, optional
+        Progress bar over entries.
+    catalog : Catalog, optional
+        Catalog giving the store paths.
+
+    Returns
+    -------
+    ConversionReport
+
+    Raises
+    ------
+    ConversionError
+        Some entries failed (the others are converted); the message names each source file
+        and what is wrong with it.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> from nest_data.testing import write_ned
+    >>> from nest_data.converters import convert_ned
+    >>> src = tempfile.mkdtemp()
+    >>> _ = write_ned(src, modalities=["fmri"], subjects=[1], rois=["V1"], imagesets=["nsd"],
+    ...               n_images=8, show_progress=False)
+    >>> print(convert_ned(src, tempfile.mkdtemp(), workers=1, show_progress=False))
+    1 converted, 0 already complete, 0 failed
+    """
+    cat = catalog or default_catalog()
+    sources = discover_ned(src, catalog=cat, modality=modality, subject=subject, roi=roi,
+                           imageset=imageset)
+    dest_path = Path(dest)
+    dest_path.mkdir(parents=True, exist_ok=True)
+    report = ConversionReport()
+    with _dest_lock(dest_path):
+        removed = clean_staging(dest_path)
+        if removed:
+            logger.info("removed %d partial store(s) left by an interrupted run in %s",
+                        removed, dest_path)
+        n_workers = min(workers or min(os.cpu_count() or 1, 4), len(sources))
+        bar = tqdm(total=len(sources), desc="converting NED", unit="entry",
+                   disable=not _config.show_progress(show_progress))
+        with bar:
+            for label, outcome in _run(sources, dest_path, cat, n_workers, overwrite,
+                                       verify_existing):
+                if isinstance(outcome, BaseException):
+                    report.failed[label] = str(outcome)
+                    logger.error("failed to convert %s: %s", label, outcome)
+                elif outcome == "skipped":
+                    report.skipped.append(label)
+                else:
+                    report.converted.append(label)
+                bar.update()
+    logger.info("NED conversion into %s: %s", dest_path, report)
+    if report.failed:
+        listing = "\n  ".join(f"{k}: {v}" for k, v in report.failed.items())
+        raise ConversionError(
+            f"{len(report.failed)} of {len(sources)} entries failed ({report}); nothing was "
+            f"written for them:\n  {listing}\nFix or re-download those files and rerun the "
+            "same command: completed entries are skipped."
+        )
+    return report
+
+
+def _run(
+    sources: list[SourceEntry], dest: Path, cat: Catalog, workers: int, overwrite: bool,
+    verify_existing: bool,
+) -> Iterator[tuple[str, Any]]:
+    """Convert entries inline or in a process pool, yielding (label, outcome) as they end."""
+    units = [(s, str(dest), cat.model_spec(s.entry).units, overwrite, verify_existing)
+             for s in sources]
+    if workers <= 1:
+        for unit in units:
+            yield unit[0].entry.label, _attempt(unit)
+        return
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
+        futures: dict[Future[Any], str] = {pool.submit(_attempt, u): u[0].entry.label
+                                           for u in units}
+        for future in as_completed(futures):
+            yield futures[future], future.result()
+
+
+def _attempt(unit: tuple[SourceEntry, str, str, bool, bool]) -> str | BaseException:
+    source, dest, units, overwrite, verify_existing = unit
+    try:
+        return convert_entry(source, dest, units=units, overwrite=overwrite,
+                             verify_existing=verify_existing)
+    except (SourceFormatError, OSError, ValueError) as exc:
+        return exc
+
+
+@contextlib.contextmanager
+def _dest_lock(dest: Path) -> Iterator[None]:
+    """Hold an exclusive lock on ``dest`` so two conversions never interleave there."""
+    lock_dir = dest / STAGING_DIR
+    lock_dir.mkdir(parents=True, exist_ok=True)
+    with (dest / ".nest-data.lock").open("w") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError as exc:
+            raise ConversionError(f"another nest-data process is writing to {dest}; wait for "
+                                  "it to finish, or write to another folder") from exc
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+# ------------------------------------------------------------------------------ one entry
+
+
+def convert_entry(
+    source: SourceEntry, dest: str | os.PathLike[str], *, units: str = "",
+    overwrite: bool = False, verify_existing: bool = True,
+) -> str:
+    """Convert one NED entry; return ``"converted"`` or ``"skipped"``."""
+    fingerprint = {"h5": _file_fingerprint(source.h5), "npy": _file_fingerprint(source.npy)}
+    if not overwrite and _is_done(dest, source.entry, fingerprint, verify_existing):
+        return "skipped"
+    meta = load_npy_dict(source.npy)
+    try:
+        h5 = h5py.File(source.h5, "r")
+    except OSError as exc:
+        raise SourceFormatError(f"{source.h5}: cannot be read as HDF5 ({exc}); the file is "
+                                "truncated or damaged, re-download it") from exc
+    with h5:
+        if DATASET not in h5:
+            raise SourceFormatError(f"{source.h5}: no dataset {DATASET!r} (found "
+                                    f"{sorted(h5.keys())}); is this a NED response file?")
+        dset = h5[DATASET]
+        data = entry_data(source, dset, meta, units)
+        data.fingerprint = fingerprint
+        write_entry(data, dest, source.entry.path)
+    return "converted"
+
+
+def _file_fingerprint(path: Path) -> dict[str, Any]:
+    try:
+        st = path.stat()
+    except FileNotFoundError as exc:
+        raise SourceFormatError(f"{path}: file is missing; NED keeps the .h5 and the metadata "
+                                ".npy side by side") from exc
+    return {"name": path.name, "bytes": st.st_size, "mtime_ns": st.st_mtime_ns}
+
+
+def _is_done(dest: str | os.PathLike[str], entry: Entry, fingerprint: Mapping[str, Any],
+             verify: bool) -> bool:
+    if not store_exists(dest, entry.path):
+        return False
+    store = Path(dest) / entry.path
+    try:
+        meta = read_store_attrs(store)
+    except StoreNotFoundError:
+        return False
+    if meta.get("fingerprint") != fingerprint:
+        logger.info("%s: source files changed since the store was written; reconverting",
+                    entry.label)
+        return False
+    if verify:
+        problems = verify_store(store)
+        if problems:
+            logger.warning("%s: existing store fails verification (%s); reconverting",
+                           entry.label, problems[0])
+            return False
+    return True
+
+
+def _sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(2**20), b""):
+            h.update(block)
+    return "sha256:" + h.hexdigest()
+
+
+def _block(meta: Mapping[str, Any], name: str, path: Path) -> Mapping[str, Any]:
+    value = meta.get(name)
+    if not isinstance(value, Mapping):
+        raise SourceFormatError(f"{path}: metadata has no {name!r} block (found "
+                                f"{sorted(meta)}); is it the metadata of this .h5 file?")
+    return value
+
+
+def _field(block: Mapping[str, Any], name: str, path: Path, length: int | None = None,
+           block_name: str = "") -> np.ndarray:
+    if name not in block:
+        raise SourceFormatError(f"{path}: metadata block {block_name!r} lacks {name!r} (found "
+                                f"{sorted(block)})")
+    values = np.asarray(block[name])
+    if length is not None and values.shape[:1] != (length,):
+        raise SourceFormatError(f"{path}: {block_name}.{name} has shape {values.shape}, "
+                                f"expected {length} values to match the responses")
+    return values
+
+
+def entry_data(source: SourceEntry, dset: h5py.Dataset, meta: Mapping[str, Any],
+               units: str) -> EntryData:
+    """Check a NED entry's shapes and gather its coordinates, attributes and aux arrays."""
+    entry, h5_path, npy = source.entry, source.h5, source.npy
+    expected_ndim = 2 if entry.modality == "fmri" else 4
+    if dset.dtype != np.float32 or dset.ndim != expected_ndim:
+        raise SourceFormatError(f"{h5_path}: dataset {DATASET!r} is {dset.dtype} with shape "
+                                f"{dset.shape}; NED {entry.modality} files hold float32 arrays "
+                                f"with {expected_ndim} dimensions")
+    n_images = int(dset.shape[0])
+    coords: dict[str, tuple[tuple[str, ...], np.ndarray, dict[str, Any]]] = {
+        "image": (("image",), np.arange(n_images, dtype=np.int64),
+                  {"description": f"row index into the {entry.imageset} image set"}),
+    }
+    attrs: dict[str, Any] = {k: v for k, v in entry.key.items() if v is not None}
+    attrs["units"] = units
+    aux: dict[str, np.ndarray] = {}
+    encoding = _block(meta, "encoding_models", npy)
+    if entry.modality == "fmri":
+        _fmri_coords(dset, meta, encoding, npy, coords, attrs, aux)
+    else:
+        _eeg_coords(dset, meta, encoding, npy, coords, aux)
+    coords.update(_image_labels(entry, meta, n_images, npy, aux))
+    attrs["title"] = f"NEST in silico {entry.modality} responses: {entry.label}"
+    attrs["provenance"] = {
+        "converter": f"nest-data {_version()} (nest_data.converters.ned)",
+        "source_format": "NED pre-generated in silico neural responses (HDF5 + pickled .npy)",
+        "sources": [
+            {"file": h5_path.name, "bytes": h5_path.stat().st_size, "dataset": DATASET,
+             "note": "values copied bit for bit; their SHA-256 is the 'sha256' attribute"},
+            {"file": npy.name, "bytes": npy.stat().st_size, "sha256": _sha256_file(npy)},
+        ],
+        "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+    }
+    return EntryData(dims=entry.dims, shape=tuple(int(s) for s in dset.shape),
+                     read_rows=lambda a, b: dset[a:b], coords=coords, attrs=attrs,
+                     keys=entry.key, aux=aux)
+
+
+def _fmri_coords(dset: h5py.Dataset, meta: Mapping[str, Any], encoding: Mapping[str, Any],
+                 npy: Path, coords: dict[str, Any], attrs: dict[str, Any],
+                 aux: dict[str, np.ndarray]) -> None:
+    fmri = _block(meta, "fmri", npy)
+    mask = _field(fmri, "roi_mask_volume", npy, block_name="fmri").astype(bool)
+    n_voxels = int(mask.sum())
+    if mask.ndim != 3 or dset.shape[1] != n_voxels:
+        raise SourceFormatError(f"{dset.file.filename}: responses have "
+                                f"{dset.shape[1]} voxels but roi_mask_volume {mask.shape} has "
+                                f"{n_voxels} True cells; the files do not belong together")
+    affine = _field(fmri, "fmri_affine", npy, block_name="fmri").astype(np.float64)
+    ijk = np.argwhere(mask)  # C order: NED's voxel order
+    xyz = (np.c_[ijk, np.ones(n_voxels)] @ affine.T)[:, :3]
+    coords["voxel"] = (("voxel",), np.arange(n_voxels, dtype=np.int64),
+                       {"description": "voxel index within the ROI (NED's order)"})
+    for axis, name in enumerate("ijk"):
+        coords[name] = (("voxel",), ijk[:, axis].astype(np.int32),
+                        {"description": f"voxel index along volume axis {axis}"})
+    for axis, name in enumerate("xyz"):
+        coords[name] = (("voxel",), xyz[:, axis].astype(np.float32),
+                        {"units": "mm", "description": "world coordinate from fmri_affine"})
+    coords["ncsnr"] = (("voxel",), _field(fmri, "ncsnr", npy, n_voxels, "fmri"),
+                       {"description": "noise ceiling signal-to-noise ratio of the voxel"})
+    accuracy = _block(encoding, "encoding_accuracy", npy)
+    names = {"r2": "r2", "noise_ceiling": "noise_ceiling",
+             "explained_variance": ("explained_variance" if "explained_variance" in accuracy
+                                    else "noise_normalized_encoding")}
+    for coord, source_name in names.items():
+        if source_name in accuracy:
+            coords[coord] = (("voxel",), _field(accuracy, source_name, npy, n_voxels,
+                                                "encoding_accuracy"),
+                             {"source_field": f"encoding_models.encoding_accuracy.{source_name}"})
+    attrs["affine"] = affine.tolist()
+    attrs["volume_shape"] = list(mask.shape)
+    attrs["space"] = "subject-native NSD functional space (1.8 mm); affine maps i,j,k to mm"
+    splits = encoding.get("train_val_test_nsd_image_splits") or {}
+    aux.update({k: np.asarray(v) for k, v in splits.items()})
+
+
+def _eeg_coords(dset: h5py.Dataset, meta: Mapping[str, Any], encoding: Mapping[str, Any],
+                npy: Path, coords: dict[str, Any], aux: dict[str, np.ndarray]) -> None:
+    eeg = _block(meta, "eeg", npy)
+    n_rep, n_ch, n_t = (int(s) for s in dset.shape[1:])
+    ch_names = _field(eeg, "ch_names", npy, n_ch, "eeg").astype(str)
+    times = _field(eeg, "times", npy, n_t, "eeg").astype(np.float64)
+    coords["repetition"] = (("repetition",), np.arange(1, n_rep + 1, dtype=np.int64),
+                            {"description": "THINGS-EEG2 training repetition of the encoder"})
+    coords["channel"] = (("channel",), ch_names, {"description": "EEG channel (10-10 name)"})
+    coords["time"] = (("time",), times, {"units": "s", "description": "time from image onset"})
+    accuracy = _block(encoding, "encoding_accuracy", npy)
+    for name, values in accuracy.items():
+        values = np.asarray(values)
+        if values.shape == (n_ch, n_t):
+            coords[name] = (("channel", "time"), values, {})
+        elif values.shape == (n_rep, n_ch, n_t):
+            coords[name] = (("repetition", "channel", "time"), values, {})
+        else:
+            raise SourceFormatError(f"{npy}: encoding_accuracy.{name} has shape {values.shape}; "
+                                    f"expected ({n_ch}, {n_t}) or ({n_rep}, {n_ch}, {n_t})")
+    splits = encoding.get("train_test_things_image_splits") or {}
+    aux.update({k: np.asarray(v) for k, v in splits.items()})
+
+
+def _per_image_or_lookup(values: np.ndarray, index: np.ndarray, n_images: int) -> np.ndarray:
+    """Labels given per image, or a table indexed by ``index`` (NED uses both forms)."""
+    values = np.asarray(values)
+    if values.shape[:1] == (n_images,) and len(values) != int(index.max(initial=0)) + 1:
+        return values
+    return values[index]
+
+
+def _image_labels(entry: Entry, meta: Mapping[str, Any], n_images: int, npy: Path,
+                  aux: dict[str, np.ndarray]) -> dict[str, Any]:
+    """Image-set label coordinates (nsd: id, shared-1000, split; things: concept, path...)."""
+    block_name = f"{entry.imageset}_labels"
+    labels = _block(meta, block_name, npy)
+    out: dict[str, Any] = {}
+    if entry.imageset == "nsd":
+        subjectim = _field(labels, "subjectim", npy, block_name=block_name).astype(np.int64)
+        ids = np.arange(n_images, dtype=np.int64)
+        shared = np.intersect1d(subjectim[0], subjectim[1]) if len(subjectim) > 1 else ()
+        for row in subjectim[2:]:
+            shared = np.intersect1d(shared, row)
+        out["nsd_id"] = (("image",), ids, {"description": "0-based NSD 73k image id"})
+        out["shared1000"] = (("image",), np.isin(ids, shared),
+                             {"description": "image seen by all 8 NSD subjects"})
+        if "train_img_num" in aux:
+            split = np.full(n_images, "", dtype=object)
+            for name in ("train", "val", "test"):
+                split[np.isin(ids, aux.get(f"{name}_img_num", ()))] = name
+            out["split"] = (("image",), split.astype(str),
+                            {"description": "use of the image in training this subject's "
+                                            "encoder: train, val, test or empty"})
+        aux["nsd_subjectim"] = subjectim
+        if "masterordering" in labels:
+            aux["nsd_masterordering"] = np.asarray(labels["masterordering"])
+    elif entry.imageset == "things":
+        index = _field(labels, "image_concept_index", npy, n_images, block_name).astype(np.int64)
+        paths = _field(labels, "image_paths", npy, n_images, block_name).astype(str)
+        out["concept_index"] = (("image",), index, {})
+        out["concept"] = (("image",), np.array([p.split("/")[0] for p in paths]), {})
+        out["path"] = (("image",), paths, {"description": "image path inside THINGS"})
+        if "unique_id" in labels:
+            out["unique_id"] = (("image",), _per_image_or_lookup(
+                np.asarray(labels["unique_id"]).astype(str), index, n_images), {})
+    elif entry.imageset == "imagenet_val":
+        number = _field(labels, "label_number", npy, n_images, block_name).astype(np.int64)
+        out["label_number"] = (("image",), number, {"description": "ImageNet class index"})
+        if "label_names" in labels:
+            out["label_name"] = (("image",), _per_image_or_lookup(
+                np.asarray(labels["label_names"]).astype(str), number, n_images), {})
+    return out
+
+
+def _version() -> str:
+    from nest_data import __version__
+
+    return __version__

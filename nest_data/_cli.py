@@ -1,0 +1,132 @@
+"""The ``nest-data`` command line."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+
+from nest_data.errors import NestDataError
+
+__all__ = ["main"]
+
+
+def _progress(args: argparse.Namespace) -> bool | None:
+    return False if args.no_progress else None
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from nest_data._demo import build_demo, run_demo
+
+    if args.rebuild:
+        build_demo(rebuild=True, show_progress=_progress(args), n_images=args.n_images)
+    result = run_demo(args.out, imageset=args.imageset, subject=args.subject, roi=args.roi,
+                      k=args.k, show_progress=_progress(args))
+    print(result.summary)
+    return 0
+
+
+def _cmd_convert_ned(args: argparse.Namespace) -> int:
+    from nest_data.converters.ned import convert_ned
+
+    report = convert_ned(args.src, args.dest, modality=args.modality, subject=args.subject,
+                         roi=args.roi, imageset=args.imageset, workers=args.workers,
+                         overwrite=args.overwrite, verify_existing=not args.no_verify_existing,
+                         show_progress=_progress(args))
+    print(f"{args.dest}: {report}")
+    return 0
+
+
+def _cmd_verify(args: argparse.Namespace) -> int:
+    from nest_data._verify import find_stores, verify
+
+    problems = verify(args.root, show_progress=_progress(args))
+    for problem in problems:
+        print(f"MISMATCH {problem}")
+    n = len(find_stores(args.root))
+    print(f"{n} store(s) checked under {args.root}: "
+          + ("all checksums match" if not problems else f"{len(problems)} problem(s)"))
+    return 1 if problems else 0
+
+
+def _cmd_catalog(args: argparse.Namespace) -> int:
+    import pandas as pd
+
+    from nest_data._catalog import catalog
+
+    cat = catalog(*args.catalog).search(modality=args.modality, imageset=args.imageset,
+                                        subject=args.subject, roi=args.roi)
+    if args.intake_esm:
+        path = cat.to_intake_esm(args.intake_esm, location=args.location)
+        print(f"wrote {path} and {path.with_suffix('.csv')}")
+        return 0
+    with pd.option_context("display.max_rows", args.max_rows, "display.width", 160):
+        print(cat.df.drop(columns=["path"]))
+    print(f"{len(cat)} entries; locations: {', '.join(sorted(cat.locations))}")
+    return 0
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="nest-data", description=__doc__)
+    parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
+    parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    demo = sub.add_parser("demo", help="build the synthetic demo collection and run the main "
+                                       "job on it")
+    demo.add_argument("--out", default=".", help="folder for the figure (default: .)")
+    demo.add_argument("--imageset", default="things")
+    demo.add_argument("--subject", type=int, default=1)
+    demo.add_argument("--roi", default="V1")
+    demo.add_argument("-k", type=int, default=5, help="number of top images to list")
+    demo.add_argument("--rebuild", action="store_true", help="rebuild the demo collection")
+    demo.add_argument("--n-images", type=int, default=24, help="images per image set")
+    demo.set_defaults(func=_cmd_demo)
+
+    convert = sub.add_parser("convert", help="convert original NEST-family files")
+    convert_sub = convert.add_subparsers(dest="source", required=True)
+    ned = convert_sub.add_parser("ned", help="NED pre-generated responses (HDF5 + .npy)")
+    ned.add_argument("src", help="folder holding pregenerated_insilico_neural_responses/")
+    ned.add_argument("dest", help="root folder of the collection to write")
+    ned.add_argument("--modality", nargs="+")
+    ned.add_argument("--subject", nargs="+", type=int)
+    ned.add_argument("--roi", nargs="+")
+    ned.add_argument("--imageset", nargs="+")
+    ned.add_argument("--workers", type=int, help="parallel processes (default: CPUs, max 4)")
+    ned.add_argument("--overwrite", action="store_true", help="reconvert complete entries")
+    ned.add_argument("--no-verify-existing", action="store_true",
+                     help="skip complete entries without re-checking their checksums")
+    ned.set_defaults(func=_cmd_convert_ned)
+
+    verify = sub.add_parser("verify", help="re-check the checksums of every store under ROOT")
+    verify.add_argument("root")
+    verify.set_defaults(func=_cmd_verify)
+
+    cat = sub.add_parser("catalog", help="list or export catalog entries")
+    cat.add_argument("--modality", nargs="+")
+    cat.add_argument("--imageset", nargs="+")
+    cat.add_argument("--subject", nargs="+", type=int)
+    cat.add_argument("--roi", nargs="+")
+    cat.add_argument("--catalog", nargs="*", default=[], help="extra catalog YAML files")
+    cat.add_argument("--intake-esm", metavar="DIR", help="write an intake-esm collection")
+    cat.add_argument("--location", help="location whose root the intake-esm paths use")
+    cat.add_argument("--max-rows", type=int, default=40)
+    cat.set_defaults(func=_cmd_catalog)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``nest-data`` command line; return the exit status."""
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return int(args.func(args))
+    except NestDataError as exc:
+        print(f"nest-data: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

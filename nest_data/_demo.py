@@ -1,0 +1,218 @@
+"""The embedded demo: a synthetic miniature of the whole collection, and the main job on it."""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import xarray as xr
+
+from nest_data import _config
+from nest_data._analysis import top_images
+from nest_data._open import open as open_entry
+from nest_data.errors import NestDataError
+
+logger = logging.getLogger("nest_data")
+
+DEMO_IMAGES = 24
+DEMO_SEED = 0
+_MARKER = ".nest-data-demo.json"
+SYNTHETIC_NOTE = ("The demo's numbers are SYNTHETIC: made by nest-data's miniature NED writer "
+                  "in NED's exact file formats, not NEST encoder outputs.")
+
+__all__ = ["DemoResult", "build_demo", "demo_root", "plot_roi_summary", "remove_demo", "run_demo"]
+
+
+def demo_root(cache_dir: str | Path | None = None) -> Path:
+    """Where the demo collection lives: ``<cache dir>/demo`` (see ``NEST_DATA_CACHE_DIR``)."""
+    return _config.cache_dir(cache_dir) / "demo"
+
+
+def build_demo(
+    *,
+    n_images: int = DEMO_IMAGES,
+    rebuild: bool = False,
+    workers: int | None = None,
+    show_progress: bool | None = None,
+    cache_dir: str | Path | None = None,
+) -> Path:
+    """Build the demo collection (every fMRI subject x ROI and EEG subject, synthetic).
+
+    Writes a miniature NED folder with :func:`nest_data.testing.write_ned` and converts it
+    with the NED converter, so the demo exercises the same path as real data.  Does nothing
+    when the demo is already built (unless ``rebuild``).
+
+    Parameters
+    ----------
+    n_images : int
+        Images per image set.
+    rebuild : bool
+        Build again even if a complete demo exists.
+    workers : int, optional
+        Conversion processes.
+    show_progress : bool, optional
+        Progress bars.
+    cache_dir : path, optional
+        Cache directory (default: ``NEST_DATA_CACHE_DIR``, then the platform cache).
+
+    Returns
+    -------
+    pathlib.Path
+        The demo root, also reachable as ``location="demo"``.
+
+    Examples
+    --------
+    >>> import nest_data
+    >>> nest_data.build_demo(show_progress=False).name
+    'demo'
+    """
+    from nest_data.converters.ned import convert_ned
+    from nest_data.testing import write_ned
+
+    root = demo_root(cache_dir)
+    stamp = {"n_images": n_images, "seed": DEMO_SEED, "format_version": 1}
+    marker = root / _MARKER
+    if not rebuild and marker.is_file() and json.loads(marker.read_text()) == stamp:
+        logger.info("demo collection already built at %s", root)
+        return root
+    root.parent.mkdir(parents=True, exist_ok=True)
+    marker.unlink(missing_ok=True)
+    with tempfile.TemporaryDirectory(prefix="ned-", dir=root.parent) as tmp:
+        write_ned(tmp, n_images=n_images, seed=DEMO_SEED, show_progress=show_progress)
+        convert_ned(tmp, root, workers=workers, overwrite=rebuild, show_progress=show_progress)
+    marker.write_text(json.dumps(stamp))
+    logger.info("demo collection built at %s", root)
+    return root
+
+
+@dataclass
+class DemoResult:
+    """What :func:`run_demo` produced: the summary text, the top images and the figure."""
+
+    summary: str
+    top: xr.DataArray
+    figure: Path | None
+
+
+def run_demo(
+    out_dir: str | Path = ".",
+    *,
+    imageset: str = "things",
+    subject: int = 1,
+    roi: str = "V1",
+    k: int = 5,
+    show_progress: bool | None = None,
+    cache_dir: str | Path | None = None,
+) -> DemoResult:
+    """The main job on the demo data: open one ROI, summarise it, rank images, plot.
+
+    Builds the demo first if needed.
+
+    Returns
+    -------
+    DemoResult
+        ``summary`` (text), ``top`` (the top-``k`` images) and ``figure`` (PNG path, or None
+        when matplotlib is missing).
+
+    Examples
+    --------
+    >>> import nest_data, tempfile
+    >>> result = nest_data.run_demo(tempfile.mkdtemp(), show_progress=False)
+    >>> "SYNTHETIC" in result.summary
+    True
+    """
+    root = build_demo(show_progress=show_progress, cache_dir=cache_dir)
+    da = open_entry(imageset=imageset, subject=subject, roi=roi, location=str(root))
+    reliable = 0.5
+    n_reliable = int((da["ncsnr"] > reliable).sum())
+    values = da.values  # the demo entry is small: one chunk
+    top = top_images(da, k=k, min_ncsnr=reliable if n_reliable else None)
+    label = "concept" if "concept" in top.coords else "image"
+    lines = [
+        SYNTHETIC_NOTE,
+        f"Demo collection: {root}",
+        f"Opened {da.attrs['modality']}/{da.attrs['train_dataset']}/{da.attrs['model']} "
+        f"{imageset} sub-{subject:02d} {roi}: {da.sizes['image']} images x "
+        f"{da.sizes['voxel']} voxels, {da.dtype}, {da.data.npartitions} lazy chunk(s)",
+        f"  voxels: ncsnr median {float(np.median(da['ncsnr'].values)):.2f}, {n_reliable} with "
+        f"ncsnr > {reliable}; volume {tuple(da.attrs['volume_shape'])}",
+        f"  responses: mean {values.mean():.3f}, sd {values.std():.3f}, "
+        f"min {values.min():.3f}, max {values.max():.3f}",
+        f"Top {len(top)} images for {roi} (mean over voxels with ncsnr > {reliable}):",
+    ]
+    for rank, (image, score) in enumerate(zip(top["image"].values, top.values, strict=True),
+                                          1):
+        name = str(top[label].values[rank - 1])
+        lines.append(f"  {rank}. image {int(image):>5}  {name:<12} score {float(score):+.3f}")
+    figure: Path | None = Path(out_dir) / f"nest-data-demo_{imageset}_sub-{subject:02d}_{roi}.png"
+    try:
+        plot_roi_summary(da, figure)
+        lines.append(f"Figure: {figure}")
+    except ImportError as exc:
+        logger.warning("%s", exc)
+        lines.append(f"Figure skipped: {exc}")
+        figure = None
+    return DemoResult("\n".join(lines), top, figure)
+
+
+def plot_roi_summary(da: xr.DataArray, path: str | Path) -> Path:
+    """Write a PNG: the response distribution and the ROI's mean response in its volume.
+
+    The right panel paints each voxel's mean response (over images) into the axial slice of
+    the subject's volume that holds the most ROI voxels.
+
+    Examples
+    --------
+    >>> import nest_data, tempfile, pathlib
+    >>> da = nest_data.open(imageset="things", subject=1, roi="V1", location="demo")
+    >>> nest_data.plot_roi_summary(da, pathlib.Path(tempfile.mkdtemp()) / "v1.png").suffix
+    '.png'
+    """
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError as exc:
+        raise ImportError("the figure needs matplotlib: pip install 'nest-data[plot]'") from exc
+    for name in ("i", "j", "k"):
+        if name not in da.coords:
+            raise NestDataError(f"plot_roi_summary needs the voxel coordinate {name!r}; open an "
+                                "fMRI entry converted by nest-data")
+    path = Path(path)
+    values = np.asarray(da.values)
+    voxel_mean = values.mean(axis=0)
+    i, j, kk = (np.asarray(da[c].values) for c in ("i", "j", "k"))
+    volume = np.full(tuple(da.attrs["volume_shape"]), np.nan, dtype=np.float32)
+    volume[i, j, kk] = voxel_mean
+    axial = int(np.bincount(kk).argmax())
+    fig, (ax0, ax1) = plt.subplots(1, 2, figsize=(10, 4.2))
+    ax0.hist(values.ravel(), bins=60, color="#4477aa")
+    ax0.set_xlabel("response (a.u.)")
+    ax0.set_ylabel("images x voxels")
+    ax0.set_title("Response distribution")
+    image = ax1.imshow(volume[:, :, axial].T, origin="lower", cmap="RdBu_r",
+                       vmin=-np.nanmax(np.abs(voxel_mean)), vmax=np.nanmax(np.abs(voxel_mean)))
+    ax1.set_title(f"Mean response per voxel, axial slice k={axial}")
+    ax1.set_xlabel("i")
+    ax1.set_ylabel("j")
+    fig.colorbar(image, ax=ax1, label="mean response over images")
+    a = da.attrs
+    fig.suptitle(f"{a.get('imageset')} sub-{int(a.get('subject', 0)):02d} {a.get('roi')}  "
+                 "(nest-data; demo values are synthetic)")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def remove_demo(cache_dir: str | Path | None = None) -> None:
+    """Delete the demo collection."""
+    shutil.rmtree(demo_root(cache_dir), ignore_errors=True)
+

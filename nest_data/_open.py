@@ -1,0 +1,201 @@
+"""Opening entries as labelled, lazy xarray objects."""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import xarray as xr
+
+from nest_data._catalog import Catalog, Entry, catalog as default_catalog
+from nest_data._storage import is_local, join, make_store
+from nest_data._store import AUX_GROUP, DATA_VAR, read_store_attrs
+from nest_data.errors import StoreNotFoundError
+
+logger = logging.getLogger("nest_data")
+
+__all__ = ["open", "open_many", "open_metadata"]
+
+
+def open(  # noqa: A001 - mirrors xarray.open_dataset / builtins-style API on purpose
+    *,
+    imageset: str | None = None,
+    subject: int | str | None = None,
+    roi: str | None = None,
+    modality: str | None = None,
+    train_dataset: str | None = None,
+    model: str | None = None,
+    location: str | None = None,
+    storage_options: Mapping[str, Any] | None = None,
+    chunks: Mapping[str, int] | None = None,
+    catalog: Catalog | None = None,
+) -> xr.DataArray:
+    """Open one entry of the NEST collection as a lazy, labelled DataArray.
+
+    Only metadata is read; values are read (a chunk at a time) when computed.
+
+    Parameters
+    ----------
+    imageset : {"nsd", "imagenet_val", "things"}
+        The image set.
+    subject : int or str
+        Subject number (``1``, ``"01"`` and ``"sub-01"`` all work).
+    roi : str, optional
+        fMRI region of interest (e.g. ``"V1"``, ``"FFA-1"``); omit for EEG.
+    modality, train_dataset, model : str, optional
+        Inferred when unambiguous (``roi=`` implies fMRI; ``modality="eeg"`` picks EEG).
+    location : str, optional
+        A catalog location name (``"demo"``, ``"local"``, or one you added), a folder or an
+        fsspec URL.  Default: ``NEST_DATA_LOCATION``, then ``NEST_DATA_ROOT``.
+    storage_options : dict, optional
+        fsspec options, merged over the location's own.
+    chunks : dict, optional
+        Dask chunks; the default is one dask chunk per stored chunk.
+    catalog : Catalog, optional
+        The catalog to resolve keys with (default: :func:`nest_data.catalog`).
+
+    Returns
+    -------
+    xarray.DataArray
+        ``responses``, dims ``(image, voxel)`` for fMRI or
+        ``(image, repetition, channel, time)`` for EEG, dask-backed.
+
+    Raises
+    ------
+    UnknownKeyError, AmbiguousKeyError
+        Bad or missing keys; the message lists the valid values.
+    LocationError
+        No location configured, or an unknown location name.
+    StoreNotFoundError
+        No store where the entry should be; the message says where it looked.
+
+    Examples
+    --------
+    >>> import nest_data
+    >>> da = nest_data.open(imageset="things", subject=1, roi="V1", location="demo")
+    >>> da.dims
+    ('image', 'voxel')
+    >>> float(da.isel(image=0).mean()) != 0
+    True
+    """
+    cat = catalog or default_catalog()
+    entry = cat.resolve(modality=modality, train_dataset=train_dataset, model=model,
+                        imageset=imageset, subject=subject, roi=roi)
+    ds = _open_dataset(cat, entry, location, storage_options, chunks, group=None)
+    return ds[DATA_VAR]
+
+
+def open_metadata(
+    *,
+    location: str | None = None,
+    storage_options: Mapping[str, Any] | None = None,
+    catalog: Catalog | None = None,
+    **keys: Any,
+) -> xr.Dataset:
+    """Open the encoder metadata stored with an entry (training/validation/test splits).
+
+    Takes the same keys as :func:`open`.
+
+    Returns
+    -------
+    xarray.Dataset
+        One variable per metadata array, e.g. ``train_img_num`` for fMRI entries.
+
+    Examples
+    --------
+    >>> import nest_data
+    >>> meta = nest_data.open_metadata(imageset="nsd", subject=1, roi="V1", location="demo")
+    >>> "train_img_num" in meta
+    True
+    """
+    cat = catalog or default_catalog()
+    entry = cat.resolve(**keys)
+    return _open_dataset(cat, entry, location, storage_options, None, group=AUX_GROUP)
+
+
+def open_many(
+    *,
+    imageset: str,
+    subject: int | str | Sequence[int | str],
+    roi: str | Sequence[str] | None = None,
+    modality: str | None = None,
+    train_dataset: str | None = None,
+    model: str | None = None,
+    location: str | None = None,
+    storage_options: Mapping[str, Any] | None = None,
+    chunks: Mapping[str, int] | None = None,
+    catalog: Catalog | None = None,
+) -> xr.DataTree:
+    """Open several subjects and/or ROIs as an :class:`xarray.DataTree`.
+
+    The tree has one node per subject (``sub-01``) and, for fMRI, one child per ROI, each
+    holding a Dataset with the ``responses`` variable.  Entries keep their own voxel
+    counts, so subjects and ROIs of different sizes live side by side.
+
+    Examples
+    --------
+    >>> import nest_data
+    >>> tree = nest_data.open_many(imageset="nsd", subject=[1, 2], roi=["V1", "FFA-1"],
+    ...                            location="demo")
+    >>> sorted(tree.children)
+    ['sub-01', 'sub-02']
+    >>> tree["sub-02/FFA-1"].responses.dims
+    ('image', 'voxel')
+    """
+    cat = catalog or default_catalog()
+    subjects = list(subject) if isinstance(subject, (list, tuple)) else [subject]
+    rois: list[str | None] = (list(roi) if isinstance(roi, (list, tuple))
+                              else [roi])  # type: ignore[list-item]
+    nodes: dict[str, xr.Dataset] = {}
+    for s in subjects:
+        for r in rois:
+            entry = cat.resolve(modality=modality, train_dataset=train_dataset, model=model,
+                                imageset=imageset, subject=s, roi=r)
+            ds = _open_dataset(cat, entry, location, storage_options, chunks, group=None)
+            name = f"sub-{entry.subject:02d}" + (f"/{entry.roi}" if entry.roi else "")
+            nodes[name] = ds[[DATA_VAR]]
+    return xr.DataTree.from_dict(nodes)
+
+
+def entry_url(cat: Catalog, entry: Entry, location: str | None) -> tuple[str, dict[str, Any],
+                                                                          str]:
+    """The URL of an entry's store at a location, with storage options and location name."""
+    root, options, name = cat.location(location)
+    return join(root, entry.path), options, name
+
+
+def _open_dataset(
+    cat: Catalog, entry: Entry, location: str | None,
+    storage_options: Mapping[str, Any] | None, chunks: Mapping[str, int] | None,
+    group: str | None,
+) -> xr.Dataset:
+    url, options, loc_name = entry_url(cat, entry, location)
+    options = {**options, **(storage_options or {})}
+    store = make_store(url, options, read_only=True)
+    try:
+        read_store_attrs(store)
+    except StoreNotFoundError as exc:
+        raise StoreNotFoundError(_missing_message(entry, url, loc_name)) from exc
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Consolidated metadata")
+        ds = xr.open_zarr(store, group=group, consolidated=True,
+                          chunks=dict(chunks) if chunks is not None else {})
+    logger.debug("opened %s from %s", entry.label, url)
+    return ds
+
+
+def _missing_message(entry: Entry, url: str, location: str) -> str:
+    fixes = []
+    if location == "demo":
+        fixes.append("run `nest-data demo` (or nest_data.build_demo()) to build the demo "
+                     "collection")
+    else:
+        fixes.append("set NEST_DATA_ROOT (or pass location=) to the folder or URL that holds "
+                     "your stores")
+        fixes.append("convert NED's files there with `nest-data convert ned SRC DEST`")
+        fixes.append("or try the synthetic demo: `nest-data demo`, then location='demo'")
+    where = "folder" if is_local(url) else "URL"
+    return (f"no store for {entry.label} at location {location!r}: looked for the {where} "
+            f"{url}. To fix: " + "; ".join(fixes) + ".")

@@ -1,0 +1,448 @@
+"""The one writer and reader of nest-data stores.
+
+A store is a Zarr v3 group holding one entry: the ``responses`` array (chunked along
+``image`` only, zstd), one array per coordinate, an ``encoder/`` sub-group with the
+encoder's own metadata (training splits), and consolidated metadata.  The group's
+``nest_data`` attribute records the entry's keys, the source fingerprint, and a SHA-256
+checksum per array (and per chunk of ``responses``), which :func:`verify_store` re-checks.
+
+Every writer of stores in the package (the NED converter, the demo, encoder-generated
+stores) goes through :func:`write_entry`, which builds the store in a hidden staging folder
+and renames it into place only when complete, so a reader never sees half a store.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import os
+import shutil
+import uuid
+import warnings
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import zarr
+import zarr.api.asynchronous
+from zarr.codecs import ZstdCodec
+from zarr.core.sync import sync
+from zarr.core.buffer import default_buffer_prototype
+from zarr.storage import MemoryStore
+
+from nest_data.errors import ChecksumError, StoreNotFoundError
+
+logger = logging.getLogger("nest_data")
+
+FORMAT_VERSION = 1
+ATTR = "nest_data"
+DATA_VAR = "responses"
+AUX_GROUP = "encoder"
+STAGING_DIR = ".nest-data-staging"
+TARGET_CHUNK_BYTES = 8 * 2**20  # design: 4-16 MB per chunk, chunks along image only
+ZSTD_LEVEL = 3
+
+__all__ = [
+    "DATA_VAR",
+    "EntryData",
+    "array_digest",
+    "chunk_rows",
+    "read_store_attrs",
+    "store_exists",
+    "verify_store",
+    "write_entry",
+]
+
+
+@dataclass
+class EntryData:
+    """Everything :func:`write_entry` needs to write one entry.
+
+    Parameters
+    ----------
+    dims : tuple of str
+        Dimension names of ``responses``; the first is ``image``.
+    shape : tuple of int
+        Shape of ``responses``.
+    read_rows : callable
+        ``read_rows(start, stop)`` returns rows ``start:stop`` of ``responses`` as a float32
+        array; it is called once per chunk, in order, so sources are streamed.
+    coords : dict
+        Coordinate name -> ``(dims, values, attrs)``.
+    attrs : dict
+        Attributes of ``responses`` (entry keys, units, affine, provenance...).
+    keys : dict
+        The catalog key of the entry (modality, train_dataset, model, imageset, subject, roi).
+    aux : dict
+        Arrays for the ``encoder/`` sub-group (training splits, NSD design): name -> array.
+    fingerprint : dict
+        Identifies the source (file names, sizes, mtimes); a store whose fingerprint matches
+        is not rewritten on resume.
+    """
+
+    dims: tuple[str, ...]
+    shape: tuple[int, ...]
+    read_rows: Callable[[int, int], np.ndarray]
+    coords: dict[str, tuple[tuple[str, ...], np.ndarray, dict[str, Any]]]
+    attrs: dict[str, Any]
+    keys: dict[str, Any]
+    aux: dict[str, np.ndarray] = field(default_factory=dict)
+    fingerprint: dict[str, Any] = field(default_factory=dict)
+    dtype: str = "float32"
+
+
+def chunk_rows(row_nbytes: int, n_rows: int, target: int = TARGET_CHUNK_BYTES) -> int:
+    """Number of images per chunk so a chunk holds about ``target`` bytes.
+
+    Examples
+    --------
+    >>> chunk_rows(1350 * 4, 73000)
+    1553
+    """
+    return int(max(1, min(n_rows, round(target / max(row_nbytes, 1)))))
+
+
+def array_digest(values: np.ndarray) -> str:
+    """SHA-256 of an array's values (C order; strings as UTF-8 joined by US characters).
+
+    Examples
+    --------
+    >>> array_digest(np.zeros(3, "float32"))[:12]
+    'sha256:112a8'
+    """
+    h = hashlib.sha256()
+    _update_digest(h, values)
+    return "sha256:" + h.hexdigest()
+
+
+def _update_digest(h: Any, values: np.ndarray) -> None:
+    values = np.asarray(values)
+    if values.dtype.kind in "biufc":
+        h.update(np.ascontiguousarray(values).data)
+    else:
+        h.update("\x1f".join(str(v) for v in values.ravel()).encode("utf-8"))
+        h.update(b"\x1e")
+
+
+# --------------------------------------------------------------------------------------
+# Paths and atomic commit (local file systems; remote targets come with remote support)
+# --------------------------------------------------------------------------------------
+
+
+def _local_path(root: str | os.PathLike[str]) -> Path:
+    text = os.fspath(root)
+    if text.startswith("file://"):
+        text = text[len("file://") :]
+    if "://" in text:
+        raise NotImplementedError(f"writing to {text!r} is not supported yet: give a local folder")
+    return Path(text)
+
+
+def store_exists(root: str | os.PathLike[str], path: str) -> bool:
+    """Whether a committed store exists at ``root/path``."""
+    return (_local_path(root) / path / "zarr.json").is_file()
+
+
+@contextlib.contextmanager
+def _staging(root: Path, path: str) -> Iterator[Path]:
+    """Yield a fresh staging folder under ``root``; remove it if the block fails."""
+    stage = root / STAGING_DIR / f"{uuid.uuid4().hex}-{Path(path).name}"
+    stage.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        yield stage
+    except BaseException:
+        shutil.rmtree(stage, ignore_errors=True)
+        raise
+
+
+def _commit(stage: Path, final: Path) -> None:
+    """Move a complete staging folder into place, replacing any older store atomically."""
+    final.parent.mkdir(parents=True, exist_ok=True)
+    old = None
+    if final.exists():
+        old = final.parent / STAGING_DIR / f"{uuid.uuid4().hex}-old-{final.name}"
+        old.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(final, old)
+    os.replace(stage, final)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def clean_staging(root: str | os.PathLike[str]) -> int:
+    """Remove staging folders left by interrupted writes under ``root``; return how many."""
+    removed = 0
+    for stage in _local_path(root).rglob(STAGING_DIR):
+        if stage.is_dir():
+            removed += sum(1 for _ in stage.iterdir())
+            shutil.rmtree(stage, ignore_errors=True)
+    return removed
+
+
+# --------------------------------------------------------------------------------------
+# Writing
+# --------------------------------------------------------------------------------------
+
+
+def write_entry(
+    data: EntryData,
+    root: str | os.PathLike[str],
+    path: str,
+    *,
+    chunk_bytes: int = TARGET_CHUNK_BYTES,
+) -> dict[str, Any]:
+    """Write one entry as a Zarr v3 store at ``root/path``, atomically.
+
+    Rows are read through ``data.read_rows`` one chunk at a time, so memory stays bounded
+    by a few chunks whatever the size of the source.
+
+    Parameters
+    ----------
+    data : EntryData
+        The entry's values and metadata.
+    root : str or path-like
+        Folder that holds the collection.
+    path : str
+        Path of the entry's store inside ``root`` (from the catalog's path template).
+    chunk_bytes : int
+        Target uncompressed size of one chunk of ``responses``.
+
+    Returns
+    -------
+    dict
+        The ``nest_data`` attribute written to the group (keys, checksums, fingerprint).
+    """
+    root_path = _local_path(root)
+    row_nbytes = int(np.prod(data.shape[1:], dtype=np.int64)) * np.dtype(data.dtype).itemsize
+    rows = chunk_rows(row_nbytes, data.shape[0], chunk_bytes)
+    with _staging(root_path, path) as stage:
+        memory = _skeleton(data, rows)
+        sync(_dump(memory, stage))
+        responses = zarr.open_array(stage, path=DATA_VAR, mode="r+", zarr_format=3)
+        checksums = {name: array_digest(np.asarray(values)) for name, (_, values, _) in
+                     data.coords.items()}
+        checksums[DATA_VAR] = _stream_rows(data, responses, rows)
+        for name, values in data.aux.items():
+            checksums[f"{AUX_GROUP}/{name}"] = array_digest(values)
+        meta = {
+            "format_version": FORMAT_VERSION,
+            "keys": data.keys,
+            "fingerprint": data.fingerprint,
+            "checksums": checksums,
+            "complete": True,
+        }
+        sync(_finish(memory, meta, checksums[DATA_VAR]["sha256"]))
+        sync(_dump(memory, stage, metadata_only=True))
+        _commit(stage, root_path / path)
+    logger.debug("wrote %s/%s (%s chunks of %d images)", root, path,
+                 len(checksums[DATA_VAR]["chunks"]), rows)
+    return meta
+
+
+def _skeleton(data: EntryData, rows: int) -> MemoryStore:
+    """Create every array of the store concurrently, in memory; fill all but ``responses``.
+
+    The layout is the one xarray reads: ``dimension_names`` on each array and a
+    ``coordinates`` attribute on ``responses`` naming its non-dimension coordinates.
+    """
+    coord_names = [n for n in data.coords if n not in data.dims]
+    specs: list[tuple[str, tuple[str, ...], np.ndarray | None, dict[str, Any]]] = [
+        (name, dims, values, attrs) for name, (dims, values, attrs) in data.coords.items()]
+    specs += [(f"{AUX_GROUP}/{name}", _aux_dims(name, values), values, {})
+              for name, values in data.aux.items()]
+    response_attrs = {**data.attrs, "coordinates": " ".join(coord_names)}
+    # Small arrays are encoded in memory and written out in one pass (creating ~20 arrays
+    # directly on disk takes twice as long), and the metadata is consolidated there too.
+    memory = MemoryStore()
+    sync(_create_arrays(memory, specs, data, rows, response_attrs))
+    return memory
+
+
+async def _finish(memory: MemoryStore, meta: dict[str, Any], sha256: str) -> None:
+    """Record checksums and consolidate the metadata (all in memory)."""
+    root = await zarr.api.asynchronous.open_group(store=memory, mode="r+", zarr_format=3)
+    responses = await root.getitem(DATA_VAR)
+    await responses.update_attributes({"sha256": sha256})
+    await root.update_attributes({ATTR: meta})
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Consolidated metadata")
+        await zarr.api.asynchronous.consolidate_metadata(memory)
+
+
+async def _dump(memory: MemoryStore, folder: Path, *, metadata_only: bool = False) -> None:
+    """Write the memory store's objects as files under ``folder``."""
+    async for key in memory.list():
+        if metadata_only and not key.endswith("zarr.json"):
+            continue
+        buffer = await memory.get(key, default_buffer_prototype())
+        assert buffer is not None
+        target = folder / key
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(buffer.to_bytes())
+
+
+async def _create_arrays(
+    store: MemoryStore,
+    specs: list[tuple[str, tuple[str, ...], np.ndarray | None, dict[str, Any]]],
+    data: EntryData, rows: int, response_attrs: dict[str, Any],
+) -> None:
+    root = await zarr.api.asynchronous.open_group(store=store, mode="w-", zarr_format=3)
+    if data.aux:
+        await root.create_group(AUX_GROUP)
+    zstd = (ZstdCodec(level=ZSTD_LEVEL),)
+
+    async def coord(name: str, dims: tuple[str, ...], values: np.ndarray | None,
+                    attrs: dict[str, Any]) -> None:
+        values = _portable(np.asarray(values))
+        dtype: Any = str if values.dtype == object else values.dtype
+        array = await root.create_array(
+            name, shape=values.shape, dtype=dtype, chunks=values.shape or (1,),
+            compressors=zstd, dimension_names=dims, attributes=attrs,
+            fill_value="" if dtype is str else None)
+        await array.setitem(Ellipsis, values)
+
+    await asyncio.gather(
+        root.create_array(DATA_VAR, shape=data.shape, dtype=data.dtype,
+                          chunks=(rows, *data.shape[1:]), compressors=zstd,
+                          dimension_names=data.dims, attributes=response_attrs,
+                          fill_value=np.nan),
+        *(coord(*spec) for spec in specs),
+    )
+
+
+def _portable(values: np.ndarray) -> np.ndarray:
+    """Strings as variable-length UTF-8 (the Zarr v3 ``string`` type), others unchanged."""
+    values = np.asarray(values)
+    return values.astype(object) if values.dtype.kind in "US" else values
+
+
+def _aux_dims(name: str, values: np.ndarray) -> tuple[str, ...]:
+    if values.ndim == 1:
+        return (f"{name}_index",)
+    return tuple(f"{name}_dim{axis}" for axis in range(values.ndim))
+
+
+def _stream_rows(data: EntryData, array: zarr.Array, rows: int) -> dict[str, Any]:
+    """Copy all rows chunk by chunk; return the whole-array and per-chunk checksums."""
+    whole = hashlib.sha256()
+    per_chunk = []
+    n = data.shape[0]
+    with zarr.config.set({"array.write_empty_chunks": True}):
+        for start in range(0, n, rows):
+            stop = min(start + rows, n)
+            block = np.ascontiguousarray(data.read_rows(start, stop), dtype=data.dtype)
+            expected = (stop - start, *data.shape[1:])
+            if block.shape != expected:
+                raise ValueError(f"read_rows({start}, {stop}) returned shape {block.shape}, "
+                                 f"expected {expected}")
+            array[start:stop] = block
+            whole.update(block.data)
+            per_chunk.append(array_digest(block))
+    return {"sha256": "sha256:" + whole.hexdigest(), "chunk_rows": rows, "chunks": per_chunk}
+
+
+# --------------------------------------------------------------------------------------
+# Reading back
+# --------------------------------------------------------------------------------------
+
+
+def read_store_attrs(store: Any) -> dict[str, Any]:
+    """Return the ``nest_data`` attribute of a store, or raise StoreNotFoundError."""
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Consolidated metadata")
+            group = zarr.open_group(store, mode="r", zarr_format=3)
+    except (FileNotFoundError, zarr.errors.GroupNotFoundError) as exc:
+        raise StoreNotFoundError(f"no nest-data store at {store}") from exc
+    meta = group.attrs.get(ATTR)
+    if not isinstance(meta, Mapping) or not meta.get("complete"):
+        raise StoreNotFoundError(f"{store} is a Zarr group but not a complete nest-data store")
+    return dict(meta)
+
+
+@dataclass
+class Problem:
+    """One checksum mismatch found by :func:`verify_store`."""
+
+    store: str
+    array: str
+    detail: str
+
+    def __str__(self) -> str:
+        return f"{self.store}: {self.array}: {self.detail}"
+
+
+def verify_store(store: Any, *, label: str | None = None) -> list[Problem]:
+    """Re-read every array of a store and compare it with the recorded checksums.
+
+    Parameters
+    ----------
+    store : zarr store or path
+        The entry's store.
+    label : str, optional
+        How to name the store in problems (defaults to ``str(store)``).
+
+    Returns
+    -------
+    list of Problem
+        Empty when every array and every chunk matches.
+    """
+    name = label or str(store)
+    meta = read_store_attrs(store)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Consolidated metadata")
+        group = zarr.open_group(store, mode="r", zarr_format=3)
+    problems: list[Problem] = []
+    for array_name, expected in meta["checksums"].items():
+        try:
+            array = group[array_name]
+        except KeyError:
+            problems.append(Problem(name, array_name, "array is missing"))
+            continue
+        assert isinstance(array, zarr.Array)
+        if isinstance(expected, Mapping):
+            problems.extend(_verify_chunks(name, array_name, array, expected))
+            continue
+        try:
+            got = array_digest(np.asarray(array[...]))
+        except Exception as exc:  # undecodable bytes
+            problems.append(Problem(name, array_name, f"cannot be read ({exc})"))
+            continue
+        if got != expected:
+            problems.append(Problem(name, array_name, f"checksum {got} != recorded {expected}"))
+    return problems
+
+
+def _verify_chunks(
+    name: str, array_name: str, array: zarr.Array, expected: Mapping[str, Any]
+) -> list[Problem]:
+    rows = int(expected["chunk_rows"])
+    problems = []
+    for index, recorded in enumerate(expected["chunks"]):
+        start = index * rows
+        stop = min(start + rows, array.shape[0])
+        key = "/".join(["c", str(index)] + ["0"] * (array.ndim - 1))
+        where = f"chunk {index} (images {start}-{stop - 1}, key {key})"
+        try:
+            got = array_digest(np.asarray(array[start:stop]))
+        except Exception as exc:
+            problems.append(Problem(name, array_name, f"{where} cannot be read ({exc})"))
+            continue
+        if got != recorded:
+            problems.append(Problem(name, array_name, f"{where}: checksum {got} != recorded "
+                                                      f"{recorded}"))
+    return problems
+
+
+def check_store(store: Any, *, label: str | None = None) -> None:
+    """Raise :class:`~nest_data.errors.ChecksumError` when :func:`verify_store` finds problems."""
+    problems = verify_store(store, label=label)
+    if problems:
+        listing = "\n  ".join(str(p) for p in problems)
+        raise ChecksumError(
+            f"{len(problems)} checksum problem(s):\n  {listing}\nThe store was modified or "
+            "damaged after it was written; re-convert it (nest-data convert ...) or re-mirror it."
+        )

@@ -1,0 +1,60 @@
+"""Exception classes of nest-data.
+
+Every class derives from :class:`NestDataError` and from the built-in exception it
+specialises, so ``except KeyError`` or ``except FileNotFoundError`` keep working for
+callers that do not know nest-data.  Every message says what was wrong, what is valid
+and how to fix it.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "AmbiguousKeyError",
+    "CatalogError",
+    "ChecksumError",
+    "ConversionError",
+    "LocationError",
+    "NestDataError",
+    "SourceFormatError",
+    "StoreNotFoundError",
+    "UnknownKeyError",
+]
+
+
+class NestDataError(Exception):
+    """Base class of every error raised by nest-data."""
+
+
+class UnknownKeyError(NestDataError, KeyError):
+    """A catalog key (subject, ROI, image set, model, ...) has a value that does not exist."""
+
+    def __str__(self) -> str:  # KeyError would show the message quoted
+        return str(self.args[0]) if self.args else ""
+
+
+class AmbiguousKeyError(NestDataError, ValueError):
+    """The keys given match more than one kind of entry; one more key is needed."""
+
+
+class CatalogError(NestDataError, ValueError):
+    """A catalog file is malformed."""
+
+
+class LocationError(NestDataError, ValueError):
+    """A location (a root that holds stores) is unknown or not configured."""
+
+
+class StoreNotFoundError(NestDataError, FileNotFoundError):
+    """No store exists where an entry should be."""
+
+
+class SourceFormatError(NestDataError, ValueError):
+    """An original NED/NEST/BERG file is missing, truncated, or not in the expected format."""
+
+
+class ConversionError(NestDataError, RuntimeError):
+    """Converting one or more entries failed."""
+
+
+class ChecksumError(NestDataError, ValueError):
+    """Data read back does not match the checksum recorded when it was written."""

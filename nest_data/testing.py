@@ -1,0 +1,367 @@
+"""A miniature NED: writes folders in NED's exact original format, with synthetic values.
+
+Used by the demo, the tests and the benchmarks.  The files look exactly like the ones NED
+distributed (see ``shared/spec/nest-formats.md``): one contiguous, uncompressed float32 HDF5
+dataset ``synthetic_neural_responses`` per entry and a pickled ``.npy`` metadata dict with the
+``fmri``/``eeg`` block, the ``encoding_models`` block and the image set's label block.
+
+Values are deterministic functions of ``seed`` and have structure: every image set has a few
+latent image features shared by all subjects and ROIs, every ROI mixes them with its own
+spatially smooth voxel loadings, voxels differ in reliability (``ncsnr``), and EEG responses
+are evoked waveforms whose amplitudes depend on the same image features.  **The numbers are
+synthetic**; only the formats are NED's.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import zlib
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+from tqdm.auto import tqdm
+
+from nest_data import _config
+
+logger = logging.getLogger("nest_data")
+
+__all__ = [
+    "CHANNELS",
+    "NED_ROOT_NAMES",
+    "ROI_VOXELS_SUB01",
+    "TIMES",
+    "VOLUME_SHAPES",
+    "ned_file_paths",
+    "roi_voxel_count",
+    "write_ned",
+]
+
+#: The two root folder names NED used (release, creation scripts).
+NED_ROOT_NAMES = ("pregenerated_insilico_neural_responses", "synthetic_neural_responses")
+
+#: Voxels per ROI for subject 1 (BERG model card).
+ROI_VOXELS_SUB01 = {
+    "V1": 1350, "V2": 1433, "V3": 1187, "hV4": 687, "EBA": 2971, "FBA-2": 430, "OFA": 355,
+    "FFA-1": 484, "FFA-2": 310, "PPA": 1033, "RSC": 566, "OPA": 1611, "OWFA": 464,
+    "VWFA-1": 773, "VWFA-2": 505, "mfs-words": 165, "early": 5917, "midventral": 986,
+    "midlateral": 834, "midparietal": 950, "parietal": 3548, "lateral": 7799, "ventral": 7604,
+}
+
+#: Functional volume shape per subject (1.8 mm NSD space; sub-01 as in NED's metadata).
+VOLUME_SHAPES = {1: (81, 104, 83), 2: (82, 106, 84), 3: (81, 106, 82), 4: (85, 99, 80),
+                 5: (79, 97, 78), 6: (85, 113, 83), 7: (78, 95, 81), 8: (80, 103, 78)}
+
+#: THINGS-EEG2 channel order.
+CHANNELS = tuple(
+    "Fp1 F3 F7 FT9 FC5 FC1 C3 T7 TP9 CP5 CP1 Pz P3 P7 O1 Oz O2 P4 P8 TP10 CP6 CP2 Cz C4 T8 "
+    "FT10 FC6 FC2 F4 F8 Fp2 AF7 AF3 AFz F1 F5 FT7 FC3 FCz C1 C5 TP7 CP3 P1 P5 PO7 PO3 POz PO4 "
+    "PO8 P6 P2 CPz CP4 TP8 C6 C2 FC4 FT8 F6 F2 AF4 AF8".split()
+)
+#: EEG time points in seconds: -0.100 to 0.595 in 5 ms steps.
+TIMES = np.round(np.arange(140) * 0.005 - 0.1, 3)
+
+_CONCEPTS = ("aardvark", "accordion", "airplane", "alligator", "anchor", "apple", "axe",
+             "backpack", "banana", "barrel", "bear", "bed", "bee", "bicycle", "boat", "book",
+             "bottle", "bowl", "bread", "bridge", "butterfly", "cake", "camel", "candle", "car",
+             "cat", "chair", "clock", "cow", "crab", "dog", "dolphin", "door", "duck", "face",
+             "fence", "fish", "flower", "fork", "frog", "guitar", "hammer", "hat", "horse",
+             "house", "key", "kite", "lamp", "leaf", "lion")
+_N_LATENT = 6
+_BLOCK_BYTES = 64 * 2**20
+
+
+def roi_voxel_count(subject: int, roi: str) -> int:
+    """Voxel count of an ROI: the published one for subject 1, a fixed variation otherwise.
+
+    Examples
+    --------
+    >>> roi_voxel_count(1, "V1")
+    1350
+    """
+    base = ROI_VOXELS_SUB01[roi]
+    if subject == 1:
+        return base
+    factor = 0.8 + 0.4 * _rng(0, "count", subject, roi).random()
+    return max(8, round(base * factor))
+
+
+def ned_file_paths(
+    root: str | os.PathLike[str], modality: str, imageset: str, subject: int,
+    roi: str | None = None, root_name: str = NED_ROOT_NAMES[0],
+) -> tuple[Path, Path]:
+    """The ``.h5`` and metadata ``.npy`` paths of one entry in NED's layout."""
+    model = {"fmri": ("nsd", "fwrf"), "eeg": ("things_eeg_2", "vit_b_32")}[modality]
+    folder = (Path(root) / root_name / f"modality-{modality}" / f"train_dataset-{model[0]}"
+              / f"model-{model[1]}" / f"imageset-{imageset}")
+    suffix = f"sub-{subject:02d}" + (f"_roi-{roi}" if modality == "fmri" else "")
+    return (folder / f"synthetic_neural_responses_{suffix}.h5",
+            folder / f"synthetic_neural_responses_metadata_{suffix}.npy")
+
+
+def write_ned(
+    root: str | os.PathLike[str],
+    *,
+    modalities: Iterable[str] = ("fmri", "eeg"),
+    subjects: Iterable[int] | None = None,
+    rois: Iterable[str] | None = None,
+    imagesets: Iterable[str] = ("nsd", "imagenet_val", "things"),
+    n_images: int | Mapping[str, int] = 24,
+    n_voxels: int | Mapping[str, int] | None = None,
+    seed: int = 0,
+    root_name: str = NED_ROOT_NAMES[0],
+    show_progress: bool | None = None,
+) -> Path:
+    """Write a miniature NED folder with synthetic responses in NED's exact format.
+
+    Parameters
+    ----------
+    root : path
+        Folder in which ``root_name`` is created.
+    modalities : iterable of {"fmri", "eeg"}
+        Which modalities to write.
+    subjects : iterable of int, optional
+        Subjects (default: 1-8 for fMRI, 1-10 for EEG; fMRI subjects above 8 are skipped).
+    rois : iterable of str, optional
+        fMRI ROIs (default: all 23).
+    imagesets : iterable of str
+        Image sets to write.
+    n_images : int or dict
+        Images per image set (one number for all, or per image set).
+    n_voxels : int or dict, optional
+        Override the voxel counts (one number for all ROIs, or per ROI); the default is the
+        published counts for subject 1 and fixed variations of them for the others.
+    seed : int
+        Seed of every value written.
+    root_name : str
+        One of :data:`NED_ROOT_NAMES`.
+    show_progress : bool, optional
+        Show a progress bar (default: on, or ``NEST_DATA_PROGRESS``).
+
+    Returns
+    -------
+    pathlib.Path
+        ``root / root_name``.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> from nest_data.testing import write_ned
+    >>> ned = write_ned(tempfile.mkdtemp(), modalities=["fmri"], subjects=[1], rois=["V1"],
+    ...                 imagesets=["things"], n_images=10, show_progress=False)
+    >>> sorted(p.name for p in ned.rglob("*.h5"))
+    ['synthetic_neural_responses_sub-01_roi-V1.h5']
+    """
+    if root_name not in NED_ROOT_NAMES:
+        raise ValueError(f"root_name must be one of {NED_ROOT_NAMES}, not {root_name!r}")
+    imagesets = list(imagesets)
+    jobs: list[tuple[str, str, int, str | None]] = []
+    for modality in modalities:
+        if modality == "fmri":
+            subs = [s for s in (subjects or range(1, 9)) if s in VOLUME_SHAPES]
+            jobs += [("fmri", i, s, r) for i in imagesets for s in subs
+                     for r in (rois or ROI_VOXELS_SUB01)]
+        elif modality == "eeg":
+            jobs += [("eeg", i, s, None) for i in imagesets for s in (subjects or range(1, 11))]
+        else:
+            raise ValueError(f"unknown modality {modality!r}; valid: fmri, eeg")
+    counts = n_images if isinstance(n_images, Mapping) else dict.fromkeys(imagesets, n_images)
+    for modality, imageset, subject, roi in tqdm(
+        jobs, desc="writing NED files", unit="file", disable=not _config.show_progress(
+            show_progress)):
+        h5, npy = ned_file_paths(root, modality, imageset, subject, roi, root_name)
+        h5.parent.mkdir(parents=True, exist_ok=True)
+        if modality == "fmri":
+            assert roi is not None
+            nv = (n_voxels if isinstance(n_voxels, int) else
+                  (n_voxels or {}).get(roi) or roi_voxel_count(subject, roi))
+            meta = _fmri_metadata(seed, imageset, subject, roi, nv, counts[imageset])
+            loadings = _fmri_loadings(seed, subject, roi, meta["fmri"])
+            _write_h5(h5, counts[imageset], (nv,), lambda a, b, L=loadings, s=imageset,
+                      sub=subject, r=roi: _fmri_rows(seed, s, sub, r, a, b, L))
+        else:
+            meta = _eeg_metadata(seed, imageset, subject, counts[imageset])
+            _write_h5(h5, counts[imageset], (4, 63, 140), lambda a, b, s=imageset,
+                      sub=subject: _eeg_rows(seed, s, sub, a, b))
+        np.save(npy, np.asarray(meta, dtype=object), allow_pickle=True)
+    logger.info("wrote %d miniature NED entries under %s", len(jobs), Path(root) / root_name)
+    return Path(root) / root_name
+
+
+# ------------------------------------------------------------------------------ values
+
+
+def _rng(seed: int, *parts: Any) -> np.random.Generator:
+    return np.random.default_rng([seed, *(zlib.crc32(str(p).encode()) for p in parts)])
+
+
+def _image_features(seed: int, imageset: str, start: int, stop: int) -> np.ndarray:
+    """Latent features of images ``start:stop`` of an image set (shared by all entries)."""
+    # One generator per block of 4096 images keeps rows independent of how they are read.
+    out = []
+    for block in range(start // 4096, (stop - 1) // 4096 + 1):
+        feats = _rng(seed, "images", imageset, block).standard_normal((4096, _N_LATENT))
+        lo, hi = max(start, block * 4096), min(stop, (block + 1) * 4096)
+        out.append(feats[lo - block * 4096: hi - block * 4096])
+    return np.concatenate(out).astype(np.float32)
+
+
+def _write_h5(path: Path, n: int, row_shape: tuple[int, ...], rows: Any) -> None:
+    """Write a contiguous float32 dataset block by block (h5py defaults: no chunks)."""
+    row_bytes = 4 * int(np.prod(row_shape))
+    step = max(1, _BLOCK_BYTES // row_bytes)
+    with h5py.File(path, "w") as f:
+        dset = f.create_dataset("synthetic_neural_responses", shape=(n, *row_shape),
+                                dtype="float32")
+        for start in range(0, n, step):
+            stop = min(n, start + step)
+            dset[start:stop] = rows(start, stop)
+
+
+@functools.lru_cache(maxsize=64)
+def _roi_mask(seed: int, subject: int, roi: str, count: int) -> np.ndarray:
+    """A compact blob of exactly ``count`` voxels around an ROI-specific centre."""
+    shape = np.array(VOLUME_SHAPES[subject])
+    if count > shape.prod():
+        raise ValueError(f"{count} voxels do not fit in a {tuple(shape)} volume")
+    rng = _rng(seed, "mask", roi)  # same place in every subject, like a real ROI
+    centre = shape * (0.25 + 0.5 * rng.random(3))
+    half = int(np.ceil(2.0 * count ** (1 / 3))) + 3  # box holding well over `count` voxels
+    lo = np.clip(np.floor(centre - half).astype(int), 0, shape)
+    hi = np.clip(np.ceil(centre + half).astype(int), 0, shape)
+    if np.prod(hi - lo) < 2 * count:
+        lo, hi = np.zeros(3, int), shape
+    grid = np.stack(np.meshgrid(*(np.arange(a, b) for a, b in zip(lo, hi, strict=True)),
+                                indexing="ij"), axis=-1).reshape(-1, 3)
+    dist = np.sqrt((((grid - centre) * np.array([1.0, 1.3, 0.8])) ** 2).sum(axis=1))
+    dist += _rng(seed, "jitter", subject, roi).random(dist.size) * 2.0
+    chosen = grid[np.argpartition(dist, count - 1)[:count]]
+    mask = np.zeros(tuple(shape), dtype=bool)
+    mask[tuple(chosen.T)] = True
+    mask.flags.writeable = False
+    return mask
+
+
+def _fmri_metadata(seed: int, imageset: str, subject: int, roi: str, n_voxels: int,
+                   n_images: int) -> dict[str, Any]:
+    rng = _rng(seed, "fmri-meta", subject, roi)
+    mask = _roi_mask(seed, subject, roi, n_voxels)
+    shape = np.array(mask.shape)
+    affine = np.diag([1.8, 1.8, 1.8, 1.0])
+    affine[:3, 3] = -0.9 * shape
+    ncsnr = rng.gamma(2.0, 0.25, n_voxels).astype(np.float32)
+    noise_ceiling = (100 * ncsnr**2 / (ncsnr**2 + 1 / 3)).astype(np.float32)
+    r2 = (noise_ceiling * rng.uniform(0.2, 0.9, n_voxels)).astype(np.float32)
+    nnorm = (100 * r2 / np.maximum(noise_ceiling, 1e-6)).astype(np.float32)
+    subjectim, masterordering = _nsd_design(seed)
+    own = subjectim[subject - 1]
+    return {
+        "fmri": {"ncsnr": ncsnr, "roi_mask_volume": mask, "fmri_affine": affine},
+        "encoding_models": {
+            "encoding_accuracy": {"r2": r2, "noise_ceiling": noise_ceiling,
+                                  "noise_normalized_encoding": nnorm},
+            "train_val_test_nsd_image_splits": {
+                "train_img_num": own[1000:], "val_img_num": own[515:1000],
+                "test_img_num": own[:515]},
+        },
+        f"{imageset}_labels": _labels(seed, imageset, n_images, subjectim, masterordering),
+    }
+
+
+def _fmri_loadings(seed: int, subject: int, roi: str, fmri: Mapping[str, Any]) -> np.ndarray:
+    """Spatially smooth voxel loadings on the latent features, (n_latent, n_voxels)."""
+    ijk = np.argwhere(fmri["roi_mask_volume"]).astype(np.float32)
+    ijk = (ijk - ijk.mean(0)) / (ijk.std(0) + 1e-6)
+    roi_profile = _rng(seed, "roi", roi).standard_normal(_N_LATENT)
+    spatial = _rng(seed, "space", subject, roi).standard_normal((_N_LATENT, 3)) * 0.4
+    loadings = roi_profile[:, None] + spatial @ ijk.T
+    reliability = np.minimum(fmri["ncsnr"], 1.5)[None, :]
+    return (loadings * reliability).astype(np.float32)
+
+
+def _fmri_rows(seed: int, imageset: str, subject: int, roi: str, start: int, stop: int,
+               loadings: np.ndarray) -> np.ndarray:
+    feats = _image_features(seed, imageset, start, stop)
+    noise = _rng(seed, "fmri-noise", imageset, subject, roi, start).standard_normal(
+        (stop - start, loadings.shape[1]), dtype=np.float32)
+    return (feats @ loadings + 0.6 * noise).astype(np.float32)
+
+
+def _eeg_waveform(seed: int, subject: int) -> np.ndarray:
+    """Per-latent evoked waveforms over (channel, time): (n_latent, 63, 140)."""
+    rng = _rng(seed, "eeg-wave", subject)
+    t = TIMES[None, None, :]
+    latency = 0.08 + 0.12 * rng.random((_N_LATENT, 1, 1))
+    topo = rng.standard_normal((_N_LATENT, 63, 1))
+    return (topo * np.exp(-((t - latency) ** 2) / 0.002) * (t > 0)).astype(np.float32)
+
+
+def _eeg_rows(seed: int, imageset: str, subject: int, start: int, stop: int) -> np.ndarray:
+    feats = _image_features(seed, imageset, start, stop)
+    evoked = np.tensordot(feats, _eeg_waveform(seed, subject), axes=1)  # (n, 63, 140)
+    noise = _rng(seed, "eeg-noise", imageset, subject, start).standard_normal(
+        (stop - start, 4, 63, 140), dtype=np.float32)
+    return (evoked[:, None] + 0.5 * noise).astype(np.float32)
+
+
+def _eeg_metadata(seed: int, imageset: str, subject: int, n_images: int) -> dict[str, Any]:
+    rng = _rng(seed, "eeg-meta", subject)
+    envelope = np.exp(-((TIMES - 0.15) ** 2) / 0.01)[None, :] * (TIMES > 0)
+    corr = (0.05 + 0.6 * envelope * rng.uniform(0.5, 1.0, (63, 1))).astype(np.float32)
+    concepts = np.array([_CONCEPTS[i % len(_CONCEPTS)] for i in range(16540 // 10)])
+    train_concepts = np.repeat(concepts, 10)
+    test_concepts = np.array([_CONCEPTS[i % len(_CONCEPTS)] for i in range(200)])
+    subjectim, masterordering = _nsd_design(seed)
+    return {
+        "eeg": {"ch_names": list(CHANNELS), "times": TIMES.copy()},
+        "encoding_models": {
+            "encoding_accuracy": {
+                "correlation_all_repetitions": corr,
+                "correlation_single_repetitions": (corr[None] * rng.uniform(0.7, 0.9, (4, 1, 1))
+                                                   ).astype(np.float32),
+                "noise_ceiling_upper": np.minimum(corr + 0.2, 1).astype(np.float32),
+                "noise_ceiling_lower": np.minimum(corr + 0.1, 1).astype(np.float32),
+            },
+            "train_test_things_image_splits": {
+                "train_img_files": np.array([f"{c}_{i % 10 + 1:02d}s.jpg" for i, c in
+                                             enumerate(train_concepts)]),
+                "train_img_concepts": train_concepts,
+                "test_img_files": np.array([f"{c}_{i:02d}s.jpg" for i, c in
+                                            enumerate(test_concepts)]),
+                "test_img_concepts": test_concepts,
+            },
+        },
+        f"{imageset}_labels": _labels(seed, imageset, n_images, subjectim, masterordering),
+    }
+
+
+@functools.lru_cache(maxsize=4)
+def _nsd_design(seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """NSD's subjectim (8, 10000; first 1000 shared) and masterordering (30000,), 0-based."""
+    rng = _rng(seed, "nsd-design")
+    shared = np.arange(0, 3000, 3)
+    others = np.setdiff1d(np.arange(73000), shared)
+    own = rng.choice(others, (8, 9000), replace=False)
+    subjectim = np.concatenate([np.broadcast_to(shared, (8, 1000)), own], axis=1)
+    masterordering = rng.integers(0, 10000, 30000)
+    return subjectim.astype(np.int64), masterordering.astype(np.int64)
+
+
+def _labels(seed: int, imageset: str, n: int, subjectim: np.ndarray,
+            masterordering: np.ndarray) -> dict[str, Any]:
+    rng = _rng(seed, "labels", imageset)
+    if imageset == "nsd":
+        return {"subjectim": subjectim, "masterordering": masterordering}
+    if imageset == "imagenet_val":
+        return {"label_number": rng.integers(0, 1000, n),
+                "label_names": np.array([f"imagenet class {i}" for i in range(1000)])}
+    if imageset == "things":
+        index = np.sort(rng.integers(0, len(_CONCEPTS), n))
+        paths = [f"{_CONCEPTS[c]}/{_CONCEPTS[c]}_{i:02d}s.jpg" for i, c in enumerate(index)]
+        return {"image_concept_index": index, "image_paths": np.array(paths),
+                "unique_id": np.array(_CONCEPTS)}
+    raise ValueError(f"unknown image set {imageset!r}; valid: nsd, imagenet_val, things")
