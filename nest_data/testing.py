@@ -72,7 +72,8 @@ _CONCEPTS = ("aardvark", "accordion", "airplane", "alligator", "anchor", "apple"
              "fence", "fish", "flower", "fork", "frog", "guitar", "hammer", "hat", "horse",
              "house", "key", "kite", "lamp", "leaf", "lion")
 _N_LATENT = 6
-_BLOCK_BYTES = 64 * 2**20
+_BLOCK_BYTES = 64 * 2**20  # rows written to HDF5 at a time
+_NOISE_ROWS = 64  # rows drawn from one generator
 
 
 def roi_voxel_count(subject: int, roi: str) -> int:
@@ -210,6 +211,19 @@ def _image_features(seed: int, imageset: str, start: int, stop: int) -> np.ndarr
     return np.concatenate(out).astype(np.float32)
 
 
+def _normal_rows(seed: int, parts: tuple[Any, ...], start: int, stop: int,
+                 row_shape: tuple[int, ...]) -> np.ndarray:
+    """Standard normal rows ``start:stop``, identical however the rows are requested."""
+    out = np.empty((stop - start, *row_shape), dtype=np.float32)
+    for block in range(start // _NOISE_ROWS, (stop - 1) // _NOISE_ROWS + 1):
+        lo, hi = block * _NOISE_ROWS, (block + 1) * _NOISE_ROWS
+        rows = _rng(seed, *parts, block).standard_normal((_NOISE_ROWS, *row_shape),
+                                                         dtype=np.float32)
+        a, b = max(start, lo), min(stop, hi)
+        out[a - start: b - start] = rows[a - lo: b - lo]
+    return out
+
+
 def _write_h5(path: Path, n: int, row_shape: tuple[int, ...], rows: Any) -> None:
     """Write a contiguous float32 dataset block by block (h5py defaults: no chunks)."""
     row_bytes = 4 * int(np.prod(row_shape))
@@ -286,8 +300,8 @@ def _fmri_loadings(seed: int, subject: int, roi: str, fmri: Mapping[str, Any]) -
 def _fmri_rows(seed: int, imageset: str, subject: int, roi: str, start: int, stop: int,
                loadings: np.ndarray) -> np.ndarray:
     feats = _image_features(seed, imageset, start, stop)
-    noise = _rng(seed, "fmri-noise", imageset, subject, roi, start).standard_normal(
-        (stop - start, loadings.shape[1]), dtype=np.float32)
+    noise = _normal_rows(seed, ("fmri-noise", imageset, subject, roi), start, stop,
+                         (loadings.shape[1],))
     return (feats @ loadings + 0.6 * noise).astype(np.float32)
 
 
@@ -303,8 +317,7 @@ def _eeg_waveform(seed: int, subject: int) -> np.ndarray:
 def _eeg_rows(seed: int, imageset: str, subject: int, start: int, stop: int) -> np.ndarray:
     feats = _image_features(seed, imageset, start, stop)
     evoked = np.tensordot(feats, _eeg_waveform(seed, subject), axes=1)  # (n, 63, 140)
-    noise = _rng(seed, "eeg-noise", imageset, subject, start).standard_normal(
-        (stop - start, 4, 63, 140), dtype=np.float32)
+    noise = _normal_rows(seed, ("eeg-noise", imageset, subject), start, stop, (4, 63, 140))
     return (evoked[:, None] + 0.5 * noise).astype(np.float32)
 
 

@@ -1,0 +1,286 @@
+"""NED -> Zarr conversion: exact values, complete metadata, atomic, resumable, verified."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+import zarr
+
+import nest_data
+from nest_data._cli import main as cli
+from nest_data._store import STAGING_DIR, chunk_rows
+from nest_data.converters import convert_ned, discover_ned
+from nest_data.converters._pickle import load_npy_dict
+from nest_data.errors import ConversionError, SourceFormatError, UnknownKeyError
+from nest_data.testing import CHANNELS, TIMES, ned_file_paths, write_ned
+
+
+def _source(ned: Path, modality: str, imageset: str, subject: int, roi: str | None = None
+            ) -> tuple[np.ndarray, dict]:
+    h5, npy = ned_file_paths(ned, modality, imageset, subject, roi)
+    with h5py.File(h5) as f:
+        return f["synthetic_neural_responses"][:], load_npy_dict(npy)
+
+
+def _listing(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).digest()
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize("roi", ["V1", "lateral"])
+def test_fmri_values_and_voxel_coords(ned_src: Path, collection: Path, roi: str) -> None:
+    values, meta = _source(ned_src, "fmri", "nsd", 1, roi)
+    da = nest_data.open(imageset="nsd", subject=1, roi=roi, location=str(collection))
+    assert da.dims == ("image", "voxel") and da.dtype == np.float32 and da.name == "responses"
+    got = da.values
+    assert got.tobytes() == values.tobytes()  # bit-identical
+    mask = meta["fmri"]["roi_mask_volume"]
+    ijk = np.argwhere(mask)
+    np.testing.assert_array_equal(np.c_[da.i.values, da.j.values, da.k.values], ijk)
+    affine = meta["fmri"]["fmri_affine"]
+    xyz = (np.c_[ijk, np.ones(len(ijk))] @ affine.T)[:, :3]
+    np.testing.assert_allclose(np.c_[da.x.values, da.y.values, da.z.values], xyz, rtol=1e-6)
+    np.testing.assert_array_equal(da.ncsnr.values, meta["fmri"]["ncsnr"])
+    acc = meta["encoding_models"]["encoding_accuracy"]
+    np.testing.assert_array_equal(da.r2.values, acc["r2"])
+    np.testing.assert_array_equal(da.noise_ceiling.values, acc["noise_ceiling"])
+    np.testing.assert_array_equal(da.explained_variance.values,
+                                  acc["noise_normalized_encoding"])
+    assert da.attrs["volume_shape"] == list(mask.shape)
+    np.testing.assert_array_equal(np.array(da.attrs["affine"]), affine)
+    assert {k: da.attrs[k] for k in ("modality", "train_dataset", "model", "imageset",
+                                     "subject", "roi")} == {
+        "modality": "fmri", "train_dataset": "nsd", "model": "fwrf", "imageset": "nsd",
+        "subject": 1, "roi": roi}
+    assert da.attrs["sha256"] == "sha256:" + hashlib.sha256(values.tobytes()).hexdigest()
+    files = [s["file"] for s in da.attrs["provenance"]["sources"]]
+    assert files == [f"synthetic_neural_responses_sub-01_roi-{roi}.h5",
+                     f"synthetic_neural_responses_metadata_sub-01_roi-{roi}.npy"]
+
+
+def test_nsd_image_labels_and_encoder_splits(ned_src: Path, collection: Path) -> None:
+    _, meta = _source(ned_src, "fmri", "nsd", 2, "FFA-1")
+    da = nest_data.open(imageset="nsd", subject=2, roi="FFA-1", location=str(collection))
+    subjectim = meta["nsd_labels"]["subjectim"]
+    shared = set(subjectim[0]).intersection(*map(set, subjectim[1:]))
+    np.testing.assert_array_equal(da.nsd_id.values, np.arange(30))
+    np.testing.assert_array_equal(da.shared1000.values, [i in shared for i in range(30)])
+    splits = meta["encoding_models"]["train_val_test_nsd_image_splits"]
+    expected = ["test" if i in splits["test_img_num"] else "val" if i in splits["val_img_num"]
+                else "train" if i in splits["train_img_num"] else "" for i in range(30)]
+    assert list(da.split.values) == expected
+    aux = nest_data.open_metadata(imageset="nsd", subject=2, roi="FFA-1",
+                                  location=str(collection))
+    for name in ("train_img_num", "val_img_num", "test_img_num"):
+        np.testing.assert_array_equal(aux[name].values, splits[name])
+    np.testing.assert_array_equal(aux["nsd_subjectim"].values, subjectim)
+    np.testing.assert_array_equal(aux["nsd_masterordering"].values,
+                                  meta["nsd_labels"]["masterordering"])
+
+
+def test_things_and_imagenet_labels(ned_src: Path, collection: Path) -> None:
+    _, meta = _source(ned_src, "fmri", "things", 1, "V1")
+    da = nest_data.open(imageset="things", subject=1, roi="V1", location=str(collection))
+    labels = meta["things_labels"]
+    assert list(da.path.values) == list(labels["image_paths"])
+    assert list(da.concept.values) == [p.split("/")[0] for p in labels["image_paths"]]
+    np.testing.assert_array_equal(da.concept_index.values, labels["image_concept_index"])
+    assert list(da.unique_id.values) == list(labels["unique_id"][labels["image_concept_index"]])
+    _, meta = _source(ned_src, "fmri", "imagenet_val", 1, "V1")
+    da = nest_data.open(imageset="imagenet_val", subject=1, roi="V1", location=str(collection))
+    number = meta["imagenet_val_labels"]["label_number"]
+    np.testing.assert_array_equal(da.label_number.values, number)
+    assert list(da.label_name.values) == list(meta["imagenet_val_labels"]["label_names"][number])
+
+
+def test_eeg_entry(ned_src: Path, collection: Path) -> None:
+    values, meta = _source(ned_src, "eeg", "imagenet_val", 1)
+    da = nest_data.open(modality="eeg", imageset="imagenet_val", subject="sub-01",
+                        location=str(collection))
+    assert da.dims == ("image", "repetition", "channel", "time")
+    assert da.values.tobytes() == values.tobytes()
+    assert list(da.channel.values) == list(CHANNELS)
+    np.testing.assert_array_equal(da.time.values, TIMES)
+    assert da.time.attrs["units"] == "s"
+    np.testing.assert_array_equal(da.repetition.values, [1, 2, 3, 4])
+    acc = meta["encoding_models"]["encoding_accuracy"]
+    assert da.correlation_single_repetitions.dims == ("repetition", "channel", "time")
+    np.testing.assert_array_equal(da.noise_ceiling_upper.values, acc["noise_ceiling_upper"])
+    aux = nest_data.open_metadata(modality="eeg", imageset="imagenet_val", subject=1,
+                                  location=str(collection))
+    assert aux["train_img_files"].size == 16540
+
+
+@pytest.mark.parametrize(("row_shape", "n"), [((1350,), 73000), ((7799,), 26107),
+                                              ((4, 63, 140), 73000), ((165,), 50000)])
+def test_chunks_hold_4_to_16_mb_along_image_only(row_shape: tuple[int, ...], n: int) -> None:
+    rows = chunk_rows(4 * int(np.prod(row_shape)), n)
+    assert 4e6 <= rows * 4 * np.prod(row_shape) <= 16e6
+
+
+def test_store_layout(collection: Path) -> None:
+    path = collection / nest_data.catalog().resolve(imageset="nsd", subject=1, roi="V1").path
+    group = zarr.open_group(path, mode="r")
+    array = group["responses"]
+    assert group.metadata.zarr_format == 3
+    assert array.chunks == (30, 1350)  # one chunk for 30 images, all voxels in it
+    assert type(array.compressors[0]).__name__ == "ZstdCodec"
+    assert group.metadata.consolidated_metadata is not None
+    meta = group.attrs["nest_data"]
+    assert meta["complete"] and set(meta["checksums"]) >= {"responses", "ncsnr", "i", "x"}
+
+
+def test_both_root_folder_names_are_found(tmp_path: Path) -> None:
+    kw = {"modalities": ["fmri"], "subjects": [1], "imagesets": ["things"], "n_images": 4,
+          "show_progress": False}
+    write_ned(tmp_path, rois=["V1"], root_name="pregenerated_insilico_neural_responses", **kw)
+    write_ned(tmp_path, rois=["V2"], root_name="synthetic_neural_responses", **kw)
+    assert [s.entry.roi for s in discover_ned(tmp_path)] == ["V1", "V2"]
+    assert [s.entry.roi for s in discover_ned(tmp_path / "synthetic_neural_responses")] == ["V2"]
+
+
+def test_filters_and_parallel_equal_serial(ned_src: Path, collection: Path, tmp_path: Path
+                                           ) -> None:
+    report = convert_ned(ned_src, tmp_path, roi="FFA-1", subject=[2], imageset="nsd",
+                         workers=1)
+    assert report.converted == ["fmri/nsd/fwrf nsd sub-02 FFA-1"]
+    rel = "modality-fmri/train_dataset-nsd/model-fwrf/imageset-nsd/sub-02_roi-FFA-1.zarr"
+    serial = zarr.open_group(tmp_path / rel).attrs["nest_data"]["checksums"]
+    parallel = zarr.open_group(collection / rel).attrs["nest_data"]["checksums"]
+    assert serial == parallel
+    with pytest.raises(UnknownKeyError, match="valid roi values: .*FFA-1"):
+        convert_ned(ned_src, tmp_path, roi="FFA-3")
+
+
+def _no_staged(dest: Path) -> bool:
+    staged = dest / STAGING_DIR
+    return not staged.exists() or not any(staged.iterdir())
+
+
+def _copy_entry(ned_src: Path, dest: Path, roi: str = "V1") -> tuple[Path, Path]:
+    h5, npy = ned_file_paths(ned_src, "fmri", "things", 1, roi)
+    new_h5, new_npy = ned_file_paths(dest, "fmri", "things", 1, roi)
+    new_h5.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copy(h5, new_h5)
+    shutil.copy(npy, new_npy)
+    return new_h5, new_npy
+
+
+def test_truncated_source_is_named_and_dest_untouched(ned_src: Path, tmp_path: Path) -> None:
+    src, dest = tmp_path / "src", tmp_path / "dest"
+    _copy_entry(ned_src, src, "V1")
+    h5, _ = _copy_entry(ned_src, src, "FFA-1")
+    convert_ned(src, dest, roi="V1", workers=1)
+    before = _listing(dest)
+    h5.write_bytes(h5.read_bytes()[: h5.stat().st_size // 2])
+    with pytest.raises(ConversionError) as err:
+        convert_ned(src, dest, workers=1)
+    message = str(err.value)
+    assert str(h5) in message and "truncated or damaged" in message and "re-download" in message
+    after = _listing(dest)
+    assert {k: v for k, v in after.items() if STAGING_DIR not in k} == {
+        k: v for k, v in before.items() if STAGING_DIR not in k}
+    assert _no_staged(dest)
+
+
+def test_wrong_shape_source_is_rejected(ned_src: Path, tmp_path: Path) -> None:
+    h5, _ = _copy_entry(ned_src, tmp_path / "src")
+    with h5py.File(h5, "w") as f:
+        f.create_dataset("synthetic_neural_responses", data=np.zeros((30, 1349), "float32"))
+    with pytest.raises(ConversionError, match=r"1349 voxels but roi_mask_volume .* has 1350"):
+        convert_ned(tmp_path / "src", tmp_path / "dest", workers=1)
+    assert not (tmp_path / "dest" / "modality-fmri").exists()
+
+
+def test_untrusted_pickle_is_refused(ned_src: Path, tmp_path: Path) -> None:
+    _, npy = _copy_entry(ned_src, tmp_path / "src")
+
+    class Evil:
+        def __reduce__(self) -> tuple:
+            return (os.system, ("touch " + str(tmp_path / "pwned"),))
+
+    np.save(npy, np.asarray({"fmri": Evil()}, dtype=object), allow_pickle=True)
+    with pytest.raises(ConversionError, match="refusing to load"):
+        convert_ned(tmp_path / "src", tmp_path / "dest", workers=1)
+    assert not (tmp_path / "pwned").exists()
+
+
+def test_resume_skips_complete_and_redoes_damaged(ned_src: Path, tmp_path: Path) -> None:
+    src, dest = tmp_path / "src", tmp_path / "dest"
+    _copy_entry(ned_src, src, "V1")
+    _copy_entry(ned_src, src, "FFA-1")
+    first = convert_ned(src, dest, workers=1)
+    assert len(first.converted) == 2
+    again = convert_ned(src, dest, workers=1)
+    assert again.converted == [] and len(again.skipped) == 2
+    chunk = dest / ("modality-fmri/train_dataset-nsd/model-fwrf/imageset-things/"
+                    "sub-01_roi-V1.zarr/responses/c/0/0")
+    chunk.write_bytes(chunk.read_bytes()[:-8] + bytes(8))
+    third = convert_ned(src, dest, workers=1)
+    assert third.converted == ["fmri/nsd/fwrf things sub-01 V1"]
+    assert nest_data.verify(dest) == []
+
+
+def test_killed_conversion_leaves_nothing_visible_then_resumes(ned_src: Path, tmp_path: Path
+                                                               ) -> None:
+    src, dest = tmp_path / "src", tmp_path / "dest"
+    write_ned(src, modalities=["fmri"], subjects=[1], rois=["lateral"], imagesets=["things"],
+              n_images=4000, show_progress=False)  # 125 MB: takes a while to convert
+    code = ("import sys; from nest_data.converters import convert_ned; "
+            "convert_ned(sys.argv[1], sys.argv[2], workers=1, show_progress=False)")
+    proc = subprocess.Popen([sys.executable, "-c", code, str(src), str(dest)])
+    deadline = time.monotonic() + 60
+    staged = dest / STAGING_DIR
+    while time.monotonic() < deadline:
+        if staged.is_dir() and list(staged.glob("*/responses/c/*")):
+            break
+        time.sleep(0.01)
+    else:
+        proc.kill()
+        pytest.fail("the conversion never started writing chunks")
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    assert not (dest / "modality-fmri").exists()
+    with pytest.raises(nest_data.StoreNotFoundError):
+        nest_data.open(imageset="things", subject=1, roi="lateral", location=str(dest))
+    report = convert_ned(src, dest, workers=1)
+    assert len(report.converted) == 1
+    assert _no_staged(dest)  # the partial store was cleaned up
+    assert nest_data.verify(dest) == []
+
+
+def test_verify_names_tampered_chunk_and_cli_exit_codes(
+    ned_src: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    src, dest = tmp_path / "src", tmp_path / "dest"
+    _copy_entry(ned_src, src)
+    assert cli(["convert", "ned", str(src), str(dest), "--workers", "1"]) == 0
+    assert "1 converted" in capsys.readouterr().out
+    assert cli(["verify", str(dest)]) == 0
+    assert "all checksums match" in capsys.readouterr().out
+    store = dest / "modality-fmri/train_dataset-nsd/model-fwrf/imageset-things/sub-01_roi-V1.zarr"
+    ncsnr = store / "ncsnr" / "c" / "0"
+    raw = zarr.open_group(store)["ncsnr"][:]
+    raw[3] += 1
+    zarr.open_group(store, mode="r+")["ncsnr"][:] = raw  # re-encoded, but wrong values
+    problems = nest_data.verify(dest)
+    assert len(problems) == 1 and problems[0].array == "ncsnr"
+    assert ncsnr.exists()
+    chunk = store / "responses" / "c" / "0" / "0"
+    chunk.write_bytes(b"garbage")
+    problems = nest_data.verify(dest)
+    assert [p.array for p in problems] == ["ncsnr", "responses"]
+    assert "chunk 0 (images 0-29, key c/0/0)" in problems[1].detail
+    assert cli(["verify", str(dest)]) == 1
+    out = capsys.readouterr().out
+    assert "MISMATCH" in out and "chunk 0" in out and "2 problem(s)" in out
