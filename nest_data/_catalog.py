@@ -365,6 +365,13 @@ class Catalog:
             raise UnknownKeyError("no model matches " + ", ".join(
                 f"{k}={given[k]!r}" for k in MODEL_KEYS if k in given) + "; valid models: " +
                 _fmt([m.name for m in self.models]))
+        imageset_models = [m for m in models if _matches(given["imageset"], m.imagesets)]
+        if not imageset_models:
+            raise UnknownKeyError(
+                f"unknown imageset {given['imageset']!r} for " + _fmt(m.name for m in models) +
+                "; valid imageset values: " + _fmt(sorted({i for m in models
+                                                            for i in m.imagesets})) + ".")
+        models = imageset_models
         if "roi" in given:
             models = [m for m in models if m.rois]
             if not models:
@@ -473,6 +480,8 @@ class Catalog:
         df = self.df.drop(columns=["dims", "n_images", "n_voxels"])
         df["roi"] = df["roi"].fillna("none")
         df["variable"] = "responses"
+        if "://" not in root:  # intake-esm always passes storage_options, which zarr
+            root = Path(root).absolute().as_uri()  # accepts for URLs only
         df["path"] = [root.rstrip("/") + "/" + p for p in df["path"]]
         df.to_csv(out / f"{stem}.csv", index=False)
         spec = {
@@ -499,6 +508,10 @@ def _fmt(values: Iterable[Any]) -> str:
     return ", ".join(str(v) for v in values)
 
 
+def _matches(value: Any, valid: Sequence[Any]) -> bool:
+    return str(value).lower() in {str(v).lower() for v in valid}
+
+
 def _normalise(key: str, value: Any, valid: Sequence[Any], context: str) -> Any:
     """Map a user's spelling of a key value to the canonical one, or raise UnknownKeyError."""
     if key == "subject":
@@ -511,7 +524,8 @@ def _normalise(key: str, value: Any, valid: Sequence[Any], context: str) -> Any:
         folded = {str(v).lower(): v for v in valid}
         if str(value).lower() in folded:
             return folded[str(value).lower()]
-    hint = difflib.get_close_matches(str(value), [str(v) for v in valid], n=1)
+    hint = [] if key == "subject" else difflib.get_close_matches(str(value),
+                                                                  [str(v) for v in valid], n=1)
     suggestion = f" Did you mean {hint[0]!r}?" if hint else ""
     raise UnknownKeyError(f"unknown {key} {value!r}{context}; valid {key} values: "
                           f"{_fmt(valid)}.{suggestion}")

@@ -7,7 +7,9 @@ import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import dask
 import xarray as xr
+from dask.base import is_dask_collection
 
 from nest_data._catalog import Catalog, Entry, catalog as default_catalog
 from nest_data._storage import is_local, join, make_store
@@ -182,6 +184,13 @@ def _open_dataset(
         warnings.filterwarnings("ignore", message="Consolidated metadata")
         ds = xr.open_zarr(store, group=group, consolidated=True,
                           chunks=dict(chunks) if chunks is not None else {})
+    # Coordinates are small (one chunk each) and needed for label-based selection
+    # (``da.where(da.ncsnr > 0.5)``, ``da.concept == "dog"``): read them all at once.
+    lazy = [name for name, var in ds.coords.items() if is_dask_collection(var.data)]
+    if lazy:
+        loaded = dask.compute(*(ds[name].data for name in lazy))
+        ds = ds.assign_coords({name: (ds[name].dims, values, ds[name].attrs)
+                               for name, values in zip(lazy, loaded, strict=True)})
     logger.debug("opened %s from %s", entry.label, url)
     return ds
 

@@ -1,0 +1,71 @@
+"""The embedded demo: the whole collection in miniature, and the main job on it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import nest_data
+from nest_data._cli import main as cli
+from nest_data.testing import ROI_VOXELS_SUB01, roi_voxel_count
+
+
+def test_demo_collection_is_complete(demo: Path) -> None:
+    stores = nest_data._verify.find_stores(demo)
+    assert len(stores) == len(nest_data.catalog()) == 582
+    for subject in (1, 5, 8):
+        da = nest_data.open(imageset="nsd", subject=subject, roi="ventral", location="demo")
+        assert da.shape == (24, roi_voxel_count(subject, "ventral"))
+    assert nest_data.open(imageset="imagenet_val", subject=1, roi="lateral",
+                          location="demo").sizes["voxel"] == ROI_VOXELS_SUB01["lateral"]
+    eeg = nest_data.open(modality="eeg", imageset="things", subject=10, location="demo")
+    assert eeg.shape == (24, 4, 63, 140)
+
+
+def test_demo_build_is_idempotent(demo: Path) -> None:
+    marker = demo / ".nest-data-demo.json"
+    before = marker.stat().st_mtime_ns
+    assert nest_data.build_demo(show_progress=False) == demo
+    assert marker.stat().st_mtime_ns == before
+
+
+def test_cli_demo_runs_main_job(demo: Path, tmp_path: Path,
+                                capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli(["demo", "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("The demo's numbers are SYNTHETIC")
+    assert "Opened fmri/nsd/fwrf things sub-01 V1: 24 images x 1350 voxels" in out
+    da = nest_data.open(imageset="things", subject=1, roi="V1", location="demo")
+    top = nest_data.top_images(da, k=5, min_ncsnr=0.5)
+    for rank, (image, concept) in enumerate(zip(top.image.values, top.concept.values,
+                                                strict=True), 1):
+        assert f"{rank}. image {int(image):>5}  {concept:<12}" in out
+    png = tmp_path / "nest-data-demo_things_sub-01_V1.png"
+    assert f"Figure: {png}" in out
+    data = png.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 20_000
+
+
+def test_figure_paints_roi_into_volume(demo: Path, tmp_path: Path,
+                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    import matplotlib.axes
+
+    shown = []
+    real = matplotlib.axes.Axes.imshow
+
+    def spy(self: matplotlib.axes.Axes, data: np.ndarray, *a: object, **k: object) -> object:
+        shown.append(np.asarray(data))
+        return real(self, data, *a, **k)
+
+    monkeypatch.setattr(matplotlib.axes.Axes, "imshow", spy)
+    da = nest_data.open(imageset="things", subject=2, roi="FFA-1", location="demo")
+    nest_data.plot_roi_summary(da, tmp_path / "f.png")
+    (slice_,) = shown
+    k = int(np.bincount(da.k.values).argmax())
+    in_slice = da.k.values == k
+    assert np.isfinite(slice_).sum() == in_slice.sum()
+    means = da.values.mean(axis=0)
+    np.testing.assert_allclose(slice_.T[da.i.values[in_slice], da.j.values[in_slice]],
+                               means[in_slice], rtol=1e-6)
