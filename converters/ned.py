@@ -21,7 +21,8 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from nest_data import _config
-from nest_data._catalog import Catalog, Entry, catalog as default_catalog
+from nest_data._catalog import Catalog, Entry
+from nest_data._catalog import catalog as default_catalog
 from nest_data._store import (
     STAGING_DIR,
     EntryData,

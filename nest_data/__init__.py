@@ -16,7 +16,7 @@ from importlib.metadata import PackageNotFoundError, version
 from nest_data._analysis import roi_mean, top_images
 from nest_data._catalog import Catalog, Entry, Location, catalog
 from nest_data._demo import build_demo, plot_roi_summary, run_demo
-from nest_data._open import open, open_many, open_metadata  # noqa: A004
+from nest_data._open import open, open_many, open_metadata
 from nest_data._verify import verify
 from nest_data.errors import (
     AmbiguousKeyError,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import functools
 import json
 import logging
 import os
@@ -73,6 +74,14 @@ class Entry:
     roi: str | None
     path: str
     dims: tuple[str, ...]
+
+    @classmethod
+    def of(cls, model: ModelSpec, imageset: str, subject: int, roi: str | None) -> Entry:
+        """The entry of ``model`` for one image set, subject and ROI (path from the template)."""
+        fields = {"modality": model.modality, "train_dataset": model.train_dataset,
+                  "model": model.model, "imageset": imageset, "subject": subject, "roi": roi}
+        return cls(model.modality, model.train_dataset, model.model, imageset, subject, roi,
+                   path=model.path.format(**fields), dims=model.dims)
 
     @property
     def key(self) -> dict[str, Any]:
@@ -160,7 +169,7 @@ class Catalog:
         """Read a catalog YAML file (see ``catalog/nest.yaml`` for the schema)."""
         path = Path(source)
         try:
-            doc = yaml.safe_load(path.read_text())
+            doc = _read_yaml(str(path.resolve()), path.stat().st_mtime_ns)
         except OSError as exc:
             raise CatalogError(f"cannot read catalog file {path}: {exc}") from exc
         except yaml.YAMLError as exc:
@@ -247,10 +256,7 @@ class Catalog:
             for imageset in m.imagesets:
                 for subject in m.subjects:
                     for roi in m.rois or (None,):
-                        fields = {"modality": m.modality, "train_dataset": m.train_dataset,
-                                  "model": m.model, "imageset": imageset, "subject": subject,
-                                  "roi": roi}
-                        yield Entry(**fields, path=m.path.format(**fields), dims=m.dims)
+                        yield Entry.of(m, imageset, subject, roi)
 
     def __iter__(self) -> Iterator[Entry]:
         return iter(self._entries)
@@ -378,8 +384,9 @@ class Catalog:
                 raise UnknownKeyError(f"roi={given['roi']!r} given, but the selected model has "
                                       "no ROIs (EEG entries have none); drop roi=")
         elif all(m.rois for m in models):
+            rois = sorted({r for m in models for r in m.rois})
             raise AmbiguousKeyError(f"roi= is required for {_fmt([m.name for m in models])}; "
-                                    f"valid ROIs: {_fmt(sorted({r for m in models for r in m.rois}))}")
+                                    f"valid ROIs: {_fmt(rois)}")
         else:
             with_roi = [m for m in models if m.rois]
             if with_roi and not any(k in given for k in MODEL_KEYS):
@@ -397,9 +404,7 @@ class Catalog:
         imageset = _normalise("imageset", given["imageset"], list(m.imagesets), context)
         subject = _normalise("subject", given["subject"], list(m.subjects), context)
         roi = _normalise("roi", given["roi"], list(m.rois), context) if m.rois else None
-        fields = {"modality": m.modality, "train_dataset": m.train_dataset, "model": m.model,
-                  "imageset": imageset, "subject": subject, "roi": roi}
-        return Entry(**fields, path=m.path.format(**fields), dims=m.dims)
+        return Entry.of(m, imageset, subject, roi)
 
     def model_spec(self, entry: Entry) -> ModelSpec:
         """The :class:`ModelSpec` an entry belongs to."""
@@ -502,6 +507,12 @@ class Catalog:
         path = out / f"{stem}.json"
         path.write_text(json.dumps(spec, indent=2))
         return path
+
+
+@functools.lru_cache(maxsize=32)
+def _read_yaml(path: str, mtime_ns: int) -> Any:
+    """Parse a YAML file once per modification time (the catalog is read on every open)."""
+    return yaml.safe_load(Path(path).read_text())
 
 
 def _fmt(values: Iterable[Any]) -> str:

@@ -149,10 +149,11 @@ def run_demo(
                                           1):
         name = str(top[label].values[rank - 1])
         lines.append(f"  {rank}. image {int(image):>5}  {name:<12} score {float(score):+.3f}")
-    figure: Path | None = Path(out_dir) / f"nest-data-demo_{imageset}_sub-{subject:02d}_{roi}.png"
+    png = Path(out_dir) / f"nest-data-demo_{imageset}_sub-{subject:02d}_{roi}.png"
+    figure: Path | None = png
     try:
-        plot_roi_summary(da, figure)
-        lines.append(f"Figure: {figure}")
+        plot_roi_summary(da, png)
+        lines.append(f"Figure: {png}")
     except ImportError as exc:
         logger.warning("%s", exc)
         lines.append(f"Figure skipped: {exc}")

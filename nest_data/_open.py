@@ -11,7 +11,8 @@ import dask
 import xarray as xr
 from dask.base import is_dask_collection
 
-from nest_data._catalog import Catalog, Entry, catalog as default_catalog
+from nest_data._catalog import Catalog, Entry
+from nest_data._catalog import catalog as default_catalog
 from nest_data._storage import is_local, join, make_store
 from nest_data._store import AUX_GROUP, DATA_VAR, read_store_attrs
 from nest_data.errors import StoreNotFoundError
@@ -21,7 +22,7 @@ logger = logging.getLogger("nest_data")
 __all__ = ["open", "open_many", "open_metadata"]
 
 
-def open(  # noqa: A001 - mirrors xarray.open_dataset / builtins-style API on purpose
+def open(
     *,
     imageset: str | None = None,
     subject: int | str | None = None,

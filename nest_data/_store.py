@@ -30,8 +30,8 @@ import numpy as np
 import zarr
 import zarr.api.asynchronous
 from zarr.codecs import ZstdCodec
-from zarr.core.sync import sync
 from zarr.core.buffer import default_buffer_prototype
+from zarr.core.sync import sync
 from zarr.storage import MemoryStore
 
 from nest_data.errors import ChecksumError, StoreNotFoundError
@@ -112,7 +112,7 @@ def array_digest(values: np.ndarray) -> str:
     Examples
     --------
     >>> array_digest(np.zeros(3, "float32"))[:12]
-    'sha256:112a8'
+    'sha256:15ec7'
     """
     h = hashlib.sha256()
     _update_digest(h, values)
@@ -222,8 +222,8 @@ def write_entry(
         memory = _skeleton(data, rows)
         sync(_dump(memory, stage))
         responses = zarr.open_array(stage, path=DATA_VAR, mode="r+", zarr_format=3)
-        checksums = {name: array_digest(np.asarray(values)) for name, (_, values, _) in
-                     data.coords.items()}
+        checksums: dict[str, Any] = {name: array_digest(np.asarray(values))
+                                     for name, (_, values, _) in data.coords.items()}
         checksums[DATA_VAR] = _stream_rows(data, responses, rows)
         for name, values in data.aux.items():
             checksums[f"{AUX_GROUP}/{name}"] = array_digest(values)

@@ -21,7 +21,7 @@ from nest_data._cli import main as cli
 from nest_data._store import STAGING_DIR, chunk_rows
 from nest_data.converters import convert_ned, discover_ned
 from nest_data.converters._pickle import load_npy_dict
-from nest_data.errors import ConversionError, SourceFormatError, UnknownKeyError
+from nest_data.errors import ConversionError, UnknownKeyError
 from nest_data.testing import CHANNELS, TIMES, ned_file_paths, write_ned
 
 

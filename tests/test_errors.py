@@ -86,7 +86,7 @@ def test_missing_store_says_where_and_how(tmp_path: Path, monkeypatch: pytest.Mo
     msg = str(err.value)
     expected = tmp_path / ("modality-fmri/train_dataset-nsd/model-fwrf/imageset-things/"
                            "sub-01_roi-V1.zarr")
-    assert f"no store for fmri/nsd/fwrf things sub-01 V1 at location 'local'" in msg
+    assert "no store for fmri/nsd/fwrf things sub-01 V1 at location 'local'" in msg
     assert f"looked for the folder {expected}" in msg
     assert "set NEST_DATA_ROOT" in msg and "nest-data convert ned SRC DEST" in msg
     assert "nest-data demo" in msg

@@ -1,4 +1,4 @@
-"""Shared fixtures: data made here, caches in tmp dirs, no network beyond loopback."""
+"""Shared fixtures (tests and doctests): data made here, caches in tmp dirs, loopback only."""
 
 from __future__ import annotations
 
@@ -92,3 +92,10 @@ def demo(_session_env: None) -> Path:
     import nest_data
 
     return nest_data.build_demo(show_progress=False)
+
+
+@pytest.fixture(autouse=True)
+def _demo_for_doctests(request: pytest.FixtureRequest) -> None:
+    """Docstring examples run on the demo data, as the README promises."""
+    if isinstance(request.node, pytest.DoctestItem):
+        request.getfixturevalue("demo")
