@@ -7,22 +7,19 @@ import datetime as _dt
 import fcntl
 import hashlib
 import logging
-import multiprocessing
 import os
 import re
 from collections.abc import Iterator, Mapping
-from concurrent.futures import Future, ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import h5py
 import numpy as np
-from tqdm.auto import tqdm
 
-from nest_data import _config
 from nest_data._catalog import Catalog, Entry
 from nest_data._catalog import catalog as default_catalog
+from nest_data._parallel import run_jobs
 from nest_data._store import (
     STAGING_DIR,
     EntryData,
@@ -33,7 +30,12 @@ from nest_data._store import (
     write_entry,
 )
 from nest_data.converters._pickle import load_npy_dict
-from nest_data.errors import ConversionError, SourceFormatError, StoreNotFoundError
+from nest_data.errors import (
+    ConversionError,
+    NestDataError,
+    SourceFormatError,
+    StoreNotFoundError,
+)
 from nest_data.testing import NED_ROOT_NAMES
 
 logger = logging.getLogger("nest_data")
@@ -215,19 +217,19 @@ def convert_ned(
             logger.info("removed %d partial store(s) left by an interrupted run in %s",
                         removed, dest_path)
         n_workers = min(workers or min(os.cpu_count() or 1, 4), len(sources))
-        bar = tqdm(total=len(sources), desc="converting NED", unit="entry",
-                   disable=not _config.show_progress(show_progress))
-        with bar:
-            for label, outcome in _run(sources, dest_path, cat, n_workers, overwrite,
-                                       verify_existing):
-                if isinstance(outcome, BaseException):
-                    report.failed[label] = str(outcome)
-                    logger.error("failed to convert %s: %s", label, outcome)
-                elif outcome == "skipped":
-                    report.skipped.append(label)
-                else:
-                    report.converted.append(label)
-                bar.update()
+        jobs = [(s, str(dest_path), cat.model_spec(s.entry).units, overwrite, verify_existing)
+                for s in sources]
+        for job, outcome in run_jobs(_attempt, jobs, workers=n_workers, desc="converting NED",
+                                     unit="entry", show_progress=show_progress):
+            label = job[0].entry.label
+            if isinstance(outcome, BaseException):
+                report.failed[label] = (str(outcome) if isinstance(outcome, NestDataError)
+                                        else f"{type(outcome).__name__}: {outcome}")
+                logger.error("failed to convert %s: %s", label, outcome)
+            elif outcome == "skipped":
+                report.skipped.append(label)
+            else:
+                report.converted.append(label)
     logger.info("NED conversion into %s: %s", dest_path, report)
     if report.failed:
         listing = "\n  ".join(f"{k}: {v}" for k, v in report.failed.items())
@@ -239,32 +241,10 @@ def convert_ned(
     return report
 
 
-def _run(
-    sources: list[SourceEntry], dest: Path, cat: Catalog, workers: int, overwrite: bool,
-    verify_existing: bool,
-) -> Iterator[tuple[str, Any]]:
-    """Convert entries inline or in a process pool, yielding (label, outcome) as they end."""
-    units = [(s, str(dest), cat.model_spec(s.entry).units, overwrite, verify_existing)
-             for s in sources]
-    if workers <= 1:
-        for unit in units:
-            yield unit[0].entry.label, _attempt(unit)
-        return
-    context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
-        futures: dict[Future[Any], str] = {pool.submit(_attempt, u): u[0].entry.label
-                                           for u in units}
-        for future in as_completed(futures):
-            yield futures[future], future.result()
-
-
-def _attempt(unit: tuple[SourceEntry, str, str, bool, bool]) -> str | BaseException:
-    source, dest, units, overwrite, verify_existing = unit
-    try:
-        return convert_entry(source, dest, units=units, overwrite=overwrite,
-                             verify_existing=verify_existing)
-    except (SourceFormatError, OSError, ValueError) as exc:
-        return exc
+def _attempt(job: tuple[SourceEntry, str, str, bool, bool]) -> str:
+    source, dest, units, overwrite, verify_existing = job
+    return convert_entry(source, dest, units=units, overwrite=overwrite,
+                         verify_existing=verify_existing)
 
 
 @contextlib.contextmanager

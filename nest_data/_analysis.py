@@ -48,7 +48,8 @@ def roi_mean(da: xr.DataArray, *, min_ncsnr: float | None = None) -> xr.DataArra
             raise NestDataError(f"no voxel has ncsnr > {min_ncsnr} (max "
                                 f"{float(da['ncsnr'].max()):.3f}); lower min_ncsnr")
         da = da.isel(voxel=np.flatnonzero(keep))
-    out = da.mean("voxel")
+    # NaN-aware means cost ~20% more; stores record whether they hold any NaN at all.
+    out = da.mean("voxel", skipna=da.attrs.get("nan_count", 1) != 0)
     out.attrs = {**da.attrs, "analysis": f"mean over {da.sizes['voxel']} voxels"
                  + (f" with ncsnr > {min_ncsnr}" if min_ncsnr is not None else "")}
     return out.rename("roi_mean")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -83,7 +84,8 @@ def build_demo(
     root.parent.mkdir(parents=True, exist_ok=True)
     marker.unlink(missing_ok=True)
     with tempfile.TemporaryDirectory(prefix="ned-", dir=root.parent) as tmp:
-        write_ned(tmp, n_images=n_images, seed=DEMO_SEED, show_progress=show_progress)
+        write_ned(tmp, n_images=n_images, seed=DEMO_SEED, show_progress=show_progress,
+                  workers=workers or min(os.cpu_count() or 1, 4))
         convert_ned(tmp, root, workers=workers, overwrite=rebuild, show_progress=show_progress)
     marker.write_text(json.dumps(stamp))
     logger.info("demo collection built at %s", root)

@@ -24,9 +24,8 @@ from typing import Any
 
 import h5py
 import numpy as np
-from tqdm.auto import tqdm
 
-from nest_data import _config
+from nest_data._parallel import run_jobs
 
 logger = logging.getLogger("nest_data")
 
@@ -115,6 +114,7 @@ def write_ned(
     n_voxels: int | Mapping[str, int] | None = None,
     seed: int = 0,
     root_name: str = NED_ROOT_NAMES[0],
+    workers: int = 1,
     show_progress: bool | None = None,
 ) -> Path:
     """Write a miniature NED folder with synthetic responses in NED's exact format.
@@ -140,6 +140,8 @@ def write_ned(
         Seed of every value written.
     root_name : str
         One of :data:`NED_ROOT_NAMES`.
+    workers : int
+        Processes writing files in parallel.
     show_progress : bool, optional
         Show a progress bar (default: on, or ``NEST_DATA_PROGRESS``).
 
@@ -171,26 +173,37 @@ def write_ned(
         else:
             raise ValueError(f"unknown modality {modality!r}; valid: fmri, eeg")
     counts = n_images if isinstance(n_images, Mapping) else dict.fromkeys(imagesets, n_images)
-    for modality, imageset, subject, roi in tqdm(
-        jobs, desc="writing NED files", unit="file", disable=not _config.show_progress(
-            show_progress)):
-        h5, npy = ned_file_paths(root, modality, imageset, subject, roi, root_name)
-        h5.parent.mkdir(parents=True, exist_ok=True)
-        if modality == "fmri":
-            assert roi is not None
-            nv = (n_voxels if isinstance(n_voxels, int) else
-                  (n_voxels or {}).get(roi) or roi_voxel_count(subject, roi))
-            meta = _fmri_metadata(seed, imageset, subject, roi, nv, counts[imageset])
-            loadings = _fmri_loadings(seed, subject, roi, meta["fmri"])
-            _write_h5(h5, counts[imageset], (nv,), lambda a, b, L=loadings, s=imageset,
-                      sub=subject, r=roi: _fmri_rows(seed, s, sub, r, a, b, L))
-        else:
-            meta = _eeg_metadata(seed, imageset, subject, counts[imageset])
-            _write_h5(h5, counts[imageset], (4, 63, 140), lambda a, b, s=imageset,
-                      sub=subject: _eeg_rows(seed, s, sub, a, b))
-        np.save(npy, np.asarray(meta, dtype=object), allow_pickle=True)
+    # Jobs of one subject and ROI go to the same worker, which computes their mask once.
+    jobs.sort(key=lambda j: (j[0], j[2], j[3] or "", j[1]))
+    work = [(str(root), root_name, seed, job, counts[job[1]], n_voxels) for job in jobs]
+    for _, outcome in run_jobs(_write_entry, work, workers=workers, desc="writing NED files",
+                               unit="file", show_progress=show_progress,
+                               chunksize=len(imagesets)):
+        if isinstance(outcome, BaseException):
+            raise outcome
     logger.info("wrote %d miniature NED entries under %s", len(jobs), Path(root) / root_name)
     return Path(root) / root_name
+
+
+def _write_entry(work: tuple[str, str, int, tuple[str, str, int, str | None], int,
+                             int | Mapping[str, int] | None]) -> None:
+    """Write the ``.h5`` and ``.npy`` files of one entry."""
+    root, root_name, seed, (modality, imageset, subject, roi), n_images, n_voxels = work
+    h5, npy = ned_file_paths(root, modality, imageset, subject, roi, root_name)
+    h5.parent.mkdir(parents=True, exist_ok=True)
+    if modality == "fmri":
+        assert roi is not None
+        nv = (n_voxels if isinstance(n_voxels, int) else
+              (n_voxels or {}).get(roi) or roi_voxel_count(subject, roi))
+        meta = _fmri_metadata(seed, imageset, subject, roi, nv, n_images)
+        loadings = _fmri_loadings(seed, subject, roi, meta["fmri"])
+        _write_h5(h5, n_images, (nv,),
+                  lambda a, b: _fmri_rows(seed, imageset, subject, roi, a, b, loadings))
+    else:
+        meta = _eeg_metadata(seed, imageset, subject, n_images)
+        _write_h5(h5, n_images, (4, 63, 140), lambda a, b: _eeg_rows(seed, imageset, subject,
+                                                                     a, b))
+    np.save(npy, np.asarray(meta, dtype=object), allow_pickle=True)
 
 
 # ------------------------------------------------------------------------------ values

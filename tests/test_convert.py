@@ -63,6 +63,7 @@ def test_fmri_values_and_voxel_coords(ned_src: Path, collection: Path, roi: str)
         "modality": "fmri", "train_dataset": "nsd", "model": "fwrf", "imageset": "nsd",
         "subject": 1, "roi": roi}
     assert da.attrs["sha256"] == "sha256:" + hashlib.sha256(values.tobytes()).hexdigest()
+    assert da.attrs["nan_count"] == 0
     files = [s["file"] for s in da.attrs["provenance"]["sources"]]
     assert files == [f"synthetic_neural_responses_sub-01_roi-{roi}.h5",
                      f"synthetic_neural_responses_metadata_sub-01_roi-{roi}.npy"]
@@ -134,7 +135,10 @@ def test_store_layout(collection: Path) -> None:
     array = group["responses"]
     assert group.metadata.zarr_format == 3
     assert array.chunks == (30, 1350)  # one chunk for 30 images, all voxels in it
-    assert type(array.compressors[0]).__name__ == "ZstdCodec"
+    (codec,) = array.compressors
+    assert (type(codec).__name__, codec.cname.value, codec.shuffle.value) == (
+        "BloscCodec", "lz4", "shuffle")
+    assert type(group["ncsnr"].compressors[0]).__name__ == "ZstdCodec"
     assert group.metadata.consolidated_metadata is not None
     meta = group.attrs["nest_data"]
     assert meta["complete"] and set(meta["checksums"]) >= {"responses", "ncsnr", "i", "x"}

@@ -79,5 +79,9 @@ def test_analysis_roi_mean_and_top_images(collection: Path) -> None:
     bottom = nest_data.top_images(da, k=2, min_ncsnr=0.5, largest=False)
     np.testing.assert_array_equal(bottom.image.values, np.argsort(expected)[:2])
     assert "concept" in top.coords
+    with_nan = da.copy(data=da.values.copy())
+    with_nan.values[0, np.flatnonzero(keep)[0]] = np.nan
+    with_nan.attrs["nan_count"] = 1
+    assert np.isfinite(nest_data.roi_mean(with_nan, min_ncsnr=0.5).values[0])  # NaN skipped
     with pytest.raises(nest_data.NestDataError, match="no voxel has ncsnr > 99"):
         nest_data.roi_mean(da, min_ncsnr=99)
