@@ -20,8 +20,14 @@ import numpy as np
 from nest_data._catalog import Catalog, Entry
 from nest_data._catalog import catalog as default_catalog
 from nest_data._parallel import run_jobs
+from nest_data._storage import (
+    is_local,
+    join,
+    local_path,
+    make_store,
+    validate_storage_options,
+)
 from nest_data._store import (
-    STAGING_DIR,
     EntryData,
     clean_staging,
     read_store_attrs,
@@ -153,6 +159,7 @@ def convert_ned(
     workers: int | None = None,
     overwrite: bool = False,
     verify_existing: bool = True,
+    storage_options: Mapping[str, Any] | None = None,
     show_progress: bool | None = None,
     catalog: Catalog | None = None,
 ) -> ConversionReport:
@@ -169,8 +176,11 @@ def convert_ned(
     src : path
         Folder holding NED's ``pregenerated_insilico_neural_responses/`` (or
         ``synthetic_neural_responses/``).
-    dest : path
-        Root of the collection to write.
+    dest : path or URL
+        Root of the collection to write: a local folder, or a remote fsspec URL
+        (``s3://bucket/prefix``, ``gs://...``) to publish a collection to a bucket.  Stores
+        are built locally and uploaded with their root ``zarr.json`` last, so a remote store
+        exists only once it is complete.
     modality, subject, roi, imageset : optional
         Convert only matching entries (scalars or lists).
     workers : int, optional
@@ -179,6 +189,8 @@ def convert_ned(
         Reconvert entries even when a complete store exists.
     verify_existing : bool
         Re-check the checksums of existing stores before skipping them.
+    storage_options : dict, optional
+        fsspec options for a remote ``dest`` (credentials, ``endpoint_url``...).
     show_progress : bool, optional
         Progress bar over entries.
     catalog : Catalog, optional
@@ -208,17 +220,23 @@ def convert_ned(
     cat = catalog or default_catalog()
     sources = discover_ned(src, catalog=cat, modality=modality, subject=subject, roi=roi,
                            imageset=imageset)
-    dest_path = Path(dest)
-    dest_path.mkdir(parents=True, exist_ok=True)
+    dest_text = os.fspath(dest)
+    options = dict(storage_options or {})
+    if is_local(dest_text):
+        if options:
+            make_store(dest_text, options)  # raises: options are useless for a folder
+        Path(local_path(dest_text)).mkdir(parents=True, exist_ok=True)
+    else:
+        validate_storage_options(dest_text, options)
     report = ConversionReport()
-    with _dest_lock(dest_path):
-        removed = clean_staging(dest_path)
+    with _dest_lock(dest_text):
+        removed = clean_staging(dest_text)
         if removed:
             logger.info("removed %d partial store(s) left by an interrupted run in %s",
-                        removed, dest_path)
+                        removed, dest_text)
         n_workers = min(workers or min(os.cpu_count() or 1, 4), len(sources))
-        jobs = [(s, str(dest_path), cat.model_spec(s.entry).units, overwrite, verify_existing)
-                for s in sources]
+        jobs = [(s, dest_text, options, cat.model_spec(s.entry).units, overwrite,
+                 verify_existing) for s in sources]
         for job, outcome in run_jobs(_attempt, jobs, workers=n_workers, desc="converting NED",
                                      unit="entry", show_progress=show_progress):
             label = job[0].entry.label
@@ -230,7 +248,7 @@ def convert_ned(
                 report.skipped.append(label)
             else:
                 report.converted.append(label)
-    logger.info("NED conversion into %s: %s", dest_path, report)
+    logger.info("NED conversion into %s: %s", dest_text, report)
     if report.failed:
         listing = "\n  ".join(f"{k}: {v}" for k, v in report.failed.items())
         raise ConversionError(
@@ -241,18 +259,23 @@ def convert_ned(
     return report
 
 
-def _attempt(job: tuple[SourceEntry, str, str, bool, bool]) -> str:
-    source, dest, units, overwrite, verify_existing = job
-    return convert_entry(source, dest, units=units, overwrite=overwrite,
-                         verify_existing=verify_existing)
+def _attempt(job: tuple[SourceEntry, str, dict[str, Any], str, bool, bool]) -> str:
+    source, dest, options, units, overwrite, verify_existing = job
+    return convert_entry(source, dest, storage_options=options, units=units,
+                         overwrite=overwrite, verify_existing=verify_existing)
 
 
 @contextlib.contextmanager
-def _dest_lock(dest: Path) -> Iterator[None]:
-    """Hold an exclusive lock on ``dest`` so two conversions never interleave there."""
-    lock_dir = dest / STAGING_DIR
-    lock_dir.mkdir(parents=True, exist_ok=True)
-    with (dest / ".nest-data.lock").open("w") as fh:
+def _dest_lock(dest: str) -> Iterator[None]:
+    """Hold an exclusive lock on a local ``dest`` so two conversions never interleave there.
+
+    Remote roots have no locks: two conversions into one bucket prefix at once may both
+    upload an entry, and the one that finishes last wins (each store stays consistent).
+    """
+    if not is_local(dest):
+        yield
+        return
+    with (Path(local_path(dest)) / ".nest-data.lock").open("w") as fh:
         try:
             fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError as exc:
@@ -268,12 +291,14 @@ def _dest_lock(dest: Path) -> Iterator[None]:
 
 
 def convert_entry(
-    source: SourceEntry, dest: str | os.PathLike[str], *, units: str = "",
+    source: SourceEntry, dest: str | os.PathLike[str], *,
+    storage_options: Mapping[str, Any] | None = None, units: str = "",
     overwrite: bool = False, verify_existing: bool = True,
 ) -> str:
     """Convert one NED entry; return ``"converted"`` or ``"skipped"``."""
     fingerprint = {"h5": _file_fingerprint(source.h5), "npy": _file_fingerprint(source.npy)}
-    if not overwrite and _is_done(dest, source.entry, fingerprint, verify_existing):
+    options = dict(storage_options or {})
+    if not overwrite and _is_done(dest, source.entry, fingerprint, verify_existing, options):
         return "skipped"
     meta = load_npy_dict(source.npy)
     try:
@@ -288,7 +313,7 @@ def convert_entry(
         dset = h5[DATASET]
         data = entry_data(source, dset, meta, units)
         data.fingerprint = fingerprint
-        write_entry(data, dest, source.entry.path)
+        write_entry(data, dest, source.entry.path, storage_options=options)
     return "converted"
 
 
@@ -302,10 +327,10 @@ def _file_fingerprint(path: Path) -> dict[str, Any]:
 
 
 def _is_done(dest: str | os.PathLike[str], entry: Entry, fingerprint: Mapping[str, Any],
-             verify: bool) -> bool:
-    if not store_exists(dest, entry.path):
+             verify: bool, options: Mapping[str, Any]) -> bool:
+    if not store_exists(dest, entry.path, options):
         return False
-    store = Path(dest) / entry.path
+    store = make_store(join(dest, entry.path), options)
     try:
         meta = read_store_attrs(store)
     except StoreNotFoundError:

@@ -22,6 +22,8 @@ ENV_ROOT = "NEST_DATA_ROOT"
 ENV_LOCATION = "NEST_DATA_LOCATION"
 ENV_CACHE_DIR = "NEST_DATA_CACHE_DIR"
 ENV_PROGRESS = "NEST_DATA_PROGRESS"
+ENV_CACHE = "NEST_DATA_CACHE"
+ENV_VERIFY = "NEST_DATA_VERIFY"
 
 
 def cache_dir(path: str | os.PathLike[str] | None = None) -> Path:
@@ -34,8 +36,16 @@ def cache_dir(path: str | os.PathLike[str] | None = None) -> Path:
     return Path(platformdirs.user_cache_dir("nest-data"))
 
 
-def show_progress(flag: bool | None) -> bool:
+def flag(value: bool | None, env: str, default: bool = False) -> bool:
+    """Resolve an on/off setting: the argument, then the environment variable, then default."""
+    if value is not None:
+        return value
+    text = os.environ.get(env)
+    if text is None or not text.strip():
+        return default
+    return text.strip().lower() not in {"0", "false", "no", "off"}
+
+
+def show_progress(value: bool | None) -> bool:
     """Resolve whether to show progress bars (argument, then ``NEST_DATA_PROGRESS``, then on)."""
-    if flag is not None:
-        return flag
-    return os.environ.get(ENV_PROGRESS, "1").strip().lower() not in {"0", "false", "no", "off"}
+    return flag(value, ENV_PROGRESS, default=True)

@@ -11,6 +11,8 @@ import dask
 import xarray as xr
 from dask.base import is_dask_collection
 
+from nest_data import _config
+from nest_data._cache import ChunkCache
 from nest_data._catalog import Catalog, Entry
 from nest_data._catalog import catalog as default_catalog
 from nest_data._storage import is_local, join, make_store
@@ -33,6 +35,8 @@ def open(
     location: str | None = None,
     storage_options: Mapping[str, Any] | None = None,
     chunks: Mapping[str, int] | None = None,
+    cache: bool | None = None,
+    verify: bool | None = None,
     catalog: Catalog | None = None,
 ) -> xr.DataArray:
     """Open one entry of the NEST collection as a lazy, labelled DataArray.
@@ -56,6 +60,13 @@ def open(
         fsspec options, merged over the location's own.
     chunks : dict, optional
         Dask chunks; the default is one dask chunk per stored chunk.
+    cache : bool, optional
+        Keep the chunks read from a remote store in the local disk cache, so reading them
+        again makes no request (default: ``NEST_DATA_CACHE``, then off; see
+        ``nest-data cache info``).  Local stores are never cached.
+    verify : bool, optional
+        Check every chunk read against the SHA-256 recorded in the store (default:
+        ``NEST_DATA_VERIFY``, then off); a tampered chunk raises ChecksumError naming it.
     catalog : Catalog, optional
         The catalog to resolve keys with (default: :func:`nest_data.catalog`).
 
@@ -86,7 +97,8 @@ def open(
     cat = catalog or default_catalog()
     entry = cat.resolve(modality=modality, train_dataset=train_dataset, model=model,
                         imageset=imageset, subject=subject, roi=roi)
-    ds = _open_dataset(cat, entry, location, storage_options, chunks, group=None)
+    ds = _open_dataset(cat, entry, location, storage_options, chunks, group=None,
+                       cache=cache, verify=verify)
     return ds[DATA_VAR]
 
 
@@ -115,7 +127,8 @@ def open_metadata(
     """
     cat = catalog or default_catalog()
     entry = cat.resolve(**keys)
-    return _open_dataset(cat, entry, location, storage_options, None, group=AUX_GROUP)
+    return _open_dataset(cat, entry, location, storage_options, None, group=AUX_GROUP,
+                         cache=None, verify=None)
 
 
 def open_many(
@@ -129,13 +142,16 @@ def open_many(
     location: str | None = None,
     storage_options: Mapping[str, Any] | None = None,
     chunks: Mapping[str, int] | None = None,
+    cache: bool | None = None,
+    verify: bool | None = None,
     catalog: Catalog | None = None,
 ) -> xr.DataTree:
     """Open several subjects and/or ROIs as an :class:`xarray.DataTree`.
 
     The tree has one node per subject (``sub-01``) and, for fMRI, one child per ROI, each
     holding a Dataset with the ``responses`` variable.  Entries keep their own voxel
-    counts, so subjects and ROIs of different sizes live side by side.
+    counts, so subjects and ROIs of different sizes live side by side.  Arguments are those
+    of :func:`open`, with lists allowed for ``subject`` and ``roi``.
 
     Examples
     --------
@@ -156,7 +172,8 @@ def open_many(
         for r in rois:
             entry = cat.resolve(modality=modality, train_dataset=train_dataset, model=model,
                                 imageset=imageset, subject=s, roi=r)
-            ds = _open_dataset(cat, entry, location, storage_options, chunks, group=None)
+            ds = _open_dataset(cat, entry, location, storage_options, chunks, group=None,
+                               cache=cache, verify=verify)
             name = f"sub-{entry.subject:02d}" + (f"/{entry.roi}" if entry.roi else "")
             nodes[name] = ds[[DATA_VAR]]
     return xr.DataTree.from_dict(nodes)
@@ -172,15 +189,18 @@ def entry_url(cat: Catalog, entry: Entry, location: str | None) -> tuple[str, di
 def _open_dataset(
     cat: Catalog, entry: Entry, location: str | None,
     storage_options: Mapping[str, Any] | None, chunks: Mapping[str, int] | None,
-    group: str | None,
+    group: str | None, *, cache: bool | None, verify: bool | None,
 ) -> xr.Dataset:
     url, options, loc_name = entry_url(cat, entry, location)
     options = {**options, **(storage_options or {})}
-    store = make_store(url, options, read_only=True)
+    use_cache = _config.flag(cache, _config.ENV_CACHE) and not is_local(url)
+    store = make_store(url, options, read_only=True, cache=ChunkCache() if use_cache else None,
+                       verify=_config.flag(verify, _config.ENV_VERIFY))
     try:
-        read_store_attrs(store)
+        meta = read_store_attrs(store)
     except StoreNotFoundError as exc:
         raise StoreNotFoundError(_missing_message(entry, url, loc_name)) from exc
+    store = store.with_manifest(meta.get("objects", {}))
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Consolidated metadata")
         ds = xr.open_zarr(store, group=group, consolidated=True,

@@ -1,17 +1,51 @@
-"""Turning a root URL and storage options into a Zarr store."""
+"""Turning a root URL and storage options into a Zarr store, and the read path around it.
+
+Every store nest-data reads goes through :class:`NestStore`, a small wrapper that adds what
+remote reading needs and zarr's ``FsspecStore`` does not do by itself:
+
+- bounded retries with exponential backoff on transient failures (5xx, timeouts, dropped
+  connections); other failures raise :class:`~nest_data.errors.RemoteReadError` naming the
+  URL and what to check;
+- a check that ranged reads returned the requested bytes (a server that ignores ``Range``
+  gives correct data or a clear error, never wrong data);
+- the root ``zarr.json`` (the consolidated metadata) kept in memory, so opening costs one
+  request for it;
+- an optional read-through disk cache of chunk objects, keyed by their SHA-256 (see
+  :mod:`nest_data._cache`);
+- optional verification of every object read against the store's manifest of checksums.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
+import inspect
+import logging
 import os
 from collections.abc import Mapping
 from typing import Any
 
-from zarr.abc.store import Store
-from zarr.storage import FsspecStore, LocalStore
+from zarr.abc.store import (
+    ByteRequest,
+    OffsetByteRequest,
+    RangeByteRequest,
+    Store,
+    SuffixByteRequest,
+)
+from zarr.core.buffer import Buffer, BufferPrototype
+from zarr.storage import FsspecStore, LocalStore, WrapperStore
 
-from nest_data.errors import LocationError
+from nest_data._cache import ChunkCache
+from nest_data.errors import ChecksumError, LocationError, RemoteReadError
 
-__all__ = ["is_local", "join", "make_store"]
+logger = logging.getLogger("nest_data")
+
+__all__ = ["NestStore", "is_local", "join", "make_store", "validate_storage_options"]
+
+#: HTTP statuses worth retrying.
+TRANSIENT_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})
+RETRIES = 4
+BACKOFF = 0.1  # seconds, doubled on every retry
 
 
 def is_local(url: str | os.PathLike[str]) -> bool:
@@ -20,16 +54,74 @@ def is_local(url: str | os.PathLike[str]) -> bool:
     return "://" not in text or text.startswith("file://")
 
 
+def local_path(url: str | os.PathLike[str]) -> str:
+    """The folder a local URL names (``file://`` stripped)."""
+    return os.fspath(url).removeprefix("file://")
+
+
 def join(root: str | os.PathLike[str], path: str) -> str:
     """Join a root URL or folder and a relative store path with ``/``."""
     return os.fspath(root).rstrip("/") + "/" + path.lstrip("/")
 
 
+def validate_storage_options(url: str, storage_options: Mapping[str, Any]) -> None:
+    """Refuse storage options that the URL's file system would not use.
+
+    fsspec file systems accept ``**kwargs`` and silently drop what they do not know
+    (``anon=True`` for a GCS URL, say); here every option must be a named parameter of the
+    file system class.
+
+    Raises
+    ------
+    LocationError
+        Unknown protocol, missing optional dependency, or an unused option.
+    """
+    import fsspec
+
+    protocol = url.split("://", 1)[0]
+    try:
+        cls = fsspec.get_filesystem_class(protocol)
+    except ValueError as exc:
+        raise LocationError(f"unknown protocol {protocol!r} in {url!r}; use a local folder or "
+                            "an s3://, gs://, http(s)://, file:// or memory:// URL") from exc
+    except ImportError as exc:
+        extra = {"s3": "s3", "gs": "gcs", "gcs": "gcs"}.get(protocol)
+        hint = (f"pip install 'nest-data[{extra}]'" if extra
+                else f"install fsspec's {protocol} support")
+        raise LocationError(f"reading {url!r} needs an optional dependency ({exc}); {hint}"
+                            ) from exc
+    accepted = _named_parameters(cls)
+    unused = sorted(set(storage_options) - accepted)
+    if unused:
+        raise LocationError(
+            f"storage options {unused} would go unused for {protocol}:// URLs ({url}); "
+            f"{cls.__name__} accepts: {', '.join(sorted(accepted))}. Check the spelling "
+            "(anonymous access is anon=True for S3, token='anon' for GCS)."
+        )
+
+
+def _named_parameters(cls: type) -> set[str]:
+    names: set[str] = set()
+    for klass in cls.__mro__:
+        init = klass.__dict__.get("__init__")
+        if init is None:
+            continue
+        names |= {p.name for p in inspect.signature(init).parameters.values()
+                  if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)} - {"self"}
+    # AbstractFileSystem handles these for every implementation
+    return names | {"skip_instance_cache", "use_listings_cache", "listings_expiry_time",
+                    "max_paths", "asynchronous", "loop"}
+
+
 def make_store(
-    url: str | os.PathLike[str], storage_options: Mapping[str, Any] | None = None,
-    *, read_only: bool = True,
-) -> Store:
-    """A Zarr store for a local folder or an fsspec URL.
+    url: str | os.PathLike[str],
+    storage_options: Mapping[str, Any] | None = None,
+    *,
+    read_only: bool = True,
+    cache: ChunkCache | None = None,
+    verify: bool = False,
+) -> NestStore:
+    """A Zarr store for a local folder or an fsspec URL, wrapped in :class:`NestStore`.
 
     Storage options that the store would not use are an error, not silently dropped.
 
@@ -39,13 +131,182 @@ def make_store(
     True
     """
     text = os.fspath(url)
+    options = dict(storage_options or {})
+    inner: Store
     if is_local(text):
-        if storage_options:
+        if options:
             raise LocationError(
-                f"storage options {sorted(storage_options)} were given for the local path "
+                f"storage options {sorted(options)} were given for the local path "
                 f"{text!r}, where they have no use; drop them or give a remote URL "
                 "(s3://, gs://, https://)"
             )
-        return LocalStore(text.removeprefix("file://"), read_only=read_only)
-    return FsspecStore.from_url(text, storage_options=dict(storage_options or {}),
-                                read_only=read_only)
+        inner = LocalStore(local_path(text), read_only=read_only)
+    else:
+        validate_storage_options(text, options)
+        inner = FsspecStore.from_url(text, storage_options=options, read_only=read_only)
+    return NestStore(inner, url=text, cache=cache, verify=verify)
+
+
+class NestStore(WrapperStore[Store]):
+    """The read path of nest-data stores: retries, Range check, metadata memo, cache, verify.
+
+    Parameters
+    ----------
+    store : zarr Store
+        The store to wrap (``LocalStore`` or ``FsspecStore``).
+    url : str
+        The store's URL, for messages.
+    cache : ChunkCache, optional
+        Disk cache for objects listed in the manifest.
+    verify : bool
+        Check every object listed in the manifest against its SHA-256 when read.
+    manifest : dict, optional
+        Object key -> ``"sha256:<hex>"``; read from the store's attributes by
+        :meth:`with_manifest`.
+    """
+
+    def __init__(self, store: Store, *, url: str = "", cache: ChunkCache | None = None,
+                 verify: bool = False, manifest: Mapping[str, str] | None = None,
+                 retries: int = RETRIES, backoff: float = BACKOFF) -> None:
+        super().__init__(store)
+        self.url = url
+        self.cache = cache
+        self.verify = verify
+        self.manifest = dict(manifest or {})
+        self.retries = retries
+        self.backoff = backoff
+        self._memo: dict[str, bytes] = {}
+
+    def _with_store(self, store: Store) -> NestStore:
+        return NestStore(store, url=self.url, cache=self.cache, verify=self.verify,
+                         manifest=self.manifest, retries=self.retries, backoff=self.backoff)
+
+    def with_manifest(self, manifest: Mapping[str, str]) -> NestStore:
+        """The same store, checking and caching the objects of ``manifest``."""
+        new = self._with_store(self._store)
+        new.manifest = dict(manifest)
+        new._memo = self._memo
+        return new
+
+    def __str__(self) -> str:
+        return self.url or str(self._store)
+
+    def __repr__(self) -> str:
+        return f"NestStore({self.url!r})"
+
+    async def get(
+        self, key: str, prototype: BufferPrototype, byte_range: ByteRequest | None = None
+    ) -> Buffer | None:
+        if byte_range is None and key == "zarr.json" and key in self._memo:
+            return prototype.buffer.from_bytes(self._memo[key])
+        digest = self.manifest.get(key) if byte_range is None else None
+        if digest is not None and self.cache is not None:
+            cached = self.cache.get(digest)
+            if cached is not None:
+                return prototype.buffer.from_bytes(cached)
+        buffer = await self._get_with_retries(key, prototype, byte_range)
+        if buffer is None:
+            return None
+        if byte_range is not None:
+            return await self._check_range(key, prototype, byte_range, buffer)
+        if key == "zarr.json":
+            self._memo[key] = buffer.to_bytes()
+        if digest is not None and (self.verify or self.cache is not None):
+            data = buffer.to_bytes()
+            got = "sha256:" + hashlib.sha256(data).hexdigest()
+            if got != digest:
+                raise ChecksumError(
+                    f"object {key} of {self.url} does not match its recorded checksum "
+                    f"({got} != {digest}): it was modified after the store was written. "
+                    "Re-mirror or re-convert this entry, and run `nest-data verify` on its root."
+                )
+            if self.cache is not None:
+                self.cache.put(digest, data)
+        return buffer
+
+    async def _get_with_retries(self, key: str, prototype: BufferPrototype,
+                                byte_range: ByteRequest | None) -> Buffer | None:
+        for attempt in range(self.retries + 1):
+            try:
+                return await self._store.get(key, prototype, byte_range)
+            except Exception as exc:
+                if not _is_transient(exc):
+                    raise RemoteReadError(_read_failure(self.url, key, exc)) from exc
+                if attempt == self.retries:
+                    raise RemoteReadError(
+                        f"reading {key} from {self.url} failed {self.retries + 1} times "
+                        f"(last: {type(exc).__name__}: {exc}); the server is unreachable or "
+                        "overloaded. Try again later, or check the URL and your network."
+                    ) from exc
+                delay = self.backoff * 2**attempt
+                logger.info("retrying %s/%s in %.2f s after %s", self.url, key, delay, exc)
+                await asyncio.sleep(delay)
+        raise AssertionError("unreachable")
+
+    async def _check_range(self, key: str, prototype: BufferPrototype,
+                           byte_range: ByteRequest, buffer: Buffer) -> Buffer:
+        """Return exactly the requested bytes, or fail: never pass on a wrong-sized answer."""
+        data = buffer.to_bytes()
+        if isinstance(byte_range, RangeByteRequest):
+            want = byte_range.end - byte_range.start
+            if len(data) == want:
+                return buffer
+            whole = await self._whole(key, prototype, len(data))
+            if whole is not None:
+                return prototype.buffer.from_bytes(whole[byte_range.start:byte_range.end])
+        elif isinstance(byte_range, OffsetByteRequest):
+            whole = await self._whole(key, prototype, len(data))
+            if whole is None or len(data) == len(whole) - byte_range.offset:
+                return buffer
+            if len(data) == len(whole):
+                return prototype.buffer.from_bytes(whole[byte_range.offset:])
+        elif isinstance(byte_range, SuffixByteRequest):
+            if len(data) == byte_range.suffix:
+                return buffer
+            whole = await self._whole(key, prototype, len(data))
+            if whole is not None:
+                return prototype.buffer.from_bytes(whole[-byte_range.suffix:])
+        raise RemoteReadError(
+            f"{self.url}/{key}: asked for bytes {byte_range} and got {len(data)} bytes that "
+            "are neither that range nor the whole object; the server mishandles Range "
+            "requests. Use another server, or mirror the data locally (nest-data mirror)."
+        )
+
+    async def _whole(self, key: str, prototype: BufferPrototype, got: int) -> bytes | None:
+        """The whole object, if a ranged answer of ``got`` bytes was in fact all of it."""
+        size = await self._store.getsize(key)
+        if got != size:
+            return None
+        logger.warning("%s/%s: the server ignored a Range request and sent the whole object",
+                       self.url, key)
+        whole = await self._get_with_retries(key, prototype, None)
+        return None if whole is None else whole.to_bytes()
+
+
+def _status(exc: BaseException) -> int | None:
+    status = getattr(exc, "status", None) or getattr(exc, "code", None)
+    return status if isinstance(status, int) else None
+
+
+def _is_transient(exc: BaseException) -> bool:
+    if isinstance(exc, (TimeoutError, ConnectionError)):
+        return True
+    status = _status(exc)
+    if status is not None:
+        return status in TRANSIENT_STATUS
+    name = type(exc).__name__
+    return name in {"ClientConnectionError", "ServerDisconnectedError", "ClientPayloadError",
+                    "ClientOSError", "ServerTimeoutError", "ClientConnectorError"}
+
+
+def _read_failure(url: str, key: str, exc: BaseException) -> str:
+    status = _status(exc)
+    text = f"{type(exc).__name__}: {exc}"
+    if status in (401, 403) or isinstance(exc, PermissionError):
+        hint = ("access was denied: check your credentials, or for a public bucket the "
+                "anonymous flag (anon=True for S3, token='anon' for GCS) in the location's "
+                "storage_options")
+    else:
+        hint = ("check the URL, the location's storage_options, and that the bucket or "
+                "server exists")
+    return f"reading {key} from {url} failed ({text}); {hint}."

@@ -26,14 +26,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import fsspec
 import numpy as np
 import zarr
 import zarr.api.asynchronous
+from zarr.abc.store import Store
 from zarr.codecs import BloscCodec, ZstdCodec
 from zarr.core.buffer import default_buffer_prototype
 from zarr.core.sync import sync
-from zarr.storage import MemoryStore
+from zarr.storage import LocalStore, MemoryStore
 
+from nest_data import _config
+from nest_data._storage import is_local, join, local_path
 from nest_data.errors import ChecksumError, StoreNotFoundError
 
 logger = logging.getLogger("nest_data")
@@ -61,6 +65,8 @@ __all__ = [
     "EntryData",
     "array_digest",
     "chunk_rows",
+    "commit",
+    "object_digests",
     "read_store_attrs",
     "store_exists",
     "verify_store",
@@ -143,53 +149,85 @@ def _update_digest(h: Any, values: np.ndarray) -> None:
 # --------------------------------------------------------------------------------------
 
 
-def _local_path(root: str | os.PathLike[str]) -> Path:
-    text = os.fspath(root)
-    if text.startswith("file://"):
-        text = text[len("file://") :]
-    if "://" in text:
-        raise NotImplementedError(f"writing to {text!r} is not supported yet: give a local folder")
-    return Path(text)
+def store_exists(root: str | os.PathLike[str], path: str,
+                 storage_options: Mapping[str, Any] | None = None) -> bool:
+    """Whether a committed store (its root ``zarr.json``) exists at ``root/path``."""
+    url = join(root, path)
+    if is_local(url):
+        return (Path(local_path(url)) / "zarr.json").is_file()
+    fs, base = fsspec.core.url_to_fs(url, **dict(storage_options or {}))
+    return bool(fs.exists(f"{base}/zarr.json"))
 
 
-def store_exists(root: str | os.PathLike[str], path: str) -> bool:
-    """Whether a committed store exists at ``root/path``."""
-    return (_local_path(root) / path / "zarr.json").is_file()
+def _staging_parent(root: str | os.PathLike[str]) -> Path:
+    """Local folder where stores are built: inside a local root, else in the cache dir."""
+    if is_local(root):
+        return Path(local_path(root)) / STAGING_DIR
+    return _config.cache_dir() / "staging"
 
 
 @contextlib.contextmanager
-def _staging(root: Path, path: str) -> Iterator[Path]:
-    """Yield a fresh staging folder under ``root``; remove it if the block fails."""
-    stage = root / STAGING_DIR / f"{uuid.uuid4().hex}-{Path(path).name}"
+def _staging(root: str | os.PathLike[str], path: str) -> Iterator[Path]:
+    """Yield a fresh local staging folder for one store; remove it when done or failed."""
+    stage = _staging_parent(root) / f"{uuid.uuid4().hex}-{Path(path).name}"
     stage.parent.mkdir(parents=True, exist_ok=True)
     try:
         yield stage
-    except BaseException:
+    finally:
         shutil.rmtree(stage, ignore_errors=True)
-        raise
 
 
-def _commit(stage: Path, final: Path) -> None:
-    """Move a complete staging folder into place, replacing any older store atomically."""
-    final.parent.mkdir(parents=True, exist_ok=True)
-    old = None
-    if final.exists():
-        old = final.parent / STAGING_DIR / f"{uuid.uuid4().hex}-old-{final.name}"
-        old.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(final, old)
-    os.replace(stage, final)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+def commit(stage: Path, root: str | os.PathLike[str], path: str,
+           storage_options: Mapping[str, Any] | None = None) -> None:
+    """Make a complete staging folder the store at ``root/path``, never half-visible.
+
+    Local roots: one rename (an older store is moved aside first, then deleted).  Remote
+    roots (no rename there): the old root ``zarr.json`` is deleted, which hides the old store
+    from readers; every other object is uploaded; the root ``zarr.json``, which makes the
+    store exist, goes last.
+    """
+    url = join(root, path)
+    if is_local(url):
+        final = Path(local_path(url))
+        final.parent.mkdir(parents=True, exist_ok=True)
+        old = None
+        if final.exists():
+            old = _staging_parent(root) / f"{uuid.uuid4().hex}-old-{final.name}"
+            os.replace(final, old)
+        os.replace(stage, final)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+        return
+    fs, base = fsspec.core.url_to_fs(url, **dict(storage_options or {}))
+    if fs.exists(f"{base}/zarr.json"):
+        fs.rm_file(f"{base}/zarr.json")
+    files = sorted(p for p in stage.rglob("*") if p.is_file() and p != stage / "zarr.json")
+    if files:
+        fs.put([str(p) for p in files],
+               [f"{base}/{p.relative_to(stage).as_posix()}" for p in files])
+    fs.put_file(str(stage / "zarr.json"), f"{base}/zarr.json")
 
 
 def clean_staging(root: str | os.PathLike[str]) -> int:
-    """Remove staging folders left by interrupted writes under ``root``; return how many."""
+    """Remove staging folders left by interrupted writes under a local root; return how many."""
+    if not is_local(root):
+        return 0
     removed = 0
-    for stage in _local_path(root).rglob(STAGING_DIR):
+    for stage in Path(local_path(root)).rglob(STAGING_DIR):
         if stage.is_dir():
             removed += sum(1 for _ in stage.iterdir())
             shutil.rmtree(stage, ignore_errors=True)
     return removed
+
+
+def object_digests(folder: Path) -> dict[str, str]:
+    """SHA-256 of every object of a store folder except the metadata (``zarr.json``) files."""
+    out = {}
+    for path in sorted(folder.rglob("*")):
+        if path.is_file() and path.name != "zarr.json":
+            out[path.relative_to(folder).as_posix()] = (
+                "sha256:" + hashlib.sha256(path.read_bytes()).hexdigest())
+    return out
 
 
 # --------------------------------------------------------------------------------------
@@ -202,6 +240,7 @@ def write_entry(
     root: str | os.PathLike[str],
     path: str,
     *,
+    storage_options: Mapping[str, Any] | None = None,
     chunk_bytes: int = TARGET_CHUNK_BYTES,
 ) -> dict[str, Any]:
     """Write one entry as a Zarr v3 store at ``root/path``, atomically.
@@ -214,42 +253,46 @@ def write_entry(
     data : EntryData
         The entry's values and metadata.
     root : str or path-like
-        Folder that holds the collection.
+        Folder or fsspec URL (``s3://``, ``gs://``...) that holds the collection.
     path : str
         Path of the entry's store inside ``root`` (from the catalog's path template).
+    storage_options : dict, optional
+        fsspec options for a remote ``root``.
     chunk_bytes : int
         Target uncompressed size of one chunk of ``responses``.
 
     Returns
     -------
     dict
-        The ``nest_data`` attribute written to the group (keys, checksums, fingerprint).
+        The ``nest_data`` attribute written to the group (keys, fingerprint, a SHA-256 of
+        every array's values and of every stored object).
     """
-    root_path = _local_path(root)
     row_nbytes = int(np.prod(data.shape[1:], dtype=np.int64)) * np.dtype(data.dtype).itemsize
     rows = chunk_rows(row_nbytes, data.shape[0], chunk_bytes)
-    with _staging(root_path, path) as stage:
+    with _staging(root, path) as stage:
         memory = _skeleton(data, rows)
         sync(_dump(memory, stage))
         responses = zarr.open_array(stage, path=DATA_VAR, mode="r+", zarr_format=3)
-        checksums: dict[str, Any] = {name: array_digest(np.asarray(values))
+        checksums: dict[str, str] = {name: array_digest(np.asarray(values))
                                      for name, (_, values, _) in data.coords.items()}
-        checksums[DATA_VAR] = _stream_rows(data, responses, rows)
+        checksums[DATA_VAR], nan_count = _stream_rows(data, responses, rows)
         for name, values in data.aux.items():
             checksums[f"{AUX_GROUP}/{name}"] = array_digest(values)
+        objects = object_digests(stage)
         meta = {
             "format_version": FORMAT_VERSION,
             "keys": data.keys,
             "fingerprint": data.fingerprint,
             "checksums": checksums,
+            "objects": objects,
+            "chunk_rows": rows,
             "complete": True,
         }
-        sync(_finish(memory, meta, {"sha256": checksums[DATA_VAR]["sha256"],
-                                    "nan_count": checksums[DATA_VAR]["nan_count"]}))
+        sync(_finish(memory, meta, {"sha256": checksums[DATA_VAR], "nan_count": nan_count}))
         sync(_dump(memory, stage, metadata_only=True))
-        _commit(stage, root_path / path)
-    logger.debug("wrote %s/%s (%s chunks of %d images)", root, path,
-                 len(checksums[DATA_VAR]["chunks"]), rows)
+        commit(stage, root, path, storage_options)
+    logger.debug("wrote %s (%d objects, chunks of %d images)", join(root, path),
+                 len(objects), rows)
     return meta
 
 
@@ -337,10 +380,9 @@ def _aux_dims(name: str, values: np.ndarray) -> tuple[str, ...]:
     return tuple(f"{name}_dim{axis}" for axis in range(values.ndim))
 
 
-def _stream_rows(data: EntryData, array: zarr.Array, rows: int) -> dict[str, Any]:
-    """Copy all rows chunk by chunk; return the whole-array and per-chunk checksums."""
+def _stream_rows(data: EntryData, array: zarr.Array, rows: int) -> tuple[str, int]:
+    """Copy all rows chunk by chunk; return the values' SHA-256 and their number of NaNs."""
     whole = hashlib.sha256()
-    per_chunk = []
     nan_count = 0
     n = data.shape[0]
     with zarr.config.set({"array.write_empty_chunks": True}):
@@ -353,10 +395,8 @@ def _stream_rows(data: EntryData, array: zarr.Array, rows: int) -> dict[str, Any
                                  f"expected {expected}")
             array[start:stop] = block
             whole.update(block.data)
-            per_chunk.append(array_digest(block))
             nan_count += int(np.count_nonzero(np.isnan(block)))
-    return {"sha256": "sha256:" + whole.hexdigest(), "chunk_rows": rows, "chunks": per_chunk,
-            "nan_count": nan_count}
+    return "sha256:" + whole.hexdigest(), nan_count
 
 
 # --------------------------------------------------------------------------------------
@@ -391,7 +431,10 @@ class Problem:
 
 
 def verify_store(store: Any, *, label: str | None = None) -> list[Problem]:
-    """Re-read every array of a store and compare it with the recorded checksums.
+    """Re-read a store and compare it with the checksums recorded when it was written.
+
+    Every object (chunk) is checked against its SHA-256, and every array whose objects all
+    match is decoded and checked against the SHA-256 of its values.
 
     Parameters
     ----------
@@ -403,53 +446,58 @@ def verify_store(store: Any, *, label: str | None = None) -> list[Problem]:
     Returns
     -------
     list of Problem
-        Empty when every array and every chunk matches.
+        Empty when every object and array matches; otherwise one per mismatch, naming the
+        object (e.g. ``responses/c/3/0``, images 807-1075) or the array.
     """
     name = label or str(store)
     meta = read_store_attrs(store)
+    rows = int(meta.get("chunk_rows", 0))
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Consolidated metadata")
         group = zarr.open_group(store, mode="r", zarr_format=3)
+    n_images = int(group[DATA_VAR].shape[0]) if DATA_VAR in group else 0
     problems: list[Problem] = []
+    damaged: set[str] = set()
+    for key, got in sync(_object_digests(store, list(meta["objects"]))).items():
+        recorded = meta["objects"][key]
+        if got == recorded:
+            continue
+        array = key.split("/c/", 1)[0] if "/c/" in key else key.rsplit("/c", 1)[0]
+        damaged.add(array)
+        where = ""
+        if array == DATA_VAR and rows:
+            start = int(key.split("/c/", 1)[1].split("/")[0]) * rows
+            where = f" (images {start}-{min(start + rows, n_images) - 1})"
+        detail = "is missing" if got is None else f"has checksum {got}, recorded {recorded}"
+        problems.append(Problem(name, array, f"object {key}{where} {detail}"))
     for array_name, expected in meta["checksums"].items():
-        try:
-            array = group[array_name]
-        except KeyError:
-            problems.append(Problem(name, array_name, "array is missing"))
-            continue
-        assert isinstance(array, zarr.Array)
-        if isinstance(expected, Mapping):
-            problems.extend(_verify_chunks(name, array_name, array, expected))
+        if array_name in damaged:
             continue
         try:
-            got = array_digest(np.asarray(array[...]))
-        except Exception as exc:  # undecodable bytes
+            got_values = array_digest(np.asarray(group[array_name][...]))  # type: ignore[index]
+        except Exception as exc:  # undecodable bytes, missing array
             problems.append(Problem(name, array_name, f"cannot be read ({exc})"))
             continue
-        if got != expected:
-            problems.append(Problem(name, array_name, f"checksum {got} != recorded {expected}"))
+        if got_values != expected:
+            problems.append(Problem(name, array_name,
+                                    f"values checksum {got_values} != recorded {expected}"))
     return problems
 
 
-def _verify_chunks(
-    name: str, array_name: str, array: zarr.Array, expected: Mapping[str, Any]
-) -> list[Problem]:
-    rows = int(expected["chunk_rows"])
-    problems = []
-    for index, recorded in enumerate(expected["chunks"]):
-        start = index * rows
-        stop = min(start + rows, array.shape[0])
-        key = "/".join(["c", str(index)] + ["0"] * (array.ndim - 1))
-        where = f"chunk {index} (images {start}-{stop - 1}, key {key})"
-        try:
-            got = array_digest(np.asarray(array[start:stop]))
-        except Exception as exc:
-            problems.append(Problem(name, array_name, f"{where} cannot be read ({exc})"))
-            continue
-        if got != recorded:
-            problems.append(Problem(name, array_name, f"{where}: checksum {got} != recorded "
-                                                      f"{recorded}"))
-    return problems
+async def _object_digests(store: Any, keys: list[str]) -> dict[str, str | None]:
+    """SHA-256 of the raw bytes of each object (None when missing), read concurrently."""
+    if not isinstance(store, Store):
+        store = LocalStore(os.fspath(store), read_only=True)
+    prototype = default_buffer_prototype()
+    semaphore = asyncio.Semaphore(16)
+
+    async def one(key: str) -> str | None:
+        async with semaphore:
+            buffer = await store.get(key, prototype)
+        return None if buffer is None else (
+            "sha256:" + hashlib.sha256(buffer.to_bytes()).hexdigest())
+
+    return dict(zip(keys, await asyncio.gather(*(one(k) for k in keys)), strict=True))
 
 
 def check_store(store: Any, *, label: str | None = None) -> None:

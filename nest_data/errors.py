@@ -15,6 +15,7 @@ __all__ = [
     "ConversionError",
     "LocationError",
     "NestDataError",
+    "RemoteReadError",
     "SourceFormatError",
     "StoreNotFoundError",
     "UnknownKeyError",
@@ -58,3 +59,7 @@ class ConversionError(NestDataError, RuntimeError):
 
 class ChecksumError(NestDataError, ValueError):
     """Data read back does not match the checksum recorded when it was written."""
+
+
+class RemoteReadError(NestDataError, OSError):
+    """Reading from a remote store failed (after retries, where retrying makes sense)."""

@@ -284,7 +284,7 @@ def test_verify_names_tampered_chunk_and_cli_exit_codes(
     chunk.write_bytes(b"garbage")
     problems = nest_data.verify(dest)
     assert [p.array for p in problems] == ["ncsnr", "responses"]
-    assert "chunk 0 (images 0-29, key c/0/0)" in problems[1].detail
+    assert problems[1].detail.startswith("object responses/c/0/0 (images 0-29) has checksum")
     assert cli(["verify", str(dest)]) == 1
     out = capsys.readouterr().out
-    assert "MISMATCH" in out and "chunk 0" in out and "2 problem(s)" in out
+    assert "MISMATCH" in out and "responses/c/0/0" in out and "2 problem(s)" in out
