@@ -14,8 +14,10 @@ import logging
 from importlib.metadata import PackageNotFoundError, version
 
 from nest_data._analysis import roi_mean, top_images
+from nest_data._cache import ChunkCache
 from nest_data._catalog import Catalog, Entry, Location, catalog
 from nest_data._demo import build_demo, plot_roi_summary, run_demo
+from nest_data._mirror import mirror
 from nest_data._open import open, open_many, open_metadata
 from nest_data._verify import verify
 from nest_data.errors import (
@@ -25,6 +27,7 @@ from nest_data.errors import (
     ConversionError,
     LocationError,
     NestDataError,
+    RemoteReadError,
     SourceFormatError,
     StoreNotFoundError,
     UnknownKeyError,
@@ -42,17 +45,20 @@ __all__ = [
     "Catalog",
     "CatalogError",
     "ChecksumError",
+    "ChunkCache",
     "ConversionError",
     "Entry",
     "Location",
     "LocationError",
     "NestDataError",
+    "RemoteReadError",
     "SourceFormatError",
     "StoreNotFoundError",
     "UnknownKeyError",
     "__version__",
     "build_demo",
     "catalog",
+    "mirror",
     "open",
     "open_many",
     "open_metadata",

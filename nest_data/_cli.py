@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from nest_data.errors import NestDataError
 
@@ -14,6 +16,21 @@ __all__ = ["main"]
 
 def _progress(args: argparse.Namespace) -> bool | None:
     return False if args.no_progress else None
+
+
+def _options(pairs: Sequence[str] | None) -> dict[str, Any]:
+    """``KEY=VALUE`` pairs -> storage options; values parsed as JSON when they can be."""
+    out: dict[str, Any] = {}
+    for pair in pairs or ():
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise NestDataError(f"--storage-option {pair!r} is not KEY=VALUE; e.g. "
+                                "--storage-option anon=true")
+        try:
+            out[key] = json.loads(value)
+        except ValueError:
+            out[key] = value
+    return out
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
@@ -33,21 +50,44 @@ def _cmd_convert_ned(args: argparse.Namespace) -> int:
     report = convert_ned(args.src, args.dest, modality=args.modality, subject=args.subject,
                          roi=args.roi, imageset=args.imageset, workers=args.workers,
                          overwrite=args.overwrite, verify_existing=not args.no_verify_existing,
+                         storage_options=_options(args.storage_option),
                          show_progress=_progress(args))
     print(f"{args.dest}: {report}")
     return 0
 
 
 def _cmd_verify(args: argparse.Namespace) -> int:
-    from nest_data._verify import find_stores, verify
+    from nest_data._verify import verify
 
-    problems = verify(args.root, show_progress=_progress(args))
-    for problem in problems:
+    report = verify(args.root, storage_options=_options(args.storage_option),
+                    show_progress=_progress(args))
+    for problem in report.problems:
         print(f"MISMATCH {problem}")
-    n = len(find_stores(args.root))
-    print(f"{n} store(s) checked under {args.root}: "
-          + ("all checksums match" if not problems else f"{len(problems)} problem(s)"))
-    return 1 if problems else 0
+    print(f"{report.stores} store(s) checked under {args.root}: "
+          + ("all checksums match" if report.ok else f"{len(report.problems)} problem(s)"))
+    return 0 if report.ok else 1
+
+
+def _cmd_mirror(args: argparse.Namespace) -> int:
+    from nest_data._mirror import mirror
+
+    report = mirror(args.dest, location=args.location,
+                    storage_options=_options(args.storage_option), workers=args.workers,
+                    show_progress=_progress(args), modality=args.modality,
+                    imageset=args.imageset, subject=args.subject, roi=args.roi)
+    print(f"{args.dest}: {report}")
+    return 0
+
+
+def _cmd_cache(args: argparse.Namespace) -> int:
+    from nest_data._cache import ChunkCache
+
+    cache = ChunkCache()
+    if args.action == "clear":
+        print(f"freed {cache.clear() / 1e6:.1f} MB in {cache.path}")
+    else:
+        print(cache.info())
+    return 0
 
 
 def _cmd_catalog(args: argparse.Namespace) -> int:
@@ -97,11 +137,29 @@ def _parser() -> argparse.ArgumentParser:
     ned.add_argument("--overwrite", action="store_true", help="reconvert complete entries")
     ned.add_argument("--no-verify-existing", action="store_true",
                      help="skip complete entries without re-checking their checksums")
+    ned.add_argument("--storage-option", action="append", metavar="KEY=VALUE",
+                     help="fsspec option for a remote DEST (repeatable), e.g. anon=false")
     ned.set_defaults(func=_cmd_convert_ned)
 
     verify = sub.add_parser("verify", help="re-check the checksums of every store under ROOT")
-    verify.add_argument("root")
+    verify.add_argument("root", help="a local folder or a remote URL")
+    verify.add_argument("--storage-option", action="append", metavar="KEY=VALUE")
     verify.set_defaults(func=_cmd_verify)
+
+    mirror = sub.add_parser("mirror", help="copy a subset of a location to a local folder")
+    mirror.add_argument("dest", help="local folder to copy into")
+    mirror.add_argument("--location", help="location name or URL to copy from")
+    mirror.add_argument("--storage-option", action="append", metavar="KEY=VALUE")
+    mirror.add_argument("--modality", nargs="+")
+    mirror.add_argument("--imageset", nargs="+")
+    mirror.add_argument("--subject", nargs="+", type=int)
+    mirror.add_argument("--roi", nargs="+")
+    mirror.add_argument("--workers", type=int, default=2)
+    mirror.set_defaults(func=_cmd_mirror)
+
+    cache = sub.add_parser("cache", help="the local chunk cache (NEST_DATA_CACHE_DIR)")
+    cache.add_argument("action", choices=["info", "clear"])
+    cache.set_defaults(func=_cmd_cache)
 
     cat = sub.add_parser("catalog", help="list or export catalog entries")
     cat.add_argument("--modality", nargs="+")

@@ -455,7 +455,8 @@ def verify_store(store: Any, *, label: str | None = None) -> list[Problem]:
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Consolidated metadata")
         group = zarr.open_group(store, mode="r", zarr_format=3)
-    n_images = int(group[DATA_VAR].shape[0]) if DATA_VAR in group else 0
+    responses = group.get(DATA_VAR)
+    n_images = int(responses.shape[0]) if isinstance(responses, zarr.Array) else 0
     problems: list[Problem] = []
     damaged: set[str] = set()
     for key, got in sync(_object_digests(store, list(meta["objects"]))).items():

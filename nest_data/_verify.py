@@ -5,18 +5,23 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from tqdm.auto import tqdm
 
 from nest_data import _config
-from nest_data._store import ATTR, STAGING_DIR, Problem, verify_store
+from nest_data._catalog import Catalog
+from nest_data._catalog import catalog as default_catalog
+from nest_data._storage import is_local, join, local_path, make_store
+from nest_data._store import ATTR, STAGING_DIR, Problem, store_exists, verify_store
 from nest_data.errors import StoreNotFoundError
 
 logger = logging.getLogger("nest_data")
 
-__all__ = ["find_stores", "verify"]
+__all__ = ["VerifyReport", "find_stores", "verify"]
 
 
 def find_stores(root: str | os.PathLike[str]) -> list[Path]:
@@ -44,35 +49,69 @@ def _is_entry(meta_file: Path) -> bool:
     return doc.get("node_type") == "group" and ATTR in doc.get("attributes", {})
 
 
-def verify(root: str | os.PathLike[str], *, show_progress: bool | None = None) -> list[Problem]:
-    """Re-check every array and chunk of every store under ``root`` against its checksums.
+@dataclass
+class VerifyReport:
+    """What :func:`verify` found: how many stores it checked and every mismatch."""
+
+    stores: int
+    problems: list[Problem]
+
+    @property
+    def ok(self) -> bool:
+        """True when every object and array matches its checksum."""
+        return not self.problems
+
+
+def verify(
+    root: str | os.PathLike[str],
+    *,
+    storage_options: Mapping[str, Any] | None = None,
+    show_progress: bool | None = None,
+    catalog: Catalog | None = None,
+) -> VerifyReport:
+    """Re-check every object and array of every store under ``root`` against its checksums.
 
     Parameters
     ----------
-    root : path
-        Root of a collection (for example the DEST of ``nest-data convert``).
+    root : path or URL
+        Root of a collection (the DEST of ``nest-data convert``, a mirror, a bucket prefix).
+        Local roots are searched for stores; remote roots are checked at every catalog path.
+    storage_options : dict, optional
+        fsspec options for a remote root.
     show_progress : bool, optional
         Progress bar over stores.
 
     Returns
     -------
-    list of Problem
-        Each mismatch, naming the store, the array and the chunk; empty when all is well.
+    VerifyReport
+        The number of stores checked and each mismatch, naming the store, the array and the
+        object (chunk).
 
     Examples
     --------
     >>> import nest_data
     >>> from nest_data._demo import demo_root
-    >>> nest_data.verify(demo_root() / "modality-eeg", show_progress=False)
-    []
+    >>> report = nest_data.verify(demo_root() / "modality-eeg", show_progress=False)
+    >>> report.ok, report.stores
+    (True, 30)
     """
-    stores = find_stores(root)
-    if not stores:
-        raise StoreNotFoundError(f"no nest-data stores under {root}; give the root of a "
+    options = dict(storage_options or {})
+    root_text = os.fspath(root)
+    labels: list[str]
+    if is_local(root_text):
+        base = Path(local_path(root_text))
+        labels = [str(p.relative_to(base)) for p in find_stores(base)]
+    else:
+        cat = catalog or default_catalog()
+        labels = [e.path for e in cat if store_exists(root_text, e.path, options)]
+    if not labels:
+        raise StoreNotFoundError(f"no nest-data stores under {root_text}; give the root of a "
                                  "collection written by `nest-data convert` or `nest-data demo`")
     problems: list[Problem] = []
-    for store in tqdm(stores, desc="verifying", unit="store",
+    for label in tqdm(labels, desc="verifying", unit="store",
                       disable=not _config.show_progress(show_progress)):
-        problems.extend(verify_store(store, label=str(Path(store).relative_to(root))))
-    logger.info("verified %d stores under %s: %d problem(s)", len(stores), root, len(problems))
-    return problems
+        store = make_store(join(root_text, label), options)
+        problems.extend(verify_store(store, label=label))
+    logger.info("verified %d stores under %s: %d problem(s)", len(labels), root_text,
+                len(problems))
+    return VerifyReport(len(labels), problems)

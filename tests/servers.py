@@ -12,9 +12,11 @@ reset when a server starts and when it stops.  On any ``S3Server`` the URL
 
 from __future__ import annotations
 
+import importlib
 import os
 import shutil
 import socket
+import sys
 import tempfile
 import threading
 import urllib.request
@@ -315,6 +317,7 @@ class GCSServer(Served):
         self.storage_options = {}
         self._server: Any = None
         self._saved_env: dict[str, str | None] = {}
+        self._saved_registry: dict[str, type | None] = {}
 
     def start(self) -> None:
         """Start the emulator on a free port and record its requests."""
@@ -396,6 +399,32 @@ class GCSServer(Served):
         os.environ["STORAGE_EMULATOR_HOST"] = self.endpoint
         os.environ["GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT"] = "false"
         self.storage_options = {"token": "anon", "endpoint_url": self.endpoint}
+        self._plain_gcsfs()
+
+    def _plain_gcsfs(self) -> None:
+        """If gcsfs was imported with its experimental class, map gs:// to the plain one.
+
+        The experimental class probes each bucket over gRPC (about 60 s against the emulator);
+        the environment variable only matters when gcsfs is first imported.
+        """
+        gcsfs = sys.modules.get("gcsfs")
+        if gcsfs is None or gcsfs.GCSFileSystem is gcsfs.core.GCSFileSystem:
+            return
+        import fsspec
+
+        for proto in ("gs", "gcs"):
+            self._saved_registry[proto] = fsspec.registry.get(proto)
+            fsspec.register_implementation(proto, gcsfs.core.GCSFileSystem, clobber=True)
+
+    def _restore_registry(self) -> None:
+        import fsspec
+
+        for proto, cls in self._saved_registry.items():
+            if cls is None:
+                importlib.import_module("fsspec.registry")._registry.pop(proto, None)
+            else:
+                fsspec.register_implementation(proto, cls, clobber=True)
+        self._saved_registry = {}
 
     def stop(self) -> None:
         """Stop the emulator and restore the environment."""
@@ -409,6 +438,7 @@ class GCSServer(Served):
             else:
                 os.environ[k] = v
         self._saved_env = {}
+        self._restore_registry()
 
     def _put(self, key: str, data: bytes) -> None:
         name = quote(_join(ROOT, key), safe="")
@@ -619,7 +649,7 @@ class HTTPServer(Served):
                     self.send_header(k, v)
                 self.send_header("Content-Length", "0")
                 self.end_headers()
-                return status
+                return int(status)
 
             def _respond(self, number: int, path: str, rng: str | None,
                          head: bool) -> tuple[int, int]:

@@ -232,7 +232,7 @@ def test_resume_skips_complete_and_redoes_damaged(ned_src: Path, tmp_path: Path)
     chunk.write_bytes(chunk.read_bytes()[:-8] + bytes(8))
     third = convert_ned(src, dest, workers=1)
     assert third.converted == ["fmri/nsd/fwrf things sub-01 V1"]
-    assert nest_data.verify(dest) == []
+    assert nest_data.verify(dest).ok
 
 
 def test_killed_conversion_leaves_nothing_visible_then_resumes(ned_src: Path, tmp_path: Path
@@ -260,7 +260,7 @@ def test_killed_conversion_leaves_nothing_visible_then_resumes(ned_src: Path, tm
     report = convert_ned(src, dest, workers=1)
     assert len(report.converted) == 1
     assert _no_staged(dest)  # the partial store was cleaned up
-    assert nest_data.verify(dest) == []
+    assert nest_data.verify(dest).ok
 
 
 def test_verify_names_tampered_chunk_and_cli_exit_codes(
@@ -277,12 +277,12 @@ def test_verify_names_tampered_chunk_and_cli_exit_codes(
     raw = zarr.open_group(store)["ncsnr"][:]
     raw[3] += 1
     zarr.open_group(store, mode="r+")["ncsnr"][:] = raw  # re-encoded, but wrong values
-    problems = nest_data.verify(dest)
+    problems = nest_data.verify(dest).problems
     assert len(problems) == 1 and problems[0].array == "ncsnr"
     assert ncsnr.exists()
     chunk = store / "responses" / "c" / "0" / "0"
     chunk.write_bytes(b"garbage")
-    problems = nest_data.verify(dest)
+    problems = nest_data.verify(dest).problems
     assert [p.array for p in problems] == ["ncsnr", "responses"]
     assert problems[1].detail.startswith("object responses/c/0/0 (images 0-29) has checksum")
     assert cli(["verify", str(dest)]) == 1
