@@ -36,6 +36,11 @@ def _options(pairs: Sequence[str] | None) -> dict[str, Any]:
 def _cmd_demo(args: argparse.Namespace) -> int:
     from nest_data._demo import build_demo, run_demo
 
+    if args.dest:
+        dest = build_demo(dest=args.dest, storage_options=_options(args.storage_option),
+                          n_images=args.n_images, show_progress=_progress(args))
+        print(f"demo collection written to {dest} (synthetic values)")
+        return 0
     if args.rebuild:
         build_demo(rebuild=True, show_progress=_progress(args), n_images=args.n_images)
     result = run_demo(args.out, imageset=args.imageset, subject=args.subject, roi=args.roi,
@@ -122,6 +127,9 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("-k", type=int, default=5, help="number of top images to list")
     demo.add_argument("--rebuild", action="store_true", help="rebuild the demo collection")
     demo.add_argument("--n-images", type=int, default=24, help="images per image set")
+    demo.add_argument("--dest", help="write the demo collection to this folder or URL "
+                                     "(s3://, gs://) instead of running the main job")
+    demo.add_argument("--storage-option", action="append", metavar="KEY=VALUE")
     demo.set_defaults(func=_cmd_demo)
 
     convert = sub.add_parser("convert", help="convert original NEST-family files")

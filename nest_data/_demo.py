@@ -9,6 +9,7 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import xarray as xr
@@ -41,7 +42,9 @@ def build_demo(
     workers: int | None = None,
     show_progress: bool | None = None,
     cache_dir: str | Path | None = None,
-) -> Path:
+    dest: str | None = None,
+    storage_options: dict[str, Any] | None = None,
+) -> Path | str:
     """Build the demo collection (every fMRI subject x ROI and EEG subject, synthetic).
 
     Writes a miniature NED folder with :func:`nest_data.testing.write_ned` and converts it
@@ -60,11 +63,16 @@ def build_demo(
         Progress bars.
     cache_dir : path, optional
         Cache directory (default: ``NEST_DATA_CACHE_DIR``, then the platform cache).
+    dest : str, optional
+        Build the demo somewhere else than the cache: a folder or a remote URL (``s3://``,
+        ``gs://``), to try publishing a collection.  Always builds (no reuse check).
+    storage_options : dict, optional
+        fsspec options for a remote ``dest``.
 
     Returns
     -------
-    pathlib.Path
-        The demo root, also reachable as ``location="demo"``.
+    pathlib.Path or str
+        The demo root (``location="demo"`` reaches the default one), or ``dest``.
 
     Examples
     --------
@@ -75,6 +83,13 @@ def build_demo(
     from nest_data.converters.ned import convert_ned
     from nest_data.testing import write_ned
 
+    if dest is not None:
+        with tempfile.TemporaryDirectory(prefix="ned-") as tmp:
+            write_ned(tmp, n_images=n_images, seed=DEMO_SEED, show_progress=show_progress,
+                      workers=workers or min(os.cpu_count() or 1, 4))
+            convert_ned(tmp, dest, workers=workers, overwrite=rebuild,
+                        storage_options=storage_options, show_progress=show_progress)
+        return dest
     root = demo_root(cache_dir)
     stamp = {"n_images": n_images, "seed": DEMO_SEED, "format_version": 1}
     marker = root / _MARKER
@@ -129,6 +144,7 @@ def run_demo(
     True
     """
     root = build_demo(show_progress=show_progress, cache_dir=cache_dir)
+    assert isinstance(root, Path)
     da = open_entry(imageset=imageset, subject=subject, roi=roi, location=str(root))
     reliable = 0.5
     n_reliable = int((da["ncsnr"] > reliable).sum())

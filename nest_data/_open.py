@@ -203,7 +203,7 @@ def _open_dataset(
     store = store.with_manifest(meta.get("objects", {}))
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Consolidated metadata")
-        ds = xr.open_zarr(store, group=group, consolidated=True,
+        ds = xr.open_zarr(store, group=group, consolidated=True, zarr_format=3,
                           chunks=dict(chunks) if chunks is not None else {})
     # Coordinates are small (one chunk each) and needed for label-based selection
     # (``da.where(da.ncsnr > 0.5)``, ``da.concept == "dog"``): read them all at once.
@@ -221,6 +221,12 @@ def _missing_message(entry: Entry, url: str, location: str) -> str:
     if location == "demo":
         fixes.append("run `nest-data demo` (or nest_data.build_demo()) to build the demo "
                      "collection")
+    elif not is_local(url):
+        fixes.append("check the location's URL and that the bucket exists")
+        fixes.append("check your credentials, or for a public bucket the anonymous flag in "
+                     "storage_options (anon=True for S3, token='anon' for GCS)")
+        fixes.append(f"check that location {location!r} is the collection you mean "
+                     "(nest_data.catalog().locations)")
     else:
         fixes.append("set NEST_DATA_ROOT (or pass location=) to the folder or URL that holds "
                      "your stores")

@@ -59,32 +59,40 @@ class _Recorder:
 
     def __init__(self) -> None:
         self._cond = threading.Condition()
-        self._log: list[Request] = []
+        self._log: list[tuple[int, Request]] = []
         self._busy = 0
+        self._seq = 0
+
+    def arrived(self) -> int:
+        """A request arrived: its sequence number (``requests`` is sorted by it)."""
+        with self._cond:
+            self._seq += 1
+            return self._seq
 
     def begin(self) -> None:
         """A response is about to be sent."""
         with self._cond:
             self._busy += 1
 
-    def end(self, request: Request | None, began: bool = True) -> None:
+    def end(self, seq: int, request: Request | None, began: bool = True) -> None:
         """A request is done; log it (unless None)."""
         with self._cond:
             if began:
                 self._busy -= 1
             if request is not None:
-                self._log.append(request)
+                self._log.append((seq, request))
             self._cond.notify_all()
 
     def snapshot(self, settle: float = SETTLE_S) -> list[Request]:
         """Copy of the log, after waiting (bounded) for responses being sent to finish."""
         with self._cond:
             self._cond.wait_for(lambda: self._busy <= 0, timeout=settle)
-            return list(self._log)
+            return [r for _, r in sorted(self._log, key=lambda item: item[0])]
 
-    def clear(self) -> None:
-        """Forget every logged request."""
+    def clear(self, settle: float = SETTLE_S) -> None:
+        """Forget every logged request, after waiting (bounded) for responses being sent."""
         with self._cond:
+            self._cond.wait_for(lambda: self._busy <= 0, timeout=settle)
             self._log.clear()
 
 
@@ -118,7 +126,7 @@ class Served:
 
     @property
     def requests(self) -> list[Request]:
-        """Every request received since start/reset, in completion order (a copy)."""
+        """Every request received since start/reset, in arrival order (a copy)."""
         return self._recorder.snapshot()
 
     def reset(self) -> None:
@@ -199,6 +207,7 @@ class _RecordingWSGI:
         path, query = _split_target(environ.get("RAW_URI") or environ.get("PATH_INFO", ""))
         rng = environ.get("HTTP_RANGE")
         status = [0]
+        seq = self.recorder.arrived()
 
         def recording_start(status_line: str, headers: list[tuple[str, str]],
                             exc_info: Any = None) -> Any:
@@ -206,13 +215,13 @@ class _RecordingWSGI:
             return start_response(status_line, headers, exc_info)
 
         def done(sent: int) -> None:
-            self.recorder.end(Request(method, path, status[0], sent, rng, query))
+            self.recorder.end(seq, Request(method, path, status[0], sent, rng, query))
 
         self.recorder.begin()
         try:
             inner = self.app(environ, recording_start)
         except BaseException:
-            self.recorder.end(Request(method, path, status[0] or 500, 0, rng, query))
+            self.recorder.end(seq, Request(method, path, status[0] or 500, 0, rng, query))
             raise
         return _CountingBody(inner, done, head=method == "HEAD")
 
@@ -331,6 +340,7 @@ class GCSServer(Served):
             _body_from = -1
             _status = 0
             _began = False
+            _seq = 0
 
             def setup(self) -> None:
                 super().setup()
@@ -362,12 +372,17 @@ class GCSServer(Served):
                 self._status = code
                 super().send_response(code, message)
 
+            def parse_request(self) -> bool:
+                self._seq = recorder.arrived()
+                return bool(super().parse_request())
+
             def end_headers(self) -> None:
                 super().end_headers()
                 self._body_from = self._sent
 
             def handle_one_request(self) -> None:
                 self._sent, self._body_from, self._status, self._began = 0, -1, 0, False
+                self._seq = 0
                 self.command = ""
                 record: Request | None = None
                 try:
@@ -384,7 +399,7 @@ class GCSServer(Served):
                         if INTERNAL_AGENT in (headers.get("User-Agent") or ""):
                             record = None
                     if self._began or record is not None:
-                        recorder.end(record, began=self._began)
+                        recorder.end(self._seq or recorder.arrived(), record, began=self._began)
 
             def log_message(self, format: str, *args: Any) -> None:
                 pass
@@ -495,8 +510,8 @@ def _parse_range(header: str, size: int) -> tuple[int, int] | bool | None:
         end = int(last) + 1 if last else size
     except ValueError:
         return None
-    if start < 0 or end <= start:
-        return None
+    if start < 0 or (last and end <= start):
+        return None  # syntactically invalid: ignored, as RFC 9110 says
     if start >= size:
         return False
     return start, min(end, size)
@@ -625,6 +640,7 @@ class HTTPServer(Served):
                 self._serve(head=True)
 
             def _serve(self, head: bool) -> None:
+                seq = recorder.arrived()
                 number = served._next_number()
                 path, query = _split_target(self.path)
                 rng = self.headers.get("Range")
@@ -641,7 +657,7 @@ class HTTPServer(Served):
                 except OSError:
                     self.close_connection = True
                 finally:
-                    recorder.end(Request(self.command, path, status, sent, rng, query))
+                    recorder.end(seq, Request(self.command, path, status, sent, rng, query))
 
             def _empty(self, status: int, headers: dict[str, str] | None = None) -> int:
                 self.send_response(status)

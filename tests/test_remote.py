@@ -1,0 +1,310 @@
+"""Remote stores: one contract run against local, memory, S3 (moto), GCS (emulator) and HTTP.
+
+Servers are started on 127.0.0.1 by ``tests/servers.py`` and stopped at the end; request
+counts and bytes are what the servers actually served.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import fsspec
+import numpy as np
+import pytest
+
+import nest_data
+from nest_data._cache import ChunkCache
+from nest_data._storage import make_store
+from nest_data._store import DATA_VAR, write_entry
+from nest_data.converters._pickle import load_npy_dict
+from nest_data.converters.ned import discover_ned, entry_data
+from nest_data.errors import ChecksumError, LocationError, StoreNotFoundError
+
+from .servers import GCSServer, HTTPServer, S3Server
+
+pytest.importorskip("s3fs")
+pytest.importorskip("gcsfs")
+pytest.importorskip("aiohttp")
+
+KEYS = {"imageset": "things", "subject": 1, "roi": "V1"}
+ROWS = 4  # images per chunk in the test store: 30 images -> 8 chunks
+
+
+@pytest.fixture(scope="module")
+def chunked(ned_src: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A local root with things sub-01 V1 stored in chunks of 4 images (8 chunks)."""
+    import h5py
+
+    root = tmp_path_factory.mktemp("chunked")
+    (source,) = discover_ned(ned_src, **KEYS)
+    with h5py.File(source.h5) as f:
+        data = entry_data(source, f["synthetic_neural_responses"], load_npy_dict(source.npy),
+                          units="a.u.")
+        write_entry(data, root, source.entry.path, chunk_bytes=ROWS * 1350 * 4)
+    return root
+
+
+class Backend:
+    """A served copy of the ``chunked`` root, and how to read what its server saw."""
+
+    def __init__(self, name: str, url: str, options: dict[str, Any], server: Any) -> None:
+        self.name, self.url, self.options, self.server = name, url, options, server
+
+    def requests(self) -> list[Any]:
+        return [] if self.server is None else self.server.requests
+
+    def reset(self) -> None:
+        if self.server is not None:
+            self.server.reset()
+
+
+@pytest.fixture(scope="module", params=["local", "memory", "s3", "gcs", "http"])
+def backend(request: pytest.FixtureRequest, chunked: Path) -> Iterator[Backend]:
+    name = request.param
+    if name == "local":
+        yield Backend(name, str(chunked), {}, None)
+        return
+    if name == "memory":
+        root = f"memory://nest-{uuid.uuid4().hex}"
+        fs = fsspec.filesystem("memory")
+        fs.put(str(chunked) + "/", root.removeprefix("memory://") + "/", recursive=True)
+        yield Backend(name, root, {}, None)
+        fs.rm(root.removeprefix("memory://"), recursive=True)
+        return
+    server_cls = {"s3": S3Server, "gcs": GCSServer, "http": HTTPServer}[name]
+    with server_cls() as server:
+        server.upload(chunked)
+        yield Backend(name, server.url, dict(server.storage_options), server)
+
+
+def _open(backend: Backend, **kw: Any) -> Any:
+    return nest_data.open(location=backend.url, storage_options=backend.options, **KEYS, **kw)
+
+
+def _chunk_requests(requests: list[Any]) -> list[Any]:
+    return [r for r in requests if f"/{DATA_VAR}/c/" in r.path and r.method == "GET"]
+
+
+class TestContract:
+    """The same checks for every backend."""
+
+    def test_values_equal_local(self, backend: Backend, chunked: Path) -> None:
+        local = nest_data.open(location=str(chunked), **KEYS)
+        remote = _open(backend)
+        assert remote.chunks[0] == (4,) * 7 + (2,)
+        np.testing.assert_array_equal(remote.values, local.values)
+        np.testing.assert_array_equal(remote.ncsnr.values, local.ncsnr.values)
+        assert list(remote.concept.values) == list(local.concept.values)
+        assert remote.attrs == local.attrs
+
+    def test_open_reads_metadata_only(self, backend: Backend) -> None:
+        backend.reset()
+        da = _open(backend)
+        if backend.server is None:
+            return
+        requests = backend.requests()
+        assert not _chunk_requests(requests), [r.path for r in requests]
+        gets = [r for r in requests if r.method == "GET"]
+        # one GET for the consolidated metadata, one per coordinate array (the labels);
+        # s3fs adds a zero-byte HEAD before each GET
+        assert sum(r.path.endswith("/zarr.json") for r in gets) == 1
+        assert len(gets) <= len(da.coords) + 1, [r.path for r in gets]
+        assert all(r.bytes_sent == 0 for r in requests if r.method == "HEAD")
+        assert sum(r.bytes_sent for r in requests) < 100_000
+
+    def test_one_image_reads_one_chunk(self, backend: Backend, chunked: Path) -> None:
+        da = _open(backend)
+        backend.reset()
+        row = da.isel(image=9).values
+        np.testing.assert_array_equal(row, nest_data.open(location=str(chunked),
+                                                          **KEYS).isel(image=9).values)
+        if backend.server is None:
+            return
+        chunks = _chunk_requests(backend.requests())
+        assert [r.path.rsplit("/", 3)[-3:] for r in chunks] == [["c", "2", "0"]]
+        chunk_file = chunked / nest_data.catalog().resolve(**KEYS).path / "responses/c/2/0"
+        assert chunks[0].bytes_sent == chunk_file.stat().st_size
+
+    def test_cache_second_read_makes_no_request(self, backend: Backend, tmp_path: Path,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+        monkeypatch.setenv("NEST_DATA_CACHE_DIR", str(tmp_path))
+        first = _open(backend, cache=True).isel(image=slice(0, 8)).values
+        backend.reset()
+        again = _open(backend, cache=True).isel(image=slice(0, 8)).values
+        np.testing.assert_array_equal(first, again)
+        if backend.name in ("local",):
+            assert not (tmp_path / "chunks").exists()  # local stores are never cached
+            return
+        info = ChunkCache().info()
+        assert info.objects >= 2  # two chunks of responses, plus coordinates
+        if backend.server is not None:
+            assert not _chunk_requests(backend.requests())
+
+    def test_verify_detects_tampered_chunk(self, backend: Backend, chunked: Path) -> None:
+        if backend.server is None:
+            pytest.skip("tampering needs a served copy (the local one is tested in "
+                        "test_convert)")
+        key = nest_data.catalog().resolve(**KEYS).path + "/responses/c/5/0"
+        original = (chunked / key).read_bytes()
+        backend.server.tamper(key, original[:-4] + b"\0\0\0\0")
+        try:
+            with pytest.raises(ChecksumError, match="object responses/c/5/0 of .* does not "
+                                                    "match its recorded checksum"):
+                _ = _open(backend, verify=True).isel(image=21).values
+            _ = _open(backend, verify=True).isel(image=0).values  # other chunks still fine
+            report = nest_data.verify(backend.url, storage_options=backend.options)
+            assert report.stores == 1
+            (problem,) = report.problems
+            assert "object responses/c/5/0 (images 20-23) has checksum" in problem.detail
+        finally:
+            backend.server.tamper(key, original)
+
+
+def test_unused_storage_options_are_an_error() -> None:
+    with pytest.raises(LocationError, match=r"storage options \['project'\] would go unused "
+                                            r"for s3:// URLs .* anon=True for S3, token='anon'"):
+        make_store("s3://bucket/x.zarr", {"project": "my-gcp-project"})
+    with pytest.raises(LocationError, match=r"\['anon'\] would go unused for gs://"):
+        make_store("gs://bucket/x.zarr", {"anon": True})
+    make_store("s3://bucket/x.zarr", {"anon": True})  # valid: no error, nothing fetched
+
+
+def test_missing_bucket_names_url_and_checks() -> None:
+    with S3Server() as server:
+        missing = server.missing_url
+        with pytest.raises(StoreNotFoundError) as err:
+            nest_data.open(location=missing, storage_options=server.storage_options, **KEYS)
+    message = str(err.value)
+    assert missing in message and "bucket exists" in message
+    assert "anon=True for S3, token='anon' for GCS" in message
+
+
+def test_http_faults_retry_to_correct_data(chunked: Path) -> None:
+    local = nest_data.open(location=str(chunked), **KEYS).values
+    with HTTPServer() as server:
+        server.upload(chunked)
+        server.fail_every = 3
+        da = nest_data.open(location=server.url, **KEYS)
+        np.testing.assert_array_equal(da.values, local)
+        statuses = [r.status for r in server.requests]
+        assert 503 in statuses and statuses.count(503) < len(statuses)
+        server.reset()
+        server.fail_every = 0
+        server.fail_first = 50  # more failures than retries allow
+        with pytest.raises(nest_data.RemoteReadError, match="failed 5 times .* Try again later"):
+            nest_data.open(location=server.url, **KEYS)
+
+
+def test_http_timeouts_are_retried(chunked: Path) -> None:
+    import aiohttp
+
+    local = nest_data.open(location=str(chunked), **KEYS).isel(image=0).values
+    with HTTPServer(hang_every=4, hang_seconds=3) as server:
+        server.upload(chunked)
+        options = {"client_kwargs": {"timeout": aiohttp.ClientTimeout(total=0.5)}}
+        da = nest_data.open(location=server.url, storage_options=options, **KEYS)
+        np.testing.assert_array_equal(da.isel(image=0).values, local)
+
+
+def test_http_server_ignoring_range_gives_correct_bytes(chunked: Path) -> None:
+    from zarr.abc.store import RangeByteRequest
+    from zarr.core.buffer import default_buffer_prototype
+    from zarr.core.sync import sync
+
+    path = nest_data.catalog().resolve(**KEYS).path
+    whole = (chunked / path / "responses/c/1/0").read_bytes()
+    with HTTPServer(ignore_range=True) as server:
+        server.upload(chunked)
+        store = make_store(f"{server.url}/{path}")
+        got = sync(store.get("responses/c/1/0", default_buffer_prototype(),
+                             RangeByteRequest(10, 30)))
+        assert got is not None and got.to_bytes() == whole[10:30]
+        assert any(r.status == 200 and r.range for r in server.requests)
+
+
+def test_convert_and_demo_publish_to_s3(ned_src: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from nest_data.converters import convert_ned
+
+    with S3Server() as server:
+        dest = f"s3://{server.url.split('://')[1].split('/')[0]}/published"
+        report = convert_ned(ned_src, dest, roi="V1", subject=1, imageset="things", workers=1,
+                             storage_options=server.storage_options)
+        assert len(report.converted) == 1
+        da = nest_data.open(location=dest, storage_options=server.storage_options, **KEYS)
+        assert da.sizes == {"image": 30, "voxel": 1350}
+        assert nest_data.verify(dest, storage_options=server.storage_options).ok
+        again = convert_ned(ned_src, dest, roi="V1", subject=1, imageset="things", workers=1,
+                            storage_options=server.storage_options)
+        assert again.skipped == [report.converted[0]]
+
+        # An upload that dies midway leaves no visible store.
+        import s3fs
+
+        calls = {"n": 0}
+        real_put_file = s3fs.S3FileSystem._put_file
+
+        async def flaky(self: Any, lpath: str, rpath: str, *a: Any, **k: Any) -> Any:
+            calls["n"] += 1
+            if calls["n"] > 3:
+                raise ConnectionResetError("network died")
+            return await real_put_file(self, lpath, rpath, *a, **k)
+
+        monkeypatch.setattr(s3fs.S3FileSystem, "_put_file", flaky)
+        with pytest.raises(nest_data.ConversionError):
+            convert_ned(ned_src, dest, roi="FFA-1", subject=1, imageset="things", workers=1,
+                        storage_options=server.storage_options)
+        monkeypatch.undo()
+        with pytest.raises(StoreNotFoundError):
+            nest_data.open(location=dest, storage_options=server.storage_options,
+                           imageset="things", subject=1, roi="FFA-1")
+
+
+def test_mirror_from_http(chunked: Path, tmp_path: Path) -> None:
+    with HTTPServer() as server:
+        server.upload(chunked)
+        report = nest_data.mirror(tmp_path / "copy", location=server.url, **KEYS)
+        assert report.copied == ["fmri/nsd/fwrf things sub-01 V1"] and report.bytes > 0
+        copy = nest_data.open(location=str(tmp_path / "copy"), **KEYS)
+        np.testing.assert_array_equal(copy.values,
+                                      nest_data.open(location=str(chunked), **KEYS).values)
+        assert nest_data.verify(tmp_path / "copy").ok
+        server.reset()
+        again = nest_data.mirror(tmp_path / "copy", location=server.url, **KEYS)
+        assert again.skipped == report.copied
+        assert not _chunk_requests(server.requests)
+        # A source object that does not match its checksum aborts that entry, writes nothing.
+        key = nest_data.catalog().resolve(**KEYS).path + "/responses/c/3/0"
+        server.tamper(key, b"tampered")
+        with pytest.raises(nest_data.NestDataError, match="responses/c/3/0 has checksum"):
+            nest_data.mirror(tmp_path / "other", location=server.url, **KEYS)
+        assert not (tmp_path / "other" / "modality-fmri").exists()
+
+
+def test_cache_cli_and_eviction(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                capsys: pytest.CaptureFixture[str]) -> None:
+    from nest_data._cli import main
+
+    monkeypatch.setenv("NEST_DATA_CACHE_DIR", str(tmp_path))
+    cache = ChunkCache(max_bytes=1000)
+    digests = []
+    for i in range(5):
+        data = bytes([i]) * 300
+        digest = "sha256:" + hashlib.sha256(data).hexdigest()
+        digests.append(digest)
+        cache.put(digest, data)
+        if i == 1:
+            assert cache.get(digests[0]) is not None  # a hit makes 0 the most recent
+    info = cache.info()
+    assert info.bytes <= 900
+    assert cache.get(digests[1]) is None  # least recently used went first
+    assert cache.get(digests[4]) is not None
+    assert main(["cache", "info"]) == 0
+    assert f"{tmp_path / 'chunks'}: {info.objects} objects" in capsys.readouterr().out
+    assert main(["cache", "clear"]) == 0
+    assert ChunkCache().info().objects == 0
+    shutil.rmtree(tmp_path / "chunks", ignore_errors=True)
