@@ -62,6 +62,7 @@ class _Recorder:
         self._log: list[tuple[int, Request]] = []
         self._busy = 0
         self._seq = 0
+        self._floor = 0  # requests that arrived before the last clear() are not logged
 
     def arrived(self) -> int:
         """A request arrived: its sequence number (``requests`` is sorted by it)."""
@@ -79,7 +80,7 @@ class _Recorder:
         with self._cond:
             if began:
                 self._busy -= 1
-            if request is not None:
+            if request is not None and seq > self._floor:
                 self._log.append((seq, request))
             self._cond.notify_all()
 
@@ -90,10 +91,11 @@ class _Recorder:
             return [r for _, r in sorted(self._log, key=lambda item: item[0])]
 
     def clear(self, settle: float = SETTLE_S) -> None:
-        """Forget every logged request, after waiting (bounded) for responses being sent."""
+        """Forget every request so far, after waiting (bounded) for responses being sent."""
         with self._cond:
             self._cond.wait_for(lambda: self._busy <= 0, timeout=settle)
             self._log.clear()
+            self._floor = self._seq
 
 
 def _split_target(target: str) -> tuple[str, str]:
@@ -130,7 +132,7 @@ class Served:
         return self._recorder.snapshot()
 
     def reset(self) -> None:
-        """Clear ``requests``."""
+        """Clear ``requests``; requests still being answered (e.g. hung ones) are dropped too."""
         self._recorder.clear()
 
     def upload(self, local_dir: Path, prefix: str = "") -> None:
