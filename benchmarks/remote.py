@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import argparse
 import sys
-import warnings
 import tempfile
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 

@@ -338,3 +338,33 @@ def test_cache_cli_and_eviction(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
     assert main(["cache", "clear"]) == 0
     assert ChunkCache().info().objects == 0
     shutil.rmtree(tmp_path / "chunks", ignore_errors=True)
+
+
+def test_catalog_location_on_s3_behaves_like_local(chunked: Path) -> None:
+    with S3Server() as server:
+        server.upload(chunked)
+        cat = nest_data.catalog()
+        cat.add_location("lab", server.url, server.storage_options)
+        da = cat.open(location="lab", **KEYS)
+        local = nest_data.open(location=str(chunked), **KEYS)
+        np.testing.assert_array_equal(da.values, local.values)
+        assert da.attrs == local.attrs
+
+
+def test_mirror_resumes_inside_an_entry(chunked: Path, tmp_path: Path) -> None:
+    key = nest_data.catalog().resolve(**KEYS).path + "/responses/c/6/0"
+    with HTTPServer() as server:
+        server.upload(chunked)
+        original = (chunked / key).read_bytes()
+        server.tamper(key, b"broken")  # the first run fails on this object only
+        with pytest.raises(nest_data.NestDataError, match="responses/c/6/0 has checksum"):
+            nest_data.mirror(tmp_path, location=server.url, workers=1, **KEYS)
+        assert not (tmp_path / "modality-fmri").exists()  # nothing visible
+        server.tamper(key, original)
+        server.reset()
+        report = nest_data.mirror(tmp_path, location=server.url, workers=1, **KEYS)
+        fetched = [r.path for r in _chunk_requests(server.requests)]
+    # only the object that failed is fetched again; the others were kept from the first run
+    assert fetched == ["/root/" + key]
+    assert report.copied == ["fmri/nsd/fwrf things sub-01 V1"]
+    assert nest_data.verify(tmp_path).ok
