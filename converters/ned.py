@@ -67,7 +67,10 @@ class SourceEntry:
 
 @dataclass
 class ConversionReport:
-    """What :func:`convert_ned` did: entries converted, skipped (already complete), failed."""
+    """What :func:`convert_ned` did: entries converted, skipped (already complete), failed.
+
+    Entries are listed by label, in sorted order.
+    """
 
     converted: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
@@ -248,9 +251,11 @@ def convert_ned(
                 report.skipped.append(label)
             else:
                 report.converted.append(label)
+    report.converted.sort()
+    report.skipped.sort()
     logger.info("NED conversion into %s: %s", dest_text, report)
     if report.failed:
-        listing = "\n  ".join(f"{k}: {v}" for k, v in report.failed.items())
+        listing = "\n  ".join(f"{k}: {v}" for k, v in sorted(report.failed.items()))
         raise ConversionError(
             f"{len(report.failed)} of {len(sources)} entries failed ({report}); nothing was "
             f"written for them:\n  {listing}\nFix or re-download those files and rerun the "

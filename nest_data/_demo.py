@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +16,7 @@ import xarray as xr
 from nest_data import _config
 from nest_data._analysis import top_images
 from nest_data._open import open as open_entry
+from nest_data._store import FORMAT_VERSION
 from nest_data.errors import NestDataError
 
 logger = logging.getLogger("nest_data")
@@ -27,7 +27,7 @@ _MARKER = ".nest-data-demo.json"
 SYNTHETIC_NOTE = ("The demo's numbers are SYNTHETIC: made by nest-data's miniature NED writer "
                   "in NED's exact file formats, not NEST encoder outputs.")
 
-__all__ = ["DemoResult", "build_demo", "demo_root", "plot_roi_summary", "remove_demo", "run_demo"]
+__all__ = ["DemoResult", "build_demo", "demo_root", "plot_roi_summary", "run_demo"]
 
 
 def demo_root(cache_dir: str | Path | None = None) -> Path:
@@ -91,7 +91,7 @@ def build_demo(
                         storage_options=storage_options, show_progress=show_progress)
         return dest
     root = demo_root(cache_dir)
-    stamp = {"n_images": n_images, "seed": DEMO_SEED, "format_version": 1}
+    stamp = {"n_images": n_images, "seed": DEMO_SEED, "format_version": FORMAT_VERSION}
     marker = root / _MARKER
     if not rebuild and marker.is_file() and json.loads(marker.read_text()) == stamp:
         logger.info("demo collection already built at %s", root)
@@ -229,9 +229,3 @@ def plot_roi_summary(da: xr.DataArray, path: str | Path) -> Path:
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
-
-
-def remove_demo(cache_dir: str | Path | None = None) -> None:
-    """Delete the demo collection."""
-    shutil.rmtree(demo_root(cache_dir), ignore_errors=True)
-

@@ -114,8 +114,10 @@ def mirror(
         else:
             report.copied.append(label)
             report.bytes += outcome
+    report.copied.sort()
+    report.skipped.sort()
     if report.failed:
-        listing = "\n  ".join(f"{k}: {v}" for k, v in report.failed.items())
+        listing = "\n  ".join(f"{k}: {v}" for k, v in sorted(report.failed.items()))
         raise NestDataError(f"{len(report.failed)} of {len(jobs)} entries could not be mirrored "
                             f"({report}):\n  {listing}\nRerun the same command to resume.")
     return report

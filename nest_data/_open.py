@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -19,7 +18,7 @@ from nest_data import _config
 from nest_data._cache import ChunkCache
 from nest_data._catalog import Catalog, Entry
 from nest_data._catalog import catalog as default_catalog
-from nest_data._storage import NestStore, is_local, join, make_store
+from nest_data._storage import NestStore, is_local, join, make_store, quiet_consolidated
 from nest_data._store import AUX_GROUP, DATA_VAR, read_store_attrs
 from nest_data.errors import StoreNotFoundError
 
@@ -44,6 +43,7 @@ def open(
     chunks: Mapping[str, int] | None = None,
     cache: bool | None = None,
     verify: bool | None = None,
+    load_labels: bool = True,
     catalog: Catalog | None = None,
 ) -> xr.DataArray:
     """Open one entry of the NEST collection as a lazy, labelled DataArray.
@@ -76,6 +76,11 @@ def open(
     verify : bool, optional
         Check every chunk read against the SHA-256 recorded in the store (default:
         ``NEST_DATA_VERIFY``, then off); a tampered chunk raises ChecksumError naming it.
+    load_labels : bool
+        Read the coordinate arrays (ncsnr, concept, x/y/z...) now, in one concurrent batch,
+        so they can be used for selection.  ``False`` keeps them lazy and builds no index
+        (select with ``isel``): opening then reads the consolidated metadata only (one
+        request for a remote store).
     catalog : Catalog, optional
         The catalog to resolve keys with (default: :func:`nest_data.catalog`).
 
@@ -107,7 +112,7 @@ def open(
     entry = cat.resolve(modality=modality, train_dataset=train_dataset, model=model,
                         imageset=imageset, subject=subject, roi=roi)
     ds = _open_dataset(cat, entry, location, storage_options, chunks, group=None,
-                       cache=cache, verify=verify)
+                       cache=cache, verify=verify, load_labels=load_labels)
     return ds[DATA_VAR]
 
 
@@ -137,7 +142,7 @@ def open_metadata(
     cat = catalog or default_catalog()
     entry = cat.resolve(**keys)
     return _open_dataset(cat, entry, location, storage_options, None, group=AUX_GROUP,
-                         cache=None, verify=None)
+                         cache=None, verify=None, load_labels=True)
 
 
 def open_many(
@@ -182,7 +187,7 @@ def open_many(
             entry = cat.resolve(modality=modality, train_dataset=train_dataset, model=model,
                                 imageset=imageset, subject=s, roi=r)
             ds = _open_dataset(cat, entry, location, storage_options, chunks, group=None,
-                               cache=cache, verify=verify)
+                               cache=cache, verify=verify, load_labels=True)
             name = f"sub-{entry.subject:02d}" + (f"/{entry.roi}" if entry.roi else "")
             nodes[name] = ds[[DATA_VAR]]
     return xr.DataTree.from_dict(nodes)
@@ -198,7 +203,7 @@ def entry_url(cat: Catalog, entry: Entry, location: str | None) -> tuple[str, di
 def _open_dataset(
     cat: Catalog, entry: Entry, location: str | None,
     storage_options: Mapping[str, Any] | None, chunks: Mapping[str, int] | None,
-    group: str | None, *, cache: bool | None, verify: bool | None,
+    group: str | None, *, cache: bool | None, verify: bool | None, load_labels: bool,
 ) -> xr.Dataset:
     url, options, loc_name = entry_url(cat, entry, location)
     options = {**options, **(storage_options or {})}
@@ -216,15 +221,14 @@ def _open_dataset(
             # Several stored chunks per dask task: zarr fetches them concurrently, which
             # hides request latency (benchmarks/remote.py: 2.2x faster full scans at 50 ms).
             chunks = {"image": int(meta["chunk_rows"]) * REMOTE_CHUNKS_PER_TASK}
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="Consolidated metadata")
+    with quiet_consolidated():
         ds = xr.open_zarr(store, group=group, consolidated=True, zarr_format=3,
-                          chunks=dict(chunks))
+                          chunks=dict(chunks), create_default_indexes=load_labels)
     # Coordinates are small (one chunk each) and needed for label-based selection
     # (``da.where(da.ncsnr > 0.5)``, ``da.concept == "dog"``): read them all at once, in one
     # concurrent batch (a remote store answers them in about one round trip).
     lazy = [name for name, var in ds.coords.items() if is_dask_collection(var.data)]
-    if lazy:
+    if lazy and load_labels:
         loaded = sync(_read_arrays(store, [f"{group}/{n}" if group else n for n in lazy]))
         ds = ds.assign_coords({name: (ds[name].dims, values, ds[name].attrs)
                                for name, values in zip(lazy, loaded, strict=True)})

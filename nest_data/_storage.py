@@ -18,11 +18,13 @@ remote reading needs and zarr's ``FsspecStore`` does not do by itself:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import inspect
 import logging
 import os
-from collections.abc import Mapping
+import warnings
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 from zarr.abc.store import (
@@ -40,12 +42,30 @@ from nest_data.errors import ChecksumError, LocationError, RemoteReadError
 
 logger = logging.getLogger("nest_data")
 
-__all__ = ["NestStore", "is_local", "join", "make_store", "validate_storage_options"]
+__all__ = [
+    "NestStore",
+    "is_local",
+    "join",
+    "make_store",
+    "quiet_consolidated",
+    "validate_storage_options",
+]
 
 #: HTTP statuses worth retrying.
 TRANSIENT_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})
 RETRIES = 4
 BACKOFF = 0.1  # seconds, doubled on every retry
+
+
+@contextlib.contextmanager
+def quiet_consolidated() -> Iterator[None]:
+    """Silence zarr's note that consolidated metadata is not yet in the Zarr v3 spec.
+
+    nest-data relies on it on purpose (opening costs one request); the note is not for users.
+    """
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Consolidated metadata")
+        yield
 
 
 def is_local(url: str | os.PathLike[str]) -> bool:

@@ -20,7 +20,6 @@ import logging
 import os
 import shutil
 import uuid
-import warnings
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,8 +36,8 @@ from zarr.core.sync import sync
 from zarr.storage import LocalStore, MemoryStore
 
 from nest_data import _config
-from nest_data._storage import is_local, join, local_path
-from nest_data.errors import ChecksumError, StoreNotFoundError
+from nest_data._storage import is_local, join, local_path, quiet_consolidated
+from nest_data.errors import StoreNotFoundError
 
 logger = logging.getLogger("nest_data")
 
@@ -322,8 +321,7 @@ async def _finish(memory: MemoryStore, meta: dict[str, Any], response_attrs: dic
     responses = await root.getitem(DATA_VAR)
     await responses.update_attributes(response_attrs)
     await root.update_attributes({ATTR: meta})
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="Consolidated metadata")
+    with quiet_consolidated():
         await zarr.api.asynchronous.consolidate_metadata(memory)
 
 
@@ -407,8 +405,7 @@ def _stream_rows(data: EntryData, array: zarr.Array, rows: int) -> tuple[str, in
 def read_store_attrs(store: Any) -> dict[str, Any]:
     """Return the ``nest_data`` attribute of a store, or raise StoreNotFoundError."""
     try:
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message="Consolidated metadata")
+        with quiet_consolidated():
             group = zarr.open_group(store, mode="r", zarr_format=3)
     except (FileNotFoundError, zarr.errors.GroupNotFoundError) as exc:
         raise StoreNotFoundError(f"no nest-data store at {store}") from exc
@@ -452,8 +449,7 @@ def verify_store(store: Any, *, label: str | None = None) -> list[Problem]:
     name = label or str(store)
     meta = read_store_attrs(store)
     rows = int(meta.get("chunk_rows", 0))
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="Consolidated metadata")
+    with quiet_consolidated():
         group = zarr.open_group(store, mode="r", zarr_format=3)
     responses = group.get(DATA_VAR)
     n_images = int(responses.shape[0]) if isinstance(responses, zarr.Array) else 0
@@ -499,14 +495,3 @@ async def _object_digests(store: Any, keys: list[str]) -> dict[str, str | None]:
             "sha256:" + hashlib.sha256(buffer.to_bytes()).hexdigest())
 
     return dict(zip(keys, await asyncio.gather(*(one(k) for k in keys)), strict=True))
-
-
-def check_store(store: Any, *, label: str | None = None) -> None:
-    """Raise :class:`~nest_data.errors.ChecksumError` when :func:`verify_store` finds problems."""
-    problems = verify_store(store, label=label)
-    if problems:
-        listing = "\n  ".join(str(p) for p in problems)
-        raise ChecksumError(
-            f"{len(problems)} checksum problem(s):\n  {listing}\nThe store was modified or "
-            "damaged after it was written; re-convert it (nest-data convert ...) or re-mirror it."
-        )

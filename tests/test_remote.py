@@ -118,6 +118,16 @@ class TestContract:
         assert all(r.bytes_sent == 0 for r in requests if r.method == "HEAD")
         assert sum(r.bytes_sent for r in requests) < 100_000
 
+    def test_open_without_labels_is_one_request(self, backend: Backend) -> None:
+        if backend.server is None:
+            pytest.skip(f"{backend.name}: no server whose requests could be counted")
+        backend.reset()
+        da = _open(backend, load_labels=False)
+        gets = [r for r in backend.requests() if r.method == "GET"]
+        assert [r.path.rsplit("/", 1)[-1] for r in gets] == ["zarr.json"]
+        assert da.sizes == {"image": 30, "voxel": 1350}
+        assert float(da.ncsnr.max()) > 0  # labels still there, read on use
+
     def test_one_image_reads_one_chunk(self, backend: Backend, chunked: Path) -> None:
         da = _open(backend)
         backend.reset()
