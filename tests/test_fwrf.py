@@ -1,0 +1,186 @@
+"""The fwRF encoder against an independent NumPy implementation written from the spec."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from nest_data.encoders.fwrf import FwrfModel, preprocess  # noqa: E402
+
+TRUNK = ["conv4a", "conv4b", "conv5a", "conv5b", "conv6a", "conv6b"]
+
+
+# ------------------------------------------------------------------- reference (NumPy)
+
+def _conv(x: np.ndarray, w: np.ndarray, b: np.ndarray, stride: int = 1, pad: int = 0
+          ) -> np.ndarray:
+    kh, kw = w.shape[2:]
+    xp = np.pad(x, ((0, 0), (0, 0), (pad, pad), (pad, pad)))
+    win = np.lib.stride_tricks.sliding_window_view(xp, (kh, kw), axis=(2, 3))
+    win = win[:, :, ::stride, ::stride]  # (B, C, Ho, Wo, kh, kw)
+    cols = win.transpose(0, 2, 3, 1, 4, 5).reshape(*win.shape[0:1], *win.shape[2:4], -1)
+    out = cols @ w.reshape(w.shape[0], -1).T + b  # (B, Ho, Wo, O)
+    return out.transpose(0, 3, 1, 2)
+
+
+def _maxpool(x: np.ndarray, size: int = 3, stride: int = 2, pad: int = 0) -> np.ndarray:
+    xp = np.pad(x, ((0, 0), (0, 0), (pad, pad), (pad, pad)), constant_values=-np.inf)
+    win = np.lib.stride_tricks.sliding_window_view(xp, (size, size), axis=(2, 3))
+    return win[:, :, ::stride, ::stride].max(axis=(4, 5))
+
+
+def _bn(x: np.ndarray, sd: dict, prefix: str) -> np.ndarray:
+    scale = sd[f"{prefix}.weight"] / np.sqrt(sd[f"{prefix}.running_var"] + 1e-5)
+    shift = sd[f"{prefix}.bias"] - sd[f"{prefix}.running_mean"] * scale
+    return x * scale[None, :, None, None] + shift[None, :, None, None]
+
+
+def _relu(x: np.ndarray) -> np.ndarray:
+    return np.maximum(x, 0)
+
+
+def _nl(x: np.ndarray) -> np.ndarray:
+    return np.log(1 + np.abs(x)) * np.tanh(x)
+
+
+def reference_features(x: np.ndarray, sd: dict) -> list[np.ndarray]:
+    """The three feature maps of NEST's encoder, as the spec describes them."""
+    x = x - sd["mu"]
+    c1 = _maxpool(_relu(_conv(x, sd["pre.conv1.0.weight"], sd["pre.conv1.0.bias"], 4, 2)))
+    c2 = _relu(_conv(c1, sd["pre.conv2.0.weight"], sd["pre.conv2.0.bias"], 1, 2))
+    c3 = _relu(_conv(_bn(c2, sd, "enc.bn1"), sd["enc.conv3.weight"], sd["enc.conv3.bias"]))
+
+    def block(name: str, h: np.ndarray) -> np.ndarray:
+        h = _bn(h, sd, f"enc.{name}.bn1")
+        return _relu(_conv(h, sd[f"enc.{name}.conv1.weight"], sd[f"enc.{name}.conv1.bias"],
+                           1, 1))
+
+    c4a = block("conv4a", c3)
+    c4b = block("conv4b", c4a)
+    c5a = block("conv5a", _maxpool(c4b, 3, 2, 1))
+    c5b = block("conv5b", c5a)
+    c6a = block("conv6a", c5b)
+    c6b = block("conv6b", c6a)
+    return [np.concatenate([c1, c2], 1),
+            np.concatenate([c3, c4a[:, :64], c4b[:, :64]], 1),
+            np.concatenate([c5a[:, :64], c5b[:, :64], c6a[:, :64], c6b], 1)]
+
+
+def reference_responses(x: np.ndarray, enc: dict, fwrf: dict) -> np.ndarray:
+    pooled = []
+    for k, fmap in enumerate(reference_features(x, enc)):
+        rf = fwrf[f"rf{k}"].reshape(len(fwrf["b"]), -1)
+        g = np.exp(rf - rf.max(1, keepdims=True))
+        g /= g.sum(1, keepdims=True)
+        f = _nl(fmap.reshape(*fmap.shape[:2], -1))  # (B, C, S)
+        pooled.append(np.einsum("vs,bcs->vbc", g, f))
+    phi = _nl(np.concatenate(pooled, axis=2))
+    return np.einsum("vbc,vc->bv", phi, fwrf["w"]) + fwrf["b"]
+
+
+# ------------------------------------------------------------------- random valid weights
+
+def random_weights(n_voxels: int, seed: int) -> tuple[dict, dict]:
+    """State dicts in NEST's key layout with random but well-scaled values."""
+    rng = np.random.default_rng(seed)
+    enc: dict[str, np.ndarray] = {"mu": rng.uniform(0.3, 0.6, (1, 3, 1, 1))}
+
+    def conv(name: str, o: int, i: int, k: int) -> None:
+        enc[f"{name}.weight"] = rng.normal(0, np.sqrt(2 / (i * k * k)), (o, i, k, k))
+        enc[f"{name}.bias"] = rng.normal(0, 0.05, o)
+
+    def bn(name: str, c: int) -> None:
+        enc[f"{name}.weight"] = rng.uniform(0.5, 1.5, c)
+        enc[f"{name}.bias"] = rng.normal(0, 0.1, c)
+        enc[f"{name}.running_mean"] = rng.normal(0, 0.2, c)
+        enc[f"{name}.running_var"] = rng.uniform(0.5, 2.0, c)
+        enc[f"{name}.num_batches_tracked"] = np.array(1000)
+
+    conv("pre.conv1.0", 64, 3, 11)
+    conv("pre.conv2.0", 192, 64, 5)
+    bn("enc.bn1", 192)
+    conv("enc.conv3", 128, 192, 3)
+    for name in TRUNK:
+        bn(f"enc.{name}.bn1", 128)
+        conv(f"enc.{name}.conv1", 64 if name == "conv6b" else 128, 128, 3)
+    fwrf = {f"rf{k}": rng.normal(0, 1, (n_voxels, s, s)) for k, s in enumerate((27, 25, 13))}
+    fwrf["w"] = rng.normal(0, 0.05, (n_voxels, 768))
+    fwrf["b"] = rng.normal(0, 0.1, n_voxels)
+    return enc, fwrf
+
+
+def _torch(sd: dict) -> dict:
+    return {k: torch.tensor(v, dtype=torch.int64 if k.endswith("num_batches_tracked")
+                            else torch.float32) for k, v in sd.items()}
+
+
+def _as32(sd: dict) -> dict:
+    return {k: v.astype(np.float32) for k, v in sd.items()}
+
+
+# ------------------------------------------------------------------- tests
+
+def test_state_dict_layout_is_nest_s() -> None:
+    enc, fwrf = random_weights(7, seed=0)
+    model = FwrfModel.from_state_dicts([(_torch(enc), _torch(fwrf))])
+    keys = sorted(model.encoders[0].state_dict())
+    assert len(keys) == 54 and keys == sorted(enc)
+    params = sum(p.numel() for p in model.encoders[0].parameters())
+    assert 1.3e6 < params < 1.4e6
+    assert sorted(model.readouts[0].state_dict()) == ["b", "rf0", "rf1", "rf2", "w"]
+    bad = dict(_torch(enc))
+    bad["enc.conv7.weight"] = torch.zeros(1)
+    with pytest.raises(ValueError, match="(?s)do not match NEST's fwRF layout.*enc.conv7"):
+        FwrfModel.from_state_dicts([(bad, _torch(fwrf))])
+
+
+@pytest.mark.parametrize("batch", [1, 3])
+def test_matches_reference(batch: int) -> None:
+    enc, fwrf = random_weights(11, seed=1)
+    model = FwrfModel.from_state_dicts([(_torch(enc), _torch(fwrf))])
+    x = np.random.default_rng(2).uniform(0, 1, (batch, 3, 227, 227)).astype(np.float32)
+    with torch.no_grad():
+        got = model(torch.from_numpy(x)).numpy()
+    expected = reference_responses(x.astype(np.float64), enc, fwrf)
+    assert got.shape == (batch, 11)
+    np.testing.assert_allclose(got, expected, rtol=2e-4, atol=2e-5)
+    assert np.std(expected) > 1e-3  # the comparison is not between constants
+    single = [model(torch.from_numpy(x[i:i + 1])).detach().numpy() for i in range(batch)]
+    np.testing.assert_allclose(np.concatenate(single), got, rtol=1e-5, atol=1e-6)
+
+
+def test_two_halves_are_concatenated() -> None:
+    """lateral/ventral: voxels split at ceil(n/2), one encoder per half."""
+    halves = [random_weights(5, seed=3), random_weights(4, seed=4)]
+    model = FwrfModel.from_state_dicts([(_torch(e), _torch(f)) for e, f in halves])
+    x = np.random.default_rng(5).uniform(0, 1, (2, 3, 227, 227)).astype(np.float32)
+    with torch.no_grad():
+        got = model(torch.from_numpy(x)).numpy()
+    assert model.n_voxels == 9 and got.shape == (2, 9)
+    expected = np.concatenate([reference_responses(x.astype(np.float64), e, f)
+                               for e, f in halves], axis=1)
+    np.testing.assert_allclose(got, expected, rtol=2e-4, atol=2e-5)
+
+
+def test_preprocess_resizes_like_pil_bilinear() -> None:
+    pil = pytest.importorskip("PIL.Image")
+    rng = np.random.default_rng(6)
+    smooth = np.cumsum(np.cumsum(rng.normal(0, 3, (300, 300, 3)), 0), 1)
+    img = np.clip((smooth - smooth.min()) / np.ptp(smooth) * 255, 0, 255).astype(np.uint8)
+    got = preprocess(torch.from_numpy(img).permute(2, 0, 1)[None]).numpy()[0]
+    assert got.shape == (3, 227, 227) and got.dtype == np.float32
+    as_uint8 = got * 255
+    np.testing.assert_allclose(as_uint8, np.round(as_uint8), atol=1e-4)  # rounded to uint8
+    expected = np.asarray(pil.fromarray(img).resize((227, 227), pil.BILINEAR)).transpose(2, 0, 1)
+    assert np.abs(as_uint8 - expected).max() <= 1  # same filter; rounding may differ by one
+    same = preprocess(torch.from_numpy(img[:227, :227]).permute(2, 0, 1)[None]).numpy()[0]
+    np.testing.assert_array_equal(same * 255, img[:227, :227].transpose(2, 0, 1))
+
+
+def test_preprocess_rejects_bad_input() -> None:
+    with pytest.raises(ValueError, match="expected uint8 images of shape"):
+        preprocess(torch.zeros(1, 3, 10, 10))
+    with pytest.raises(ValueError, match="must be square, got 10x12; crop them first"):
+        preprocess(torch.zeros(1, 3, 10, 12, dtype=torch.uint8))
