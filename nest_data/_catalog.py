@@ -47,6 +47,7 @@ class ModelSpec:
     n_voxels: Mapping[int, Mapping[str, int]] = field(default_factory=dict)
     units: str = ""
     description: str = ""
+    weights_path: str = ""
 
     @property
     def name(self) -> str:
@@ -353,12 +354,38 @@ class Catalog:
         >>> nest_data.catalog().resolve(imageset="things", subject=1, roi="V1").modality
         'fmri'
         """
+        model, imageset, subject, roi = self._resolve(keys, need_imageset=True)
+        assert imageset is not None
+        return Entry.of(model, imageset, subject, roi)
+
+    def resolve_weights(self, **keys: Any) -> tuple[ModelSpec, str]:
+        """The model and the relative path of one subject's (and ROI's) encoder weights.
+
+        Takes the keys of :meth:`resolve` except ``imageset``.
+
+        Examples
+        --------
+        >>> import nest_data
+        >>> nest_data.catalog().resolve_weights(subject=1, roi="V1")[1]
+        'weights/modality-fmri/train_dataset-nsd/model-fwrf/sub-01_roi-V1'
+        """
+        model, _, subject, roi = self._resolve(keys, need_imageset=False)
+        if not model.weights_path:
+            raise UnknownKeyError(f"the catalog has no weights for {model.name}; models with "
+                                  "weights: " + _fmt(m.name for m in self.models
+                                                     if m.weights_path))
+        fields = {"modality": model.modality, "train_dataset": model.train_dataset,
+                  "model": model.model, "subject": subject, "roi": roi}
+        return model, model.weights_path.format(**fields)
+
+    def _resolve(self, keys: Mapping[str, Any], *, need_imageset: bool
+                 ) -> tuple[ModelSpec, str | None, int, str | None]:
         unknown = set(keys) - set(KEYS)
         if unknown:
             raise UnknownKeyError(f"unknown catalog key(s) {sorted(unknown)}; valid keys: "
                                   f"{', '.join(KEYS)}")
         given = {k: v for k, v in keys.items() if v is not None}
-        for k in ("imageset", "subject"):
+        for k in ("imageset", "subject") if need_imageset else ("subject",):
             if k not in given:
                 raise AmbiguousKeyError(f"{k}= is required; valid values: "
                                         f"{_fmt(self.vocabulary(k))}")
@@ -371,7 +398,8 @@ class Catalog:
             raise UnknownKeyError("no model matches " + ", ".join(
                 f"{k}={given[k]!r}" for k in MODEL_KEYS if k in given) + "; valid models: " +
                 _fmt([m.name for m in self.models]))
-        imageset_models = [m for m in models if _matches(given["imageset"], m.imagesets)]
+        imageset_models = [m for m in models if "imageset" not in given
+                           or _matches(given["imageset"], m.imagesets)]
         if not imageset_models:
             raise UnknownKeyError(
                 f"unknown imageset {given['imageset']!r} for " + _fmt(m.name for m in models) +
@@ -401,10 +429,11 @@ class Catalog:
                                     "; pass modality=, train_dataset= or model= to choose one")
         m = models[0]
         context = f" for {m.name}"
-        imageset = _normalise("imageset", given["imageset"], list(m.imagesets), context)
+        imageset = (_normalise("imageset", given["imageset"], list(m.imagesets), context)
+                    if "imageset" in given else None)
         subject = _normalise("subject", given["subject"], list(m.subjects), context)
         roi = _normalise("roi", given["roi"], list(m.rois), context) if m.rois else None
-        return Entry.of(m, imageset, subject, roi)
+        return m, imageset, subject, roi
 
     def model_spec(self, entry: Entry) -> ModelSpec:
         """The :class:`ModelSpec` an entry belongs to."""
@@ -557,6 +586,7 @@ def _model_from_doc(doc: Any, source: str) -> ModelSpec:
             dims=tuple(doc["dims"]), sizes=dict(doc.get("sizes") or {}),
             n_voxels={int(s): dict(v) for s, v in (doc.get("n_voxels") or {}).items()},
             units=str(doc.get("units", "")), description=str(doc.get("description", "")).strip(),
+            weights_path=str(doc.get("weights_path", "")),
         )
     except (TypeError, ValueError) as exc:
         raise CatalogError(f"catalog {source}: malformed model {doc.get('model')!r}: {exc}"

@@ -61,6 +61,17 @@ def _cmd_convert_ned(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_convert_weights(args: argparse.Namespace) -> int:
+    from nest_data.converters.weights import convert_fwrf_weights
+
+    written = convert_fwrf_weights(args.src, args.dest, trust_pickles=args.trust_pickles,
+                                   subject=args.subject, roi=args.roi,
+                                   storage_options=_options(args.storage_option))
+    for rel in written:
+        print(f"{args.dest}/{rel}")
+    return 0
+
+
 def _cmd_verify(args: argparse.Namespace) -> int:
     from nest_data._verify import verify
 
@@ -148,6 +159,17 @@ def _parser() -> argparse.ArgumentParser:
     ned.add_argument("--storage-option", action="append", metavar="KEY=VALUE",
                      help="fsspec option for a remote DEST (repeatable), e.g. anon=false")
     ned.set_defaults(func=_cmd_convert_ned)
+
+    weights = convert_sub.add_parser("weights", help="NEST fwRF weights (.pt) -> safetensors")
+    weights.add_argument("src", help="NEST root holding encoding_models/")
+    weights.add_argument("dest", help="root to write weights/ folders into")
+    weights.add_argument("--trust-pickles", action="store_true",
+                         help="required: the .pt files are pickles, which can run code; "
+                              "give it only for files from a source you trust")
+    weights.add_argument("--subject", nargs="+", type=int)
+    weights.add_argument("--roi", nargs="+")
+    weights.add_argument("--storage-option", action="append", metavar="KEY=VALUE")
+    weights.set_defaults(func=_cmd_convert_weights)
 
     verify = sub.add_parser("verify", help="re-check the checksums of every store under ROOT")
     verify.add_argument("root", help="a local folder or a remote URL")

@@ -67,6 +67,7 @@ __all__ = [
     "commit",
     "object_digests",
     "read_store_attrs",
+    "staging",
     "store_exists",
     "verify_store",
     "write_entry",
@@ -166,7 +167,7 @@ def _staging_parent(root: str | os.PathLike[str]) -> Path:
 
 
 @contextlib.contextmanager
-def _staging(root: str | os.PathLike[str], path: str) -> Iterator[Path]:
+def staging(root: str | os.PathLike[str], path: str) -> Iterator[Path]:
     """Yield a fresh local staging folder for one store; remove it when done or failed."""
     stage = _staging_parent(root) / f"{uuid.uuid4().hex}-{Path(path).name}"
     stage.parent.mkdir(parents=True, exist_ok=True)
@@ -177,13 +178,14 @@ def _staging(root: str | os.PathLike[str], path: str) -> Iterator[Path]:
 
 
 def commit(stage: Path, root: str | os.PathLike[str], path: str,
-           storage_options: Mapping[str, Any] | None = None) -> None:
-    """Make a complete staging folder the store at ``root/path``, never half-visible.
+           storage_options: Mapping[str, Any] | None = None, *, last: str = "zarr.json"
+           ) -> None:
+    """Make a complete staging folder the folder at ``root/path``, never half-visible.
 
-    Local roots: one rename (an older store is moved aside first, then deleted).  Remote
-    roots (no rename there): the old root ``zarr.json`` is deleted, which hides the old store
-    from readers; every other object is uploaded; the root ``zarr.json``, which makes the
-    store exist, goes last.
+    Local roots: one rename (an older folder is moved aside first, then deleted).  Remote
+    roots (no rename there): the old ``last`` file (the store's root ``zarr.json``) is
+    deleted, which hides the old folder from readers; every other object is uploaded; the
+    ``last`` file, whose presence makes the folder exist for readers, goes last.
     """
     url = join(root, path)
     if is_local(url):
@@ -198,13 +200,13 @@ def commit(stage: Path, root: str | os.PathLike[str], path: str,
             shutil.rmtree(old, ignore_errors=True)
         return
     fs, base = fsspec.core.url_to_fs(url, **dict(storage_options or {}))
-    if fs.exists(f"{base}/zarr.json"):
-        fs.rm_file(f"{base}/zarr.json")
-    files = sorted(p for p in stage.rglob("*") if p.is_file() and p != stage / "zarr.json")
+    if fs.exists(f"{base}/{last}"):
+        fs.rm_file(f"{base}/{last}")
+    files = sorted(p for p in stage.rglob("*") if p.is_file() and p != stage / last)
     if files:
         fs.put([str(p) for p in files],
                [f"{base}/{p.relative_to(stage).as_posix()}" for p in files])
-    fs.put_file(str(stage / "zarr.json"), f"{base}/zarr.json")
+    fs.put_file(str(stage / last), f"{base}/{last}")
 
 
 def clean_staging(root: str | os.PathLike[str]) -> int:
@@ -268,7 +270,7 @@ def write_entry(
     """
     row_nbytes = int(np.prod(data.shape[1:], dtype=np.int64)) * np.dtype(data.dtype).itemsize
     rows = chunk_rows(row_nbytes, data.shape[0], chunk_bytes)
-    with _staging(root, path) as stage:
+    with staging(root, path) as stage:
         memory = _skeleton(data, rows)
         sync(_dump(memory, stage))
         responses = zarr.open_array(stage, path=DATA_VAR, mode="r+", zarr_format=3)

@@ -391,3 +391,105 @@ def _labels(seed: int, imageset: str, n: int, subjectim: np.ndarray,
         return {"image_concept_index": index, "image_paths": np.array(paths),
                 "unique_id": np.array(_CONCEPTS)}
     raise ValueError(f"unknown image set {imageset!r}; valid: nsd, imagenet_val, things")
+
+
+# ------------------------------------------------------------------------------ weights
+
+#: Trunk blocks of NEST's fwRF encoder, in order.
+FWRF_TRUNK = ("conv4a", "conv4b", "conv5a", "conv5b", "conv6a", "conv6b")
+
+
+def fwrf_state_dicts(n_voxels: int, seed: int = 0) -> tuple[dict[str, np.ndarray],
+                                                             dict[str, np.ndarray]]:
+    """Random but valid fwRF weights in NEST's state_dict layout, as NumPy arrays.
+
+    Returns the encoder's state_dict (54 keys) and the readout's (``rf0..rf2, w, b``), with
+    He-scaled convolutions and plausible batch-norm statistics, so responses vary with
+    the image.
+
+    Examples
+    --------
+    >>> enc, fwrf = fwrf_state_dicts(3)
+    >>> len(enc), sorted(fwrf)
+    (54, ['b', 'rf0', 'rf1', 'rf2', 'w'])
+    """
+    rng = _rng(seed, "fwrf-weights", n_voxels)
+    enc: dict[str, np.ndarray] = {"mu": rng.uniform(0.3, 0.6, (1, 3, 1, 1)).astype(np.float32)}
+
+    def conv(name: str, out: int, inp: int, k: int) -> None:
+        enc[f"{name}.weight"] = rng.normal(0, np.sqrt(2 / (inp * k * k)),
+                                           (out, inp, k, k)).astype(np.float32)
+        enc[f"{name}.bias"] = rng.normal(0, 0.05, out).astype(np.float32)
+
+    def bn(name: str, c: int) -> None:
+        enc[f"{name}.weight"] = rng.uniform(0.5, 1.5, c).astype(np.float32)
+        enc[f"{name}.bias"] = rng.normal(0, 0.1, c).astype(np.float32)
+        enc[f"{name}.running_mean"] = rng.normal(0, 0.2, c).astype(np.float32)
+        enc[f"{name}.running_var"] = rng.uniform(0.5, 2.0, c).astype(np.float32)
+        enc[f"{name}.num_batches_tracked"] = np.array(1000, dtype=np.int64)
+
+    conv("pre.conv1.0", 64, 3, 11)
+    conv("pre.conv2.0", 192, 64, 5)
+    bn("enc.bn1", 192)
+    conv("enc.conv3", 128, 192, 3)
+    for name in FWRF_TRUNK:
+        bn(f"enc.{name}.bn1", 128)
+        conv(f"enc.{name}.conv1", 64 if name == "conv6b" else 128, 128, 3)
+    fwrf = {f"rf{k}": rng.normal(0, 1, (n_voxels, s, s)).astype(np.float32)
+            for k, s in enumerate((27, 25, 13))}
+    fwrf["w"] = rng.normal(0, 0.05, (n_voxels, 768)).astype(np.float32)
+    fwrf["b"] = rng.normal(0, 0.1, n_voxels).astype(np.float32)
+    return enc, fwrf
+
+
+def fwrf_weight_paths(root: str | os.PathLike[str], subject: int, roi: str) -> list[Path]:
+    """NEST's fwRF weight file(s) of one subject and ROI (two halves for lateral/ventral)."""
+    folder = (Path(root) / "encoding_models" / "modality-fmri" / "train_dataset-nsd"
+              / "model-fwrf" / "encoding_models_weights")
+    stem = f"weights_sub-{subject:02d}_roi-{roi}"
+    if roi in SPLIT_ROIS:
+        return [folder / f"{stem}_split-1.pt", folder / f"{stem}_split-2.pt"]
+    return [folder / f"{stem}.pt"]
+
+
+#: ROIs whose voxels NEST split in two halves, one encoder each.
+SPLIT_ROIS = ("lateral", "ventral")
+
+
+def write_fwrf_weights(
+    root: str | os.PathLike[str], subject: int, roi: str, *, n_voxels: int | None = None,
+    seed: int = 0,
+) -> list[Path]:
+    """Write fwRF weights in NEST's original format: ``torch.save`` dicts of pickles.
+
+    Each file holds ``{'args': argparse.Namespace(...), 'best_params': {'enc': encoder
+    state_dict, 'fwrfs': {subject: readout state_dict}}, 'stim_mean': (1, 3, 1, 1),
+    'train_history': ...}``, as NEST's training script saved them; ``lateral`` and
+    ``ventral`` get ``_split-1.pt`` and ``_split-2.pt`` with the voxels split at
+    ``ceil(n / 2)``.  Needs torch.
+
+    Returns
+    -------
+    list of pathlib.Path
+        The files written.
+    """
+    import argparse
+
+    import torch
+
+    n = n_voxels or roi_voxel_count(subject, roi)
+    paths = fwrf_weight_paths(root, subject, roi)
+    sizes = [n] if len(paths) == 1 else [(n + 1) // 2, n - (n + 1) // 2]
+    for part, (path, size) in enumerate(zip(paths, sizes, strict=True), 1):
+        enc, fwrf = fwrf_state_dicts(size, seed=seed + 1000 * part + subject)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        torch.save({
+            "args": argparse.Namespace(subject=subject, roi=roi, split=part, lr=1e-3,
+                                       trunk_width=64, use_prefilter=1),
+            "best_params": {"enc": {k: torch.from_numpy(v) for k, v in enc.items()},
+                            "fwrfs": {subject: {k: torch.from_numpy(v)
+                                                for k, v in fwrf.items()}}},
+            "stim_mean": torch.from_numpy(enc["mu"]),
+            "train_history": {"val_cc": np.linspace(0.1, 0.3, 5)},
+        }, path)
+    return paths

@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
 
 from nest_data.encoders.fwrf import FwrfModel, preprocess  # noqa: E402
-
-TRUNK = ["conv4a", "conv4b", "conv5a", "conv5b", "conv6a", "conv6b"]
-
+from nest_data.testing import fwrf_state_dicts  # noqa: E402
 
 # ------------------------------------------------------------------- reference (NumPy)
 
@@ -80,44 +80,18 @@ def reference_responses(x: np.ndarray, enc: dict, fwrf: dict) -> np.ndarray:
     return np.einsum("vbc,vc->bv", phi, fwrf["w"]) + fwrf["b"]
 
 
-# ------------------------------------------------------------------- random valid weights
+# ------------------------------------------------------------------- weights
 
 def random_weights(n_voxels: int, seed: int) -> tuple[dict, dict]:
-    """State dicts in NEST's key layout with random but well-scaled values."""
-    rng = np.random.default_rng(seed)
-    enc: dict[str, np.ndarray] = {"mu": rng.uniform(0.3, 0.6, (1, 3, 1, 1))}
-
-    def conv(name: str, o: int, i: int, k: int) -> None:
-        enc[f"{name}.weight"] = rng.normal(0, np.sqrt(2 / (i * k * k)), (o, i, k, k))
-        enc[f"{name}.bias"] = rng.normal(0, 0.05, o)
-
-    def bn(name: str, c: int) -> None:
-        enc[f"{name}.weight"] = rng.uniform(0.5, 1.5, c)
-        enc[f"{name}.bias"] = rng.normal(0, 0.1, c)
-        enc[f"{name}.running_mean"] = rng.normal(0, 0.2, c)
-        enc[f"{name}.running_var"] = rng.uniform(0.5, 2.0, c)
-        enc[f"{name}.num_batches_tracked"] = np.array(1000)
-
-    conv("pre.conv1.0", 64, 3, 11)
-    conv("pre.conv2.0", 192, 64, 5)
-    bn("enc.bn1", 192)
-    conv("enc.conv3", 128, 192, 3)
-    for name in TRUNK:
-        bn(f"enc.{name}.bn1", 128)
-        conv(f"enc.{name}.conv1", 64 if name == "conv6b" else 128, 128, 3)
-    fwrf = {f"rf{k}": rng.normal(0, 1, (n_voxels, s, s)) for k, s in enumerate((27, 25, 13))}
-    fwrf["w"] = rng.normal(0, 0.05, (n_voxels, 768))
-    fwrf["b"] = rng.normal(0, 0.1, n_voxels)
-    return enc, fwrf
+    """The miniature writer's weights (data, not code under test), as float64 for NumPy."""
+    enc, fwrf = fwrf_state_dicts(n_voxels, seed)
+    return ({k: v.astype(np.float64) if v.dtype.kind == "f" else v for k, v in enc.items()},
+            {k: v.astype(np.float64) for k, v in fwrf.items()})
 
 
 def _torch(sd: dict) -> dict:
     return {k: torch.tensor(v, dtype=torch.int64 if k.endswith("num_batches_tracked")
                             else torch.float32) for k, v in sd.items()}
-
-
-def _as32(sd: dict) -> dict:
-    return {k: v.astype(np.float32) for k, v in sd.items()}
 
 
 # ------------------------------------------------------------------- tests
@@ -184,3 +158,53 @@ def test_preprocess_rejects_bad_input() -> None:
         preprocess(torch.zeros(1, 3, 10, 10))
     with pytest.raises(ValueError, match="must be square, got 10x12; crop them first"):
         preprocess(torch.zeros(1, 3, 10, 12, dtype=torch.uint8))
+
+
+def test_weights_convert_and_load_without_pickle(tmp_path: Path,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    import pickle
+
+    from nest_data._cli import main
+    from nest_data.converters.weights import convert_fwrf_weights
+    from nest_data.encoders.weights import load_fwrf
+    from nest_data.errors import ChecksumError, ConversionError
+    from nest_data.testing import write_fwrf_weights
+
+    src, dest = tmp_path / "nest", tmp_path / "converted"
+    write_fwrf_weights(src, 1, "V1", n_voxels=6)
+    write_fwrf_weights(src, 2, "lateral", n_voxels=7)  # two halves: 4 + 3 voxels
+    with pytest.raises(ConversionError, match="pickles, and loading a pickle can run arbitrary "
+                                              "code.*trust_pickles=True"):
+        convert_fwrf_weights(src, dest)
+    assert main(["convert", "weights", str(src), str(dest)]) == 2  # refused without the flag
+    assert main(["convert", "weights", str(src), str(dest), "--trust-pickles"]) == 0
+    assert (dest / "weights/modality-fmri/train_dataset-nsd/model-fwrf/sub-02_roi-lateral/"
+                   "model.json").is_file()
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise AssertionError("a pickle was loaded while encoding")
+
+    monkeypatch.setattr(pickle, "load", refuse)
+    monkeypatch.setattr(pickle, "loads", refuse)
+    monkeypatch.setattr(pickle, "Unpickler", refuse)
+    monkeypatch.setattr(torch, "load", refuse)
+    x = np.random.default_rng(7).uniform(0, 1, (2, 3, 227, 227)).astype(np.float32)
+    v1 = load_fwrf(subject=1, roi="V1", location=str(dest))
+    lateral = load_fwrf(subject="sub-02", roi="lateral", location=str(dest))
+    with torch.no_grad():
+        got_v1 = v1(torch.from_numpy(x)).numpy()
+        got_lat = lateral(torch.from_numpy(x)).numpy()
+    expected_v1 = reference_responses(x.astype(np.float64), *random_weights(6, 0 + 1000 + 1))
+    expected_lat = np.concatenate([
+        reference_responses(x.astype(np.float64), *random_weights(4, 0 + 1000 + 2)),
+        reference_responses(x.astype(np.float64), *random_weights(3, 0 + 2000 + 2))], axis=1)
+    np.testing.assert_allclose(got_v1, expected_v1, rtol=2e-4, atol=2e-5)
+    np.testing.assert_allclose(got_lat, expected_lat, rtol=2e-4, atol=2e-5)
+    monkeypatch.undo()
+
+    weights = dest / "weights/modality-fmri/train_dataset-nsd/model-fwrf/sub-01_roi-V1"
+    data = bytearray((weights / "weights.safetensors").read_bytes())
+    data[-1] ^= 0xFF
+    (weights / "weights.safetensors").write_bytes(bytes(data))
+    with pytest.raises(ChecksumError, match="weights.safetensors has checksum"):
+        load_fwrf(subject=1, roi="V1", location=str(dest))
