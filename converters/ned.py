@@ -35,6 +35,7 @@ from nest_data._store import (
     verify_store,
     write_entry,
 )
+from nest_data.converters._meta import fmri_voxel_labels, meta_block, meta_field
 from nest_data.converters._pickle import load_npy_dict
 from nest_data.errors import (
     ConversionError,
@@ -361,26 +362,6 @@ def _sha256_file(path: Path) -> str:
     return "sha256:" + h.hexdigest()
 
 
-def _block(meta: Mapping[str, Any], name: str, path: Path) -> Mapping[str, Any]:
-    value = meta.get(name)
-    if not isinstance(value, Mapping):
-        raise SourceFormatError(f"{path}: metadata has no {name!r} block (found "
-                                f"{sorted(meta)}); is it the metadata of this .h5 file?")
-    return value
-
-
-def _field(block: Mapping[str, Any], name: str, path: Path, length: int | None = None,
-           block_name: str = "") -> np.ndarray:
-    if name not in block:
-        raise SourceFormatError(f"{path}: metadata block {block_name!r} lacks {name!r} (found "
-                                f"{sorted(block)})")
-    values = np.asarray(block[name])
-    if length is not None and values.shape[:1] != (length,):
-        raise SourceFormatError(f"{path}: {block_name}.{name} has shape {values.shape}, "
-                                f"expected {length} values to match the responses")
-    return values
-
-
 def entry_data(source: SourceEntry, dset: h5py.Dataset, meta: Mapping[str, Any],
                units: str) -> EntryData:
     """Check a NED entry's shapes and gather its coordinates, attributes and aux arrays."""
@@ -398,7 +379,7 @@ def entry_data(source: SourceEntry, dset: h5py.Dataset, meta: Mapping[str, Any],
     attrs: dict[str, Any] = {k: v for k, v in entry.key.items() if v is not None}
     attrs["units"] = units
     aux: dict[str, np.ndarray] = {}
-    encoding = _block(meta, "encoding_models", npy)
+    encoding = meta_block(meta, "encoding_models", npy)
     if entry.modality == "fmri":
         _fmri_coords(dset, meta, encoding, npy, coords, attrs, aux)
     else:
@@ -423,53 +404,31 @@ def entry_data(source: SourceEntry, dset: h5py.Dataset, meta: Mapping[str, Any],
 def _fmri_coords(dset: h5py.Dataset, meta: Mapping[str, Any], encoding: Mapping[str, Any],
                  npy: Path, coords: dict[str, Any], attrs: dict[str, Any],
                  aux: dict[str, np.ndarray]) -> None:
-    fmri = _block(meta, "fmri", npy)
-    mask = _field(fmri, "roi_mask_volume", npy, block_name="fmri").astype(bool)
-    n_voxels = int(mask.sum())
-    if mask.ndim != 3 or dset.shape[1] != n_voxels:
-        raise SourceFormatError(f"{dset.file.filename}: responses have "
-                                f"{dset.shape[1]} voxels but roi_mask_volume {mask.shape} has "
-                                f"{n_voxels} True cells; the files do not belong together")
-    affine = _field(fmri, "fmri_affine", npy, block_name="fmri").astype(np.float64)
-    ijk = np.argwhere(mask)  # C order: NED's voxel order
-    xyz = (np.c_[ijk, np.ones(n_voxels)] @ affine.T)[:, :3]
-    coords["voxel"] = (("voxel",), np.arange(n_voxels, dtype=np.int64),
-                       {"description": "voxel index within the ROI (NED's order)"})
-    for axis, name in enumerate("ijk"):
-        coords[name] = (("voxel",), ijk[:, axis].astype(np.int32),
-                        {"description": f"voxel index along volume axis {axis}"})
-    for axis, name in enumerate("xyz"):
-        coords[name] = (("voxel",), xyz[:, axis].astype(np.float32),
-                        {"units": "mm", "description": "world coordinate from fmri_affine"})
-    coords["ncsnr"] = (("voxel",), _field(fmri, "ncsnr", npy, n_voxels, "fmri"),
-                       {"description": "noise ceiling signal-to-noise ratio of the voxel"})
-    accuracy = _block(encoding, "encoding_accuracy", npy)
-    names = {"r2": "r2", "noise_ceiling": "noise_ceiling",
-             "explained_variance": ("explained_variance" if "explained_variance" in accuracy
-                                    else "noise_normalized_encoding")}
-    for coord, source_name in names.items():
-        if source_name in accuracy:
-            coords[coord] = (("voxel",), _field(accuracy, source_name, npy, n_voxels,
-                                                "encoding_accuracy"),
-                             {"source_field": f"encoding_models.encoding_accuracy.{source_name}"})
-    attrs["affine"] = affine.tolist()
-    attrs["volume_shape"] = list(mask.shape)
-    attrs["space"] = "subject-native NSD functional space (1.8 mm); affine maps i,j,k to mm"
+    voxel_coords, voxel_attrs = fmri_voxel_labels(
+        meta_block(meta, "fmri", npy), meta_block(encoding, "encoding_accuracy", npy), npy,
+        source_prefix="encoding_models.encoding_accuracy")
+    if dset.shape[1] != len(voxel_coords["voxel"][1]):
+        raise SourceFormatError(f"{dset.file.filename}: responses have {dset.shape[1]} voxels "
+                                f"but roi_mask_volume {tuple(voxel_attrs['volume_shape'])} has "
+                                f"{len(voxel_coords['voxel'][1])} True cells; the files do not "
+                                "belong together")
+    coords.update(voxel_coords)
+    attrs.update(voxel_attrs)
     splits = encoding.get("train_val_test_nsd_image_splits") or {}
     aux.update({k: np.asarray(v) for k, v in splits.items()})
 
 
 def _eeg_coords(dset: h5py.Dataset, meta: Mapping[str, Any], encoding: Mapping[str, Any],
                 npy: Path, coords: dict[str, Any], aux: dict[str, np.ndarray]) -> None:
-    eeg = _block(meta, "eeg", npy)
+    eeg = meta_block(meta, "eeg", npy)
     n_rep, n_ch, n_t = (int(s) for s in dset.shape[1:])
-    ch_names = _field(eeg, "ch_names", npy, n_ch, "eeg").astype(str)
-    times = _field(eeg, "times", npy, n_t, "eeg").astype(np.float64)
+    ch_names = meta_field(eeg, "ch_names", npy, n_ch, "eeg").astype(str)
+    times = meta_field(eeg, "times", npy, n_t, "eeg").astype(np.float64)
     coords["repetition"] = (("repetition",), np.arange(1, n_rep + 1, dtype=np.int64),
                             {"description": "THINGS-EEG2 training repetition of the encoder"})
     coords["channel"] = (("channel",), ch_names, {"description": "EEG channel (10-10 name)"})
     coords["time"] = (("time",), times, {"units": "s", "description": "time from image onset"})
-    accuracy = _block(encoding, "encoding_accuracy", npy)
+    accuracy = meta_block(encoding, "encoding_accuracy", npy)
     for name, values in accuracy.items():
         values = np.asarray(values)
         if values.shape == (n_ch, n_t):
@@ -495,10 +454,10 @@ def _image_labels(entry: Entry, meta: Mapping[str, Any], n_images: int, npy: Pat
                   aux: dict[str, np.ndarray]) -> dict[str, Any]:
     """Image-set label coordinates (nsd: id, shared-1000, split; things: concept, path...)."""
     block_name = f"{entry.imageset}_labels"
-    labels = _block(meta, block_name, npy)
+    labels = meta_block(meta, block_name, npy)
     out: dict[str, Any] = {}
     if entry.imageset == "nsd":
-        subjectim = _field(labels, "subjectim", npy, block_name=block_name).astype(np.int64)
+        subjectim = meta_field(labels, "subjectim", npy, block_name=block_name).astype(np.int64)
         ids = np.arange(n_images, dtype=np.int64)
         shared = np.intersect1d(subjectim[0], subjectim[1]) if len(subjectim) > 1 else ()
         for row in subjectim[2:]:
@@ -517,8 +476,9 @@ def _image_labels(entry: Entry, meta: Mapping[str, Any], n_images: int, npy: Pat
         if "masterordering" in labels:
             aux["nsd_masterordering"] = np.asarray(labels["masterordering"])
     elif entry.imageset == "things":
-        index = _field(labels, "image_concept_index", npy, n_images, block_name).astype(np.int64)
-        paths = _field(labels, "image_paths", npy, n_images, block_name).astype(str)
+        index = meta_field(labels, "image_concept_index", npy, n_images,
+                           block_name).astype(np.int64)
+        paths = meta_field(labels, "image_paths", npy, n_images, block_name).astype(str)
         out["concept_index"] = (("image",), index, {})
         out["concept"] = (("image",), np.array([p.split("/")[0] for p in paths]), {})
         out["path"] = (("image",), paths, {"description": "image path inside THINGS"})
@@ -526,7 +486,7 @@ def _image_labels(entry: Entry, meta: Mapping[str, Any], n_images: int, npy: Pat
             out["unique_id"] = (("image",), _per_image_or_lookup(
                 np.asarray(labels["unique_id"]).astype(str), index, n_images), {})
     elif entry.imageset == "imagenet_val":
-        number = _field(labels, "label_number", npy, n_images, block_name).astype(np.int64)
+        number = meta_field(labels, "label_number", npy, n_images, block_name).astype(np.int64)
         out["label_number"] = (("image",), number, {"description": "ImageNet class index"})
         if "label_names" in labels:
             out["label_name"] = (("image",), _per_image_or_lookup(

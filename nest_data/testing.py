@@ -31,12 +31,18 @@ logger = logging.getLogger("nest_data")
 
 __all__ = [
     "CHANNELS",
+    "FWRF_TRUNK",
     "NED_ROOT_NAMES",
     "ROI_VOXELS_SUB01",
+    "SPLIT_ROIS",
     "TIMES",
     "VOLUME_SHAPES",
+    "fwrf_metadata_path",
+    "fwrf_state_dicts",
+    "fwrf_weight_paths",
     "ned_file_paths",
     "roi_voxel_count",
+    "write_fwrf_weights",
     "write_ned",
 ]
 
@@ -442,10 +448,18 @@ def fwrf_state_dicts(n_voxels: int, seed: int = 0) -> tuple[dict[str, np.ndarray
     return enc, fwrf
 
 
+def _fwrf_model_folder(root: str | os.PathLike[str]) -> Path:
+    return Path(root) / "encoding_models" / "modality-fmri" / "train_dataset-nsd" / "model-fwrf"
+
+
+def fwrf_metadata_path(root: str | os.PathLike[str], subject: int, roi: str) -> Path:
+    """NEST's (BERG-era) metadata file of one subject's fwRF encoder for one ROI."""
+    return _fwrf_model_folder(root) / "metadata" / f"metadata_sub-{subject:02d}_roi-{roi}.npy"
+
+
 def fwrf_weight_paths(root: str | os.PathLike[str], subject: int, roi: str) -> list[Path]:
     """NEST's fwRF weight file(s) of one subject and ROI (two halves for lateral/ventral)."""
-    folder = (Path(root) / "encoding_models" / "modality-fmri" / "train_dataset-nsd"
-              / "model-fwrf" / "encoding_models_weights")
+    folder = _fwrf_model_folder(root) / "encoding_models_weights"
     stem = f"weights_sub-{subject:02d}_roi-{roi}"
     if roi in SPLIT_ROIS:
         return [folder / f"{stem}_split-1.pt", folder / f"{stem}_split-2.pt"]
@@ -468,10 +482,16 @@ def write_fwrf_weights(
     ``ventral`` get ``_split-1.pt`` and ``_split-2.pt`` with the voxels split at
     ``ceil(n / 2)``.  Needs torch.
 
+    Also writes the metadata file NEST keeps beside the weights
+    (:func:`fwrf_metadata_path`): ``fmri{ncsnr, roi_mask_volume, fmri_affine}`` and
+    ``encoding_models{r2, noise_ceiling, explained_variance, train_img_num, val_img_num,
+    test_img_num}``, with the same voxels as :func:`write_ned`'s responses for that subject
+    and ROI.
+
     Returns
     -------
     list of pathlib.Path
-        The files written.
+        The weight files written.
     """
     import argparse
 
@@ -492,4 +512,14 @@ def write_fwrf_weights(
             "stim_mean": torch.from_numpy(enc["mu"]),
             "train_history": {"val_cc": np.linspace(0.1, 0.3, 5)},
         }, path)
+    ned = _fmri_metadata(seed, "nsd", subject, roi, n, n_images=1)
+    accuracy = ned["encoding_models"]["encoding_accuracy"]
+    splits = ned["encoding_models"]["train_val_test_nsd_image_splits"]
+    meta = {"fmri": ned["fmri"],
+            "encoding_models": {"r2": accuracy["r2"], "noise_ceiling": accuracy["noise_ceiling"],
+                                "explained_variance": accuracy["noise_normalized_encoding"],
+                                **splits}}
+    meta_path = fwrf_metadata_path(root, subject, roi)
+    meta_path.parent.mkdir(parents=True, exist_ok=True)
+    np.save(meta_path, np.asarray(meta, dtype=object), allow_pickle=True)
     return paths
