@@ -25,10 +25,14 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from nest_data._catalog import Catalog
 from nest_data._catalog import catalog as default_catalog
 from nest_data._storage import is_local, local_path
 from nest_data._store import commit, staging
+from nest_data.converters._meta import fmri_voxel_labels, meta_block
+from nest_data.converters._pickle import load_npy_dict
 from nest_data.encoders.weights import MODEL_FILE, WEIGHTS_FILE
 from nest_data.errors import ConversionError, SourceFormatError
 
@@ -176,10 +180,12 @@ def _write_one(paths: list[Path], subject: int, roi: str, dest: str | os.PathLik
         tensors.update(part_tensors)
         parts.append({"file": path.name, "bytes": path.stat().st_size, "sha256": _sha256(path),
                       "n_voxels": int(part_tensors[f"part{part}.fwrf.w"].shape[0])})
+    n_voxels = sum(p["n_voxels"] for p in parts)
+    voxel_attrs = _voxel_labels(paths[0], subject, roi, n_voxels, tensors)
     doc = {
         "format": FORMAT, "modality": "fmri", "train_dataset": "nsd", "model": "fwrf",
-        "subject": subject, "roi": roi, "parts": parts,
-        "n_voxels": sum(p["n_voxels"] for p in parts),
+        "subject": subject, "roi": roi, "parts": parts, "n_voxels": n_voxels,
+        "voxel_attrs": voxel_attrs,
         "converter": f"nest-data {_version()} (nest_data.converters.weights)",
         "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
     }
@@ -189,6 +195,29 @@ def _write_one(paths: list[Path], subject: int, roi: str, dest: str | os.PathLik
         doc["weights_sha256"] = _sha256(stage / WEIGHTS_FILE)
         (stage / MODEL_FILE).write_text(json.dumps(doc, indent=2))
         commit(stage, dest, rel, storage_options, last=MODEL_FILE)
+
+
+def _voxel_labels(weights: Path, subject: int, roi: str, n_voxels: int,
+                  tensors: dict[str, Any]) -> dict[str, Any]:
+    """Add the voxel labels of NEST's metadata file (if present) as ``voxel.*`` tensors."""
+    import torch
+
+    path = weights.parent.parent / "metadata" / f"metadata_sub-{subject:02d}_roi-{roi}.npy"
+    if not path.is_file():
+        logger.warning("no metadata file %s: encoded responses will carry voxel indices only",
+                       path)
+        return {}
+    meta = load_npy_dict(path)  # numpy-only allow-list: no trust needed
+    coords, attrs = fmri_voxel_labels(meta_block(meta, "fmri", path),
+                                      meta_block(meta, "encoding_models", path), path,
+                                      source_prefix="encoding_models")
+    if len(coords["voxel"][1]) != n_voxels:
+        raise SourceFormatError(f"{path}: roi_mask_volume has {len(coords['voxel'][1])} voxels "
+                                f"but the weights predict {n_voxels}; the files do not belong "
+                                "together")
+    for name, (_, values, _) in coords.items():
+        tensors[f"voxel.{name}"] = torch.from_numpy(np.ascontiguousarray(values))
+    return attrs
 
 
 def _version() -> str:

@@ -17,6 +17,7 @@ from nest_data._analysis import roi_mean, top_images
 from nest_data._cache import ChunkCache
 from nest_data._catalog import Catalog, Entry, Location, catalog
 from nest_data._demo import build_demo, plot_roi_summary, run_demo
+from nest_data._encode import encode
 from nest_data._mirror import mirror
 from nest_data._open import open, open_many, open_metadata
 from nest_data._verify import verify
@@ -58,6 +59,7 @@ __all__ = [
     "__version__",
     "build_demo",
     "catalog",
+    "encode",
     "mirror",
     "open",
     "open_many",

@@ -9,6 +9,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import fsspec
+import numpy as np
 from safetensors.torch import load as load_safetensors
 
 from nest_data._catalog import Catalog
@@ -35,8 +36,11 @@ def _read(url: str, options: Mapping[str, Any]) -> bytes:
 
 
 def load_fwrf_folder(url: str, storage_options: Mapping[str, Any] | None = None
-                     ) -> tuple[FwrfModel, dict[str, Any]]:
-    """Load one converted fwRF weights folder; return the model (eval mode) and its JSON.
+                     ) -> tuple[FwrfModel, dict[str, Any], dict[str, np.ndarray]]:
+    """Load one converted fwRF weights folder.
+
+    Returns the model (eval mode), its ``model.json`` and the voxel labels (``voxel``,
+    ``i, j, k``, ``x, y, z``, ``ncsnr``, accuracies) when the converter had NEST's metadata.
 
     The weights file is checked against the SHA-256 recorded in ``model.json``.
 
@@ -68,7 +72,9 @@ def load_fwrf_folder(url: str, storage_options: Mapping[str, Any] | None = None
         fwrf = {k.split(".", 2)[2]: v for k, v in tensors.items()
                 if k.startswith(f"part{part}.fwrf.")}
         parts.append((enc, fwrf))
-    return FwrfModel.from_state_dicts(parts), doc
+    voxels = {k.split(".", 1)[1]: v.numpy() for k, v in tensors.items()
+              if k.startswith("voxel.")}
+    return FwrfModel.from_state_dicts(parts), doc, voxels
 
 
 def load_fwrf(
@@ -101,7 +107,7 @@ def load_fwrf(
     cat = catalog or default_catalog()
     _, rel = cat.resolve_weights(modality="fmri", subject=subject, roi=roi)
     root, options, _ = cat.location(location)
-    model, doc = load_fwrf_folder(join(root, rel), {**options, **(storage_options or {})})
+    model, doc, _ = load_fwrf_folder(join(root, rel), {**options, **(storage_options or {})})
     logger.debug("loaded fwRF weights sub-%02d %s (%d voxels)", doc["subject"], doc["roi"],
                  doc["n_voxels"])
     return model

@@ -1,0 +1,94 @@
+"""nest_data.encode: labelled responses to new images from converted NEST weights."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+import nest_data  # noqa: E402
+from nest_data.converters.weights import convert_fwrf_weights  # noqa: E402
+from nest_data.encoders.fwrf import preprocess  # noqa: E402
+from nest_data.testing import write_fwrf_weights  # noqa: E402
+
+from .test_fwrf import random_weights, reference_responses  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def weights_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    src = tmp_path_factory.mktemp("nest")
+    dest = tmp_path_factory.mktemp("converted")
+    write_fwrf_weights(src, 1, "V1")  # the published 1,350 voxels, same mask as write_ned
+    convert_fwrf_weights(src, dest, trust_pickles=True)
+    return dest
+
+
+@pytest.fixture(scope="module")
+def images() -> np.ndarray:
+    rng = np.random.default_rng(11)
+    smooth = np.cumsum(np.cumsum(rng.normal(0, 4, (3, 260, 300, 3)), 1), 2)
+    lo, hi = smooth.min(), smooth.max()
+    return ((smooth - lo) / (hi - lo) * 255).round().astype(np.uint8)  # (B, H, W, 3), wide
+
+
+def test_values_match_reference_and_labels_match_stored_entry(
+    weights_root: Path, images: np.ndarray, collection: Path
+) -> None:
+    da = nest_data.encode(images, subject=1, roi="V1", location=str(weights_root))
+    assert da.dims == ("image", "voxel") and da.shape == (3, 1350) and da.dtype == np.float32
+    cropped = images[:, :, 20:280]  # center crop of 260x300 -> 260x260
+    x = preprocess(torch.from_numpy(cropped).permute(0, 3, 1, 2)).numpy()
+    expected = reference_responses(x.astype(np.float64), *random_weights(1350, 0 + 1000 + 1))
+    np.testing.assert_allclose(da.values, expected, rtol=2e-4, atol=2e-5)
+    stored = nest_data.open(imageset="nsd", subject=1, roi="V1", location=str(collection))
+    for name in ("i", "j", "k", "x", "y", "z", "ncsnr", "r2", "noise_ceiling"):
+        np.testing.assert_array_equal(da[name].values, stored[name].values)
+    assert da.attrs["volume_shape"] == stored.attrs["volume_shape"]
+    assert (da.attrs["modality"], da.attrs["subject"], da.attrs["roi"]) == ("fmri", 1, "V1")
+
+
+def test_input_forms_and_ids(weights_root: Path, images: np.ndarray, tmp_path: Path) -> None:
+    from PIL import Image
+
+    loc = str(weights_root)
+    base = nest_data.encode(images[:2], subject=1, roi="V1", location=loc, batch_size=1)
+    chw = nest_data.encode(images[:2].transpose(0, 3, 1, 2), subject=1, roi="V1",
+                           location=loc, batch_size=2)
+    pil = nest_data.encode([Image.fromarray(images[0]), Image.fromarray(images[1])],
+                           subject=1, roi="V1", location=loc)
+    Image.fromarray(images[0]).save(tmp_path / "a.png")
+    path = nest_data.encode(tmp_path / "a.png", subject=1, roi="V1", location=loc)
+    np.testing.assert_allclose(chw.values, base.values, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(pil.values, base.values, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(path.values[0], base.values[0], rtol=1e-5, atol=1e-6)
+    assert list(pil.image.values) == list(base.image.values)  # content hashes
+    assert base.image.values[0] != base.image.values[1] and len(base.image.values[0]) == 16
+    named = nest_data.encode(images[:2], subject=1, roi="V1", location=loc,
+                             image_ids=["cat.jpg", "dog.jpg"])
+    assert list(named.image.values) == ["cat.jpg", "dog.jpg"]
+    np.testing.assert_allclose(named.sel(image="dog.jpg").values, base.values[1], rtol=1e-5,
+                               atol=1e-6)
+
+
+def test_bad_inputs_are_explained(weights_root: Path, images: np.ndarray) -> None:
+    loc = str(weights_root)
+    with pytest.raises(nest_data.NestDataError, match=r"image 0: dtype is float64, not uint8\. "
+                                                      r"Give uint8 RGB images.*astype\('uint8'\)"):
+        nest_data.encode(images / 255.0, subject=1, roi="V1", location=loc)
+    with pytest.raises(nest_data.NestDataError, match=r"image 1: shape \(5, 5\) is not"):
+        nest_data.encode([images[0], np.zeros((5, 5), np.uint8)], subject=1, roi="V1",
+                         location=loc)
+    with pytest.raises(nest_data.NestDataError, match="cannot read '/no/such.png'"):
+        nest_data.encode("/no/such.png", subject=1, roi="V1", location=loc)
+    with pytest.raises(nest_data.NestDataError, match="1 image_ids for 3 images"):
+        nest_data.encode(images, subject=1, roi="V1", location=loc, image_ids=["a"])
+    with pytest.raises(nest_data.NestDataError, match="only the fMRI fwRF encoder"):
+        nest_data.encode(images, subject=1, modality="eeg", location=loc)
+    with pytest.raises(nest_data.StoreNotFoundError, match="no converted weights at .*"
+                                                           "sub-01_roi-FFA-1.*--trust-pickles"):
+        nest_data.encode(images, subject=1, roi="FFA-1", location=loc)
+    with pytest.raises(nest_data.UnknownKeyError, match="unknown roi 'V9'"):
+        nest_data.encode(images, subject=1, roi="V9", location=loc)
