@@ -5,7 +5,9 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import uuid
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -20,7 +22,7 @@ from nest_data.errors import NestDataError
 
 logger = logging.getLogger("nest_data")
 
-__all__ = ["as_images", "encode"]
+__all__ = ["ResponseCache", "as_images", "encode"]
 
 
 def _image_error(index: int, what: str) -> NestDataError:
@@ -77,10 +79,37 @@ def as_images(images: Any) -> list[np.ndarray]:
     return [_one_image(images, 0)]
 
 
-def _content_id(image: np.ndarray) -> str:
-    """A stable id for an image: the first 16 hex digits of the SHA-256 of its pixels."""
-    digest = hashlib.sha256(str(image.shape).encode() + image.tobytes()).hexdigest()
-    return digest[:16]
+def _content_hash(image: np.ndarray) -> str:
+    """SHA-256 of an image's shape and pixels (after the center crop)."""
+    return hashlib.sha256(str(image.shape).encode() + image.tobytes()).hexdigest()
+
+
+class ResponseCache:
+    """Computed responses on local disk, keyed by the weights' and the image's SHA-256.
+
+    One ``.npy`` file per (encoder weights, image) under
+    ``<cache dir>/responses/<weights sha256>/``; written atomically (temp file + rename), so
+    concurrent processes never see a partial file.  Keys include the weights' checksum, so
+    re-converted weights never reuse stale responses.
+    """
+
+    def __init__(self, weights_sha256: str, root: Path | None = None) -> None:
+        base = root if root is not None else _config.cache_dir() / "responses"
+        self.folder = base / weights_sha256.removeprefix("sha256:")[:32]
+
+    def get(self, image_hash: str) -> np.ndarray | None:
+        """The cached responses of one image, or None."""
+        try:
+            return np.load(self.folder / f"{image_hash}.npy")
+        except (FileNotFoundError, ValueError, EOFError):
+            return None
+
+    def put(self, image_hash: str, values: np.ndarray) -> None:
+        """Store the responses of one image."""
+        self.folder.mkdir(parents=True, exist_ok=True)
+        tmp = self.folder / f".tmp-{uuid.uuid4().hex}.npy"
+        np.save(tmp, values)
+        os.replace(tmp, self.folder / f"{image_hash}.npy")
 
 
 def _device(device: str) -> Any:
@@ -105,6 +134,7 @@ def encode(
     storage_options: Mapping[str, Any] | None = None,
     batch_size: int = 16,
     device: str = "auto",
+    cache: bool = True,
     show_progress: bool | None = None,
     catalog: Catalog | None = None,
 ) -> xr.DataArray:
@@ -133,6 +163,9 @@ def encode(
         Images per forward pass.
     device : str
         ``"auto"`` (CUDA when present), ``"cpu"`` or ``"cuda"``.
+    cache : bool
+        Keep computed responses in the local cache (``<cache dir>/responses``), keyed by the
+        weights' and each image's SHA-256: asking again computes nothing.
     show_progress : bool, optional
         Progress bar over batches.
 
@@ -158,20 +191,32 @@ def encode(
     model, doc, voxels = load_fwrf_folder(join(root, rel), {**options,
                                                             **(storage_options or {})})
     arrays = as_images(images)
-    ids = list(image_ids) if image_ids is not None else [_content_id(a) for a in arrays]
+    hashes = [_content_hash(a) for a in arrays]
+    ids = list(image_ids) if image_ids is not None else [h[:16] for h in hashes]
     if len(ids) != len(arrays):
         raise NestDataError(f"{len(ids)} image_ids for {len(arrays)} images; give one id per "
                             "image, or none to use content hashes")
+    out = np.empty((len(arrays), model.n_voxels), dtype=np.float32)
+    store = ResponseCache(doc["weights_sha256"]) if cache else None
+    todo = []
+    for index, image_hash in enumerate(hashes):
+        cached = store.get(image_hash) if store is not None else None
+        if cached is not None and cached.shape == (model.n_voxels,):
+            out[index] = cached
+        else:
+            todo.append(index)
     target = _device(device)
     model = model.to(target)
-    out = np.empty((len(arrays), model.n_voxels), dtype=np.float32)
-    starts = range(0, len(arrays), batch_size)
     with torch.inference_mode():
-        for start in tqdm(starts, desc="encoding", unit="batch",
+        for start in tqdm(range(0, len(todo), batch_size), desc="encoding", unit="batch",
                           disable=not _config.show_progress(show_progress)):
-            batch = torch.cat([preprocess(torch.from_numpy(a)[None])
-                               for a in arrays[start:start + batch_size]]).to(target)
-            out[start:start + len(batch)] = model(batch).float().cpu().numpy()
+            rows = todo[start:start + batch_size]
+            batch = torch.cat([preprocess(torch.from_numpy(arrays[i])[None])
+                               for i in rows]).to(target)
+            out[rows] = model(batch).float().cpu().numpy()
+            if store is not None:
+                for i in rows:
+                    store.put(hashes[i], out[i])
     coords: dict[str, Any] = {"image": ("image", np.asarray(ids, dtype=object))}
     coords.update({name: ("voxel", values) for name, values in voxels.items()})
     attrs = {"modality": spec.modality, "train_dataset": spec.train_dataset,
@@ -179,8 +224,8 @@ def encode(
              "units": spec.units, **doc.get("voxel_attrs", {}),
              "source": "computed by nest-data's fwRF encoder (plain torch) from converted "
                        "NEST weights", "weights_sha256": doc["weights_sha256"]}
-    logger.info("encoded %d images for sub-%02d %s on %s", len(arrays), doc["subject"],
-                doc["roi"], target)
+    logger.info("encoded %d images for sub-%02d %s on %s (%d from the cache)", len(arrays),
+                doc["subject"], doc["roi"], target, len(arrays) - len(todo))
     return xr.DataArray(out, dims=("image", "voxel"), coords=coords, attrs=attrs,
                         name="responses")
 

@@ -20,7 +20,7 @@ from nest_data._catalog import Catalog, Entry
 from nest_data._catalog import catalog as default_catalog
 from nest_data._storage import NestStore, is_local, join, make_store, quiet_consolidated
 from nest_data._store import AUX_GROUP, DATA_VAR, read_store_attrs
-from nest_data.errors import StoreNotFoundError
+from nest_data.errors import AmbiguousKeyError, StoreNotFoundError
 
 logger = logging.getLogger("nest_data")
 
@@ -44,6 +44,7 @@ def open(
     cache: bool | None = None,
     verify: bool | None = None,
     load_labels: bool = True,
+    images: Any = None,
     catalog: Catalog | None = None,
 ) -> xr.DataArray:
     """Open one entry of the NEST collection as a lazy, labelled DataArray.
@@ -76,6 +77,10 @@ def open(
     verify : bool, optional
         Check every chunk read against the SHA-256 recorded in the store (default:
         ``NEST_DATA_VERIFY``, then off); a tampered chunk raises ChecksumError naming it.
+    images : optional
+        Images that are in no pre-generated set: their responses are computed on the fly
+        with :func:`nest_data.encode` (``location`` must then hold converted weights) and
+        come back in the same labelled form.  Give either ``imageset`` or ``images``.
     load_labels : bool
         Read the coordinate arrays (ncsnr, concept, x/y/z...) now, in one concurrent batch,
         so they can be used for selection.  ``False`` keeps them lazy and builds no index
@@ -109,6 +114,16 @@ def open(
     True
     """
     cat = catalog or default_catalog()
+    if images is not None:
+        if imageset is not None:
+            raise AmbiguousKeyError(f"give imageset= (pre-generated responses) or images= "
+                                    f"(computed on the fly), not both (imageset={imageset!r})")
+        if subject is None:
+            raise AmbiguousKeyError("subject= is required to encode images")
+        from nest_data._encode import encode
+
+        return encode(images, subject=subject, roi=roi, modality=modality or "fmri",
+                      location=location, storage_options=storage_options, catalog=cat)
     entry = cat.resolve(modality=modality, train_dataset=train_dataset, model=model,
                         imageset=imageset, subject=subject, roi=roi)
     ds = _open_dataset(cat, entry, location, storage_options, chunks, group=None,

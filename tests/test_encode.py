@@ -92,3 +92,44 @@ def test_bad_inputs_are_explained(weights_root: Path, images: np.ndarray) -> Non
         nest_data.encode(images, subject=1, roi="FFA-1", location=loc)
     with pytest.raises(nest_data.UnknownKeyError, match="unknown roi 'V9'"):
         nest_data.encode(images, subject=1, roi="V9", location=loc)
+
+
+def test_cache_means_asking_again_computes_nothing(
+    weights_root: Path, images: np.ndarray, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from nest_data.encoders.fwrf import FwrfModel
+
+    monkeypatch.setenv("NEST_DATA_CACHE_DIR", str(tmp_path))
+    calls: list[int] = []
+    real = FwrfModel.forward
+
+    def counting(self: FwrfModel, x: torch.Tensor) -> torch.Tensor:
+        calls.append(len(x))
+        return real(self, x)
+
+    monkeypatch.setattr(FwrfModel, "forward", counting)
+    loc = str(weights_root)
+    first = nest_data.encode(images[:2], subject=1, roi="V1", location=loc)
+    assert calls == [2]
+    again = nest_data.encode(images[:2], subject=1, roi="V1", location=loc)
+    assert calls == [2]  # nothing computed
+    np.testing.assert_array_equal(again.values, first.values)
+    more = nest_data.encode(images, subject=1, roi="V1", location=loc)
+    assert calls == [2, 1]  # only the new image
+    np.testing.assert_array_equal(more.values[:2], first.values)
+    nest_data.encode(images[:1], subject=1, roi="V1", location=loc, cache=False)
+    assert calls == [2, 1, 1]
+    files = list((tmp_path / "responses").rglob("*.npy"))
+    assert len(files) == 3 and not [f for f in files if f.name.startswith(".tmp-")]
+
+
+def test_open_with_images_encodes(weights_root: Path, images: np.ndarray) -> None:
+    loc = str(weights_root)
+    da = nest_data.open(images=images[:1], subject=1, roi="V1", location=loc)
+    direct = nest_data.encode(images[:1], subject=1, roi="V1", location=loc)
+    np.testing.assert_array_equal(da.values, direct.values)
+    assert list(da.image.values) == list(direct.image.values)
+    with pytest.raises(nest_data.AmbiguousKeyError,
+                       match=r"imageset= \(pre-generated responses\) or images= \(computed "
+                             r"on the fly\), not both"):
+        nest_data.open(images=images[:1], imageset="things", subject=1, roi="V1", location=loc)
