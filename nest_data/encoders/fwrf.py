@@ -30,6 +30,7 @@ __all__ = ["INPUT_SIZE", "Encoder", "FwrfModel", "LayerwiseFWRF", "nl", "preproc
 
 INPUT_SIZE = 227
 FEATURE_SIZES = (27, 25, 13)
+VOXEL_BLOCK_ELEMENTS = 2**21  # voxels x images x 768 pooled features computed at once
 
 
 def nl(x: torch.Tensor) -> torch.Tensor:
@@ -139,14 +140,22 @@ class LayerwiseFWRF(nn.Module):
 
     def forward(self, feature_maps: Sequence[torch.Tensor]) -> torch.Tensor:
         """Responses ``(B, n_voxels)`` from the encoder's feature maps."""
-        pooled = []
-        for k, fmap in enumerate(feature_maps):
-            rf = getattr(self, f"rf{k}")
-            g = torch.softmax(rf.flatten(1), dim=1)  # (V, S)
-            f = nl(fmap.flatten(2))  # (B, C, S)
-            pooled.append(torch.einsum("vs,bcs->vbc", g, f))
-        phi = nl(torch.cat(pooled, dim=2))  # (V, B, 768)
-        return torch.einsum("vbc,vc->bv", phi, self.w) + self.b
+        features = [nl(fmap.flatten(2)) for fmap in feature_maps]  # (B, C, S) per map
+        n_voxels = self.w.shape[0]
+        # Voxels in blocks: the pooled features are (voxels, batch, 768); whole, they outgrow
+        # the caches (and memory) for large ROIs and batches.
+        step = max(1, VOXEL_BLOCK_ELEMENTS // (features[0].shape[0] * self.w.shape[1]))
+        out = []
+        for start in range(0, n_voxels, step):
+            block = slice(start, start + step)
+            pooled = []
+            for k, f in enumerate(features):
+                rf = getattr(self, f"rf{k}")[block]
+                g = torch.softmax(rf.flatten(1), dim=1)  # (V, S)
+                pooled.append(torch.einsum("vs,bcs->vbc", g, f))
+            phi = nl(torch.cat(pooled, dim=2))  # (V, B, 768)
+            out.append(torch.einsum("vbc,vc->bv", phi, self.w[block]) + self.b[block])
+        return torch.cat(out, dim=1)
 
 
 class FwrfModel(nn.Module):

@@ -1,0 +1,80 @@
+"""fwRF encoder throughput: images/s by batch size, peak memory, batching speed-up.
+
+Run: ``python benchmarks/encode.py [--quick] [--device cpu]``.  Writes NEST-format weights
+with the miniature writer (sub-01 V1: 1,350 voxels; sub-01 lateral: two encoders, 7,799
+voxels), converts them, and encodes 425-pixel images (NSD's size) with
+``nest_data.encode`` at several batch sizes.  Each configuration runs in a fresh process, so
+its peak memory (``ru_maxrss``) is its own; the first batch is a warm-up and not timed.
+Batch size 1 is how NEST's own tools call their encoders (one image at a time): the
+speed-up column is relative to it, measured in the same run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+CHILD = r"""
+import json, resource, sys, time
+import numpy as np, torch
+import nest_data
+root, roi, device = sys.argv[1], sys.argv[2], sys.argv[5]
+batch, n = int(sys.argv[3]), int(sys.argv[4])
+images = np.random.default_rng(0).integers(0, 256, (n + batch, 425, 425, 3), dtype=np.uint8)
+kw = dict(subject=1, roi=roi, location=root, batch_size=batch, device=device, cache=False,
+          show_progress=False)
+nest_data.encode(images[:batch], **kw)  # warm-up: weights, kernels
+start = time.perf_counter()
+nest_data.encode(images[batch:], **kw)
+seconds = time.perf_counter() - start
+rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+print(json.dumps({"seconds": seconds, "rss_mib": rss}))
+"""
+
+
+def run(root: str, roi: str, batch: int, n: int, device: str) -> dict[str, float]:
+    """Encode ``n`` images at one batch size in a fresh process; return seconds and peak RSS."""
+    out = subprocess.run([sys.executable, "-c", CHILD, root, roi, str(batch), str(n), device],
+                         check=True, capture_output=True, text=True).stdout
+    return dict(json.loads(out.strip().splitlines()[-1]))
+
+
+def main() -> None:
+    """Print a Markdown table."""
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--device", default="cpu")
+    args = parser.parse_args()
+    import torch
+
+    from nest_data.converters.weights import convert_fwrf_weights
+    from nest_data.testing import write_fwrf_weights
+
+    n = 16 if args.quick else 64
+    batches = (1, 4, 16) if args.quick else (1, 4, 16, 32, 64)
+    with tempfile.TemporaryDirectory() as tmp:
+        src, root = Path(tmp) / "nest", Path(tmp) / "converted"
+        for roi in ("V1", "lateral"):
+            write_fwrf_weights(src, 1, roi)
+        convert_fwrf_weights(src, root, trust_pickles=True)
+        print(f"## fwRF encoding on {args.device} ({torch.get_num_threads()} threads), "
+              f"{n} images of 425 x 425 px per configuration\n")
+        print("| ROI (voxels) | batch size | images/s | speed-up vs one at a time | "
+              "peak RSS (MiB) |")
+        print("|---|---:|---:|---:|---:|")
+        for roi, voxels in (("V1", 1350), ("lateral", 7799)):
+            base = None
+            for batch in batches:
+                result = run(str(root), roi, batch, n, args.device)
+                rate = n / result["seconds"]
+                base = base or rate
+                print(f"| {roi} ({voxels}) | {batch} | {rate:.1f} | {rate / base:.2f} | "
+                      f"{result['rss_mib']:.0f} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
