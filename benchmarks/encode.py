@@ -48,21 +48,24 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--images", type=int, help="images per configuration")
+    parser.add_argument("--batches", type=int, nargs="+", help="batch sizes")
     args = parser.parse_args()
     import torch
 
     from nest_data.converters.weights import convert_fwrf_weights
     from nest_data.testing import write_fwrf_weights
 
-    n = 16 if args.quick else 64
-    batches = (1, 4, 16) if args.quick else (1, 4, 16, 32, 64)
+    n = args.images or (16 if args.quick else 64)
+    batches = args.batches or ((1, 4, 16) if args.quick else (1, 4, 16, 32, 64))
     with tempfile.TemporaryDirectory() as tmp:
         src, root = Path(tmp) / "nest", Path(tmp) / "converted"
         for roi in ("V1", "lateral"):
             write_fwrf_weights(src, 1, roi)
         convert_fwrf_weights(src, root, trust_pickles=True)
-        print(f"## fwRF encoding on {args.device} ({torch.get_num_threads()} threads), "
-              f"{n} images of 425 x 425 px per configuration\n")
+        where = (torch.cuda.get_device_name() if args.device.startswith("cuda")
+                 else f"{args.device}, {torch.get_num_threads()} threads")
+        print(f"## fwRF encoding on {where}, {n} images of 425 x 425 px per configuration\n")
         print("| ROI (voxels) | batch size | images/s | speed-up vs one at a time | "
               "peak RSS (MiB) |")
         print("|---|---:|---:|---:|---:|")

@@ -211,8 +211,8 @@ def encode(
         for start in tqdm(range(0, len(todo), batch_size), desc="encoding", unit="batch",
                           disable=not _config.show_progress(show_progress)):
             rows = todo[start:start + batch_size]
-            batch = torch.cat([preprocess(torch.from_numpy(arrays[i])[None])
-                               for i in rows]).to(target)
+            batch = torch.cat([preprocess(torch.from_numpy(arrays[i])[None].to(target))
+                               for i in rows])
             out[rows] = model(batch).float().cpu().numpy()
             if store is not None:
                 for i in rows:
