@@ -13,6 +13,14 @@ import pytest
 from nest_data.converters import convert_ned
 from nest_data.testing import write_ned
 
+# Modules that need the optional `encode` extra are not collected (for doctests) without it.
+collect_ignore: list[str] = []
+try:
+    import safetensors  # noqa: F401
+    import torch  # noqa: F401
+except ImportError:
+    collect_ignore += ["nest_data/encoders", "converters/weights.py"]
+
 # A small but complete slice of the collection: both modalities, every image set.
 MINI = {"subjects": [1, 2], "rois": ["V1", "FFA-1", "lateral"], "n_images": 30}
 
