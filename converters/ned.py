@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import datetime as _dt
 import fcntl
-import hashlib
 import logging
 import os
 import re
@@ -19,6 +18,7 @@ import numpy as np
 
 from nest_data._catalog import Catalog, Entry
 from nest_data._catalog import catalog as default_catalog
+from nest_data._digest import file_digest
 from nest_data._parallel import run_jobs
 from nest_data._storage import (
     is_local,
@@ -354,14 +354,6 @@ def _is_done(dest: str | os.PathLike[str], entry: Entry, fingerprint: Mapping[st
     return True
 
 
-def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(2**20), b""):
-            h.update(block)
-    return "sha256:" + h.hexdigest()
-
-
 def entry_data(source: SourceEntry, dset: h5py.Dataset, meta: Mapping[str, Any],
                units: str) -> EntryData:
     """Check a NED entry's shapes and gather its coordinates, attributes and aux arrays."""
@@ -392,7 +384,7 @@ def entry_data(source: SourceEntry, dset: h5py.Dataset, meta: Mapping[str, Any],
         "sources": [
             {"file": h5_path.name, "bytes": h5_path.stat().st_size, "dataset": DATASET,
              "note": "values copied bit for bit; their SHA-256 is the 'sha256' attribute"},
-            {"file": npy.name, "bytes": npy.stat().st_size, "sha256": _sha256_file(npy)},
+            {"file": npy.name, "bytes": npy.stat().st_size, "sha256": file_digest(npy)},
         ],
         "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
     }

@@ -16,7 +16,6 @@ nest-data that unpickles them, and only when the caller says the files are trust
 from __future__ import annotations
 
 import datetime as _dt
-import hashlib
 import json
 import logging
 import os
@@ -29,6 +28,7 @@ import numpy as np
 
 from nest_data._catalog import Catalog
 from nest_data._catalog import catalog as default_catalog
+from nest_data._digest import file_digest
 from nest_data._storage import is_local, local_path
 from nest_data._store import commit, staging
 from nest_data.converters._meta import fmri_voxel_labels, meta_block
@@ -92,14 +92,6 @@ def _part_tensors(path: Path, obj: Mapping[str, Any], subject: int, prefix: str
     if f"{prefix}.enc.mu" not in tensors and "stim_mean" in obj:
         tensors[f"{prefix}.enc.mu"] = obj["stim_mean"].detach().contiguous()
     return tensors
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(2**20), b""):
-            h.update(block)
-    return "sha256:" + h.hexdigest()
 
 
 def convert_fwrf_weights(
@@ -178,7 +170,7 @@ def _write_one(paths: list[Path], subject: int, roi: str, dest: str | os.PathLik
     for part, path in enumerate(sorted(paths), 1):
         part_tensors = _part_tensors(path, _load_trusted(path), subject, f"part{part}")
         tensors.update(part_tensors)
-        parts.append({"file": path.name, "bytes": path.stat().st_size, "sha256": _sha256(path),
+        parts.append({"file": path.name, "bytes": path.stat().st_size, "sha256": file_digest(path),
                       "n_voxels": int(part_tensors[f"part{part}.fwrf.w"].shape[0])})
     n_voxels = sum(p["n_voxels"] for p in parts)
     voxel_attrs = _voxel_labels(paths[0], subject, roi, n_voxels, tensors)
@@ -192,7 +184,7 @@ def _write_one(paths: list[Path], subject: int, roi: str, dest: str | os.PathLik
     with staging(dest, rel) as stage:
         stage.mkdir(parents=True, exist_ok=True)
         save_file(tensors, str(stage / WEIGHTS_FILE), metadata={"format": FORMAT})
-        doc["weights_sha256"] = _sha256(stage / WEIGHTS_FILE)
+        doc["weights_sha256"] = file_digest(stage / WEIGHTS_FILE)
         (stage / MODEL_FILE).write_text(json.dumps(doc, indent=2))
         commit(stage, dest, rel, storage_options, last=MODEL_FILE)
 

@@ -18,6 +18,7 @@ from zarr.core.sync import sync
 
 from nest_data._catalog import Catalog, Entry
 from nest_data._catalog import catalog as default_catalog
+from nest_data._digest import bytes_digest, file_digest
 from nest_data._open import entry_url
 from nest_data._parallel import run_jobs
 from nest_data._storage import NestStore, is_local, local_path, make_store
@@ -151,7 +152,7 @@ def _mirror_entry(job: tuple[Entry, str, dict[str, Any], str]) -> int | None:
 
 def _matches(path: Path, digest: str) -> bool:
     try:
-        return "sha256:" + hashlib.sha256(path.read_bytes()).hexdigest() == digest
+        return file_digest(path) == digest
     except FileNotFoundError:
         return False
 
@@ -175,7 +176,7 @@ async def _fetch_all(store: NestStore, stage: Path, objects: Mapping[str, str],
             raise StoreNotFoundError(f"{store.url}/{key} is listed in the store's manifest but "
                                      "missing; the source store is damaged")
         if digest is not None:
-            got = "sha256:" + hashlib.sha256(data).hexdigest()
+            got = bytes_digest(data)
             if got != digest:
                 raise ChecksumError(f"{store.url}/{key} has checksum {got}, recorded {digest}: "
                                     "the source store was modified; nothing was written for "

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import inspect
 import logging
 import os
@@ -38,6 +37,7 @@ from zarr.core.buffer import Buffer, BufferPrototype
 from zarr.storage import FsspecStore, LocalStore, WrapperStore
 
 from nest_data._cache import ChunkCache
+from nest_data._digest import bytes_digest
 from nest_data.errors import ChecksumError, LocationError, RemoteReadError
 
 logger = logging.getLogger("nest_data")
@@ -233,7 +233,7 @@ class NestStore(WrapperStore[Store]):
             self._memo[key] = buffer.to_bytes()
         if digest is not None and (self.verify or self.cache is not None):
             data = buffer.to_bytes()
-            got = "sha256:" + hashlib.sha256(data).hexdigest()
+            got = bytes_digest(data)
             if got != digest:
                 raise ChecksumError(
                     f"object {key} of {self.url} does not match its recorded checksum "

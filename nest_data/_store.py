@@ -36,6 +36,7 @@ from zarr.core.sync import sync
 from zarr.storage import LocalStore, MemoryStore
 
 from nest_data import _config
+from nest_data._digest import bytes_digest, file_digest
 from nest_data._storage import is_local, join, local_path, quiet_consolidated
 from nest_data.errors import StoreNotFoundError
 
@@ -227,7 +228,7 @@ def object_digests(folder: Path) -> dict[str, str]:
     for path in sorted(folder.rglob("*")):
         if path.is_file() and path.name != "zarr.json":
             out[path.relative_to(folder).as_posix()] = (
-                "sha256:" + hashlib.sha256(path.read_bytes()).hexdigest())
+                file_digest(path))
     return out
 
 
@@ -494,6 +495,6 @@ async def _object_digests(store: Any, keys: list[str]) -> dict[str, str | None]:
         async with semaphore:
             buffer = await store.get(key, prototype)
         return None if buffer is None else (
-            "sha256:" + hashlib.sha256(buffer.to_bytes()).hexdigest())
+            bytes_digest(buffer.to_bytes()))
 
     return dict(zip(keys, await asyncio.gather(*(one(k) for k in keys)), strict=True))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 from collections.abc import Mapping
@@ -14,6 +13,7 @@ from safetensors.torch import load as load_safetensors
 
 from nest_data._catalog import Catalog
 from nest_data._catalog import catalog as default_catalog
+from nest_data._digest import bytes_digest
 from nest_data._storage import is_local, join, local_path, validate_storage_options
 from nest_data.encoders.fwrf import FwrfModel
 from nest_data.errors import ChecksumError, StoreNotFoundError
@@ -60,7 +60,7 @@ def load_fwrf_folder(url: str, storage_options: Mapping[str, Any] | None = None
             "with `nest-data convert weights SRC DEST --trust-pickles`, then point location= "
             "at DEST") from exc
     data = _read(join(url, WEIGHTS_FILE), options)
-    digest = "sha256:" + hashlib.sha256(data).hexdigest()
+    digest = bytes_digest(data)
     if digest != doc.get("weights_sha256"):
         raise ChecksumError(f"{join(url, WEIGHTS_FILE)} has checksum {digest}, recorded "
                             f"{doc.get('weights_sha256')}; re-convert the weights")
