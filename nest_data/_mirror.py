@@ -104,7 +104,7 @@ def mirror(
         jobs.append((entry, url, {**options, **(storage_options or {})},
                      local_path(os.fspath(dest))))
     report = MirrorReport()
-    for job, outcome in run_jobs(_mirror_entry, jobs, workers=1 if workers <= 1 else workers,
+    for job, outcome in run_jobs(_mirror_entry, jobs, workers=workers,
                                  desc="mirroring", unit="entry", show_progress=show_progress):
         label = job[0].label
         if isinstance(outcome, BaseException):

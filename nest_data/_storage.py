@@ -265,42 +265,39 @@ class NestStore(WrapperStore[Store]):
 
     async def _check_range(self, key: str, prototype: BufferPrototype,
                            byte_range: ByteRequest, buffer: Buffer) -> Buffer:
-        """Return exactly the requested bytes, or fail: never pass on a wrong-sized answer."""
+        """Return exactly the requested bytes, or fail: never pass on a wrong-sized answer.
+
+        A server that ignores ``Range`` answers with the whole object; the requested bytes
+        are then cut from it (no second request).
+        """
         data = buffer.to_bytes()
-        if isinstance(byte_range, RangeByteRequest):
-            want = byte_range.end - byte_range.start
-            if len(data) == want:
-                return buffer
-            whole = await self._whole(key, prototype, len(data))
-            if whole is not None:
-                return prototype.buffer.from_bytes(whole[byte_range.start:byte_range.end])
-        elif isinstance(byte_range, OffsetByteRequest):
-            whole = await self._whole(key, prototype, len(data))
-            if whole is None or len(data) == len(whole) - byte_range.offset:
-                return buffer
-            if len(data) == len(whole):
-                return prototype.buffer.from_bytes(whole[byte_range.offset:])
-        elif isinstance(byte_range, SuffixByteRequest):
-            if len(data) == byte_range.suffix:
-                return buffer
-            whole = await self._whole(key, prototype, len(data))
-            if whole is not None:
-                return prototype.buffer.from_bytes(whole[-byte_range.suffix:])
+        if isinstance(byte_range, RangeByteRequest) and len(data) == (byte_range.end
+                                                                     - byte_range.start):
+            return buffer
+        if isinstance(byte_range, SuffixByteRequest) and len(data) == byte_range.suffix:
+            return buffer
+        size = await self._store.getsize(key)
+        start, stop = _range_bounds(byte_range, size)
+        if len(data) == stop - start:
+            return buffer
+        if len(data) == size:
+            logger.warning("%s/%s: the server ignored a Range request and sent the whole "
+                           "object", self.url, key)
+            return prototype.buffer.from_bytes(data[start:stop])
         raise RemoteReadError(
             f"{self.url}/{key}: asked for bytes {byte_range} and got {len(data)} bytes that "
             "are neither that range nor the whole object; the server mishandles Range "
             "requests. Use another server, or mirror the data locally (nest-data mirror)."
         )
 
-    async def _whole(self, key: str, prototype: BufferPrototype, got: int) -> bytes | None:
-        """The whole object, if a ranged answer of ``got`` bytes was in fact all of it."""
-        size = await self._store.getsize(key)
-        if got != size:
-            return None
-        logger.warning("%s/%s: the server ignored a Range request and sent the whole object",
-                       self.url, key)
-        whole = await self._get_with_retries(key, prototype, None)
-        return None if whole is None else whole.to_bytes()
+
+def _range_bounds(byte_range: ByteRequest, size: int) -> tuple[int, int]:
+    """``(start, stop)`` of a byte request on an object of ``size`` bytes."""
+    if isinstance(byte_range, RangeByteRequest):
+        return min(byte_range.start, size), min(byte_range.end, size)
+    if isinstance(byte_range, OffsetByteRequest):
+        return min(byte_range.offset, size), size
+    return max(size - byte_range.suffix, 0), size
 
 
 def _status(exc: BaseException) -> int | None:
