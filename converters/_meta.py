@@ -10,7 +10,7 @@ import numpy as np
 
 from nest_data.errors import SourceFormatError
 
-__all__ = ["fmri_voxel_labels", "meta_block", "meta_field"]
+__all__ = ["eeg_labels", "fmri_voxel_labels", "meta_block", "meta_field"]
 
 
 def meta_block(meta: Mapping[str, Any], name: str, path: Path) -> Mapping[str, Any]:
@@ -80,3 +80,42 @@ def fmri_voxel_labels(
     attrs = {"affine": affine.tolist(), "volume_shape": list(mask.shape),
              "space": "subject-native NSD functional space (1.8 mm); affine maps i,j,k to mm"}
     return coords, attrs
+
+
+def eeg_labels(eeg: Mapping[str, Any], accuracy: Mapping[str, Any], path: Path, *,
+               shape: tuple[int, int, int] = (4, 63, 140)) -> dict[str, Any]:
+    """Repetition, channel and time coordinates, and the accuracy maps, of an EEG encoder.
+
+    Parameters
+    ----------
+    eeg : dict
+        The ``eeg`` block (``ch_names``, ``times``).
+    accuracy : dict
+        Accuracy maps, each ``(channel, time)`` or ``(repetition, channel, time)``.
+    shape : tuple
+        ``(repetitions, channels, times)`` of the responses.
+
+    Returns
+    -------
+    dict
+        Name -> ``(dims, values, attrs)``.
+    """
+    n_rep, n_ch, n_t = shape
+    ch_names = meta_field(eeg, "ch_names", path, n_ch, "eeg").astype(str)
+    times = meta_field(eeg, "times", path, n_t, "eeg").astype(np.float64)
+    coords: dict[str, Any] = {
+        "repetition": (("repetition",), np.arange(1, n_rep + 1, dtype=np.int64),
+                       {"description": "THINGS-EEG2 training repetition of the encoder"}),
+        "channel": (("channel",), ch_names, {"description": "EEG channel (10-10 name)"}),
+        "time": (("time",), times, {"units": "s", "description": "time from image onset"}),
+    }
+    for name, values in accuracy.items():
+        values = np.asarray(values)
+        if values.shape == (n_ch, n_t):
+            coords[name] = (("channel", "time"), values, {})
+        elif values.shape == (n_rep, n_ch, n_t):
+            coords[name] = (("repetition", "channel", "time"), values, {})
+        else:
+            raise SourceFormatError(f"{path}: accuracy map {name!r} has shape {values.shape}; "
+                                    f"expected ({n_ch}, {n_t}) or ({n_rep}, {n_ch}, {n_t})")
+    return coords

@@ -35,7 +35,7 @@ from nest_data._store import (
     verify_store,
     write_entry,
 )
-from nest_data.converters._meta import fmri_voxel_labels, meta_block, meta_field
+from nest_data.converters._meta import eeg_labels, fmri_voxel_labels, meta_block, meta_field
 from nest_data.converters._pickle import load_npy_dict
 from nest_data.errors import (
     ConversionError,
@@ -412,24 +412,10 @@ def _fmri_coords(dset: h5py.Dataset, meta: Mapping[str, Any], encoding: Mapping[
 
 def _eeg_coords(dset: h5py.Dataset, meta: Mapping[str, Any], encoding: Mapping[str, Any],
                 npy: Path, coords: dict[str, Any], aux: dict[str, np.ndarray]) -> None:
-    eeg = meta_block(meta, "eeg", npy)
     n_rep, n_ch, n_t = (int(s) for s in dset.shape[1:])
-    ch_names = meta_field(eeg, "ch_names", npy, n_ch, "eeg").astype(str)
-    times = meta_field(eeg, "times", npy, n_t, "eeg").astype(np.float64)
-    coords["repetition"] = (("repetition",), np.arange(1, n_rep + 1, dtype=np.int64),
-                            {"description": "THINGS-EEG2 training repetition of the encoder"})
-    coords["channel"] = (("channel",), ch_names, {"description": "EEG channel (10-10 name)"})
-    coords["time"] = (("time",), times, {"units": "s", "description": "time from image onset"})
-    accuracy = meta_block(encoding, "encoding_accuracy", npy)
-    for name, values in accuracy.items():
-        values = np.asarray(values)
-        if values.shape == (n_ch, n_t):
-            coords[name] = (("channel", "time"), values, {})
-        elif values.shape == (n_rep, n_ch, n_t):
-            coords[name] = (("repetition", "channel", "time"), values, {})
-        else:
-            raise SourceFormatError(f"{npy}: encoding_accuracy.{name} has shape {values.shape}; "
-                                    f"expected ({n_ch}, {n_t}) or ({n_rep}, {n_ch}, {n_t})")
+    coords.update(eeg_labels(meta_block(meta, "eeg", npy),
+                             meta_block(encoding, "encoding_accuracy", npy), npy,
+                             shape=(n_rep, n_ch, n_t)))
     splits = encoding.get("train_test_things_image_splits") or {}
     aux.update({k: np.asarray(v) for k, v in splits.items()})
 

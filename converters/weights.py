@@ -3,7 +3,10 @@
 NEST saved its fwRF encoders with ``torch.save``: pickles that can run arbitrary code when
 loaded (they even hold an ``argparse.Namespace``).  This converter is the only place in
 nest-data that unpickles them, and only when the caller says the files are trusted
-(``trust_pickles=True``, ``--trust-pickles``).  What it writes needs no pickle to read:
+(``trust_pickles=True``, ``--trust-pickles``).  The EEG encoders' ``.npy`` files are pickled
+dicts of numpy arrays only, which the numpy-only allow-list unpickler reads without trust;
+torchvision's ViT-B/32 file is read with ``torch.load(weights_only=True)``, which accepts
+tensors only.  What the converters write needs no pickle to read:
 
 ``<root>/weights/modality-fmri/train_dataset-nsd/model-fwrf/sub-01_roi-V1/``
     ``weights.safetensors``  tensors ``part1.enc.<key>``, ``part1.fwrf.<key>`` (and
@@ -11,6 +14,15 @@ nest-data that unpickles them, and only when the caller says the files are trust
     ``model.json``  what the tensors are (modality, subject, roi, parts, voxels per part),
     where they came from (file names, sizes, SHA-256) and the converter version.  It is
     written last, so a weights folder exists for readers only when complete.
+
+``<root>/weights/modality-eeg/train_dataset-things_eeg_2/model-vit_b_32/sub-01/``
+    ``weights.safetensors``  ``scaler.mean_``, ``scaler.scale_``, ``pca.components_`` (the
+    components the regressions use), ``pca.mean_``, ``reg.coef_`` (4, 8820, n_components),
+    ``reg.intercept_`` (4, 8820) and the accuracy maps as ``coord.<name>``;
+    ``model.json``  channel names, times, the layout it came from (BERG or NED) and sources.
+
+``<root>/weights/backbones/vit_b_32-imagenet1k_v1/``
+    torchvision's ``vit_b_32`` state_dict, keys unchanged.
 """
 
 from __future__ import annotations
@@ -31,7 +43,7 @@ from nest_data._catalog import catalog as default_catalog
 from nest_data._digest import file_digest
 from nest_data._storage import is_local, local_path
 from nest_data._store import commit, staging
-from nest_data.converters._meta import fmri_voxel_labels, meta_block
+from nest_data.converters._meta import eeg_labels, fmri_voxel_labels, meta_block
 from nest_data.converters._pickle import load_npy_dict
 from nest_data.encoders.weights import MODEL_FILE, WEIGHTS_FILE
 from nest_data.errors import ConversionError, SourceFormatError
@@ -39,9 +51,13 @@ from nest_data.errors import ConversionError, SourceFormatError
 logger = logging.getLogger("nest_data")
 
 FORMAT = "nest-data fwrf weights v1"
+EEG_FORMAT = "nest-data eeg weights v1"
+BACKBONE_FORMAT = "nest-data vit_b_32 backbone v1"
 _PT_RE = re.compile(r"weights_sub-(?P<subject>\d+)_roi-(?P<roi>.+?)(?:_split-(?P<part>\d))?\.pt$")
+_EEG_RE = re.compile(r"(?:weights_subject|LinearRegression_param_sub)-(?P<subject>\d+)\.npy$")
 
-__all__ = ["MODEL_FILE", "WEIGHTS_FILE", "convert_fwrf_weights"]
+__all__ = ["MODEL_FILE", "WEIGHTS_FILE", "convert_eeg_weights", "convert_fwrf_weights",
+           "convert_vit_b_32", "convert_weights"]
 
 
 def _discover(src: Path) -> dict[tuple[int, str], list[Path]]:
@@ -163,14 +179,12 @@ def convert_fwrf_weights(
 
 def _write_one(paths: list[Path], subject: int, roi: str, dest: str | os.PathLike[str],
                rel: str, storage_options: Mapping[str, Any] | None) -> None:
-    from safetensors.torch import save_file
-
     tensors: dict[str, Any] = {}
     parts: list[dict[str, Any]] = []
     for part, path in enumerate(sorted(paths), 1):
         part_tensors = _part_tensors(path, _load_trusted(path), subject, f"part{part}")
         tensors.update(part_tensors)
-        parts.append({"file": path.name, "bytes": path.stat().st_size, "sha256": file_digest(path),
+        parts.append({**_source(path),
                       "n_voxels": int(part_tensors[f"part{part}.fwrf.w"].shape[0])})
     n_voxels = sum(p["n_voxels"] for p in parts)
     voxel_attrs = _voxel_labels(paths[0], subject, roi, n_voxels, tensors)
@@ -178,12 +192,19 @@ def _write_one(paths: list[Path], subject: int, roi: str, dest: str | os.PathLik
         "format": FORMAT, "modality": "fmri", "train_dataset": "nsd", "model": "fwrf",
         "subject": subject, "roi": roi, "parts": parts, "n_voxels": n_voxels,
         "voxel_attrs": voxel_attrs,
-        "converter": f"nest-data {_version()} (nest_data.converters.weights)",
-        "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+        **_provenance(),
     }
+    _write_folder(tensors, doc, dest, rel, storage_options)
+
+
+def _write_folder(tensors: dict[str, Any], doc: dict[str, Any], dest: str | os.PathLike[str],
+                  rel: str, storage_options: Mapping[str, Any] | None) -> None:
+    """Write ``weights.safetensors`` and then ``model.json`` (with its SHA-256), atomically."""
+    from safetensors.torch import save_file
+
     with staging(dest, rel) as stage:
         stage.mkdir(parents=True, exist_ok=True)
-        save_file(tensors, str(stage / WEIGHTS_FILE), metadata={"format": FORMAT})
+        save_file(tensors, str(stage / WEIGHTS_FILE), metadata={"format": doc["format"]})
         doc["weights_sha256"] = file_digest(stage / WEIGHTS_FILE)
         (stage / MODEL_FILE).write_text(json.dumps(doc, indent=2))
         commit(stage, dest, rel, storage_options, last=MODEL_FILE)
@@ -212,7 +233,326 @@ def _voxel_labels(weights: Path, subject: int, roi: str, n_voxels: int,
     return attrs
 
 
-def _version() -> str:
+def _provenance() -> dict[str, str]:
     from nest_data import __version__
 
-    return __version__
+    return {"converter": f"nest-data {__version__} (nest_data.converters.weights)",
+            "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")}
+
+
+def _source(path: Path) -> dict[str, Any]:
+    return {"file": path.name, "bytes": path.stat().st_size, "sha256": file_digest(path)}
+
+
+# --------------------------------------------------------------------------------------
+# EEG encoders (ViT-B/32 features -> scaler -> PCA -> regressions) and their backbone
+# --------------------------------------------------------------------------------------
+
+
+def _eeg_folder(src: Path) -> Path:
+    folder = (src / "encoding_models" / "modality-eeg" / "train_dataset-things_eeg_2"
+              / "model-vit_b_32" / "encoding_models_weights")
+    return folder if folder.is_dir() else src
+
+
+def _discover_eeg(src: Path) -> dict[int, Path]:
+    """Subject -> its weights file (BERG's ``weights_subject-SS.npy`` or NED's regressions)."""
+    found: dict[int, Path] = {}
+    for path in sorted(_eeg_folder(src).glob("*.npy")):
+        match = _EEG_RE.search(path.name)
+        if match:
+            subject = int(match["subject"])
+            if subject in found:
+                raise SourceFormatError(f"{path.parent}: subject {subject} has weights in both "
+                                        f"BERG's and NED's layout ({found[subject].name}, "
+                                        f"{path.name}); keep one")
+            found[subject] = path
+    return found
+
+
+def _array(block: Mapping[str, Any], name: str, path: Path, ndim: int) -> np.ndarray:
+    if not isinstance(block, Mapping) or name not in block:
+        found = sorted(block) if isinstance(block, Mapping) else type(block).__name__
+        raise SourceFormatError(f"{path}: expected a field {name!r}, found {found}")
+    values = np.asarray(block[name])
+    if values.ndim != ndim or values.dtype.kind not in "fiu":
+        raise SourceFormatError(f"{path}: {name} is {values.dtype} with shape {values.shape}; "
+                                f"expected a {ndim}-D numeric array")
+    return values
+
+
+def _eeg_head(path: Path) -> tuple[dict[str, np.ndarray], list[Path], str]:
+    """The head's arrays from BERG's single file or NED's three; the files read; the layout."""
+    if path.name.startswith("weights_subject-"):
+        doc = load_npy_dict(path)
+        blocks = {k: (doc.get(k), path) for k in ("scaler_param", "pca_param", "reg_param")}
+        files, layout = [path], "berg"
+    else:
+        scaler, pca = path.parent / "StandardScaler_param.npy", path.parent / "pca_param.npy"
+        for shared in (scaler, pca):
+            if not shared.is_file():
+                raise SourceFormatError(f"{path}: NED's EEG regressions need the shared "
+                                        f"{shared.name} beside them; it is missing")
+        blocks = {"scaler_param": (load_npy_dict(scaler), scaler),
+                  "pca_param": (load_npy_dict(pca), pca), "reg_param": (load_npy_dict(path), path)}
+        files, layout = [scaler, pca, path], "ned"
+    (scaler_doc, scaler_path), (pca_doc, pca_path), (reg_doc, reg_path) = blocks.values()
+    for name, (block, where) in blocks.items():
+        if not isinstance(block, Mapping):
+            raise SourceFormatError(f"{where}: not a NEST EEG weights file (no {name!r} dict)")
+    assert isinstance(reg_doc, Mapping)
+    reps = sorted((k for k in reg_doc if re.fullmatch(r"rep-\d+", str(k))),
+                  key=lambda k: int(k.split("-")[1]))
+    if not reps:
+        raise SourceFormatError(f"{reg_path}: no 'rep-1'.. regression blocks (found "
+                                f"{sorted(reg_doc)})")
+    coef = np.stack([_array(reg_doc[r], "coef_", reg_path, 2) for r in reps])
+    intercept = np.stack([_array(reg_doc[r], "intercept_", reg_path, 1) for r in reps])
+    n_components = coef.shape[2]
+    components = _array(pca_doc, "components_", pca_path, 2)
+    if components.shape[0] < n_components:
+        raise SourceFormatError(f"{pca_path}: {components.shape[0]} PCA components, but the "
+                                f"regressions of {reg_path.name} use {n_components}")
+    head = {"scaler.mean_": _array(scaler_doc, "mean_", scaler_path, 1),
+            "scaler.scale_": _array(scaler_doc, "scale_", scaler_path, 1),
+            "pca.components_": components[:n_components],  # NED kept 1,000 and used 250
+            "pca.mean_": _array(pca_doc, "mean_", pca_path, 1),
+            "reg.coef_": coef, "reg.intercept_": intercept}
+    n_features = head["pca.components_"].shape[1]
+    for name in ("scaler.mean_", "scaler.scale_", "pca.mean_"):
+        if head[name].shape != (n_features,):
+            raise SourceFormatError(f"{path}: {name} has shape {head[name].shape}; the PCA "
+                                    f"components have {n_features} features")
+    if intercept.shape != coef.shape[:2]:
+        raise SourceFormatError(f"{reg_path}: intercept_ shape {intercept.shape[1:]} does not "
+                                f"match coef_ {coef.shape[1:]}")
+    return head, files, layout
+
+
+def convert_eeg_weights(
+    src: str | os.PathLike[str],
+    dest: str | os.PathLike[str],
+    *,
+    subject: int | list[int] | None = None,
+    storage_options: Mapping[str, Any] | None = None,
+    catalog: Catalog | None = None,
+) -> list[str]:
+    """Convert NEST's EEG encoders (BERG's or NED's layout) into safetensors + JSON.
+
+    BERG keeps one ``weights_subject-{SS}.npy`` per subject; NED shares
+    ``StandardScaler_param.npy`` and ``pca_param.npy`` (1,000 components, of which the
+    regressions use the first 250) and keeps ``LinearRegression_param_sub-{SS}.npy`` per
+    subject.  Both become one self-contained folder per subject.  The files are pickled
+    dicts of numpy arrays, read with a numpy-only allow-list (no trust flag needed).
+    Channel names, times and accuracy maps come from ``metadata/metadata_subject-{SS}.npy``.
+
+    Parameters
+    ----------
+    src : path
+        NEST's root (holding ``encoding_models/``) or the ``encoding_models_weights`` folder.
+    dest : path or URL
+        Root to write ``weights/...`` folders into.
+    subject : int or list of int, optional
+        Convert only these subjects.
+    storage_options : dict, optional
+        fsspec options for a remote ``dest``.
+
+    Returns
+    -------
+    list of str
+        The weights folders written, relative to ``dest``.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> from nest_data.testing import write_eeg_weights
+    >>> src, dest = tempfile.mkdtemp(), tempfile.mkdtemp()
+    >>> _ = write_eeg_weights(src, 3, n_components=2)
+    >>> convert_eeg_weights(src, dest)
+    ['weights/modality-eeg/train_dataset-things_eeg_2/model-vit_b_32/sub-03']
+    """
+    import torch
+
+    cat = catalog or default_catalog()
+    found = _discover_eeg(Path(src))
+    subjects = {subject} if isinstance(subject, int) else set(subject or [])
+    selected = {s: p for s, p in found.items() if not subjects or s in subjects}
+    if not selected:
+        raise ConversionError(f"no EEG weights under {src} match subject={subject!r}; found "
+                              f"subjects {sorted(found) or 'none'}. Expected files like "
+                              "encoding_models/modality-eeg/train_dataset-things_eeg_2/"
+                              "model-vit_b_32/encoding_models_weights/weights_subject-01.npy")
+    if is_local(dest):
+        Path(local_path(dest)).mkdir(parents=True, exist_ok=True)
+    written = []
+    for subj, path in sorted(selected.items()):
+        head, files, layout = _eeg_head(path)
+        n_rep, n_out, n_components = head["reg.coef_"].shape
+        tensors = {k: torch.from_numpy(np.ascontiguousarray(v, dtype=np.float32))
+                   for k, v in head.items()}
+        labels = _eeg_labels(path, subj, (n_rep, n_out), tensors)
+        spec, rel = cat.resolve_weights(modality="eeg", subject=subj)
+        doc = {"format": EEG_FORMAT, "modality": "eeg", "train_dataset": spec.train_dataset,
+               "model": spec.model, "subject": subj, "layout": layout,
+               "n_components": n_components, "n_features": int(head["pca.mean_"].shape[0]),
+               "sources": [_source(f) for f in files], **labels, **_provenance()}
+        _write_folder(tensors, doc, dest, rel, storage_options)
+        written.append(rel)
+        logger.info("converted EEG weights sub-%02d (%s layout) -> %s", subj, layout, rel)
+    return written
+
+
+def _eeg_labels(weights: Path, subject: int, shape: tuple[int, int],
+                tensors: dict[str, Any]) -> dict[str, Any]:
+    """Channel names and times for ``model.json``; accuracy maps as ``coord.*`` tensors."""
+    import torch
+
+    n_rep, n_out = shape
+    meta_dir = weights.parent.parent / "metadata"
+    candidates = [meta_dir / f"metadata_subject-{subject:02d}.npy",
+                  meta_dir / f"metadata_sub-{subject:02d}.npy"]
+    path = next((p for p in candidates if p.is_file()), None)
+    if path is None:
+        if n_out != 63 * 140:
+            raise SourceFormatError(f"{weights}: regressions predict {n_out} values and there is "
+                                    f"no metadata file ({candidates[0]}) to say their channels "
+                                    "and times; NEST's EEG encoders predict 63 x 140")
+        logger.warning("no metadata file %s: encoded EEG responses will carry channel and "
+                       "time indices only", candidates[0])
+        return {"channels": [str(c) for c in range(63)], "times": list(range(140)),
+                "shape": [n_rep, 63, 140], "coords": {}}
+    meta = load_npy_dict(path)
+    eeg = meta_block(meta, "eeg", path)
+    n_ch, n_t = len(eeg.get("ch_names", ())), len(eeg.get("times", ()))
+    if n_ch * n_t != n_out:
+        raise SourceFormatError(f"{path}: {n_ch} channels x {n_t} times, but the regressions "
+                                f"of {weights.name} predict {n_out} values; the files do not "
+                                "belong together")
+    encoding = meta.get("encoding_models") or {}
+    if isinstance(encoding.get("encoding_accuracy"), Mapping):  # NED's metadata form
+        encoding = encoding["encoding_accuracy"]
+    accuracy = {k: v for k, v in encoding.items()
+                if isinstance(v, np.ndarray) and v.dtype.kind == "f"}
+    coords = eeg_labels(eeg, accuracy, path, shape=(n_rep, n_ch, n_t))
+    dims: dict[str, list[str]] = {}
+    for name, (coord_dims, values, _) in coords.items():
+        if name not in ("repetition", "channel", "time"):
+            tensors[f"coord.{name}"] = torch.from_numpy(np.ascontiguousarray(values))
+            dims[name] = list(coord_dims)
+    return {"channels": coords["channel"][1].tolist(), "times": coords["time"][1].tolist(),
+            "shape": [n_rep, n_ch, n_t], "coords": dims}
+
+
+def convert_vit_b_32(
+    path: str | os.PathLike[str],
+    dest: str | os.PathLike[str],
+    *,
+    storage_options: Mapping[str, Any] | None = None,
+    catalog: Catalog | None = None,
+) -> str:
+    """Convert torchvision's ``vit_b_32`` weights file into safetensors under ``dest``.
+
+    The EEG encoders' backbone is torchvision's ImageNet ViT-B/32 (IMAGENET1K_V1,
+    ``vit_b_32-d86f8d99.pth``), which NEST does not ship: download it once on a machine with
+    internet and convert it.  The file is read with ``torch.load(weights_only=True)``, which
+    accepts tensors only, and checked key by key against torchvision's layout.
+
+    Returns
+    -------
+    str
+        The folder written, relative to ``dest`` (the catalog's ``backbone_path``).
+    """
+    import torch
+
+    from nest_data.encoders.vit import VitB32
+
+    source = Path(path)
+    try:
+        state = torch.load(source, map_location="cpu", weights_only=True)
+    except FileNotFoundError as exc:
+        raise SourceFormatError(f"{source}: no such file; give torchvision's vit_b_32 weights "
+                                "(vit_b_32-d86f8d99.pth)") from exc
+    except Exception as exc:
+        raise SourceFormatError(f"{source}: not a tensors-only torch file ({exc}); give "
+                                "torchvision's vit_b_32 weights (vit_b_32-d86f8d99.pth)") from exc
+    if not isinstance(state, Mapping):
+        raise SourceFormatError(f"{source}: holds a {type(state).__name__}, not a state_dict")
+    try:
+        VitB32.from_state_dict(state)
+    except ValueError as exc:
+        raise SourceFormatError(f"{source}: {exc}") from exc
+    cat = catalog or default_catalog()
+    spec, _ = cat.resolve_weights(modality="eeg", subject=1)
+    rel = spec.backbone_path
+    doc = {"format": BACKBONE_FORMAT, "architecture": "torchvision vit_b_32",
+           "sources": [_source(source)], **_provenance()}
+    if is_local(dest):
+        Path(local_path(dest)).mkdir(parents=True, exist_ok=True)
+    _write_folder({k: v.detach().contiguous() for k, v in state.items()}, doc, dest, rel,
+                  storage_options)
+    logger.info("converted %s -> %s", source.name, rel)
+    return rel
+
+
+def convert_weights(
+    src: str | os.PathLike[str] | None,
+    dest: str | os.PathLike[str],
+    *,
+    modality: str | None = None,
+    trust_pickles: bool = False,
+    subject: int | list[int] | None = None,
+    roi: str | list[str] | None = None,
+    vit_b_32: str | os.PathLike[str] | None = None,
+    storage_options: Mapping[str, Any] | None = None,
+    catalog: Catalog | None = None,
+) -> list[str]:
+    """Convert every encoder found under ``src`` (and the ViT-B/32 backbone, if given).
+
+    fMRI fwRF weights need ``trust_pickles=True`` (see :func:`convert_fwrf_weights`); EEG
+    weights do not (see :func:`convert_eeg_weights`).
+
+    Parameters
+    ----------
+    src : path, optional
+        NEST's root (holding ``encoding_models/``); None converts only ``vit_b_32``.
+    dest : path or URL
+        Root to write ``weights/...`` into.
+    modality : {"fmri", "eeg"}, optional
+        Convert only this modality (default: whichever ``src`` holds).
+    trust_pickles : bool
+        Allow loading NEST's fwRF ``.pt`` pickles.
+    subject, roi : optional
+        Convert only these.
+    vit_b_32 : path, optional
+        torchvision's ``vit_b_32`` weights file, converted for the EEG encoders.
+    storage_options : dict, optional
+        fsspec options for a remote ``dest``.
+
+    Returns
+    -------
+    list of str
+        The folders written, relative to ``dest``.
+    """
+    if modality not in (None, "fmri", "eeg"):
+        raise ConversionError(f"modality={modality!r}; valid: 'fmri', 'eeg' or None for both")
+    written: list[str] = []
+    if vit_b_32 is not None:
+        written.append(convert_vit_b_32(vit_b_32, dest, storage_options=storage_options,
+                                        catalog=catalog))
+    if src is None:
+        return written
+    root = Path(src)
+    has_fmri = bool(_discover(root)) if modality != "eeg" else False
+    has_eeg = bool(_discover_eeg(root)) if modality != "fmri" else False
+    if not (has_fmri or has_eeg):
+        raise ConversionError(f"no NEST encoder weights under {src} (modality={modality!r}); "
+                              "expected encoding_models/modality-fmri/... (.pt) or "
+                              "encoding_models/modality-eeg/... (.npy) folders")
+    if has_fmri:
+        written += convert_fwrf_weights(src, dest, trust_pickles=trust_pickles, subject=subject,
+                                        roi=roi, storage_options=storage_options,
+                                        catalog=catalog)
+    if has_eeg:
+        written += convert_eeg_weights(src, dest, subject=subject,
+                                       storage_options=storage_options, catalog=catalog)
+    return written

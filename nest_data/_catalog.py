@@ -48,6 +48,7 @@ class ModelSpec:
     units: str = ""
     description: str = ""
     weights_path: str = ""
+    backbone_path: str = ""
 
     @property
     def name(self) -> str:
@@ -587,6 +588,7 @@ def _model_from_doc(doc: Any, source: str) -> ModelSpec:
             n_voxels={int(s): dict(v) for s, v in (doc.get("n_voxels") or {}).items()},
             units=str(doc.get("units", "")), description=str(doc.get("description", "")).strip(),
             weights_path=str(doc.get("weights_path", "")),
+            backbone_path=str(doc.get("backbone_path", "")),
         )
     except (TypeError, ValueError) as exc:
         raise CatalogError(f"catalog {source}: malformed model {doc.get('model')!r}: {exc}"

@@ -9,7 +9,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from nest_data.errors import NestDataError
+from nest_data.errors import ConversionError, NestDataError
 
 __all__ = ["main"]
 
@@ -62,11 +62,15 @@ def _cmd_convert_ned(args: argparse.Namespace) -> int:
 
 
 def _cmd_convert_weights(args: argparse.Namespace) -> int:
-    from nest_data.converters.weights import convert_fwrf_weights
+    from nest_data.converters.weights import convert_weights
 
-    written = convert_fwrf_weights(args.src, args.dest, trust_pickles=args.trust_pickles,
-                                   subject=args.subject, roi=args.roi,
-                                   storage_options=_options(args.storage_option))
+    if args.src is None and args.vit_b_32 is None:
+        raise ConversionError("give SRC (NEST's root with encoding_models/) or --vit-b-32 FILE "
+                              "(torchvision's vit_b_32 weights), or both")
+    written = convert_weights(args.src, args.dest, modality=args.modality,
+                              trust_pickles=args.trust_pickles, subject=args.subject,
+                              roi=args.roi, vit_b_32=args.vit_b_32,
+                              storage_options=_options(args.storage_option))
     for rel in written:
         print(f"{args.dest}/{rel}")
     return 0
@@ -160,12 +164,19 @@ def _parser() -> argparse.ArgumentParser:
                      help="fsspec option for a remote DEST (repeatable), e.g. anon=false")
     ned.set_defaults(func=_cmd_convert_ned)
 
-    weights = convert_sub.add_parser("weights", help="NEST fwRF weights (.pt) -> safetensors")
-    weights.add_argument("src", help="NEST root holding encoding_models/")
+    weights = convert_sub.add_parser(
+        "weights", help="NEST encoder weights (fwRF .pt, EEG .npy, torchvision's vit_b_32) -> "
+                        "safetensors")
+    weights.add_argument("src", nargs="?", help="NEST root holding encoding_models/")
     weights.add_argument("dest", help="root to write weights/ folders into")
     weights.add_argument("--trust-pickles", action="store_true",
-                         help="required: the .pt files are pickles, which can run code; "
-                              "give it only for files from a source you trust")
+                         help="required for fMRI: the .pt files are pickles, which can run "
+                              "code; give it only for files from a source you trust")
+    weights.add_argument("--modality", choices=["fmri", "eeg"],
+                         help="convert only this modality (default: all found)")
+    weights.add_argument("--vit-b-32", metavar="FILE",
+                         help="torchvision's vit_b_32 weights (vit_b_32-d86f8d99.pth), the EEG "
+                              "encoders' backbone")
     weights.add_argument("--subject", nargs="+", type=int)
     weights.add_argument("--roi", nargs="+")
     weights.add_argument("--storage-option", action="append", metavar="KEY=VALUE")

@@ -6,7 +6,8 @@ import hashlib
 import logging
 import os
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -17,12 +18,16 @@ from tqdm.auto import tqdm
 from nest_data import _config
 from nest_data._catalog import Catalog
 from nest_data._catalog import catalog as default_catalog
+from nest_data._digest import bytes_digest
 from nest_data._storage import join
 from nest_data.errors import NestDataError
 
 logger = logging.getLogger("nest_data")
 
-__all__ = ["ResponseCache", "as_images", "encode"]
+__all__ = ["ENV_BACKBONE", "Encoder", "ResponseCache", "as_images", "encode", "load_encoder"]
+
+#: Environment variable naming the converted ViT-B/32 backbone (folder or .safetensors).
+ENV_BACKBONE = "NEST_DATA_VIT_B_32"
 
 
 def _image_error(index: int, what: str) -> NestDataError:
@@ -123,15 +128,149 @@ def _device(device: str) -> Any:
         raise NestDataError(f"unknown device {device!r}; use 'auto', 'cpu' or 'cuda'") from exc
 
 
+@dataclass
+class Encoder:
+    """A loaded NEST encoder with everything needed to label its output.
+
+    Built by :func:`load_encoder`; :func:`encode` and ``nest-data generate`` use it.
+    """
+
+    model: Any  # torch.nn.Module, in eval mode
+    preprocess: Callable[[Any], Any]
+    dims: tuple[str, ...]  # dims of the output, "image" first
+    row_shape: tuple[int, ...]
+    coords: dict[str, tuple[tuple[str, ...], np.ndarray]]
+    attrs: dict[str, Any]
+    digest: str  # SHA-256 of everything the output depends on (cache key)
+    keys: dict[str, Any] = field(default_factory=dict)
+
+    def to(self, device: Any) -> Encoder:
+        """Move the model to a torch device (in place); return self."""
+        self.model = self.model.to(device)
+        return self
+
+    def __call__(self, images: Sequence[np.ndarray], device: Any) -> np.ndarray:
+        """Responses ``(B, *row_shape)`` float32 of square uint8 ``(3, S, S)`` images."""
+        import torch
+
+        with torch.inference_mode():
+            batch = torch.cat([self.preprocess(torch.from_numpy(a)[None].to(device))
+                               for a in images])
+            return np.asarray(self.model(batch).float().cpu().numpy(), dtype=np.float32)
+
+
+def load_encoder(
+    *,
+    subject: int | str,
+    roi: str | None = None,
+    modality: str = "fmri",
+    location: str | None = None,
+    storage_options: Mapping[str, Any] | None = None,
+    backbone: str | os.PathLike[str] | None = None,
+    catalog: Catalog | None = None,
+) -> Encoder:
+    """Load one subject's (and ROI's) NEST encoder from converted weights (no pickle).
+
+    Parameters are those of :func:`encode`.
+
+    Returns
+    -------
+    Encoder
+        The model in eval mode on the CPU, its preprocessing and its output's labels.
+    """
+    cat = catalog or default_catalog()
+    spec, rel = cat.resolve_weights(modality=modality, subject=subject, roi=roi)
+    root, options, _ = cat.location(location)
+    options = {**options, **(storage_options or {})}
+    attrs: dict[str, Any] = {"modality": spec.modality, "train_dataset": spec.train_dataset,
+                             "model": spec.model, "units": spec.units}
+    if spec.modality == "fmri":
+        from nest_data.encoders.fwrf import preprocess
+        from nest_data.encoders.weights import load_fwrf_folder
+
+        model, doc, voxels = load_fwrf_folder(join(root, rel), options)
+        attrs.update({"subject": doc["subject"], "roi": doc["roi"],
+                      **doc.get("voxel_attrs", {}),
+                      "source": "computed by nest-data's fwRF encoder (plain torch) from "
+                                "converted NEST weights",
+                      "weights_sha256": doc["weights_sha256"]})
+        return Encoder(model.eval(), preprocess, ("image", "voxel"), (model.n_voxels,),
+                       {name: (("voxel",), values) for name, values in voxels.items()},
+                       attrs, doc["weights_sha256"],
+                       {"modality": spec.modality, "train_dataset": spec.train_dataset,
+                        "model": spec.model, "subject": doc["subject"], "roi": doc["roi"]})
+    from nest_data.encoders.vit import EegModel, preprocess_imagenet
+    from nest_data.encoders.weights import load_backbone, load_eeg_folder
+
+    head, doc, maps = load_eeg_folder(join(root, rel), options)
+    backbone_url = os.fspath(backbone) if backbone is not None else (
+        os.environ.get(ENV_BACKBONE) or join(root, spec.backbone_path))
+    vit, vit_digest = load_backbone(backbone_url, options)
+    n_rep, n_ch, n_t = doc["shape"]
+    coords: dict[str, tuple[tuple[str, ...], np.ndarray]] = {
+        "repetition": (("repetition",), np.arange(1, n_rep + 1, dtype=np.int64)),
+        "channel": (("channel",), np.asarray(doc["channels"], dtype=object)),
+        "time": (("time",), np.asarray(doc["times"], dtype=np.float64))}
+    coords.update({name: (tuple(doc["coords"][name]), values) for name, values in maps.items()})
+    digest = bytes_digest(f"{doc['weights_sha256']}+{vit_digest}".encode())
+    attrs.update({"subject": doc["subject"],
+                  "source": "computed by nest-data's ViT-B/32 EEG encoder (plain torch) from "
+                            "converted NEST weights",
+                  "weights_sha256": doc["weights_sha256"], "backbone_sha256": vit_digest})
+    return Encoder(EegModel(vit, head).eval(), preprocess_imagenet,
+                   ("image", "repetition", "channel", "time"), (n_rep, n_ch, n_t), coords,
+                   attrs, digest,
+                   {"modality": spec.modality, "train_dataset": spec.train_dataset,
+                    "model": spec.model, "subject": doc["subject"]})
+
+
+def _eeg_selection(encoder: Encoder, channels: Sequence[str] | None, timepoints: Any
+                   ) -> dict[str, np.ndarray]:
+    """Indices for BERG's ``selection`` (channel names, a 140-long one-hot time mask)."""
+    if "channel" not in encoder.dims:
+        if channels is not None or timepoints is not None:
+            raise NestDataError("channels= and timepoints= select EEG outputs; for fMRI, "
+                                "choose the voxels with roi=")
+        return {}
+    out: dict[str, np.ndarray] = {}
+    names = list(encoder.coords["channel"][1])
+    if channels is not None:
+        wanted = [channels] if isinstance(channels, str) else list(channels)
+        unknown = [c for c in wanted if c not in names]
+        if unknown or not wanted:
+            raise NestDataError(f"unknown channel(s) {unknown or wanted}; valid: "
+                                + ", ".join(map(str, names)))
+        out["channel"] = np.asarray([names.index(c) for c in wanted])
+    if timepoints is not None:
+        n_t = encoder.row_shape[-1]
+        mask = np.asarray(timepoints)
+        if mask.dtype == bool or (mask.shape == (n_t,) and set(np.unique(mask)) <= {0, 1}
+                                  and mask.dtype.kind in "iu" and mask.sum() != n_t):
+            if mask.shape != (n_t,) or not mask.any():
+                raise NestDataError(f"timepoints= as a mask needs {n_t} values with at least "
+                                    f"one True (BERG's one-hot vector); got shape {mask.shape}")
+            out["time"] = np.flatnonzero(mask)
+        else:
+            index = mask.astype(np.int64).ravel()
+            if index.size == 0 or index.min() < 0 or index.max() >= n_t:
+                raise NestDataError(f"timepoints= indices must lie in 0..{n_t - 1}; got "
+                                    f"{mask.tolist()}")
+            out["time"] = index
+    return out
+
+
 def encode(
     images: Any,
     *,
     subject: int | str,
     roi: str | None = None,
     modality: str = "fmri",
+    channels: Sequence[str] | None = None,
+    timepoints: Any = None,
     image_ids: Sequence[str] | None = None,
     location: str | None = None,
     storage_options: Mapping[str, Any] | None = None,
+    backbone: str | os.PathLike[str] | None = None,
     batch_size: int = 16,
     device: str = "auto",
     cache: bool = True,
@@ -145,13 +284,19 @@ def encode(
     images : array, PIL image, path, or a list of them
         uint8 RGB images: an array ``(B, 3, H, W)`` or ``(B, H, W, 3)``, a list of
         ``(H, W, 3)``/``(3, H, W)`` arrays, PIL images or file paths.  Non-square images are
-        center-cropped to their shorter side; then the encoder's own preprocessing applies.
+        center-cropped to their shorter side; then the encoder's own preprocessing applies
+        (fMRI: resize to 227; EEG: ImageNet's resize to 256 and center crop 224).
     subject : int or str
-        Subject (1-8 for fMRI).
+        Subject (1-8 for fMRI, 1-10 for EEG).
     roi : str
         fMRI ROI; ``lateral`` and ``ventral`` run both halves of NEST's split encoder.
-    modality : {"fmri"}
-        Only the fMRI fwRF encoder is available so far.
+    modality : {"fmri", "eeg"}
+        ``"eeg"`` runs the THINGS-EEG2 ViT-B/32 encoder (no ``roi``).
+    channels : list of str, optional
+        EEG only: keep these channels (BERG's ``selection={'channels': [...]}``).
+    timepoints : array, optional
+        EEG only: a boolean (one-hot) mask over the 140 time points, as BERG's
+        ``selection={'timepoints': ...}``, or integer indices.
     image_ids : sequence of str, optional
         Labels of the images (default: a content hash of each image's pixels).
     location : str, optional
@@ -159,6 +304,10 @@ def encode(
         ``nest-data convert weights``); default lookup as in :func:`nest_data.open`.
     storage_options : dict, optional
         fsspec options, merged over the location's own.
+    backbone : path or URL, optional
+        EEG only: the converted ViT-B/32 weights (a folder from ``nest-data convert weights
+        --vit-b-32``, or a ``.safetensors`` state_dict).  Default: ``NEST_DATA_VIT_B_32``,
+        then the catalog's ``backbone_path`` under the location.
     batch_size : int
         Images per forward pass.
     device : str
@@ -172,60 +321,63 @@ def encode(
     Returns
     -------
     xarray.DataArray
-        ``responses`` with dims ``(image, voxel)``, float32, the voxel labels of the stored
-        entries (when the converted weights carry NEST's metadata) and ``image`` = the ids.
+        ``responses``, float32, with dims ``(image, voxel)`` and the voxel labels of the
+        stored entries, or ``(image, repetition, channel, time)`` with channel names, times
+        and accuracy maps (never squeezed, even for one image); ``image`` = the ids.
+
+    Raises
+    ------
+    NestDataError
+        Bad images, ids, selection, batch size or device; the message says what is valid.
+    StoreNotFoundError
+        No converted weights where the catalog says (the message says how to convert them).
+
+    Examples
+    --------
+    >>> import numpy as np, nest_data
+    >>> images = np.zeros((2, 64, 64, 3), "uint8")
+    >>> nest_data.encode(images, subject=1, roi="V1", location="/nowhere")
+    Traceback (most recent call last):
+    ...
+    nest_data.errors.StoreNotFoundError: no converted weights at /nowhere/weights/...
     """
-    import torch
-
-    from nest_data.encoders.fwrf import preprocess
-    from nest_data.encoders.weights import load_fwrf_folder
-
-    if modality != "fmri":
-        raise NestDataError(f"modality={modality!r}: only the fMRI fwRF encoder can encode "
-                            "images so far; use modality='fmri' with subject= and roi=")
     if batch_size < 1:
         raise NestDataError(f"batch_size must be a positive number of images, got {batch_size}")
-    cat = catalog or default_catalog()
-    spec, rel = cat.resolve_weights(modality=modality, subject=subject, roi=roi)
-    root, options, _ = cat.location(location)
-    model, doc, voxels = load_fwrf_folder(join(root, rel), {**options,
-                                                            **(storage_options or {})})
+    if modality not in ("fmri", "eeg"):
+        raise NestDataError(f"modality={modality!r}; encoders exist for 'fmri' (fwRF, with "
+                            "roi=) and 'eeg' (ViT-B/32)")
     arrays = as_images(images)
     hashes = [_content_hash(a) for a in arrays]
     ids = list(image_ids) if image_ids is not None else [h[:16] for h in hashes]
     if len(ids) != len(arrays):
         raise NestDataError(f"{len(ids)} image_ids for {len(arrays)} images; give one id per "
                             "image, or none to use content hashes")
-    out = np.empty((len(arrays), model.n_voxels), dtype=np.float32)
-    store = ResponseCache(doc["weights_sha256"]) if cache else None
+    encoder = load_encoder(subject=subject, roi=roi, modality=modality, location=location,
+                           storage_options=storage_options, backbone=backbone, catalog=catalog)
+    selection = _eeg_selection(encoder, channels, timepoints)
+    out = np.empty((len(arrays), *encoder.row_shape), dtype=np.float32)
+    store = ResponseCache(encoder.digest) if cache else None
     todo = []
     for index, image_hash in enumerate(hashes):
         cached = store.get(image_hash) if store is not None else None
-        if cached is not None and cached.shape == (model.n_voxels,):
+        if cached is not None and cached.shape == encoder.row_shape:
             out[index] = cached
         else:
             todo.append(index)
     target = _device(device)
-    model = model.to(target)
-    with torch.inference_mode():
-        for start in tqdm(range(0, len(todo), batch_size), desc="encoding", unit="batch",
-                          disable=not _config.show_progress(show_progress)):
-            rows = todo[start:start + batch_size]
-            batch = torch.cat([preprocess(torch.from_numpy(arrays[i])[None].to(target))
-                               for i in rows])
-            out[rows] = model(batch).float().cpu().numpy()
-            if store is not None:
-                for i in rows:
-                    store.put(hashes[i], out[i])
+    encoder.to(target)
+    for start in tqdm(range(0, len(todo), batch_size), desc="encoding", unit="batch",
+                      disable=not _config.show_progress(show_progress)):
+        rows = todo[start:start + batch_size]
+        out[rows] = encoder([arrays[i] for i in rows], target)
+        if store is not None:
+            for i in rows:
+                store.put(hashes[i], out[i])
+    logger.info("encoded %d images with %s sub-%02d %s on %s (%d from the cache)",
+                len(arrays), encoder.attrs["model"], encoder.attrs["subject"],
+                encoder.attrs.get("roi", ""), target, len(arrays) - len(todo))
     coords: dict[str, Any] = {"image": ("image", np.asarray(ids, dtype=object))}
-    coords.update({name: ("voxel", values) for name, values in voxels.items()})
-    attrs = {"modality": spec.modality, "train_dataset": spec.train_dataset,
-             "model": spec.model, "subject": doc["subject"], "roi": doc["roi"],
-             "units": spec.units, **doc.get("voxel_attrs", {}),
-             "source": "computed by nest-data's fwRF encoder (plain torch) from converted "
-                       "NEST weights", "weights_sha256": doc["weights_sha256"]}
-    logger.info("encoded %d images for sub-%02d %s on %s (%d from the cache)", len(arrays),
-                doc["subject"], doc["roi"], target, len(arrays) - len(todo))
-    return xr.DataArray(out, dims=("image", "voxel"), coords=coords, attrs=attrs,
-                        name="responses")
-
+    coords.update(encoder.coords)
+    da = xr.DataArray(out, dims=encoder.dims, coords=coords, attrs=dict(encoder.attrs),
+                      name="responses")
+    return da.isel(selection) if selection else da

@@ -36,14 +36,24 @@ __all__ = [
     "ROI_VOXELS_SUB01",
     "SPLIT_ROIS",
     "TIMES",
+    "VIT_B_32_FILE",
     "VOLUME_SHAPES",
+    "eeg_head_arrays",
+    "eeg_metadata_path",
+    "eeg_weight_paths",
     "fwrf_metadata_path",
     "fwrf_state_dicts",
     "fwrf_weight_paths",
     "ned_file_paths",
     "roi_voxel_count",
+    "test_images",
+    "vit_b_32_state_dict",
+    "write_eeg_weights",
     "write_fwrf_weights",
+    "write_image_folder",
+    "write_image_zarr",
     "write_ned",
+    "write_vit_b_32",
 ]
 
 #: The two root folder names NED used (release, creation scripts).
@@ -120,6 +130,7 @@ def write_ned(
     n_voxels: int | Mapping[str, int] | None = None,
     seed: int = 0,
     root_name: str = NED_ROOT_NAMES[0],
+    responses: Mapping[tuple[str, str, int, str | None], np.ndarray] | None = None,
     workers: int = 1,
     show_progress: bool | None = None,
 ) -> Path:
@@ -146,6 +157,11 @@ def write_ned(
         Seed of every value written.
     root_name : str
         One of :data:`NED_ROOT_NAMES`.
+    responses : dict, optional
+        Values to write instead of synthetic ones, keyed by ``(modality, imageset, subject,
+        roi)`` (``roi`` None for EEG); each array has the entry's shape, e.g. responses that
+        an encoder computed for the images of :func:`test_images`.  The metadata is written as
+        usual, so an fMRI array needs the entry's voxel count.
     workers : int
         Processes writing files in parallel.
     show_progress : bool, optional
@@ -179,9 +195,14 @@ def write_ned(
         else:
             raise ValueError(f"unknown modality {modality!r}; valid: fmri, eeg")
     counts = n_images if isinstance(n_images, Mapping) else dict.fromkeys(imagesets, n_images)
+    given = dict(responses or {})
+    unknown = set(given) - set(jobs)
+    if unknown:
+        raise ValueError(f"responses= names entries that are not written: {sorted(unknown)}")
     # Jobs of one subject and ROI go to the same worker, which computes their mask once.
     jobs.sort(key=lambda j: (j[0], j[2], j[3] or "", j[1]))
-    work = [(str(root), root_name, seed, job, counts[job[1]], n_voxels) for job in jobs]
+    work = [(str(root), root_name, seed, job, counts[job[1]], n_voxels, given.get(job))
+            for job in jobs]
     for _, outcome in run_jobs(_write_entry, work, workers=workers, desc="writing NED files",
                                unit="file", show_progress=show_progress,
                                chunksize=len(imagesets)):
@@ -192,9 +213,9 @@ def write_ned(
 
 
 def _write_entry(work: tuple[str, str, int, tuple[str, str, int, str | None], int,
-                             int | Mapping[str, int] | None]) -> None:
+                             int | Mapping[str, int] | None, np.ndarray | None]) -> None:
     """Write the ``.h5`` and ``.npy`` files of one entry."""
-    root, root_name, seed, (modality, imageset, subject, roi), n_images, n_voxels = work
+    root, root_name, seed, (modality, imageset, subject, roi), n_images, n_voxels, given = work
     h5, npy = ned_file_paths(root, modality, imageset, subject, roi, root_name)
     h5.parent.mkdir(parents=True, exist_ok=True)
     if modality == "fmri":
@@ -203,13 +224,23 @@ def _write_entry(work: tuple[str, str, int, tuple[str, str, int, str | None], in
               (n_voxels or {}).get(roi) or roi_voxel_count(subject, roi))
         meta = _fmri_metadata(seed, imageset, subject, roi, nv, n_images)
         loadings = _fmri_loadings(seed, subject, roi, meta["fmri"])
-        _write_h5(h5, n_images, (nv,),
-                  lambda a, b: _fmri_rows(seed, imageset, subject, roi, a, b, loadings))
+        row_shape: tuple[int, ...] = (nv,)
+        rows = functools.partial(_fmri_rows, seed, imageset, subject, roi, loadings=loadings)
     else:
         meta = _eeg_metadata(seed, imageset, subject, n_images)
-        _write_h5(h5, n_images, (4, 63, 140), lambda a, b: _eeg_rows(seed, imageset, subject,
-                                                                     a, b))
+        row_shape = (4, 63, 140)
+        rows = functools.partial(_eeg_rows, seed, imageset, subject)
+    if given is not None:
+        if given.shape != (n_images, *row_shape):
+            raise ValueError(f"responses for {modality} {imageset} sub-{subject:02d} {roi}: "
+                             f"shape {given.shape}, expected {(n_images, *row_shape)}")
+        rows = functools.partial(_given_rows, np.asarray(given, dtype=np.float32))
+    _write_h5(h5, n_images, row_shape, rows)
     np.save(npy, np.asarray(meta, dtype=object), allow_pickle=True)
+
+
+def _given_rows(values: np.ndarray, start: int, stop: int) -> np.ndarray:
+    return values[start:stop]
 
 
 # ------------------------------------------------------------------------------ values
@@ -523,3 +554,230 @@ def write_fwrf_weights(
     meta_path.parent.mkdir(parents=True, exist_ok=True)
     np.save(meta_path, np.asarray(meta, dtype=object), allow_pickle=True)
     return paths
+
+
+# ------------------------------------------------------------------------------ EEG weights
+
+#: File name of torchvision's ImageNet ViT-B/32 weights (IMAGENET1K_V1).
+VIT_B_32_FILE = "vit_b_32-d86f8d99.pth"
+_VIT_LAYERS, _VIT_HIDDEN, _VIT_MLP = 12, 768, 3072
+_EEG_FEATURES = 50 * _VIT_HIDDEN * _VIT_LAYERS  # 460,800
+
+
+def vit_b_32_state_dict(seed: int = 0) -> dict[str, np.ndarray]:
+    """Random ViT-B/32 weights in torchvision's ``vit_b_32`` key layout (152 keys, 88 M values).
+
+    Small ViT-style initialisation (normal, std 0.02-0.05; layer norms near 1), so features
+    stay finite and vary with the image.
+
+    Examples
+    --------
+    >>> sd = vit_b_32_state_dict()
+    >>> len(sd), sd["conv_proj.weight"].shape
+    (152, (768, 3, 32, 32))
+    """
+    rng = _rng(seed, "vit_b_32")
+
+    def normal(*shape: int, std: float = 0.02) -> np.ndarray:
+        return (rng.standard_normal(shape, dtype=np.float32) * np.float32(std))
+
+    h, m = _VIT_HIDDEN, _VIT_MLP
+    sd = {"conv_proj.weight": normal(h, 3, 32, 32), "conv_proj.bias": normal(h),
+          "class_token": normal(1, 1, h), "encoder.pos_embedding": normal(1, 50, h),
+          "encoder.ln.weight": 1 + normal(h), "encoder.ln.bias": normal(h),
+          "heads.head.weight": normal(1000, h), "heads.head.bias": normal(1000)}
+    for i in range(_VIT_LAYERS):
+        p = f"encoder.layers.encoder_layer_{i}."
+        sd.update({p + "ln_1.weight": 1 + normal(h), p + "ln_1.bias": normal(h),
+                   p + "self_attention.in_proj_weight": normal(3 * h, h, std=0.05),
+                   p + "self_attention.in_proj_bias": normal(3 * h),
+                   p + "self_attention.out_proj.weight": normal(h, h, std=0.05),
+                   p + "self_attention.out_proj.bias": normal(h),
+                   p + "ln_2.weight": 1 + normal(h), p + "ln_2.bias": normal(h),
+                   p + "mlp.0.weight": normal(m, h, std=0.05), p + "mlp.0.bias": normal(m),
+                   p + "mlp.3.weight": normal(h, m, std=0.05), p + "mlp.3.bias": normal(h)})
+    return sd
+
+
+def write_vit_b_32(path: str | os.PathLike[str], seed: int = 0) -> Path:
+    """Write :func:`vit_b_32_state_dict` as torchvision ships it: ``torch.save`` of a state_dict.
+
+    Needs torch.  The file (about 350 MB) stands in for torchvision's
+    ``vit_b_32-d86f8d99.pth``, which cannot be downloaded here.
+    """
+    import torch
+
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({k: torch.from_numpy(v) for k, v in vit_b_32_state_dict(seed).items()}, target)
+    return target
+
+
+def eeg_head_arrays(subject: int, *, n_components: int = 8, seed: int = 0,
+                    n_features: int = _EEG_FEATURES) -> dict[str, Any]:
+    """Random but valid EEG encoder parameters of one subject, in BERG's pickled-dict form.
+
+    ``{'scaler_param': {mean_, scale_, var_, n_samples_seen_}, 'pca_param': {components_
+    (n_components, n_features), mean_, explained_variance_, n_components_}, 'reg_param':
+    {'rep-1'..'rep-4': {coef_ (8820, n_components), intercept_ (8820,)}}}``.  The real files
+    have 250 components; tests use a few, which keeps them small (8 components: 15 MB).
+
+    Examples
+    --------
+    >>> w = eeg_head_arrays(1, n_components=3, n_features=10)
+    >>> w["pca_param"]["components_"].shape, w["reg_param"]["rep-4"]["coef_"].shape
+    ((3, 10), (8820, 3))
+    """
+    shared = _rng(seed, "eeg-head-shared")
+    scale = shared.uniform(0.5, 2.0, n_features)
+    components = shared.standard_normal((n_components, n_features), dtype=np.float32)
+    components /= np.sqrt(n_features, dtype=np.float32)
+    rng = _rng(seed, "eeg-head", subject)
+    reg = {f"rep-{r}": {"coef_": rng.normal(0, 1, (63 * 140, n_components)),
+                        "intercept_": rng.normal(0, 0.1, 63 * 140)} for r in range(1, 5)}
+    return {
+        "scaler_param": {"mean_": shared.normal(0, 0.5, n_features), "scale_": scale,
+                         "var_": scale**2, "n_samples_seen_": 16540},
+        "pca_param": {"components_": components, "mean_": shared.normal(0, 0.1, n_features),
+                      "explained_variance_": np.sort(shared.uniform(1, 10, n_components))[::-1],
+                      "n_components_": n_components},
+        "reg_param": reg,
+    }
+
+
+def _eeg_model_folder(root: str | os.PathLike[str]) -> Path:
+    return (Path(root) / "encoding_models" / "modality-eeg" / "train_dataset-things_eeg_2"
+            / "model-vit_b_32")
+
+
+def eeg_metadata_path(root: str | os.PathLike[str], subject: int) -> Path:
+    """NEST's (BERG-era) metadata file of one subject's EEG encoder."""
+    return _eeg_model_folder(root) / "metadata" / f"metadata_subject-{subject:02d}.npy"
+
+
+def eeg_weight_paths(root: str | os.PathLike[str], subject: int, layout: str = "berg"
+                     ) -> list[Path]:
+    """The EEG weight files of one subject: BERG's one file, or NED's three.
+
+    NED: the shared ``StandardScaler_param.npy`` and ``pca_param.npy`` and the subject's
+    ``LinearRegression_param_sub-{SS}.npy``.
+    """
+    folder = _eeg_model_folder(root) / "encoding_models_weights"
+    if layout == "berg":
+        return [folder / f"weights_subject-{subject:02d}.npy"]
+    if layout == "ned":
+        return [folder / "StandardScaler_param.npy", folder / "pca_param.npy",
+                folder / f"LinearRegression_param_sub-{subject:02d}.npy"]
+    raise ValueError(f"layout must be 'berg' or 'ned', not {layout!r}")
+
+
+def write_eeg_weights(
+    root: str | os.PathLike[str], subject: int, *, layout: str = "berg",
+    n_components: int = 8, seed: int = 0,
+) -> list[Path]:
+    """Write one subject's EEG encoder in NEST's original pickled ``.npy`` formats.
+
+    ``layout="berg"`` writes ``weights_subject-{SS}.npy`` (a dict of :func:`eeg_head_arrays`);
+    ``layout="ned"`` writes NED's shared ``StandardScaler_param.npy`` and ``pca_param.npy``
+    (with twice as many PCA components as the regressions use, as NED kept 1,000 and used
+    the first 250) and ``LinearRegression_param_sub-{SS}.npy`` (the ``rep-r`` blocks).  Both
+    layouts also get ``metadata_subject-{SS}.npy``: ``eeg{ch_names, times}`` and
+    ``encoding_models{correlation_averaged_repetitions, correlation_single_repetitions,
+    train_img_info, test_img_info}``.  The backbone is not part of NEST: see
+    :func:`write_vit_b_32`.
+
+    Returns
+    -------
+    list of pathlib.Path
+        The weight files written.
+    """
+    arrays = eeg_head_arrays(subject, n_components=n_components, seed=seed)
+    paths = eeg_weight_paths(root, subject, layout)
+    paths[0].parent.mkdir(parents=True, exist_ok=True)
+    if layout == "berg":
+        _save_pickle(paths[0], arrays)
+    else:
+        extra = eeg_head_arrays(subject, n_components=2 * n_components, seed=seed + 1)
+        pca = dict(arrays["pca_param"])
+        pca["components_"] = np.concatenate([pca["components_"],
+                                             extra["pca_param"]["components_"][n_components:]])
+        pca["n_components_"] = 2 * n_components
+        _save_pickle(paths[0], arrays["scaler_param"])
+        _save_pickle(paths[1], pca)
+        _save_pickle(paths[2], arrays["reg_param"])
+    ned = _eeg_metadata(seed, "things", subject, 1)
+    accuracy = ned["encoding_models"]["encoding_accuracy"]
+    meta = {"eeg": ned["eeg"], "encoding_models": {
+        "correlation_averaged_repetitions": accuracy["correlation_all_repetitions"],
+        "correlation_single_repetitions": accuracy["correlation_single_repetitions"],
+        "train_img_info": ned["encoding_models"]["train_test_things_image_splits"],
+        "test_img_info": {"test_img_files": ned["encoding_models"][
+            "train_test_things_image_splits"]["test_img_files"]}}}
+    meta_path = eeg_metadata_path(root, subject)
+    meta_path.parent.mkdir(parents=True, exist_ok=True)
+    _save_pickle(meta_path, meta)
+    return paths
+
+
+def _save_pickle(path: Path, obj: Any) -> None:
+    np.save(path, np.asarray(obj, dtype=object), allow_pickle=True)
+
+
+# ------------------------------------------------------------------------------ images
+
+
+def test_images(n: int, size: int | tuple[int, int] = 227, *, seed: int = 0) -> np.ndarray:
+    """``n`` smooth random uint8 RGB images ``(n, H, W, 3)`` (blobs and gradients, no noise).
+
+    Examples
+    --------
+    >>> test_images(2, (40, 60)).shape
+    (2, 40, 60, 3)
+    """
+    height, width = (size, size) if isinstance(size, int) else size
+    rng = _rng(seed, "images", n, height, width)
+    out = np.empty((n, height, width, 3), dtype=np.uint8)
+    for index in range(n):
+        walk = np.cumsum(np.cumsum(rng.normal(0, 1, (height, width, 3)), 0), 1)
+        lo, hi = walk.min(axis=(0, 1)), walk.max(axis=(0, 1))
+        out[index] = np.round((walk - lo) / (hi - lo) * 255)
+    return out
+
+
+test_images.__test__ = False  # type: ignore[attr-defined]  # not a pytest test
+
+
+def write_image_folder(folder: str | os.PathLike[str], images: np.ndarray,
+                       names: Iterable[str] | None = None) -> list[Path]:
+    """Write ``(n, H, W, 3)`` uint8 images as PNG files (lossless); needs pillow."""
+    from PIL import Image
+
+    target = Path(folder)
+    target.mkdir(parents=True, exist_ok=True)
+    stems = list(names) if names is not None else [f"image_{i:05d}" for i in range(len(images))]
+    paths = []
+    for stem, image in zip(stems, images, strict=True):
+        path = target / f"{stem}.png"
+        Image.fromarray(image).save(path)
+        paths.append(path)
+    return paths
+
+
+def write_image_zarr(url: str | os.PathLike[str], images: np.ndarray,
+                     ids: Iterable[str] | None = None, *, chunk_images: int = 8) -> str:
+    """Write images as a Zarr v3 group: ``images`` (n, H, W, 3) uint8 and ``image_id``.
+
+    This is the image-array input of ``nest-data generate``.
+    """
+    import zarr
+
+    group = zarr.open_group(os.fspath(url), mode="w", zarr_format=3)
+    array = group.create_array("images", shape=images.shape, dtype="uint8",
+                               chunks=(chunk_images, *images.shape[1:]),
+                               dimension_names=("image", "y", "x", "rgb"))
+    array[...] = images
+    if ids is not None:
+        values = np.asarray(list(ids), dtype=object)
+        group.create_array("image_id", shape=values.shape, dtype=str,
+                           dimension_names=("image",))[...] = values
+    return os.fspath(url)

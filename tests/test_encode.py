@@ -85,8 +85,12 @@ def test_bad_inputs_are_explained(weights_root: Path, images: np.ndarray) -> Non
         nest_data.encode("/no/such.png", subject=1, roi="V1", location=loc)
     with pytest.raises(nest_data.NestDataError, match="1 image_ids for 3 images"):
         nest_data.encode(images, subject=1, roi="V1", location=loc, image_ids=["a"])
-    with pytest.raises(nest_data.NestDataError, match="only the fMRI fwRF encoder"):
-        nest_data.encode(images, subject=1, modality="eeg", location=loc)
+    with pytest.raises(nest_data.NestDataError, match="modality='meg'; encoders exist for"):
+        nest_data.encode(images, subject=1, modality="meg", location=loc)
+    with pytest.raises(nest_data.NestDataError, match="channels= and timepoints= select EEG"):
+        nest_data.encode(images, subject=1, roi="V1", location=loc, channels=["Oz"])
+    with pytest.raises(nest_data.NestDataError, match="batch_size must be a positive"):
+        nest_data.encode(images, subject=1, roi="V1", location=loc, batch_size=0)
     with pytest.raises(nest_data.StoreNotFoundError, match="no converted weights at .*"
                                                            "sub-01_roi-FFA-1.*--trust-pickles"):
         nest_data.encode(images, subject=1, roi="FFA-1", location=loc)

@@ -9,32 +9,9 @@ torch = pytest.importorskip("torch")
 special = pytest.importorskip("scipy.special")
 
 from nest_data.encoders.vit import EegHead, EegModel, VitB32, preprocess_imagenet  # noqa: E402
+from nest_data.testing import vit_b_32_state_dict  # noqa: E402
 
 LAYERS = 12
-
-
-def vit_weights(seed: int = 0) -> dict[str, np.ndarray]:
-    """Random weights in torchvision's vit_b_32 key layout (ViT-style small init)."""
-    rng = np.random.default_rng(seed)
-
-    def normal(*shape: int, std: float = 0.02) -> np.ndarray:
-        return rng.normal(0, std, shape).astype(np.float32)
-
-    sd = {"conv_proj.weight": normal(768, 3, 32, 32), "conv_proj.bias": normal(768),
-          "class_token": normal(1, 1, 768), "encoder.pos_embedding": normal(1, 50, 768),
-          "encoder.ln.weight": 1 + normal(768), "encoder.ln.bias": normal(768),
-          "heads.head.weight": normal(1000, 768), "heads.head.bias": normal(1000)}
-    for i in range(LAYERS):
-        p = f"encoder.layers.encoder_layer_{i}."
-        sd.update({p + "ln_1.weight": 1 + normal(768), p + "ln_1.bias": normal(768),
-                   p + "self_attention.in_proj_weight": normal(2304, 768, std=0.05),
-                   p + "self_attention.in_proj_bias": normal(2304),
-                   p + "self_attention.out_proj.weight": normal(768, 768, std=0.05),
-                   p + "self_attention.out_proj.bias": normal(768),
-                   p + "ln_2.weight": 1 + normal(768), p + "ln_2.bias": normal(768),
-                   p + "mlp.0.weight": normal(3072, 768, std=0.05), p + "mlp.0.bias": normal(3072),
-                   p + "mlp.3.weight": normal(768, 3072, std=0.05), p + "mlp.3.bias": normal(768)})
-    return sd
 
 
 def _layer_norm(x: np.ndarray, w: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -88,7 +65,7 @@ def reference_head(features: np.ndarray, w: dict[str, np.ndarray]) -> np.ndarray
 
 @pytest.fixture(scope="module")
 def vit() -> tuple[VitB32, dict[str, np.ndarray]]:
-    sd = vit_weights()
+    sd = vit_b_32_state_dict()
     return VitB32.from_state_dict({k: torch.from_numpy(v) for k, v in sd.items()}), sd
 
 

@@ -9,6 +9,7 @@ from typing import Any
 
 import fsspec
 import numpy as np
+import torch
 from safetensors.torch import load as load_safetensors
 
 from nest_data._catalog import Catalog
@@ -16,14 +17,15 @@ from nest_data._catalog import catalog as default_catalog
 from nest_data._digest import bytes_digest
 from nest_data._storage import is_local, join, local_path, validate_storage_options
 from nest_data.encoders.fwrf import FwrfModel
-from nest_data.errors import ChecksumError, StoreNotFoundError
+from nest_data.encoders.vit import EegHead, VitB32
+from nest_data.errors import ChecksumError, NestDataError, StoreNotFoundError
 
 logger = logging.getLogger("nest_data")
 
 WEIGHTS_FILE = "weights.safetensors"
 MODEL_FILE = "model.json"
 
-__all__ = ["load_fwrf", "load_fwrf_folder"]
+__all__ = ["load_backbone", "load_eeg_folder", "load_fwrf", "load_fwrf_folder"]
 
 
 def _read(url: str, options: Mapping[str, Any]) -> bytes:
@@ -33,6 +35,25 @@ def _read(url: str, options: Mapping[str, Any]) -> bytes:
     validate_storage_options(url, options)
     with fsspec.open(url, "rb", **options) as f:
         return bytes(f.read())
+
+
+def _read_folder(url: str, storage_options: Mapping[str, Any] | None
+                 ) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """``model.json`` and the tensors of a converted weights folder, checksum checked."""
+    options = dict(storage_options or {})
+    try:
+        doc = json.loads(_read(join(url, MODEL_FILE), options))
+    except FileNotFoundError as exc:
+        raise StoreNotFoundError(
+            f"no converted weights at {url} ({MODEL_FILE} is missing). Convert NEST's weights "
+            "with `nest-data convert weights SRC DEST` (add --trust-pickles for fMRI, "
+            "--vit-b-32 FILE for the EEG backbone), then point location= at DEST") from exc
+    data = _read(join(url, WEIGHTS_FILE), options)
+    digest = bytes_digest(data)
+    if digest != doc.get("weights_sha256"):
+        raise ChecksumError(f"{join(url, WEIGHTS_FILE)} has checksum {digest}, recorded "
+                            f"{doc.get('weights_sha256')}; re-convert the weights")
+    return doc, load_safetensors(data)
 
 
 def load_fwrf_folder(url: str, storage_options: Mapping[str, Any] | None = None
@@ -51,20 +72,7 @@ def load_fwrf_folder(url: str, storage_options: Mapping[str, Any] | None = None
     ChecksumError
         The weights file differs from the one the converter wrote.
     """
-    options = dict(storage_options or {})
-    try:
-        doc = json.loads(_read(join(url, MODEL_FILE), options))
-    except FileNotFoundError as exc:
-        raise StoreNotFoundError(
-            f"no converted weights at {url} ({MODEL_FILE} is missing). Convert NEST's weights "
-            "with `nest-data convert weights SRC DEST --trust-pickles`, then point location= "
-            "at DEST") from exc
-    data = _read(join(url, WEIGHTS_FILE), options)
-    digest = bytes_digest(data)
-    if digest != doc.get("weights_sha256"):
-        raise ChecksumError(f"{join(url, WEIGHTS_FILE)} has checksum {digest}, recorded "
-                            f"{doc.get('weights_sha256')}; re-convert the weights")
-    tensors = load_safetensors(data)
+    doc, tensors = _read_folder(url, storage_options)
     parts = []
     for part in range(1, len(doc["parts"]) + 1):
         enc = {k.split(".", 2)[2]: v for k, v in tensors.items()
@@ -112,3 +120,60 @@ def load_fwrf(
                  doc["n_voxels"])
     return model
 
+
+
+def load_eeg_folder(url: str, storage_options: Mapping[str, Any] | None = None
+                    ) -> tuple[EegHead, dict[str, Any], dict[str, np.ndarray]]:
+    """Load one subject's converted EEG head (scaler, PCA, regressions).
+
+    Returns the head, its ``model.json`` (channel names, times) and the accuracy maps
+    (name -> array over ``(channel, time)`` or ``(repetition, channel, time)``; their dims
+    are ``model.json["coords"]``).
+
+    Raises
+    ------
+    StoreNotFoundError, ChecksumError
+        As :func:`load_fwrf_folder`.
+    """
+    doc, tensors = _read_folder(url, storage_options)
+    _, n_ch, n_t = doc["shape"]
+    head = EegHead(tensors["scaler.mean_"], tensors["scaler.scale_"], tensors["pca.components_"],
+                   tensors["pca.mean_"], tensors["reg.coef_"], tensors["reg.intercept_"],
+                   channels=n_ch, times=n_t)
+    coords = {k.split(".", 1)[1]: v.numpy() for k, v in tensors.items()
+              if k.startswith("coord.")}
+    return head.eval(), doc, coords
+
+
+def load_backbone(url: str, storage_options: Mapping[str, Any] | None = None
+                  ) -> tuple[VitB32, str]:
+    """Load the ViT-B/32 backbone: a converted folder or a ``.safetensors`` state_dict file.
+
+    Returns the model (eval mode) and the SHA-256 of its weights file.
+
+    Raises
+    ------
+    NestDataError
+        ``url`` is a torch pickle (``.pth``/``.pt``), which nest-data never loads outside
+        the converter, or its tensors are not torchvision's ``vit_b_32`` layout.
+    StoreNotFoundError, ChecksumError
+        As :func:`load_fwrf_folder`.
+    """
+    convert = ("convert it once with `nest-data convert weights --vit-b-32 FILE DEST` and "
+               "give the folder it writes (or DEST as location=)")
+    if url.endswith((".pth", ".pt")):
+        raise NestDataError(f"{url} is a torch pickle; nest-data only loads safetensors when "
+                            f"encoding: {convert}")
+    if url.endswith(".safetensors"):
+        try:
+            data = _read(url, dict(storage_options or {}))
+        except FileNotFoundError as exc:
+            raise StoreNotFoundError(f"no ViT-B/32 weights file at {url}; {convert}") from exc
+        tensors, digest = load_safetensors(data), bytes_digest(data)
+    else:
+        doc, tensors = _read_folder(url, storage_options)
+        digest = doc["weights_sha256"]
+    try:
+        return VitB32.from_state_dict(tensors), digest
+    except ValueError as exc:
+        raise NestDataError(f"{url}: {exc}; give torchvision's vit_b_32 weights") from exc
