@@ -137,3 +137,29 @@ def test_open_with_images_encodes(weights_root: Path, images: np.ndarray) -> Non
                        match=r"imageset= \(pre-generated responses\) or images= \(computed "
                              r"on the fly\), not both"):
         nest_data.open(images=images[:1], imageset="things", subject=1, roi="V1", location=loc)
+
+
+def test_encode_reproduces_pregenerated_responses(weights_root: Path, tmp_path: Path) -> None:
+    """A NED set whose responses the NumPy reference computed: encode gives the stored values.
+
+    The images are 227 px, so NEST's resize is the identity and the reference needs only /255.
+    """
+    from nest_data.converters import convert_ned
+    from nest_data.testing import test_images, write_ned
+
+    images = test_images(4, 227, seed=9)
+    x = images.transpose(0, 3, 1, 2) / 255.0
+    expected = reference_responses(x, *random_weights(1350, 0 + 1000 + 1))
+    ned = write_ned(tmp_path, modalities=["fmri"], subjects=[1], rois=["V1"],
+                    imagesets=["nsd"], n_images=4,
+                    responses={("fmri", "nsd", 1, "V1"): expected}, show_progress=False)
+    convert_ned(ned, tmp_path / "stores", show_progress=False)
+    stored = nest_data.open(imageset="nsd", subject=1, roi="V1", location=str(tmp_path / "stores"))
+    got = nest_data.open(subject=1, roi="V1", images=images, location=str(weights_root))
+    assert got.dims == stored.dims and got.shape == stored.shape == (4, 1350)
+    np.testing.assert_allclose(got.values, stored.values, rtol=2e-4, atol=2e-5)
+    np.testing.assert_array_equal(got.ncsnr.values, stored.ncsnr.values)
+    with pytest.raises(ValueError, match=r"shape \(4, 7\), expected \(4, 1350\)"):
+        write_ned(tmp_path / "bad", modalities=["fmri"], subjects=[1], rois=["V1"],
+                  imagesets=["nsd"], n_images=4, show_progress=False,
+                  responses={("fmri", "nsd", 1, "V1"): np.zeros((4, 7))})
