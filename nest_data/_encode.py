@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import copy
+import functools
 import hashlib
+import json
 import logging
 import os
 import uuid
@@ -24,7 +27,8 @@ from nest_data.errors import NestDataError
 
 logger = logging.getLogger("nest_data")
 
-__all__ = ["ENV_BACKBONE", "Encoder", "ResponseCache", "as_images", "encode", "load_encoder"]
+__all__ = ["ENV_BACKBONE", "Encoder", "EncoderSource", "ResponseCache", "as_images", "encode",
+           "load_encoder"]
 
 #: Environment variable naming the converted ViT-B/32 backbone (folder or .safetensors).
 ENV_BACKBONE = "NEST_DATA_VIT_B_32"
@@ -159,6 +163,87 @@ class Encoder:
             return np.asarray(self.model(batch).float().cpu().numpy(), dtype=np.float32)
 
 
+@dataclass(frozen=True)
+class EncoderSource:
+    """Where one encoder's converted weights are: resolved once, loadable in any process.
+
+    Built by :meth:`resolve` from catalog keys; :meth:`load` reads the weights (and is
+    cached per process, so dask tasks on one worker share one loaded model).
+    """
+
+    modality: str
+    train_dataset: str
+    model: str
+    units: str
+    weights_url: str
+    backbone_url: str = ""
+    options_json: str = "{}"
+
+    @classmethod
+    def resolve(
+        cls, *, subject: int | str, roi: str | None = None, modality: str = "fmri",
+        location: str | None = None, storage_options: Mapping[str, Any] | None = None,
+        backbone: str | os.PathLike[str] | None = None, catalog: Catalog | None = None,
+    ) -> EncoderSource:
+        """Find the weights of one subject's (and ROI's) encoder through the catalog."""
+        cat = catalog or default_catalog()
+        spec, rel = cat.resolve_weights(modality=modality, subject=subject, roi=roi)
+        root, options, _ = cat.location(location)
+        options = {**options, **(storage_options or {})}
+        backbone_url = ""
+        if spec.modality == "eeg":
+            backbone_url = os.fspath(backbone) if backbone is not None else (
+                os.environ.get(ENV_BACKBONE) or join(root, spec.backbone_path))
+        return cls(spec.modality, spec.train_dataset, spec.model, spec.units, join(root, rel),
+                   backbone_url, json.dumps(options, sort_keys=True, default=str))
+
+    def load(self) -> Encoder:
+        """The encoder on the CPU (a fresh copy of this process's cached one)."""
+        return copy.copy(_load_cached(self))
+
+
+@functools.lru_cache(maxsize=2)
+def _load_cached(source: EncoderSource) -> Encoder:
+    options = json.loads(source.options_json)
+    keys = {"modality": source.modality, "train_dataset": source.train_dataset,
+            "model": source.model}
+    attrs: dict[str, Any] = {**keys, "units": source.units}
+    if source.modality == "fmri":
+        from nest_data.encoders.fwrf import preprocess
+        from nest_data.encoders.weights import load_fwrf_folder
+
+        model, doc, voxels = load_fwrf_folder(source.weights_url, options)
+        keys.update({"subject": doc["subject"], "roi": doc["roi"]})
+        attrs.update({"subject": doc["subject"], "roi": doc["roi"],
+                      **doc.get("voxel_attrs", {}),
+                      "source": "computed by nest-data's fwRF encoder (plain torch) from "
+                                "converted NEST weights",
+                      "weights_sha256": doc["weights_sha256"]})
+        return Encoder(model.eval(), preprocess, ("image", "voxel"), (model.n_voxels,),
+                       {name: (("voxel",), values) for name, values in voxels.items()},
+                       attrs, doc["weights_sha256"], keys)
+    from nest_data.encoders.vit import EegModel, preprocess_imagenet
+    from nest_data.encoders.weights import load_backbone, load_eeg_folder
+
+    head, doc, maps = load_eeg_folder(source.weights_url, options)
+    vit, vit_digest = load_backbone(source.backbone_url, options)
+    n_rep, n_ch, n_t = doc["shape"]
+    coords: dict[str, tuple[tuple[str, ...], np.ndarray]] = {
+        "repetition": (("repetition",), np.arange(1, n_rep + 1, dtype=np.int64)),
+        "channel": (("channel",), np.asarray(doc["channels"], dtype=object)),
+        "time": (("time",), np.asarray(doc["times"], dtype=np.float64))}
+    coords.update({name: (tuple(doc["coords"][name]), values) for name, values in maps.items()})
+    digest = bytes_digest(f"{doc['weights_sha256']}+{vit_digest}".encode())
+    keys["subject"] = doc["subject"]
+    attrs.update({"subject": doc["subject"],
+                  "source": "computed by nest-data's ViT-B/32 EEG encoder (plain torch) from "
+                            "converted NEST weights",
+                  "weights_sha256": doc["weights_sha256"], "backbone_sha256": vit_digest})
+    return Encoder(EegModel(vit, head).eval(), preprocess_imagenet,
+                   ("image", "repetition", "channel", "time"), (n_rep, n_ch, n_t), coords,
+                   attrs, digest, keys)
+
+
 def load_encoder(
     *,
     subject: int | str,
@@ -171,57 +256,25 @@ def load_encoder(
 ) -> Encoder:
     """Load one subject's (and ROI's) NEST encoder from converted weights (no pickle).
 
-    Parameters are those of :func:`encode`.
+    Parameters are those of :func:`encode`.  Loaded weights are kept per process (two
+    encoders at most), so asking again reads nothing; the weights' checksums are checked
+    when they are read.
 
     Returns
     -------
     Encoder
-        The model in eval mode on the CPU, its preprocessing and its output's labels.
+        The model in eval mode, its preprocessing and its output's labels.
+
+    Examples
+    --------
+    >>> load_encoder(subject=1, roi="V1", location="/nowhere")
+    Traceback (most recent call last):
+    ...
+    nest_data.errors.StoreNotFoundError: no converted weights at /nowhere/weights/...
     """
-    cat = catalog or default_catalog()
-    spec, rel = cat.resolve_weights(modality=modality, subject=subject, roi=roi)
-    root, options, _ = cat.location(location)
-    options = {**options, **(storage_options or {})}
-    attrs: dict[str, Any] = {"modality": spec.modality, "train_dataset": spec.train_dataset,
-                             "model": spec.model, "units": spec.units}
-    if spec.modality == "fmri":
-        from nest_data.encoders.fwrf import preprocess
-        from nest_data.encoders.weights import load_fwrf_folder
-
-        model, doc, voxels = load_fwrf_folder(join(root, rel), options)
-        attrs.update({"subject": doc["subject"], "roi": doc["roi"],
-                      **doc.get("voxel_attrs", {}),
-                      "source": "computed by nest-data's fwRF encoder (plain torch) from "
-                                "converted NEST weights",
-                      "weights_sha256": doc["weights_sha256"]})
-        return Encoder(model.eval(), preprocess, ("image", "voxel"), (model.n_voxels,),
-                       {name: (("voxel",), values) for name, values in voxels.items()},
-                       attrs, doc["weights_sha256"],
-                       {"modality": spec.modality, "train_dataset": spec.train_dataset,
-                        "model": spec.model, "subject": doc["subject"], "roi": doc["roi"]})
-    from nest_data.encoders.vit import EegModel, preprocess_imagenet
-    from nest_data.encoders.weights import load_backbone, load_eeg_folder
-
-    head, doc, maps = load_eeg_folder(join(root, rel), options)
-    backbone_url = os.fspath(backbone) if backbone is not None else (
-        os.environ.get(ENV_BACKBONE) or join(root, spec.backbone_path))
-    vit, vit_digest = load_backbone(backbone_url, options)
-    n_rep, n_ch, n_t = doc["shape"]
-    coords: dict[str, tuple[tuple[str, ...], np.ndarray]] = {
-        "repetition": (("repetition",), np.arange(1, n_rep + 1, dtype=np.int64)),
-        "channel": (("channel",), np.asarray(doc["channels"], dtype=object)),
-        "time": (("time",), np.asarray(doc["times"], dtype=np.float64))}
-    coords.update({name: (tuple(doc["coords"][name]), values) for name, values in maps.items()})
-    digest = bytes_digest(f"{doc['weights_sha256']}+{vit_digest}".encode())
-    attrs.update({"subject": doc["subject"],
-                  "source": "computed by nest-data's ViT-B/32 EEG encoder (plain torch) from "
-                            "converted NEST weights",
-                  "weights_sha256": doc["weights_sha256"], "backbone_sha256": vit_digest})
-    return Encoder(EegModel(vit, head).eval(), preprocess_imagenet,
-                   ("image", "repetition", "channel", "time"), (n_rep, n_ch, n_t), coords,
-                   attrs, digest,
-                   {"modality": spec.modality, "train_dataset": spec.train_dataset,
-                    "model": spec.model, "subject": doc["subject"]})
+    return EncoderSource.resolve(subject=subject, roi=roi, modality=modality,
+                                 location=location, storage_options=storage_options,
+                                 backbone=backbone, catalog=catalog).load()
 
 
 def _eeg_selection(encoder: Encoder, channels: Sequence[str] | None, timepoints: Any
@@ -334,6 +387,8 @@ def encode(
 
     Examples
     --------
+    With weights converted by ``nest-data convert weights`` under ``location``:
+
     >>> import numpy as np, nest_data
     >>> images = np.zeros((2, 64, 64, 3), "uint8")
     >>> nest_data.encode(images, subject=1, roi="V1", location="/nowhere")
