@@ -88,6 +88,30 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     return 0 if report.ok else 1
 
 
+def _cmd_generate(args: argparse.Namespace) -> int:
+    from nest_data._generate import generate
+
+    kwargs = {"imageset": args.imageset, "subject": args.subject, "roi": args.roi,
+              "modality": args.modality, "location": args.location, "backbone": args.backbone,
+              "storage_options": _options(args.storage_option),
+              "chunk_images": args.chunk_images, "batch_size": args.batch_size,
+              "device": args.device, "show_progress": _progress(args)}
+    if args.scheduler or args.workers:
+        from distributed import Client, LocalCluster
+
+        if args.scheduler:
+            with Client(args.scheduler) as client:
+                url = generate(args.images, args.dest, client=client, **kwargs)
+        else:
+            with LocalCluster(n_workers=args.workers, threads_per_worker=1,
+                              dashboard_address=None) as cluster, Client(cluster) as client:
+                url = generate(args.images, args.dest, client=client, **kwargs)
+    else:
+        url = generate(args.images, args.dest, **kwargs)
+    print(url)
+    return 0
+
+
 def _cmd_mirror(args: argparse.Namespace) -> int:
     from nest_data._mirror import mirror
 
@@ -186,6 +210,26 @@ def _parser() -> argparse.ArgumentParser:
     verify.add_argument("root", help="a local folder or a remote URL")
     verify.add_argument("--storage-option", action="append", metavar="KEY=VALUE")
     verify.set_defaults(func=_cmd_verify)
+
+    gen = sub.add_parser("generate", help="encode a folder or Zarr array of images into a new "
+                                          "store (resumable; on dask)")
+    gen.add_argument("images", help="folder of images, or a Zarr array/group of uint8 images")
+    gen.add_argument("dest", help="root to write the store into")
+    gen.add_argument("--imageset", required=True, help="name of the new image set")
+    gen.add_argument("--subject", required=True, type=int)
+    gen.add_argument("--roi", help="fMRI ROI")
+    gen.add_argument("--modality", default="fmri", choices=["fmri", "eeg"])
+    gen.add_argument("--location", help="location (name or URL) holding converted weights")
+    gen.add_argument("--backbone", help="converted ViT-B/32 weights for EEG (default: the "
+                                        "location's, or NEST_DATA_VIT_B_32)")
+    gen.add_argument("--storage-option", action="append", metavar="KEY=VALUE")
+    gen.add_argument("--chunk-images", type=int, help="images per stored chunk and per task")
+    gen.add_argument("--batch-size", type=int, default=16)
+    gen.add_argument("--device", default="auto")
+    gen.add_argument("--workers", type=int, default=0,
+                     help="run on a local dask cluster of this many worker processes")
+    gen.add_argument("--scheduler", help="address of a running dask scheduler")
+    gen.set_defaults(func=_cmd_generate)
 
     mirror = sub.add_parser("mirror", help="copy a subset of a location to a local folder")
     mirror.add_argument("dest", help="local folder to copy into")

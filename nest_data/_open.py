@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -24,7 +25,7 @@ from nest_data.errors import AmbiguousKeyError, StoreNotFoundError
 
 logger = logging.getLogger("nest_data")
 
-__all__ = ["open", "open_many", "open_metadata"]
+__all__ = ["open", "open_many", "open_metadata", "open_store"]
 
 #: Stored chunks per dask task for remote stores (local stores: one).
 REMOTE_CHUNKS_PER_TASK = 8
@@ -221,14 +222,23 @@ def _open_dataset(
     group: str | None, *, cache: bool | None, verify: bool | None, load_labels: bool,
 ) -> xr.Dataset:
     url, options, loc_name = entry_url(cat, entry, location)
-    options = {**options, **(storage_options or {})}
+    try:
+        ds = _open_url(url, {**options, **(storage_options or {})}, chunks, group,
+                       cache=cache, verify=verify, load_labels=load_labels)
+    except StoreNotFoundError as exc:
+        raise StoreNotFoundError(_missing_message(entry, url, loc_name)) from exc
+    logger.debug("opened %s from %s", entry.label, url)
+    return ds
+
+
+def _open_url(
+    url: str, options: Mapping[str, Any], chunks: Mapping[str, int] | None, group: str | None,
+    *, cache: bool | None, verify: bool | None, load_labels: bool,
+) -> xr.Dataset:
     use_cache = _config.flag(cache, _config.ENV_CACHE) and not is_local(url)
     store = make_store(url, options, read_only=True, cache=ChunkCache() if use_cache else None,
                        verify=_config.flag(verify, _config.ENV_VERIFY))
-    try:
-        meta = read_store_attrs(store)
-    except StoreNotFoundError as exc:
-        raise StoreNotFoundError(_missing_message(entry, url, loc_name)) from exc
+    meta = read_store_attrs(store)
     store = store.with_manifest(meta.get("objects", {}))
     if chunks is None:
         chunks = {}
@@ -247,8 +257,49 @@ def _open_dataset(
         loaded = sync(_read_arrays(store, [f"{group}/{n}" if group else n for n in lazy]))
         ds = ds.assign_coords({name: (ds[name].dims, values, ds[name].attrs)
                                for name, values in zip(lazy, loaded, strict=True)})
-    logger.debug("opened %s from %s", entry.label, url)
     return ds
+
+
+def open_store(
+    url: str | os.PathLike[str],
+    *,
+    storage_options: Mapping[str, Any] | None = None,
+    chunks: Mapping[str, int] | None = None,
+    cache: bool | None = None,
+    verify: bool | None = None,
+    load_labels: bool = True,
+) -> xr.DataArray:
+    """Open one nest-data store by its URL, whatever catalog it belongs to.
+
+    For stores outside the catalog's image sets, such as those ``nest-data generate`` writes
+    for your own images.  The options are those of :func:`open`.
+
+    Parameters
+    ----------
+    url : path or URL
+        The store (a ``.zarr`` folder or an fsspec URL).
+
+    Returns
+    -------
+    xarray.DataArray
+        ``responses``, lazy and labelled as in :func:`open`.
+
+    Raises
+    ------
+    StoreNotFoundError
+        No complete nest-data store at ``url``.
+
+    Examples
+    --------
+    >>> import nest_data
+    >>> url = nest_data.catalog().location("demo")[0] + "/" + nest_data.catalog().resolve(
+    ...     imageset="things", subject=1, roi="V1").path
+    >>> nest_data.open_store(url).dims
+    ('image', 'voxel')
+    """
+    ds = _open_url(os.fspath(url), dict(storage_options or {}), chunks, None, cache=cache,
+                   verify=verify, load_labels=load_labels)
+    return ds[DATA_VAR]
 
 
 async def _read_arrays(store: NestStore, names: list[str]) -> list[np.ndarray]:

@@ -64,10 +64,14 @@ __all__ = [
     "DATA_VAR",
     "EntryData",
     "array_digest",
+    "begin_stage",
     "chunk_rows",
     "commit",
+    "finish_stage",
     "object_digests",
     "read_store_attrs",
+    "row_nbytes",
+    "scan_rows",
     "staging",
     "store_exists",
     "verify_store",
@@ -269,33 +273,68 @@ def write_entry(
         The ``nest_data`` attribute written to the group (keys, fingerprint, a SHA-256 of
         every array's values and of every stored object).
     """
-    row_nbytes = int(np.prod(data.shape[1:], dtype=np.int64)) * np.dtype(data.dtype).itemsize
-    rows = chunk_rows(row_nbytes, data.shape[0], chunk_bytes)
+    rows = chunk_rows(row_nbytes(data), data.shape[0], chunk_bytes)
     with staging(root, path) as stage:
-        memory = _skeleton(data, rows)
-        sync(_dump(memory, stage))
+        memory = begin_stage(data, stage, rows)
         responses = zarr.open_array(stage, path=DATA_VAR, mode="r+", zarr_format=3)
-        checksums: dict[str, str] = {name: array_digest(np.asarray(values))
-                                     for name, (_, values, _) in data.coords.items()}
-        checksums[DATA_VAR], nan_count = _stream_rows(data, responses, rows)
-        for name, values in data.aux.items():
-            checksums[f"{AUX_GROUP}/{name}"] = array_digest(values)
-        objects = object_digests(stage)
-        meta = {
-            "format_version": FORMAT_VERSION,
-            "keys": data.keys,
-            "fingerprint": data.fingerprint,
-            "checksums": checksums,
-            "objects": objects,
-            "chunk_rows": rows,
-            "complete": True,
-        }
-        sync(_finish(memory, meta, {"sha256": checksums[DATA_VAR], "nan_count": nan_count}))
-        sync(_dump(memory, stage, metadata_only=True))
+        digest, nan_count = _stream_rows(data, responses, rows)
+        meta = finish_stage(memory, stage, data, rows, digest, nan_count)
         commit(stage, root, path, storage_options)
     logger.debug("wrote %s (%d objects, chunks of %d images)", join(root, path),
-                 len(objects), rows)
+                 len(meta["objects"]), rows)
     return meta
+
+
+def row_nbytes(data: EntryData) -> int:
+    """Bytes of one image's responses."""
+    return int(np.prod(data.shape[1:], dtype=np.int64)) * np.dtype(data.dtype).itemsize
+
+
+def begin_stage(data: EntryData, stage: Path, rows: int) -> MemoryStore:
+    """Write every array of the store but the values of ``responses`` into ``stage``.
+
+    Returns the in-memory skeleton that :func:`finish_stage` completes.  Writing the
+    skeleton again into a stage that already holds chunks leaves them alone.
+    """
+    memory = _skeleton(data, rows)
+    sync(_dump(memory, stage))
+    return memory
+
+
+def finish_stage(memory: MemoryStore, stage: Path, data: EntryData, rows: int,
+                 response_digest: str, nan_count: int) -> dict[str, Any]:
+    """Record the checksums of a staged store whose ``responses`` are all written.
+
+    Returns the ``nest_data`` attribute written (the stage is then ready for :func:`commit`).
+    """
+    checksums: dict[str, str] = {name: array_digest(np.asarray(values))
+                                 for name, (_, values, _) in data.coords.items()}
+    checksums[DATA_VAR] = response_digest
+    for name, values in data.aux.items():
+        checksums[f"{AUX_GROUP}/{name}"] = array_digest(values)
+    meta = {
+        "format_version": FORMAT_VERSION,
+        "keys": data.keys,
+        "fingerprint": data.fingerprint,
+        "checksums": checksums,
+        "objects": object_digests(stage),
+        "chunk_rows": rows,
+        "complete": True,
+    }
+    sync(_finish(memory, meta, {"sha256": response_digest, "nan_count": nan_count}))
+    sync(_dump(memory, stage, metadata_only=True))
+    return meta
+
+
+def scan_rows(array: zarr.Array, rows: int) -> tuple[str, int]:
+    """SHA-256 of an array's values (as :func:`array_digest`) and its NaN count, by chunks."""
+    whole = hashlib.sha256()
+    nan_count = 0
+    for start in range(0, array.shape[0], rows):
+        block = np.ascontiguousarray(array[start:start + rows])
+        whole.update(block.data)
+        nan_count += int(np.count_nonzero(np.isnan(block)))
+    return "sha256:" + whole.hexdigest(), nan_count
 
 
 def _skeleton(data: EntryData, rows: int) -> MemoryStore:

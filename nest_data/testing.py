@@ -758,6 +758,7 @@ def write_image_folder(folder: str | os.PathLike[str], images: np.ndarray,
     paths = []
     for stem, image in zip(stems, images, strict=True):
         path = target / f"{stem}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
         Image.fromarray(image).save(path)
         paths.append(path)
     return paths

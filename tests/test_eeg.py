@@ -220,3 +220,18 @@ def test_cli_converts_eeg_weights_without_trust_flag(tmp_path: Path) -> None:
     assert doc["layout"] == "berg" and doc["n_components"] == 2
     assert doc["channels"] == list(CHANNELS) and len(doc["times"]) == 140
     assert main(["convert", "weights", str(tmp_path / "out2")]) == 2  # nothing to convert
+
+
+def test_generate_an_eeg_store(eeg_root: Path, images: np.ndarray,
+                               expected: dict[int, np.ndarray], tmp_path: Path) -> None:
+    from nest_data.testing import write_image_zarr
+
+    write_image_zarr(tmp_path / "imgs.zarr", images, ["a", "b", "c"], chunk_images=2)
+    url = nest_data.generate(tmp_path / "imgs.zarr", tmp_path / "out", imageset="mine",
+                             subject=1, modality="eeg", location=str(eeg_root), chunk_images=2)
+    assert url.endswith("modality-eeg/train_dataset-things_eeg_2/model-vit_b_32/"
+                        "imageset-mine/sub-01.zarr")
+    da = nest_data.open_store(url)
+    assert da.dims == ("image", "repetition", "channel", "time") and da.shape == (3, 4, 63, 140)
+    assert list(da.image_id.values) == ["a", "b", "c"] and list(da.channel.values) == list(CHANNELS)
+    np.testing.assert_allclose(da.values, expected[1], rtol=1e-3, atol=2e-3)

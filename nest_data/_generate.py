@@ -1,0 +1,393 @@
+"""Encoding a whole image set into a new store, chunk by chunk on dask, resumably.
+
+``generate`` turns a folder of images, or a Zarr array of images, into a nest-data store of
+the standard layout: the same ``responses`` array, coordinates and checksums as a converted
+NED entry, under the catalog's path for the given image set name.  One dask task encodes one
+stored chunk of images and writes it straight into a staging folder, then records it as done
+in a small marker file (written atomically).  A run that is interrupted leaves the staging
+folder, whose name is derived from the job (destination, weights, images, chunking); running
+the same job again encodes only the chunks without a marker, then checksums the store and
+renames it into place.  Nothing in the output depends on when or in how many attempts it was
+written, so a resumed run ends bit-identical to an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import dask
+import numpy as np
+import zarr
+from dask.callbacks import Callback
+from tqdm.auto import tqdm
+
+from nest_data import _config
+from nest_data._catalog import Catalog, Entry
+from nest_data._catalog import catalog as default_catalog
+from nest_data._digest import bytes_digest
+from nest_data._encode import EncoderSource, _device, as_images
+from nest_data._storage import is_local, join, local_path
+from nest_data._store import (
+    DATA_VAR,
+    STAGING_DIR,
+    EntryData,
+    array_digest,
+    begin_stage,
+    chunk_rows,
+    commit,
+    finish_stage,
+    read_store_attrs,
+    scan_rows,
+    store_exists,
+)
+from nest_data.errors import NestDataError
+
+logger = logging.getLogger("nest_data")
+
+__all__ = ["IMAGE_SUFFIXES", "generate"]
+
+#: File name suffixes read as images from a folder (case-insensitive).
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
+_STATE = "generate.json"
+
+
+# ------------------------------------------------------------------------------ image sources
+
+
+@dataclass(frozen=True)
+class _Images:
+    """Where a job's images are: files in a folder, or a Zarr array; picklable for tasks."""
+
+    kind: str  # "folder" or "zarr"
+    url: str
+    names: tuple[str, ...] = ()  # folder: relative paths, in row order
+    array_path: str = ""  # zarr: path of the image array inside the group
+    channels_last: bool = True
+
+    def __len__(self) -> int:
+        return len(self.names) if self.kind == "folder" else int(self._array().shape[0])
+
+    def _array(self) -> zarr.Array:
+        node = zarr.open(self.url, mode="r", path=self.array_path or None)
+        assert isinstance(node, zarr.Array)
+        return node
+
+    def read(self, start: int, stop: int) -> list[np.ndarray]:
+        """Images ``start:stop`` as square uint8 ``(3, S, S)`` arrays."""
+        if self.kind == "folder":
+            return as_images([os.path.join(self.url, n) for n in self.names[start:stop]])
+        block = np.asarray(self._array()[start:stop])
+        return as_images(block if self.channels_last else block.transpose(0, 2, 3, 1))
+
+
+def _open_images(source: str | os.PathLike[str]) -> tuple[_Images, np.ndarray, dict[str, Any]]:
+    """The image source, the image ids, and a fingerprint of the source."""
+    path = os.fspath(source)
+    if is_local(path) and Path(local_path(path)).is_dir() and not _is_zarr(path):
+        folder = Path(local_path(path))
+        files = sorted(p for p in folder.rglob("*")
+                       if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+        if not files:
+            raise NestDataError(f"{folder} holds no image files ({', '.join(IMAGE_SUFFIXES)}); "
+                                "give a folder of images or a Zarr array of uint8 images")
+        names = tuple(p.relative_to(folder).as_posix() for p in files)
+        listing = [[n, p.stat().st_size, p.stat().st_mtime_ns] for n, p in zip(names, files,
+                                                                                strict=True)]
+        fingerprint = {"kind": "folder", "path": folder.as_posix(), "n_images": len(names),
+                       "listing_sha256": bytes_digest(json.dumps(listing).encode())}
+        return _Images("folder", folder.as_posix(), names), np.asarray(names, dtype=object), \
+            fingerprint
+    try:
+        node = zarr.open(path, mode="r")
+    except Exception as exc:
+        raise NestDataError(f"{path} is neither a folder of images nor a Zarr array or group "
+                            f"of images ({type(exc).__name__}: {exc})") from exc
+    array_path, ids = "", None
+    if isinstance(node, zarr.Group):
+        if "images" not in node:
+            raise NestDataError(f"the Zarr group {path} has no 'images' array (it has "
+                                f"{sorted(node.keys())}); write images (n, H, W, 3) uint8 there")
+        array_path = "images"
+        if "image_id" in node:
+            labels = node["image_id"]
+            assert isinstance(labels, zarr.Array)
+            ids = np.asarray(labels[...], dtype=object)
+        node = node["images"]
+    assert isinstance(node, zarr.Array)
+    shape = tuple(int(s) for s in node.shape)
+    if node.dtype != np.uint8 or len(shape) != 4 or 3 not in (shape[1], shape[3]):
+        raise NestDataError(f"{path}: images are {node.dtype} {shape}; expected uint8 "
+                            "(n, H, W, 3) or (n, 3, H, W)")
+    n = shape[0]
+    if ids is None:
+        ids = np.asarray([f"{i:06d}" for i in range(n)], dtype=object)
+    elif len(ids) != n:
+        raise NestDataError(f"{path}: image_id has {len(ids)} values for {n} images")
+    fingerprint = {"kind": "zarr", "path": path, "shape": list(shape),
+                   "metadata_sha256": bytes_digest(json.dumps(node.metadata.to_dict(),
+                                                              sort_keys=True,
+                                                              default=str).encode())}
+    return (_Images("zarr", path, array_path=array_path, channels_last=shape[3] == 3), ids,
+            fingerprint)
+
+
+def _is_zarr(path: str) -> bool:
+    return (Path(local_path(path)) / "zarr.json").is_file()
+
+
+# ------------------------------------------------------------------------------ the job
+
+
+@dataclass(frozen=True)
+class _Job:
+    """Everything a task needs (picklable): encoder, images, staging folder, chunking."""
+
+    source: EncoderSource
+    images: _Images
+    stage: str
+    progress: str
+    rows: int
+    n_images: int
+    batch_size: int
+    device: str
+
+
+def _encode_chunk(job: _Job, index: int) -> dict[str, Any]:
+    """Encode stored chunk ``index`` into the staging folder; then mark it done."""
+    start, stop = index * job.rows, min((index + 1) * job.rows, job.n_images)
+    encoder = job.source.load()
+    device = _device(job.device)
+    encoder.to(device)
+    images = job.images.read(start, stop)
+    values = np.empty((stop - start, *encoder.row_shape), dtype=np.float32)
+    for a in range(0, len(images), job.batch_size):
+        values[a:a + job.batch_size] = encoder(images[a:a + job.batch_size], device)
+    array = zarr.open_array(job.stage, path=DATA_VAR, mode="r+", zarr_format=3)
+    with zarr.config.set({"array.write_empty_chunks": True}):
+        array[start:stop] = values
+    marker = {"chunk": index, "rows": [start, stop], "sha256": array_digest(values),
+              "nan_count": int(np.count_nonzero(np.isnan(values)))}
+    tmp = Path(job.progress) / f".tmp-{uuid.uuid4().hex}"
+    tmp.write_text(json.dumps(marker))
+    os.replace(tmp, Path(job.progress) / f"{index}.json")  # the chunk is complete on disk
+    return marker
+
+
+class _TqdmCallback(Callback):
+    """A tqdm bar over the tasks of a local dask computation."""
+
+    def __init__(self, bar: tqdm) -> None:
+        super().__init__()
+        self.bar = bar
+
+    def _posttask(self, key: Any, result: Any, dsk: Any, state: Any, worker_id: Any) -> None:
+        if isinstance(result, dict) and "chunk" in result:
+            self.bar.update(1)
+
+
+def _run(job: _Job, todo: list[int], show_progress: bool | None, client: Any) -> None:
+    tasks = [dask.delayed(_encode_chunk, pure=False)(job, i) for i in todo]
+    bar = tqdm(total=len(todo), desc="generating", unit="chunk",
+               disable=not _config.show_progress(show_progress))
+    with bar:
+        if client is None:
+            client = _current_client()
+        if client is not None:
+            from distributed import as_completed
+
+            for future in as_completed(client.compute(tasks)):
+                future.result()  # raises the task's error here
+                bar.update(1)
+        else:
+            # Threads would run several torch models at once on the same cores; torch
+            # already uses them all, so tasks run one after another here.
+            with _TqdmCallback(bar):
+                dask.compute(*tasks, scheduler="threads", num_workers=1)
+
+
+def _current_client() -> Any:
+    try:
+        from distributed import get_client
+    except ImportError:
+        return None
+    try:
+        return get_client()
+    except ValueError:
+        return None
+
+
+def generate(
+    images: str | os.PathLike[str],
+    dest: str | os.PathLike[str],
+    *,
+    imageset: str,
+    subject: int | str,
+    roi: str | None = None,
+    modality: str = "fmri",
+    location: str | None = None,
+    storage_options: Mapping[str, Any] | None = None,
+    backbone: str | os.PathLike[str] | None = None,
+    chunk_images: int | None = None,
+    batch_size: int = 16,
+    device: str = "auto",
+    client: Any = None,
+    show_progress: bool | None = None,
+    catalog: Catalog | None = None,
+) -> str:
+    """Encode a whole image set into a new store of the standard layout, on dask.
+
+    Parameters
+    ----------
+    images : path or URL
+        A folder of image files (searched recursively, in sorted order of their relative
+        paths, which become the ``image_id`` labels), or a Zarr array of uint8 images
+        ``(n, H, W, 3)`` or ``(n, 3, H, W)``, or a Zarr group holding such an array as
+        ``images`` (and optionally the labels as ``image_id``).
+    dest : path or URL
+        Root to write the store into, at the catalog's path for ``imageset``.
+    imageset : str
+        Name of the new image set (e.g. ``"my_stimuli"``); part of the store's path and keys.
+    subject, roi, modality, location, storage_options, backbone
+        The encoder, as for :func:`nest_data.encode`.
+    chunk_images : int, optional
+        Images per stored chunk, which is also one dask task (default: about 8 MB of
+        responses, as for converted stores).
+    batch_size : int
+        Images per forward pass inside a task.
+    device : str
+        ``"auto"``, ``"cpu"`` or ``"cuda"``, on the machine that runs each task.
+    client : distributed.Client, optional
+        Run the tasks on this cluster (default: the active client if there is one, else one
+        task at a time in this process).  Workers must see ``dest``'s staging folder (for a
+        remote ``dest``: ``<cache dir>/staging``) and the images.
+    show_progress : bool, optional
+        Progress bar over chunks.
+
+    Returns
+    -------
+    str
+        The URL of the new store; open it with :func:`nest_data.open_store`.
+
+    Raises
+    ------
+    NestDataError
+        No images, unreadable images, or bad arguments (the message says what is valid).
+    StoreNotFoundError
+        No converted weights for the encoder.
+
+    Examples
+    --------
+    >>> import tempfile, nest_data
+    >>> nest_data.generate(tempfile.mkdtemp(), tempfile.mkdtemp(), imageset="mine",
+    ...                    subject=1, roi="V1")
+    Traceback (most recent call last):
+    ...
+    nest_data.errors.NestDataError: /tmp/... holds no image files (.png, .jpg, ...
+    """
+    if batch_size < 1 or (chunk_images is not None and chunk_images < 1):
+        raise NestDataError(f"batch_size ({batch_size}) and chunk_images ({chunk_images}) must "
+                            "be positive numbers of images")
+    if not imageset or "/" in imageset or imageset != imageset.strip():
+        raise NestDataError(f"imageset={imageset!r}: give a short name without '/' (it becomes "
+                            "part of the store's path)")
+    cat = catalog or default_catalog()
+    source = EncoderSource.resolve(subject=subject, roi=roi, modality=modality,
+                                   location=location, storage_options=storage_options,
+                                   backbone=backbone, catalog=cat)
+    encoder = source.load()
+    spec, _ = cat.resolve_weights(modality=modality, subject=subject, roi=roi)
+    entry = Entry.of(spec, imageset, int(encoder.keys["subject"]), encoder.keys.get("roi"))
+    reader, ids, fingerprint = _open_images(images)
+    n = len(ids)
+    data = _entry_data(entry, encoder, ids, fingerprint, source)
+    row_bytes = int(np.prod(encoder.row_shape)) * 4
+    rows = chunk_images or chunk_rows(row_bytes, n)
+    job_id = bytes_digest(json.dumps([entry.path, encoder.digest, fingerprint, rows, str(dest)],
+                                     sort_keys=True).encode()).removeprefix("sha256:")[:16]
+    url = join(dest, entry.path)
+    if store_exists(dest, entry.path, storage_options) and _fingerprint(
+            url, storage_options) == data.fingerprint:
+        logger.info("%s is up to date", url)
+        return url
+    stage, progress = _stage_folders(dest, job_id, entry.path)
+    state = {"job": job_id, "store": entry.path, "dest": str(dest), "n_images": n, "rows": rows}
+    resumed = (stage / _STATE).is_file() and json.loads((stage / _STATE).read_text()) == state
+    if not resumed:
+        shutil.rmtree(stage, ignore_errors=True)
+        shutil.rmtree(progress, ignore_errors=True)
+    progress.mkdir(parents=True, exist_ok=True)
+    memory = begin_stage(data, stage, rows)
+    (stage / _STATE).write_text(json.dumps(state))
+    n_chunks = -(-n // rows)
+    done = {int(p.stem) for p in progress.glob("*.json")}
+    todo = [i for i in range(n_chunks) if i not in done]
+    logger.info("generating %s: %d images in %d chunks (%d done before)", entry.label, n,
+                n_chunks, len(done))
+    job = _Job(source, reader, stage.as_posix(), progress.as_posix(), rows, n, batch_size,
+               device)
+    _run(job, todo, show_progress, client)
+    (stage / _STATE).unlink()
+    responses = zarr.open_array(stage, path=DATA_VAR, mode="r", zarr_format=3)
+    digest, nan_count = scan_rows(responses, rows)
+    finish_stage(memory, stage, data, rows, digest, nan_count)
+    commit(stage, dest, entry.path, storage_options)
+    shutil.rmtree(stage, ignore_errors=True)
+    shutil.rmtree(progress, ignore_errors=True)
+    logger.info("wrote %s", url)
+    return url
+
+
+def _fingerprint(url: str, storage_options: Mapping[str, Any] | None) -> Any:
+    from nest_data._storage import make_store
+
+    store = make_store(url, dict(storage_options or {}), read_only=True)
+    return read_store_attrs(store).get("fingerprint")
+
+
+def _stage_folders(dest: str | os.PathLike[str], job_id: str, path: str) -> tuple[Path, Path]:
+    """The job's staging folder (named after the job, so a rerun finds it) and its markers."""
+    parent = (Path(local_path(dest)) / STAGING_DIR if is_local(dest)
+              else _config.cache_dir() / "staging")
+    name = f"generate-{job_id}-{Path(path).name}"
+    return parent / name, parent / f"{name}.progress"
+
+
+def _entry_data(entry: Entry, encoder: Any, ids: np.ndarray, fingerprint: dict[str, Any],
+                source: EncoderSource) -> EntryData:
+    n = len(ids)
+    coords: dict[str, tuple[tuple[str, ...], np.ndarray, dict[str, Any]]] = {
+        "image": (("image",), np.arange(n, dtype=np.int64),
+                  {"description": f"row index into the {entry.imageset} image set"}),
+        "image_id": (("image",), np.asarray(ids, dtype=object),
+                     {"description": "file path relative to the image folder, or the image "
+                                     "array's image_id"}),
+    }
+    coords.update({name: (dims, values, {}) for name, (dims, values) in encoder.coords.items()})
+    attrs = {k: v for k, v in entry.key.items() if v is not None}
+    attrs.update({k: v for k, v in encoder.attrs.items() if k not in attrs})
+    attrs["title"] = f"NEST in silico {entry.modality} responses: {entry.label}"
+    from nest_data import __version__
+
+    attrs["provenance"] = {
+        "generator": f"nest-data {__version__} (nest_data.generate)",
+        "images": fingerprint,
+        "weights": source.weights_url, "backbone": source.backbone_url or None,
+        "encoder_sha256": encoder.digest,
+        "note": "no creation time is recorded, so a resumed run is bit-identical to an "
+                "uninterrupted one",
+    }
+
+    def never(start: int, stop: int) -> np.ndarray:
+        raise AssertionError("generate writes responses from dask tasks")
+
+    return EntryData(dims=encoder.dims, shape=(n, *encoder.row_shape), read_rows=never,
+                     coords=coords, attrs=attrs, keys=entry.key,
+                     fingerprint={"images": fingerprint, "encoder_sha256": encoder.digest})
