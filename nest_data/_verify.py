@@ -10,6 +10,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import fsspec
+from fsspec.implementations.http import HTTPFileSystem
 from tqdm.auto import tqdm
 
 from nest_data import _config
@@ -75,7 +77,9 @@ def verify(
     ----------
     root : path or URL
         Root of a collection (the DEST of ``nest-data convert``, a mirror, a bucket prefix).
-        Local roots are searched for stores; remote roots are checked at every catalog path.
+        Local roots and listable remote roots (S3, GCS, ...) are searched for stores,
+        including ones outside the catalog (``nest-data generate``); HTTP roots, which cannot
+        be listed, are checked at every catalog path.
     storage_options : dict, optional
         fsspec options for a remote root.
     show_progress : bool, optional
@@ -102,8 +106,11 @@ def verify(
         base = Path(local_path(root_text))
         labels = [str(p.relative_to(base)) for p in find_stores(base)]
     else:
-        cat = catalog or default_catalog()
-        labels = [e.path for e in cat if store_exists(root_text, e.path, options)]
+        listed = _remote_stores(root_text, options)
+        if listed is None:  # no listing (HTTP): probe every catalog path
+            cat = catalog or default_catalog()
+            listed = [e.path for e in cat if store_exists(root_text, e.path, options)]
+        labels = listed
     if not labels:
         raise StoreNotFoundError(f"no nest-data stores under {root_text}; give the root of a "
                                  "collection written by `nest-data convert` or `nest-data demo`")
@@ -115,3 +122,20 @@ def verify(
     logger.info("verified %d stores under %s: %d problem(s)", len(labels), root_text,
                 len(problems))
     return VerifyReport(len(labels), problems)
+
+
+def _remote_stores(root: str, options: Mapping[str, Any]) -> list[str] | None:
+    """Relative paths of the stores (``*.zarr`` with a root ``zarr.json``) under a remote root.
+
+    None when the file system cannot list (HTTP).  Staging folders are skipped.
+    """
+    fs, base = fsspec.core.url_to_fs(root, **dict(options))
+    if isinstance(fs, HTTPFileSystem):
+        return None
+    base = base.rstrip("/")
+    found = []
+    for path in fs.find(base):
+        rel = path[len(base):].strip("/")
+        if rel.endswith(".zarr/zarr.json") and STAGING_DIR not in rel:
+            found.append(rel.removesuffix("/zarr.json"))
+    return sorted(found)

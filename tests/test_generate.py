@@ -105,8 +105,9 @@ def test_killed_run_resumes_bit_identical(weights: Path, tmp_path: Path,
     env = {**os.environ, "NEST_DATA_PROGRESS": "0"}
     child = subprocess.Popen(
         [sys.executable, "-c", "import sys; from nest_data._cli import main; "
-         "sys.exit(main(sys.argv[1:]))", "--no-progress", "generate", *args[:1], str(tmp_path / "killed"),
-         *args[1:]], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+         "sys.exit(main(sys.argv[1:]))", "--no-progress", "generate", *args[:1],
+         str(tmp_path / "killed"), *args[1:]],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     staging = tmp_path / "killed" / ".nest-data-staging"
     deadline = time.monotonic() + 120
     try:

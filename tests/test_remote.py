@@ -385,3 +385,30 @@ def test_mirror_resumes_inside_an_entry(chunked: Path, tmp_path: Path) -> None:
     assert fetched == ["/root/" + key]
     assert report.copied == ["fmri/nsd/fwrf things sub-01 V1"]
     assert nest_data.verify(tmp_path).ok
+
+
+def test_weights_and_generated_stores_on_s3(tmp_path: Path) -> None:
+    """Weights converted straight to S3 encode like local ones; generate writes to S3 too."""
+    pytest.importorskip("torch")
+    from nest_data.converters.weights import convert_weights
+    from nest_data.testing import test_images, write_fwrf_weights, write_image_folder
+
+    write_fwrf_weights(tmp_path / "nest", 1, "V1", n_voxels=12)
+    convert_weights(tmp_path / "nest", tmp_path / "local", trust_pickles=True)
+    images = test_images(5, 48, seed=1)
+    write_image_folder(tmp_path / "imgs", images)
+    with S3Server() as server:
+        opts = dict(server.storage_options)
+        convert_weights(tmp_path / "nest", server.url, trust_pickles=True, storage_options=opts)
+        remote = nest_data.encode(images, subject=1, roi="V1", location=server.url,
+                                  storage_options=opts, cache=False)
+        local = nest_data.encode(images, subject=1, roi="V1", location=str(tmp_path / "local"),
+                                 cache=False)
+        np.testing.assert_array_equal(remote.values, local.values)
+        assert remote.attrs["weights_sha256"] == local.attrs["weights_sha256"]
+        url = nest_data.generate(tmp_path / "imgs", server.url, imageset="mine", subject=1,
+                                 roi="V1", location=server.url, storage_options=opts,
+                                 chunk_images=2)
+        generated = nest_data.open_store(url, storage_options=opts)
+        np.testing.assert_allclose(generated.values, local.values, rtol=1e-5, atol=1e-6)
+        assert nest_data.verify(server.url, storage_options=opts).ok
