@@ -56,7 +56,7 @@ __all__ = ["IMAGE_SUFFIXES", "generate"]
 
 #: File name suffixes read as images from a folder (case-insensitive).
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
-_STATE = "generate.json"
+_STATE = "job.state"  # in the progress folder; its presence means the skeleton is staged
 
 
 # ------------------------------------------------------------------------------ image sources
@@ -313,19 +313,21 @@ def generate(
     job_id = bytes_digest(json.dumps([entry.path, encoder.digest, fingerprint, rows, str(dest)],
                                      sort_keys=True).encode()).removeprefix("sha256:")[:16]
     url = join(dest, entry.path)
+    stage, progress = _stage_folders(dest, job_id, entry.path)
     if store_exists(dest, entry.path, storage_options) and _fingerprint(
             url, storage_options) == data.fingerprint:
         logger.info("%s is up to date", url)
-        return url
-    stage, progress = _stage_folders(dest, job_id, entry.path)
-    state = {"job": job_id, "store": entry.path, "dest": str(dest), "n_images": n, "rows": rows}
-    resumed = (stage / _STATE).is_file() and json.loads((stage / _STATE).read_text()) == state
-    if not resumed:
         shutil.rmtree(stage, ignore_errors=True)
+        shutil.rmtree(progress, ignore_errors=True)
+        return url
+    state = {"job": job_id, "store": entry.path, "dest": str(dest), "n_images": n, "rows": rows}
+    state_file = progress / _STATE
+    if not (state_file.is_file() and json.loads(state_file.read_text()) == state):
+        shutil.rmtree(stage, ignore_errors=True)  # a fresh job, or one killed while staging
         shutil.rmtree(progress, ignore_errors=True)
     progress.mkdir(parents=True, exist_ok=True)
     memory = begin_stage(data, stage, rows)
-    (stage / _STATE).write_text(json.dumps(state))
+    state_file.write_text(json.dumps(state))
     n_chunks = -(-n // rows)
     done = {int(p.stem) for p in progress.glob("*.json")}
     todo = [i for i in range(n_chunks) if i not in done]
@@ -334,7 +336,6 @@ def generate(
     job = _Job(source, reader, stage.as_posix(), progress.as_posix(), rows, n, batch_size,
                device)
     _run(job, todo, show_progress, client)
-    (stage / _STATE).unlink()
     responses = zarr.open_array(stage, path=DATA_VAR, mode="r", zarr_format=3)
     digest, nan_count = scan_rows(responses, rows)
     finish_stage(memory, stage, data, rows, digest, nan_count)
