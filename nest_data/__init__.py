@@ -13,19 +13,29 @@ from __future__ import annotations
 import logging
 from importlib.metadata import PackageNotFoundError, version
 
-from nest_data._analysis import roi_mean, top_images
+from nest_data._analysis import (
+    roi_mean,
+    roi_means,
+    rsa,
+    rsa_matrix,
+    rsm,
+    top_images,
+    univariate_rnc,
+)
 from nest_data._cache import ChunkCache
 from nest_data._catalog import Catalog, Entry, Location, catalog
 from nest_data._demo import build_demo, plot_roi_summary, run_demo
 from nest_data._encode import encode
+from nest_data._generate import generate
 from nest_data._mirror import mirror
-from nest_data._open import open, open_many, open_metadata
+from nest_data._open import open, open_many, open_metadata, open_store
 from nest_data._verify import verify
 from nest_data.errors import (
     AmbiguousKeyError,
     CatalogError,
     ChecksumError,
     ConversionError,
+    InputError,
     LocationError,
     NestDataError,
     RemoteReadError,
@@ -49,6 +59,7 @@ __all__ = [
     "ChunkCache",
     "ConversionError",
     "Entry",
+    "InputError",
     "Location",
     "LocationError",
     "NestDataError",
@@ -60,13 +71,20 @@ __all__ = [
     "build_demo",
     "catalog",
     "encode",
+    "generate",
     "mirror",
     "open",
     "open_many",
     "open_metadata",
+    "open_store",
     "plot_roi_summary",
     "roi_mean",
+    "roi_means",
+    "rsa",
+    "rsa_matrix",
+    "rsm",
     "run_demo",
     "top_images",
+    "univariate_rnc",
     "verify",
 ]

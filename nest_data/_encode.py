@@ -23,7 +23,7 @@ from nest_data._catalog import Catalog
 from nest_data._catalog import catalog as default_catalog
 from nest_data._digest import bytes_digest
 from nest_data._storage import join
-from nest_data.errors import NestDataError
+from nest_data.errors import InputError
 
 logger = logging.getLogger("nest_data")
 
@@ -34,8 +34,8 @@ __all__ = ["ENV_BACKBONE", "Encoder", "EncoderSource", "ResponseCache", "as_imag
 ENV_BACKBONE = "NEST_DATA_VIT_B_32"
 
 
-def _image_error(index: int, what: str) -> NestDataError:
-    return NestDataError(
+def _image_error(index: int, what: str) -> InputError:
+    return InputError(
         f"image {index}: {what}. Give uint8 RGB images as an array (B, 3, H, W) or "
         "(B, H, W, 3), a list of such (H, W, 3) arrays, PIL images, or image file paths; "
         "float images in [0, 1] can be converted with (x * 255).round().astype('uint8')."
@@ -129,7 +129,7 @@ def _device(device: str) -> Any:
     try:
         return torch.device(device)
     except RuntimeError as exc:
-        raise NestDataError(f"unknown device {device!r}; use 'auto', 'cpu' or 'cuda'") from exc
+        raise InputError(f"unknown device {device!r}; use 'auto', 'cpu' or 'cuda'") from exc
 
 
 @dataclass
@@ -282,7 +282,7 @@ def _eeg_selection(encoder: Encoder, channels: Sequence[str] | None, timepoints:
     """Indices for BERG's ``selection`` (channel names, a 140-long one-hot time mask)."""
     if "channel" not in encoder.dims:
         if channels is not None or timepoints is not None:
-            raise NestDataError("channels= and timepoints= select EEG outputs; for fMRI, "
+            raise InputError("channels= and timepoints= select EEG outputs; for fMRI, "
                                 "choose the voxels with roi=")
         return {}
     out: dict[str, np.ndarray] = {}
@@ -291,7 +291,7 @@ def _eeg_selection(encoder: Encoder, channels: Sequence[str] | None, timepoints:
         wanted = [channels] if isinstance(channels, str) else list(channels)
         unknown = [c for c in wanted if c not in names]
         if unknown or not wanted:
-            raise NestDataError(f"unknown channel(s) {unknown or wanted}; valid: "
+            raise InputError(f"unknown channel(s) {unknown or wanted}; valid: "
                                 + ", ".join(map(str, names)))
         out["channel"] = np.asarray([names.index(c) for c in wanted])
     if timepoints is not None:
@@ -300,13 +300,13 @@ def _eeg_selection(encoder: Encoder, channels: Sequence[str] | None, timepoints:
         if mask.dtype == bool or (mask.shape == (n_t,) and set(np.unique(mask)) <= {0, 1}
                                   and mask.dtype.kind in "iu" and mask.sum() != n_t):
             if mask.shape != (n_t,) or not mask.any():
-                raise NestDataError(f"timepoints= as a mask needs {n_t} values with at least "
+                raise InputError(f"timepoints= as a mask needs {n_t} values with at least "
                                     f"one True (BERG's one-hot vector); got shape {mask.shape}")
             out["time"] = np.flatnonzero(mask)
         else:
             index = mask.astype(np.int64).ravel()
             if index.size == 0 or index.min() < 0 or index.max() >= n_t:
-                raise NestDataError(f"timepoints= indices must lie in 0..{n_t - 1}; got "
+                raise InputError(f"timepoints= indices must lie in 0..{n_t - 1}; got "
                                     f"{mask.tolist()}")
             out["time"] = index
     return out
@@ -380,7 +380,7 @@ def encode(
 
     Raises
     ------
-    NestDataError
+    InputError
         Bad images, ids, selection, batch size or device; the message says what is valid.
     StoreNotFoundError
         No converted weights where the catalog says (the message says how to convert them).
@@ -397,15 +397,15 @@ def encode(
     nest_data.errors.StoreNotFoundError: no converted weights at /nowhere/weights/...
     """
     if batch_size < 1:
-        raise NestDataError(f"batch_size must be a positive number of images, got {batch_size}")
+        raise InputError(f"batch_size must be a positive number of images, got {batch_size}")
     if modality not in ("fmri", "eeg"):
-        raise NestDataError(f"modality={modality!r}; encoders exist for 'fmri' (fwRF, with "
+        raise InputError(f"modality={modality!r}; encoders exist for 'fmri' (fwRF, with "
                             "roi=) and 'eeg' (ViT-B/32)")
     arrays = as_images(images)
     hashes = [_content_hash(a) for a in arrays]
     ids = list(image_ids) if image_ids is not None else [h[:16] for h in hashes]
     if len(ids) != len(arrays):
-        raise NestDataError(f"{len(ids)} image_ids for {len(arrays)} images; give one id per "
+        raise InputError(f"{len(ids)} image_ids for {len(arrays)} images; give one id per "
                             "image, or none to use content hashes")
     encoder = load_encoder(subject=subject, roi=roi, modality=modality, location=location,
                            storage_options=storage_options, backbone=backbone, catalog=catalog)

@@ -26,14 +26,13 @@ from typing import Any
 import dask
 import numpy as np
 import zarr
-from dask.callbacks import Callback
-from tqdm.auto import tqdm
 
 from nest_data import _config
 from nest_data._catalog import Catalog, Entry
 from nest_data._catalog import catalog as default_catalog
 from nest_data._digest import bytes_digest
 from nest_data._encode import EncoderSource, _device, as_images
+from nest_data._progress import compute
 from nest_data._storage import is_local, join, local_path
 from nest_data._store import (
     DATA_VAR,
@@ -48,7 +47,7 @@ from nest_data._store import (
     scan_rows,
     store_exists,
 )
-from nest_data.errors import NestDataError
+from nest_data.errors import InputError
 
 logger = logging.getLogger("nest_data")
 
@@ -96,7 +95,7 @@ def _open_images(source: str | os.PathLike[str]) -> tuple[_Images, np.ndarray, d
         files = sorted(p for p in folder.rglob("*")
                        if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
         if not files:
-            raise NestDataError(f"{folder} holds no image files ({', '.join(IMAGE_SUFFIXES)}); "
+            raise InputError(f"{folder} holds no image files ({', '.join(IMAGE_SUFFIXES)}); "
                                 "give a folder of images or a Zarr array of uint8 images")
         names = tuple(p.relative_to(folder).as_posix() for p in files)
         listing = [[n, p.stat().st_size, p.stat().st_mtime_ns] for n, p in zip(names, files,
@@ -108,12 +107,12 @@ def _open_images(source: str | os.PathLike[str]) -> tuple[_Images, np.ndarray, d
     try:
         node = zarr.open(path, mode="r")
     except Exception as exc:
-        raise NestDataError(f"{path} is neither a folder of images nor a Zarr array or group "
+        raise InputError(f"{path} is neither a folder of images nor a Zarr array or group "
                             f"of images ({type(exc).__name__}: {exc})") from exc
     array_path, ids = "", None
     if isinstance(node, zarr.Group):
         if "images" not in node:
-            raise NestDataError(f"the Zarr group {path} has no 'images' array (it has "
+            raise InputError(f"the Zarr group {path} has no 'images' array (it has "
                                 f"{sorted(node.keys())}); write images (n, H, W, 3) uint8 there")
         array_path = "images"
         if "image_id" in node:
@@ -124,13 +123,13 @@ def _open_images(source: str | os.PathLike[str]) -> tuple[_Images, np.ndarray, d
     assert isinstance(node, zarr.Array)
     shape = tuple(int(s) for s in node.shape)
     if node.dtype != np.uint8 or len(shape) != 4 or 3 not in (shape[1], shape[3]):
-        raise NestDataError(f"{path}: images are {node.dtype} {shape}; expected uint8 "
+        raise InputError(f"{path}: images are {node.dtype} {shape}; expected uint8 "
                             "(n, H, W, 3) or (n, 3, H, W)")
     n = shape[0]
     if ids is None:
         ids = np.asarray([f"{i:06d}" for i in range(n)], dtype=object)
     elif len(ids) != n:
-        raise NestDataError(f"{path}: image_id has {len(ids)} values for {n} images")
+        raise InputError(f"{path}: image_id has {len(ids)} values for {n} images")
     fingerprint = {"kind": "zarr", "path": path, "shape": list(shape),
                    "metadata_sha256": bytes_digest(json.dumps(node.metadata.to_dict(),
                                                               sort_keys=True,
@@ -181,47 +180,12 @@ def _encode_chunk(job: _Job, index: int) -> dict[str, Any]:
     return marker
 
 
-class _TqdmCallback(Callback):
-    """A tqdm bar over the tasks of a local dask computation."""
-
-    def __init__(self, bar: tqdm) -> None:
-        super().__init__()
-        self.bar = bar
-
-    def _posttask(self, key: Any, result: Any, dsk: Any, state: Any, worker_id: Any) -> None:
-        if isinstance(result, dict) and "chunk" in result:
-            self.bar.update(1)
-
-
 def _run(job: _Job, todo: list[int], show_progress: bool | None, client: Any) -> None:
     tasks = [dask.delayed(_encode_chunk, pure=False)(job, i) for i in todo]
-    bar = tqdm(total=len(todo), desc="generating", unit="chunk",
-               disable=not _config.show_progress(show_progress))
-    with bar:
-        if client is None:
-            client = _current_client()
-        if client is not None:
-            from distributed import as_completed
-
-            for future in as_completed(client.compute(tasks)):
-                future.result()  # raises the task's error here
-                bar.update(1)
-        else:
-            # Threads would run several torch models at once on the same cores; torch
-            # already uses them all, so tasks run one after another here.
-            with _TqdmCallback(bar):
-                dask.compute(*tasks, scheduler="threads", num_workers=1)
-
-
-def _current_client() -> Any:
-    try:
-        from distributed import get_client
-    except ImportError:
-        return None
-    try:
-        return get_client()
-    except ValueError:
-        return None
+    # Without a cluster, tasks run one after another: torch already uses every core, and
+    # threads would run several models at once on the same cores.
+    compute(*tasks, show_progress=show_progress, desc="generating", client=client,
+            scheduler="threads", num_workers=1)
 
 
 def generate(
@@ -278,7 +242,7 @@ def generate(
 
     Raises
     ------
-    NestDataError
+    InputError
         No images, unreadable images, or bad arguments (the message says what is valid).
     StoreNotFoundError
         No converted weights for the encoder.
@@ -290,14 +254,15 @@ def generate(
     ...                    subject=1, roi="V1")
     Traceback (most recent call last):
     ...
-    nest_data.errors.NestDataError: /tmp/... holds no image files (.png, .jpg, ...
+    nest_data.errors.InputError: /tmp/... holds no image files (.png, .jpg, ...
     """
     if batch_size < 1 or (chunk_images is not None and chunk_images < 1):
-        raise NestDataError(f"batch_size ({batch_size}) and chunk_images ({chunk_images}) must "
+        raise InputError(f"batch_size ({batch_size}) and chunk_images ({chunk_images}) must "
                             "be positive numbers of images")
     if not imageset or "/" in imageset or imageset != imageset.strip():
-        raise NestDataError(f"imageset={imageset!r}: give a short name without '/' (it becomes "
+        raise InputError(f"imageset={imageset!r}: give a short name without '/' (it becomes "
                             "part of the store's path)")
+    reader, ids, fingerprint = _open_images(images)  # first: fail fast on bad images
     cat = catalog or default_catalog()
     source = EncoderSource.resolve(subject=subject, roi=roi, modality=modality,
                                    location=location, storage_options=storage_options,
@@ -305,7 +270,6 @@ def generate(
     encoder = source.load()
     spec, _ = cat.resolve_weights(modality=modality, subject=subject, roi=roi)
     entry = Entry.of(spec, imageset, int(encoder.keys["subject"]), encoder.keys.get("roi"))
-    reader, ids, fingerprint = _open_images(images)
     n = len(ids)
     data = _entry_data(entry, encoder, ids, fingerprint, source)
     row_bytes = int(np.prod(encoder.row_shape)) * 4

@@ -13,6 +13,7 @@ __all__ = [
     "CatalogError",
     "ChecksumError",
     "ConversionError",
+    "InputError",
     "LocationError",
     "NestDataError",
     "RemoteReadError",
@@ -55,6 +56,10 @@ class SourceFormatError(NestDataError, ValueError):
 
 class ConversionError(NestDataError, RuntimeError):
     """Converting one or more entries failed."""
+
+
+class InputError(NestDataError, ValueError):
+    """An argument or input that cannot be used: images, selections, analysis parameters."""
 
 
 class ChecksumError(NestDataError, ValueError):

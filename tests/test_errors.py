@@ -17,10 +17,15 @@ from nest_data import (
 from nest_data._storage import make_store
 
 
-def test_exception_hierarchy() -> None:
+def test_exception_hierarchy(demo: Path) -> None:
     assert issubclass(UnknownKeyError, KeyError) and issubclass(UnknownKeyError, NestDataError)
     assert issubclass(StoreNotFoundError, FileNotFoundError)
     assert issubclass(AmbiguousKeyError, ValueError)
+    assert issubclass(nest_data.InputError, ValueError)
+    assert issubclass(nest_data.InputError, NestDataError)
+    with pytest.raises(nest_data.InputError, match="k must be a positive number of images"):
+        nest_data.top_images(nest_data.open(imageset="things", subject=1, roi="V1",
+                                            location="demo"), k=0)
 
 
 @pytest.mark.parametrize(("keys", "message"), [

@@ -158,7 +158,8 @@ def test_bad_inputs_are_explained(weights: Path, tmp_path: Path) -> None:
     with pytest.raises(nest_data.NestDataError, match="must be positive"):
         nest_data.generate(tmp_path / "grey.zarr", tmp_path / "out", imageset="mine",
                            subject=1, roi="V1", location=str(weights), chunk_images=0)
+    write_image_zarr(tmp_path / "rgb.zarr", np.zeros((2, 8, 8, 3), np.uint8))
     with pytest.raises(nest_data.StoreNotFoundError, match="no converted weights"):
-        nest_data.generate(tmp_path / "grey.zarr", tmp_path / "out", imageset="mine",
+        nest_data.generate(tmp_path / "rgb.zarr", tmp_path / "out", imageset="mine",
                            subject=2, roi="V1", location=str(weights))
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").rglob("zarr.json"))

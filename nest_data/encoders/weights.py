@@ -18,7 +18,7 @@ from nest_data._digest import bytes_digest
 from nest_data._storage import is_local, join, local_path, validate_storage_options
 from nest_data.encoders.fwrf import FwrfModel
 from nest_data.encoders.vit import EegHead, VitB32
-from nest_data.errors import ChecksumError, NestDataError, StoreNotFoundError
+from nest_data.errors import ChecksumError, InputError, StoreNotFoundError
 
 logger = logging.getLogger("nest_data")
 
@@ -153,7 +153,7 @@ def load_backbone(url: str, storage_options: Mapping[str, Any] | None = None
 
     Raises
     ------
-    NestDataError
+    InputError
         ``url`` is a torch pickle (``.pth``/``.pt``), which nest-data never loads outside
         the converter, or its tensors are not torchvision's ``vit_b_32`` layout.
     StoreNotFoundError, ChecksumError
@@ -162,7 +162,7 @@ def load_backbone(url: str, storage_options: Mapping[str, Any] | None = None
     convert = ("convert it once with `nest-data convert weights --vit-b-32 FILE DEST` and "
                "give the folder it writes (or DEST as location=)")
     if url.endswith((".pth", ".pt")):
-        raise NestDataError(f"{url} is a torch pickle; nest-data only loads safetensors when "
+        raise InputError(f"{url} is a torch pickle; nest-data only loads safetensors when "
                             f"encoding: {convert}")
     if url.endswith(".safetensors"):
         try:
@@ -176,4 +176,4 @@ def load_backbone(url: str, storage_options: Mapping[str, Any] | None = None
     try:
         return VitB32.from_state_dict(tensors), digest
     except ValueError as exc:
-        raise NestDataError(f"{url}: {exc}; give torchvision's vit_b_32 weights") from exc
+        raise InputError(f"{url}: {exc}; give torchvision's vit_b_32 weights") from exc
