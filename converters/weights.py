@@ -461,6 +461,19 @@ def convert_vit_b_32(
     -------
     str
         The folder written, relative to ``dest`` (the catalog's ``backbone_path``).
+
+    Raises
+    ------
+    SourceFormatError
+        The file is missing, holds more than tensors, or is not torchvision's layout.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> convert_vit_b_32("vit_b_32-d86f8d99.pth", tempfile.mkdtemp())
+    Traceback (most recent call last):
+    ...
+    nest_data.errors.SourceFormatError: vit_b_32-d86f8d99.pth: no such file; give ...
     """
     import torch
 
@@ -532,6 +545,22 @@ def convert_weights(
     -------
     list of str
         The folders written, relative to ``dest``.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> from nest_data.testing import write_eeg_weights, write_fwrf_weights
+    >>> src, dest = tempfile.mkdtemp(), tempfile.mkdtemp()
+    >>> _ = write_eeg_weights(src, 1, n_components=2)
+    >>> _ = write_fwrf_weights(src, 1, "V1", n_voxels=4)
+    >>> convert_weights(src, dest, modality="eeg")
+    ['weights/modality-eeg/train_dataset-things_eeg_2/model-vit_b_32/sub-01']
+    >>> convert_weights(src, dest)  # the fwRF .pt files are pickles
+    Traceback (most recent call last):
+    ...
+    nest_data.errors.ConversionError: NEST's .pt weight files are pickles, ...
+    >>> convert_weights(src, dest, modality="fmri", trust_pickles=True)
+    ['weights/modality-fmri/train_dataset-nsd/model-fwrf/sub-01_roi-V1']
     """
     if modality not in (None, "fmri", "eeg"):
         raise ConversionError(f"modality={modality!r}; valid: 'fmri', 'eeg' or None for both")

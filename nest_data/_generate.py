@@ -250,8 +250,21 @@ def generate(
     Examples
     --------
     >>> import tempfile, nest_data
-    >>> nest_data.generate(tempfile.mkdtemp(), tempfile.mkdtemp(), imageset="mine",
-    ...                    subject=1, roi="V1")
+    >>> from nest_data.converters.weights import convert_weights
+    >>> from nest_data.testing import test_images, write_fwrf_weights, write_image_folder
+    >>> nest, root, folder = tempfile.mkdtemp(), tempfile.mkdtemp(), tempfile.mkdtemp()
+    >>> _ = write_fwrf_weights(nest, 1, "V1", n_voxels=5)   # NEST's files, miniature
+    >>> _ = convert_weights(nest, root, trust_pickles=True)
+    >>> _ = write_image_folder(folder, test_images(6, 64))
+    >>> url = nest_data.generate(folder, root, imageset="mine", subject=1, roi="V1",
+    ...                          location=root, chunk_images=4)
+    >>> da = nest_data.open_store(url)
+    >>> da.sizes, da.chunks[0], str(da.image_id[0].values)
+    (Frozen({'image': 6, 'voxel': 5}), (4, 2), 'image_00000.png')
+
+    Bad input is refused before anything is written:
+
+    >>> nest_data.generate(tempfile.mkdtemp(), root, imageset="mine", subject=1, roi="V1")
     Traceback (most recent call last):
     ...
     nest_data.errors.InputError: /tmp/... holds no image files (.png, .jpg, ...

@@ -690,6 +690,13 @@ def write_eeg_weights(
     -------
     list of pathlib.Path
         The weight files written.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> [p.name for p in write_eeg_weights(tempfile.mkdtemp(), 2, layout="ned",
+    ...                                    n_components=2)]
+    ['StandardScaler_param.npy', 'pca_param.npy', 'LinearRegression_param_sub-02.npy']
     """
     arrays = eeg_head_arrays(subject, n_components=n_components, seed=seed)
     paths = eeg_weight_paths(root, subject, layout)
@@ -749,7 +756,17 @@ test_images.__test__ = False  # type: ignore[attr-defined]  # not a pytest test
 
 def write_image_folder(folder: str | os.PathLike[str], images: np.ndarray,
                        names: Iterable[str] | None = None) -> list[Path]:
-    """Write ``(n, H, W, 3)`` uint8 images as PNG files (lossless); needs pillow."""
+    """Write ``(n, H, W, 3)`` uint8 images as PNG files (lossless); needs pillow.
+
+    ``names`` are the files' paths relative to ``folder``, without ``.png`` (default
+    ``image_00000``...); names with ``/`` make sub-folders.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> [p.name for p in write_image_folder(tempfile.mkdtemp(), test_images(2, 16))]
+    ['image_00000.png', 'image_00001.png']
+    """
     from PIL import Image
 
     target = Path(folder)
@@ -769,6 +786,13 @@ def write_image_zarr(url: str | os.PathLike[str], images: np.ndarray,
     """Write images as a Zarr v3 group: ``images`` (n, H, W, 3) uint8 and ``image_id``.
 
     This is the image-array input of ``nest-data generate``.
+
+    Examples
+    --------
+    >>> import tempfile, zarr
+    >>> url = write_image_zarr(tempfile.mkdtemp() + "/imgs.zarr", test_images(3, 16), "abc")
+    >>> zarr.open_group(url)["images"].shape
+    (3, 16, 16, 3)
     """
     import zarr
 

@@ -134,6 +134,20 @@ def load_eeg_folder(url: str, storage_options: Mapping[str, Any] | None = None
     ------
     StoreNotFoundError, ChecksumError
         As :func:`load_fwrf_folder`.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> from nest_data.converters.weights import convert_eeg_weights
+    >>> from nest_data.testing import write_eeg_weights
+    >>> src, dest = tempfile.mkdtemp(), tempfile.mkdtemp()
+    >>> _ = write_eeg_weights(src, 2, n_components=3)
+    >>> (rel,) = convert_eeg_weights(src, dest)
+    >>> head, doc, maps = load_eeg_folder(f"{dest}/{rel}")
+    >>> head(torch.zeros(1, 460800)).shape, doc["channels"][:3]
+    (torch.Size([1, 4, 63, 140]), ['Fp1', 'F3', 'F7'])
+    >>> sorted(maps)
+    ['correlation_averaged_repetitions', 'correlation_single_repetitions']
     """
     doc, tensors = _read_folder(url, storage_options)
     _, n_ch, n_t = doc["shape"]
@@ -158,6 +172,13 @@ def load_backbone(url: str, storage_options: Mapping[str, Any] | None = None
         the converter, or its tensors are not torchvision's ``vit_b_32`` layout.
     StoreNotFoundError, ChecksumError
         As :func:`load_fwrf_folder`.
+
+    Examples
+    --------
+    >>> load_backbone("vit_b_32-d86f8d99.pth")
+    Traceback (most recent call last):
+    ...
+    nest_data.errors.InputError: vit_b_32-d86f8d99.pth is a torch pickle; ...
     """
     convert = ("convert it once with `nest-data convert weights --vit-b-32 FILE DEST` and "
                "give the folder it writes (or DEST as location=)")
