@@ -59,7 +59,7 @@ _LARGE_RSM_IMAGES = 20000  # above this many images an RSM is more than 3 GB
 def _require_fmri(da: xr.DataArray, what: str) -> None:
     if "voxel" not in da.dims:
         raise InputError(f"{what} needs an fMRI entry with a 'voxel' dimension; got dims "
-                            f"{da.dims}. Open one with nest_data.open(..., roi='V1').")
+                         f"{da.dims}. Open one with nest_data.open(..., roi='V1').")
 
 
 def _keep(da: xr.DataArray, min_ncsnr: float | None) -> np.ndarray:
@@ -68,13 +68,13 @@ def _keep(da: xr.DataArray, min_ncsnr: float | None) -> np.ndarray:
         return np.ones(da.sizes["voxel"], dtype=bool)
     if "ncsnr" not in da.coords:
         raise InputError("min_ncsnr= needs the 'ncsnr' voxel coordinate, which this "
-                            f"entry ({_label(da)}) lacks; pass min_ncsnr=None to use every "
-                            "voxel")
+                         f"entry ({_label(da)}) lacks; pass min_ncsnr=None to use every "
+                         "voxel")
     keep = np.asarray(da["ncsnr"].values > min_ncsnr)
     if not keep.any():
         raise InputError(f"no voxel has ncsnr > {min_ncsnr} in {_label(da)} (its max is "
-                            f"{float(da['ncsnr'].max()):.3f}); lower min_ncsnr or pass "
-                            "min_ncsnr=None")
+                         f"{float(da['ncsnr'].max()):.3f}); lower min_ncsnr or pass "
+                         "min_ncsnr=None")
     return keep
 
 
@@ -146,14 +146,14 @@ def _entry_list(entries: Entries | xr.DataArray, what: str) -> list[xr.DataArray
         out = list(entries)
     else:
         raise InputError(f"{what} takes entries as an xarray.DataTree from "
-                            "nest_data.open_many, a dict or a list of DataArrays from "
-                            f"nest_data.open; got {type(entries).__name__}")
+                         "nest_data.open_many, a dict or a list of DataArrays from "
+                         f"nest_data.open; got {type(entries).__name__}")
     bad = [type(x).__name__ for x in out if not isinstance(x, xr.DataArray)]
     if bad or not out:
         raise InputError(f"{what} needs at least one fMRI entry (DataArray); got "
-                            f"{len(out)} item(s){', of types ' + ', '.join(bad) if bad else ''}"
-                            ". Pass nest_data.open_many(imageset=..., subject=[...], "
-                            "roi=[...]).")
+                         f"{len(out)} item(s){', of types ' + ', '.join(bad) if bad else ''}"
+                         ". Pass nest_data.open_many(imageset=..., subject=[...], "
+                         "roi=[...]).")
     return out
 
 
@@ -227,12 +227,12 @@ def roi_means(entries: Entries, *, min_ncsnr: float | None = None) -> xr.DataArr
         _require_fmri(da, "roi_means")
         if "subject" not in da.attrs or not da.attrs.get("roi"):
             raise InputError(f"roi_means needs the 'subject' and 'roi' attributes that "
-                                f"nest_data.open sets; {_label(da)} has attrs "
-                                f"{sorted(da.attrs)}. Open entries with nest_data.open.")
+                             f"nest_data.open sets; {_label(da)} has attrs "
+                             f"{sorted(da.attrs)}. Open entries with nest_data.open.")
         key = (int(da.attrs["subject"]), str(da.attrs["roi"]))
         if key in cells:
             raise InputError(f"sub-{key[0]:02d} {key[1]} is given twice; pass each "
-                                "subject and ROI once")
+                             "subject and ROI once")
         cells[key] = roi_mean(da, min_ncsnr=min_ncsnr)
         counts[key] = int(_keep(da, min_ncsnr).sum())
     subjects = sorted({s for s, _ in cells})
@@ -240,8 +240,8 @@ def roi_means(entries: Entries, *, min_ncsnr: float | None = None) -> xr.DataArr
     missing = [f"sub-{s:02d} {r}" for s in subjects for r in rois if (s, r) not in cells]
     if missing:
         raise InputError(f"roi_means needs every ROI for every subject; missing: "
-                            f"{', '.join(missing)}. Open them too, or compute roi_mean per "
-                            "entry.")
+                         f"{', '.join(missing)}. Open them too, or compute roi_mean per "
+                         "entry.")
     # One chunk per entry's means (8 bytes per image): entries are chunked differently
     # (by their voxel counts), and stacking them as they are would cut every entry at
     # every other entry's chunk boundaries.
@@ -282,7 +282,7 @@ def _scores(data: Any, what: str, min_ncsnr: float | None, show_progress: bool |
     if isinstance(data, xr.DataArray) and "voxel" not in data.dims:
         if "image" not in data.dims:
             raise InputError(f"{what} needs scores with an 'image' dimension or fMRI "
-                                f"entries; got dims {data.dims}")
+                             f"entries; got dims {data.dims}")
     else:
         data = roi_means(_entry_list(data, what), min_ncsnr=min_ncsnr)
     (data,) = compute(data, show_progress=show_progress, desc=what)
@@ -462,7 +462,7 @@ def univariate_rnc(
     _positive_int(batch_size, "batch_size")
     if not math.isfinite(margin) or margin < 0:
         raise InputError(f"margin must be a finite number >= 0 (response units; RNC uses "
-                            f"0.04), got {margin!r}")
+                         f"0.04), got {margin!r}")
     from_entries = not (isinstance(data, xr.DataArray) and "voxel" not in data.dims)
     das: list[xr.DataArray] = []
     if from_entries:
@@ -472,7 +472,7 @@ def univariate_rnc(
         present = [str(r) for r in data["roi"].values]
     else:
         raise InputError(f"univariate_rnc needs scores of two ROIs (dims roi, image); "
-                            f"got dims {getattr(data, 'dims', None)}")
+                         f"got dims {getattr(data, 'dims', None)}")
     pair = [str(r) for r in rois] if rois is not None else present
     if len(pair) != 2 or pair[0] == pair[1] or not set(pair) <= set(present):
         raise InputError(
@@ -488,7 +488,7 @@ def univariate_rnc(
         n_total = source.sizes["image"]
     if batch_size > n_total:
         raise InputError(f"batch_size={batch_size} is more than the {n_total} images; use "
-                            f"batch_size <= {n_total}")
+                         f"batch_size <= {n_total}")
     scores, subjects = _scores(source, "univariate_rnc", min_ncsnr, show_progress)
     scores = scores.sel(roi=pair).transpose("roi", "image")
     values = np.asarray(scores.values, dtype=np.float64)
@@ -501,7 +501,7 @@ def univariate_rnc(
     if standardize:
         if not (sd > 0).all():
             raise InputError("standardize=True needs scores that vary across images; an "
-                                "ROI has the same score for every image")
+                             "ROI has the same score for every image")
         deviation = deviation / sd[:, None]
 
     picked: list[np.ndarray] = []
@@ -630,16 +630,16 @@ def _image_positions(da: xr.DataArray, images: Any) -> np.ndarray:
     if values.dtype == bool:
         if values.size != n:
             raise InputError(f"a boolean images= mask needs one value per image ({n}), got "
-                                f"{values.size}")
+                             f"{values.size}")
         return np.flatnonzero(values)
     if values.size and not np.issubdtype(values.dtype, np.integer):
         raise InputError(f"images= takes integer positions along 'image' (0 to {n - 1}), "
-                            f"a boolean mask or a slice; got dtype {values.dtype}")
+                         f"a boolean mask or a slice; got dtype {values.dtype}")
     values = values.astype(np.int64)
     if values.size and (values.min() < -n or values.max() >= n):
         raise InputError(f"images= holds positions out of range: valid are 0 to {n - 1} "
-                            f"(or negative from the end); got {values.min()} to "
-                            f"{values.max()}")
+                         f"(or negative from the end); got {values.min()} to "
+                         f"{values.max()}")
     return np.where(values < 0, values + n, values)
 
 
@@ -647,12 +647,12 @@ def _features(da: xr.DataArray, min_ncsnr: float | None) -> xr.DataArray:
     """``da`` with every non-image dim flattened into one trailing feature dim."""
     if "image" not in da.dims:
         raise InputError(f"rsm needs an entry with an 'image' dimension; got dims "
-                            f"{da.dims}")
+                         f"{da.dims}")
     if "voxel" in da.dims:
         return _reliable(da, min_ncsnr).transpose("image", "voxel")
     if min_ncsnr is not None:
         raise InputError("min_ncsnr= selects fMRI voxels; this entry has dims "
-                            f"{da.dims}. Pass min_ncsnr=None.")
+                         f"{da.dims}. Pass min_ncsnr=None.")
     other = [d for d in da.dims if d != "image"]
     return da.transpose("image", *other).stack(feature=other)
 
@@ -702,7 +702,7 @@ def rsm(
     positions = _image_positions(feats, images)
     if positions.size < 2:
         raise InputError(f"an RSM needs at least 2 images; images= selects "
-                            f"{positions.size}")
+                         f"{positions.size}")
     if positions.size > _LARGE_RSM_IMAGES:
         logger.warning("rsm of %d images: %.1f GB when computed; compute parts of it or "
                        "choose fewer images", positions.size, positions.size**2 * 8 / 1e9)
@@ -731,7 +731,7 @@ def _upper(matrix: xr.DataArray, what: str) -> dask.array.Array:
     """The strict upper triangle of a square RSM, as a 1-D dask array."""
     if matrix.ndim != 2 or matrix.shape[0] != matrix.shape[1] or matrix.shape[0] < 3:
         raise InputError(f"{what} needs square RSMs of at least 3 images (from "
-                            f"nest_data.rsm); got dims {matrix.dims} shape {matrix.shape}")
+                         f"nest_data.rsm); got dims {matrix.dims} shape {matrix.shape}")
     rows, cols = np.triu_indices(matrix.shape[0], k=1)
     return _as_dask(matrix).vindex[rows, cols]
 
@@ -809,8 +809,8 @@ def rsa(a: xr.DataArray, b: xr.DataArray, *,
         np.array_equal(a[d].values, b[d].values) for d in dims if d in a.coords and d in b.coords)
     if not same:
         raise InputError("rsa compares RSMs of the same images in the same order; got "
-                            f"dims {a.dims} shape {a.shape} and {b.dims} shape {b.shape}. "
-                            "Make both with nest_data.rsm(..., images=the same selection).")
+                         f"dims {a.dims} shape {a.shape} and {b.dims} shape {b.shape}. "
+                         "Make both with nest_data.rsm(..., images=the same selection).")
     vectors = dask.array.stack([_upper(a, "rsa"), _upper(b, "rsa")])
     value = _row_correlations(vectors, method)[0, 1]
     return xr.DataArray(value, name="rsa",
@@ -869,7 +869,7 @@ def rsa_matrix(
                      else str(i))
     if len(set(names)) != len(names):
         raise InputError(f"rsa_matrix got the same entry twice ({', '.join(names)}); pass "
-                            "each once")
+                         "each once")
     vectors = dask.array.stack([_upper(rsm(da, images, min_ncsnr=min_ncsnr), "rsa_matrix")
                                 for da in das])
     return xr.DataArray(

@@ -283,7 +283,7 @@ def _eeg_selection(encoder: Encoder, channels: Sequence[str] | None, timepoints:
     if "channel" not in encoder.dims:
         if channels is not None or timepoints is not None:
             raise InputError("channels= and timepoints= select EEG outputs; for fMRI, "
-                                "choose the voxels with roi=")
+                             "choose the voxels with roi=")
         return {}
     out: dict[str, np.ndarray] = {}
     names = list(encoder.coords["channel"][1])
@@ -292,7 +292,7 @@ def _eeg_selection(encoder: Encoder, channels: Sequence[str] | None, timepoints:
         unknown = [c for c in wanted if c not in names]
         if unknown or not wanted:
             raise InputError(f"unknown channel(s) {unknown or wanted}; valid: "
-                                + ", ".join(map(str, names)))
+                             + ", ".join(map(str, names)))
         out["channel"] = np.asarray([names.index(c) for c in wanted])
     if timepoints is not None:
         n_t = encoder.row_shape[-1]
@@ -301,13 +301,13 @@ def _eeg_selection(encoder: Encoder, channels: Sequence[str] | None, timepoints:
                                   and mask.dtype.kind in "iu" and mask.sum() != n_t):
             if mask.shape != (n_t,) or not mask.any():
                 raise InputError(f"timepoints= as a mask needs {n_t} values with at least "
-                                    f"one True (BERG's one-hot vector); got shape {mask.shape}")
+                                 f"one True (BERG's one-hot vector); got shape {mask.shape}")
             out["time"] = np.flatnonzero(mask)
         else:
             index = mask.astype(np.int64).ravel()
             if index.size == 0 or index.min() < 0 or index.max() >= n_t:
                 raise InputError(f"timepoints= indices must lie in 0..{n_t - 1}; got "
-                                    f"{mask.tolist()}")
+                                 f"{mask.tolist()}")
             out["time"] = index
     return out
 
@@ -400,13 +400,13 @@ def encode(
         raise InputError(f"batch_size must be a positive number of images, got {batch_size}")
     if modality not in ("fmri", "eeg"):
         raise InputError(f"modality={modality!r}; encoders exist for 'fmri' (fwRF, with "
-                            "roi=) and 'eeg' (ViT-B/32)")
+                         "roi=) and 'eeg' (ViT-B/32)")
     arrays = as_images(images)
     hashes = [_content_hash(a) for a in arrays]
     ids = list(image_ids) if image_ids is not None else [h[:16] for h in hashes]
     if len(ids) != len(arrays):
         raise InputError(f"{len(ids)} image_ids for {len(arrays)} images; give one id per "
-                            "image, or none to use content hashes")
+                         "image, or none to use content hashes")
     encoder = load_encoder(subject=subject, roi=roi, modality=modality, location=location,
                            storage_options=storage_options, backbone=backbone, catalog=catalog)
     selection = _eeg_selection(encoder, channels, timepoints)

@@ -96,7 +96,7 @@ def _open_images(source: str | os.PathLike[str]) -> tuple[_Images, np.ndarray, d
                        if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
         if not files:
             raise InputError(f"{folder} holds no image files ({', '.join(IMAGE_SUFFIXES)}); "
-                                "give a folder of images or a Zarr array of uint8 images")
+                             "give a folder of images or a Zarr array of uint8 images")
         names = tuple(p.relative_to(folder).as_posix() for p in files)
         listing = [[n, p.stat().st_size, p.stat().st_mtime_ns] for n, p in zip(names, files,
                                                                                 strict=True)]
@@ -108,12 +108,12 @@ def _open_images(source: str | os.PathLike[str]) -> tuple[_Images, np.ndarray, d
         node = zarr.open(path, mode="r")
     except Exception as exc:
         raise InputError(f"{path} is neither a folder of images nor a Zarr array or group "
-                            f"of images ({type(exc).__name__}: {exc})") from exc
+                         f"of images ({type(exc).__name__}: {exc})") from exc
     array_path, ids = "", None
     if isinstance(node, zarr.Group):
         if "images" not in node:
             raise InputError(f"the Zarr group {path} has no 'images' array (it has "
-                                f"{sorted(node.keys())}); write images (n, H, W, 3) uint8 there")
+                             f"{sorted(node.keys())}); write images (n, H, W, 3) uint8 there")
         array_path = "images"
         if "image_id" in node:
             labels = node["image_id"]
@@ -124,7 +124,7 @@ def _open_images(source: str | os.PathLike[str]) -> tuple[_Images, np.ndarray, d
     shape = tuple(int(s) for s in node.shape)
     if node.dtype != np.uint8 or len(shape) != 4 or 3 not in (shape[1], shape[3]):
         raise InputError(f"{path}: images are {node.dtype} {shape}; expected uint8 "
-                            "(n, H, W, 3) or (n, 3, H, W)")
+                         "(n, H, W, 3) or (n, 3, H, W)")
     n = shape[0]
     if ids is None:
         ids = np.asarray([f"{i:06d}" for i in range(n)], dtype=object)
@@ -271,10 +271,10 @@ def generate(
     """
     if batch_size < 1 or (chunk_images is not None and chunk_images < 1):
         raise InputError(f"batch_size ({batch_size}) and chunk_images ({chunk_images}) must "
-                            "be positive numbers of images")
+                         "be positive numbers of images")
     if not imageset or "/" in imageset or imageset != imageset.strip():
         raise InputError(f"imageset={imageset!r}: give a short name without '/' (it becomes "
-                            "part of the store's path)")
+                         "part of the store's path)")
     reader, ids, fingerprint = _open_images(images)  # first: fail fast on bad images
     cat = catalog or default_catalog()
     source = EncoderSource.resolve(subject=subject, roi=roi, modality=modality,

@@ -184,7 +184,7 @@ def load_backbone(url: str, storage_options: Mapping[str, Any] | None = None
                "give the folder it writes (or DEST as location=)")
     if url.endswith((".pth", ".pt")):
         raise InputError(f"{url} is a torch pickle; nest-data only loads safetensors when "
-                            f"encoding: {convert}")
+                         f"encoding: {convert}")
     if url.endswith(".safetensors"):
         try:
             data = _read(url, dict(storage_options or {}))
