@@ -198,12 +198,22 @@ class EncoderSource:
                    backbone_url, json.dumps(options, sort_keys=True, default=str))
 
     def load(self) -> Encoder:
-        """The encoder on the CPU (a fresh copy of this process's cached one)."""
-        return copy.copy(_load_cached(self))
+        """The encoder, loaded once per process and version of the weights.
+
+        Each call reads the small ``model.json`` of the weights (and of the backbone) to
+        learn their SHA-256, so weights converted again are loaded again; the model itself
+        is shared with the process's cache (``Encoder.to`` moves it).
+        """
+        from nest_data.encoders.weights import recorded_digest
+
+        options = json.loads(self.options_json)
+        digests = (recorded_digest(self.weights_url, options),
+                   recorded_digest(self.backbone_url, options) if self.backbone_url else "")
+        return copy.copy(_load_cached(self, digests))
 
 
 @functools.lru_cache(maxsize=2)
-def _load_cached(source: EncoderSource) -> Encoder:
+def _load_cached(source: EncoderSource, digests: tuple[str, str]) -> Encoder:
     options = json.loads(source.options_json)
     keys = {"modality": source.modality, "train_dataset": source.train_dataset,
             "model": source.model}

@@ -163,3 +163,15 @@ def test_encode_reproduces_pregenerated_responses(weights_root: Path, tmp_path: 
         write_ned(tmp_path / "bad", modalities=["fmri"], subjects=[1], rois=["V1"],
                   imagesets=["nsd"], n_images=4, show_progress=False,
                   responses={("fmri", "nsd", 1, "V1"): np.zeros((4, 7))})
+
+
+def test_weights_converted_again_are_loaded_again(tmp_path: Path) -> None:
+    """Loaded models are kept per process, but keyed by the weights' recorded SHA-256."""
+    images = np.zeros((1, 64, 64, 3), np.uint8)
+    values = []
+    for seed in (0, 1):
+        write_fwrf_weights(tmp_path / f"nest{seed}", 1, "V1", n_voxels=6, seed=seed)
+        convert_fwrf_weights(tmp_path / f"nest{seed}", tmp_path / "dest", trust_pickles=True)
+        values.append(nest_data.encode(images, subject=1, roi="V1", cache=False,
+                                       location=str(tmp_path / "dest")).values)
+    assert not np.allclose(values[0], values[1])

@@ -25,7 +25,8 @@ logger = logging.getLogger("nest_data")
 WEIGHTS_FILE = "weights.safetensors"
 MODEL_FILE = "model.json"
 
-__all__ = ["load_backbone", "load_eeg_folder", "load_fwrf", "load_fwrf_folder"]
+__all__ = ["load_backbone", "load_eeg_folder", "load_fwrf", "load_fwrf_folder",
+           "recorded_digest"]
 
 
 def _read(url: str, options: Mapping[str, Any]) -> bytes:
@@ -37,17 +38,31 @@ def _read(url: str, options: Mapping[str, Any]) -> bytes:
         return bytes(f.read())
 
 
-def _read_folder(url: str, storage_options: Mapping[str, Any] | None
-                 ) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
-    """``model.json`` and the tensors of a converted weights folder, checksum checked."""
-    options = dict(storage_options or {})
+def _read_doc(url: str, options: Mapping[str, Any]) -> dict[str, Any]:
     try:
-        doc = json.loads(_read(join(url, MODEL_FILE), options))
+        return dict(json.loads(_read(join(url, MODEL_FILE), options)))
     except FileNotFoundError as exc:
         raise StoreNotFoundError(
             f"no converted weights at {url} ({MODEL_FILE} is missing). Convert NEST's weights "
             "with `nest-data convert weights SRC DEST` (add --trust-pickles for fMRI, "
             "--vit-b-32 FILE for the EEG backbone), then point location= at DEST") from exc
+
+
+def recorded_digest(url: str, storage_options: Mapping[str, Any] | None = None) -> str:
+    """The SHA-256 that a converted weights folder's ``model.json`` records (one small read).
+
+    For a bare ``.safetensors`` file (a backbone given by path), the URL itself.
+    """
+    if url.endswith((".safetensors", ".pth", ".pt")):
+        return url
+    return str(_read_doc(url, dict(storage_options or {})).get("weights_sha256"))
+
+
+def _read_folder(url: str, storage_options: Mapping[str, Any] | None
+                 ) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """``model.json`` and the tensors of a converted weights folder, checksum checked."""
+    options = dict(storage_options or {})
+    doc = _read_doc(url, options)
     data = _read(join(url, WEIGHTS_FILE), options)
     digest = bytes_digest(data)
     if digest != doc.get("weights_sha256"):
