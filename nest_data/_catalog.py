@@ -466,7 +466,8 @@ class Catalog:
         if location in self.locations:
             loc = self.locations[location]
             return loc.resolve(), dict(loc.storage_options), location
-        if "/" in location or "\\" in location or location.startswith("."):
+        if ("/" in location or "\\" in location or location.startswith(".")
+                or os.path.isdir(location)):
             return location, {}, location
         raise LocationError(f"unknown location {location!r}; valid locations: "
                             f"{_fmt(sorted(self.locations))}, or any folder or fsspec URL. "

@@ -103,8 +103,12 @@ def _cmd_generate(args: argparse.Namespace) -> int:
             with Client(args.scheduler) as client:
                 url = generate(args.images, args.dest, client=client, **kwargs)
         else:
+            if not args.verbose:  # distributed logs its start-up at INFO
+                logging.getLogger("distributed").setLevel(logging.WARNING)
             with LocalCluster(n_workers=args.workers, threads_per_worker=1,
-                              dashboard_address=None) as cluster, Client(cluster) as client:
+                              scheduler_kwargs={"dashboard": False},
+                              silence_logs=logging.WARNING) as cluster, \
+                    Client(cluster) as client:
                 url = generate(args.images, args.dest, client=client, **kwargs)
     else:
         url = generate(args.images, args.dest, **kwargs)

@@ -67,6 +67,9 @@ def test_locations(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     cat.add_location("lab", "s3://lab-bucket/nest", {"anon": True})
     assert cat.location("lab") == ("s3://lab-bucket/nest", {"anon": True}, "lab")
     assert cat.location("/data/x")[0] == "/data/x"
+    (tmp_path / "stores").mkdir()
+    monkeypatch.chdir(tmp_path)
+    assert cat.location("stores") == ("stores", {}, "stores")  # an existing folder, no slash
     with pytest.raises(LocationError, match="unknown location 'lba'; valid locations: demo, "
                                             "lab, local"):
         cat.location("lba")

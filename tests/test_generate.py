@@ -94,6 +94,14 @@ def test_zarr_images_on_a_local_cluster(weights: Path, images: np.ndarray,
     np.testing.assert_allclose(got.values, ref.values, rtol=1e-5, atol=1e-6)
     assert verify_store(Path(url)) == []
 
+    from nest_data._cli import main  # the CLI's own LocalCluster
+
+    assert main(["--no-progress", "generate", str(tmp_path / "imgs.zarr"), str(tmp_path / "cli"),
+                 "--imageset", "mine", "--subject", "1", "--roi", "V1", "--location",
+                 str(weights), "--chunk-images", "3", "--workers", "2"]) == 0
+    cli = nest_data.open_store(tmp_path / "cli" / STORE)
+    np.testing.assert_allclose(cli.values, ref.values, rtol=1e-5, atol=1e-6)
+
 
 def test_killed_run_resumes_bit_identical(weights: Path, tmp_path: Path,
                                           caplog: pytest.LogCaptureFixture) -> None:
