@@ -71,9 +71,6 @@ class _Images:
     array_path: str = ""  # zarr: path of the image array inside the group
     channels_last: bool = True
 
-    def __len__(self) -> int:
-        return len(self.names) if self.kind == "folder" else int(self._array().shape[0])
-
     def _array(self) -> zarr.Array:
         node = zarr.open(self.url, mode="r", path=self.array_path or None)
         assert isinstance(node, zarr.Array)
@@ -207,6 +204,13 @@ def generate(
     catalog: Catalog | None = None,
 ) -> str:
     """Encode a whole image set into a new store of the standard layout, on dask.
+
+    Resumable: a run that stops (killed, out of memory, a failed task) leaves its finished
+    chunks in a staging folder; calling again with the same arguments encodes only the
+    rest.  The job is recognised by the store's path, the weights' SHA-256, the chunking
+    and the images (a folder: the files' names, sizes and modification times; a Zarr
+    array: its metadata), so changing any of these starts afresh.  Running again after
+    success does nothing.
 
     Parameters
     ----------
