@@ -37,7 +37,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from tqdm.auto import tqdm
 
+from nest_data import _config
 from nest_data._catalog import Catalog
 from nest_data._catalog import catalog as default_catalog
 from nest_data._digest import file_digest
@@ -119,6 +121,7 @@ def convert_fwrf_weights(
     roi: str | list[str] | None = None,
     storage_options: Mapping[str, Any] | None = None,
     catalog: Catalog | None = None,
+    show_progress: bool | None = None,
 ) -> list[str]:
     """Convert NEST's fwRF ``.pt`` weights into safetensors + JSON under ``dest``.
 
@@ -135,6 +138,8 @@ def convert_fwrf_weights(
         Convert only these (scalars or lists).
     storage_options : dict, optional
         fsspec options for a remote ``dest``.
+    show_progress : bool, optional
+        Progress bar over the encoders converted.
 
     Returns
     -------
@@ -169,7 +174,9 @@ def convert_fwrf_weights(
     if is_local(dest):
         Path(local_path(dest)).mkdir(parents=True, exist_ok=True)
     written = []
-    for (subj, region), paths in sorted(selected.items()):
+    for (subj, region), paths in tqdm(sorted(selected.items()), desc="converting fwRF weights",
+                                      unit="encoder",
+                                      disable=not _config.show_progress(show_progress)):
         _, rel = cat.resolve_weights(modality="fmri", subject=subj, roi=region)
         _write_one(paths, subj, region, dest, rel, storage_options)
         written.append(rel)
@@ -336,6 +343,7 @@ def convert_eeg_weights(
     subject: int | list[int] | None = None,
     storage_options: Mapping[str, Any] | None = None,
     catalog: Catalog | None = None,
+    show_progress: bool | None = None,
 ) -> list[str]:
     """Convert NEST's EEG encoders (BERG's or NED's layout) into safetensors + JSON.
 
@@ -356,6 +364,8 @@ def convert_eeg_weights(
         Convert only these subjects.
     storage_options : dict, optional
         fsspec options for a remote ``dest``.
+    show_progress : bool, optional
+        Progress bar over the encoders converted.
 
     Returns
     -------
@@ -385,7 +395,8 @@ def convert_eeg_weights(
     if is_local(dest):
         Path(local_path(dest)).mkdir(parents=True, exist_ok=True)
     written = []
-    for subj, path in sorted(selected.items()):
+    for subj, path in tqdm(sorted(selected.items()), desc="converting EEG weights",
+                           unit="subject", disable=not _config.show_progress(show_progress)):
         head, files, layout = _eeg_head(path)
         n_rep, n_out, n_components = head["reg.coef_"].shape
         tensors = {k: torch.from_numpy(np.ascontiguousarray(v, dtype=np.float32))
@@ -518,6 +529,7 @@ def convert_weights(
     vit_b_32: str | os.PathLike[str] | None = None,
     storage_options: Mapping[str, Any] | None = None,
     catalog: Catalog | None = None,
+    show_progress: bool | None = None,
 ) -> list[str]:
     """Convert every encoder found under ``src`` (and the ViT-B/32 backbone, if given).
 
@@ -540,6 +552,8 @@ def convert_weights(
         torchvision's ``vit_b_32`` weights file, converted for the EEG encoders.
     storage_options : dict, optional
         fsspec options for a remote ``dest``.
+    show_progress : bool, optional
+        Progress bar over the encoders converted.
 
     Returns
     -------
@@ -580,8 +594,9 @@ def convert_weights(
     if has_fmri:
         written += convert_fwrf_weights(src, dest, trust_pickles=trust_pickles, subject=subject,
                                         roi=roi, storage_options=storage_options,
-                                        catalog=catalog)
+                                        catalog=catalog, show_progress=show_progress)
     if has_eeg:
         written += convert_eeg_weights(src, dest, subject=subject,
-                                       storage_options=storage_options, catalog=catalog)
+                                       storage_options=storage_options, catalog=catalog,
+                                       show_progress=show_progress)
     return written

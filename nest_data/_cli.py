@@ -70,7 +70,8 @@ def _cmd_convert_weights(args: argparse.Namespace) -> int:
     written = convert_weights(args.src, args.dest, modality=args.modality,
                               trust_pickles=args.trust_pickles, subject=args.subject,
                               roi=args.roi, vit_b_32=args.vit_b_32,
-                              storage_options=_options(args.storage_option))
+                              storage_options=_options(args.storage_option),
+                              show_progress=_progress(args))
     for rel in written:
         print(f"{args.dest}/{rel}")
     return 0
