@@ -43,7 +43,6 @@ from nest_data import _config
 from nest_data._catalog import Catalog
 from nest_data._catalog import catalog as default_catalog
 from nest_data._digest import file_digest
-from nest_data._storage import is_local, local_path
 from nest_data._store import commit, staging
 from nest_data.converters._meta import eeg_labels, fmri_voxel_labels, meta_block
 from nest_data.converters._pickle import load_npy_dict
@@ -62,11 +61,22 @@ __all__ = ["MODEL_FILE", "WEIGHTS_FILE", "convert_eeg_weights", "convert_fwrf_we
            "convert_vit_b_32", "convert_weights"]
 
 
+def _weights_folder(src: Path, modality: str, train_dataset: str, model: str) -> Path:
+    """NEST's ``encoding_models_weights`` folder of a model under ``src``, else ``src`` itself."""
+    folder = (src / "encoding_models" / f"modality-{modality}" / f"train_dataset-{train_dataset}"
+              / f"model-{model}" / "encoding_models_weights")
+    return folder if folder.is_dir() else src
+
+
+def _as_set(value: Any) -> set[Any]:
+    """A filter given as one value, a list, or None (no filter: the empty set)."""
+    if value is None:
+        return set()
+    return {value} if isinstance(value, (int, str)) else set(value)
+
+
 def _discover(src: Path) -> dict[tuple[int, str], list[Path]]:
-    folder = (src / "encoding_models" / "modality-fmri" / "train_dataset-nsd" / "model-fwrf"
-              / "encoding_models_weights")
-    if not folder.is_dir():
-        folder = src
+    folder = _weights_folder(src, "fmri", "nsd", "fwrf")
     found: dict[tuple[int, str], list[Path]] = {}
     for path in sorted(folder.glob("weights_sub-*_roi-*.pt")):
         match = _PT_RE.search(path.name)
@@ -162,8 +172,7 @@ def convert_fwrf_weights(
         )
     cat = catalog or default_catalog()
     found = _discover(Path(src))
-    subjects = {subject} if isinstance(subject, int) else set(subject or [])
-    rois = {roi} if isinstance(roi, str) else set(roi or [])
+    subjects, rois = _as_set(subject), _as_set(roi)
     selected = {k: v for k, v in found.items()
                 if (not subjects or k[0] in subjects) and (not rois or k[1] in rois)}
     if not selected:
@@ -171,8 +180,6 @@ def convert_fwrf_weights(
                               f"roi={roi!r}; found {sorted(found) or 'none'}. Expected files "
                               "like encoding_models/modality-fmri/train_dataset-nsd/model-fwrf/"
                               "encoding_models_weights/weights_sub-01_roi-V1.pt")
-    if is_local(dest):
-        Path(local_path(dest)).mkdir(parents=True, exist_ok=True)
     written = []
     for (subj, region), paths in tqdm(sorted(selected.items()), desc="converting fwRF weights",
                                       unit="encoder",
@@ -256,16 +263,10 @@ def _source(path: Path) -> dict[str, Any]:
 # --------------------------------------------------------------------------------------
 
 
-def _eeg_folder(src: Path) -> Path:
-    folder = (src / "encoding_models" / "modality-eeg" / "train_dataset-things_eeg_2"
-              / "model-vit_b_32" / "encoding_models_weights")
-    return folder if folder.is_dir() else src
-
-
 def _discover_eeg(src: Path) -> dict[int, Path]:
     """Subject -> its weights file (BERG's ``weights_subject-SS.npy`` or NED's regressions)."""
     found: dict[int, Path] = {}
-    for path in sorted(_eeg_folder(src).glob("*.npy")):
+    for path in sorted(_weights_folder(src, "eeg", "things_eeg_2", "vit_b_32").glob("*.npy")):
         match = _EEG_RE.search(path.name)
         if match:
             subject = int(match["subject"])
@@ -385,15 +386,13 @@ def convert_eeg_weights(
 
     cat = catalog or default_catalog()
     found = _discover_eeg(Path(src))
-    subjects = {subject} if isinstance(subject, int) else set(subject or [])
+    subjects = _as_set(subject)
     selected = {s: p for s, p in found.items() if not subjects or s in subjects}
     if not selected:
         raise ConversionError(f"no EEG weights under {src} match subject={subject!r}; found "
                               f"subjects {sorted(found) or 'none'}. Expected files like "
                               "encoding_models/modality-eeg/train_dataset-things_eeg_2/"
                               "model-vit_b_32/encoding_models_weights/weights_subject-01.npy")
-    if is_local(dest):
-        Path(local_path(dest)).mkdir(parents=True, exist_ok=True)
     written = []
     for subj, path in tqdm(sorted(selected.items()), desc="converting EEG weights",
                            unit="subject", disable=not _config.show_progress(show_progress)):
@@ -510,8 +509,6 @@ def convert_vit_b_32(
     rel = spec.backbone_path
     doc = {"format": BACKBONE_FORMAT, "architecture": "torchvision vit_b_32",
            "sources": [_source(source)], **_provenance()}
-    if is_local(dest):
-        Path(local_path(dest)).mkdir(parents=True, exist_ok=True)
     _write_folder({k: v.detach().contiguous() for k, v in state.items()}, doc, dest, rel,
                   storage_options)
     logger.info("converted %s -> %s", source.name, rel)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import functools
 import hashlib
 import json
@@ -209,7 +208,7 @@ class EncoderSource:
         options = json.loads(self.options_json)
         digests = (recorded_digest(self.weights_url, options),
                    recorded_digest(self.backbone_url, options) if self.backbone_url else "")
-        return copy.copy(_load_cached(self, digests))
+        return _load_cached(self, digests)
 
 
 @functools.lru_cache(maxsize=2)

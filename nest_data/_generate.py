@@ -44,6 +44,7 @@ from nest_data._store import (
     commit,
     finish_stage,
     read_store_attrs,
+    row_nbytes,
     scan_rows,
     store_exists,
 )
@@ -95,8 +96,8 @@ def _open_images(source: str | os.PathLike[str]) -> tuple[_Images, np.ndarray, d
             raise InputError(f"{folder} holds no image files ({', '.join(IMAGE_SUFFIXES)}); "
                              "give a folder of images or a Zarr array of uint8 images")
         names = tuple(p.relative_to(folder).as_posix() for p in files)
-        listing = [[n, p.stat().st_size, p.stat().st_mtime_ns] for n, p in zip(names, files,
-                                                                                strict=True)]
+        stats = [p.stat() for p in files]
+        listing = [[n, st.st_size, st.st_mtime_ns] for n, st in zip(names, stats, strict=True)]
         fingerprint = {"kind": "folder", "path": folder.as_posix(), "n_images": len(names),
                        "listing_sha256": bytes_digest(json.dumps(listing).encode())}
         return _Images("folder", folder.as_posix(), names), np.asarray(names, dtype=object), \
@@ -289,8 +290,7 @@ def generate(
     entry = Entry.of(spec, imageset, int(encoder.keys["subject"]), encoder.keys.get("roi"))
     n = len(ids)
     data = _entry_data(entry, encoder, ids, fingerprint, source)
-    row_bytes = int(np.prod(encoder.row_shape)) * 4
-    rows = chunk_images or chunk_rows(row_bytes, n)
+    rows = chunk_images or chunk_rows(row_nbytes(data), n)
     job_id = bytes_digest(json.dumps([entry.path, encoder.digest, fingerprint, rows, str(dest)],
                                      sort_keys=True).encode()).removeprefix("sha256:")[:16]
     url = join(dest, entry.path)

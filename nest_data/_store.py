@@ -20,7 +20,7 @@ import logging
 import os
 import shutil
 import uuid
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -328,10 +328,16 @@ def finish_stage(memory: MemoryStore, stage: Path, data: EntryData, rows: int,
 
 def scan_rows(array: zarr.Array, rows: int) -> tuple[str, int]:
     """SHA-256 of an array's values (as :func:`array_digest`) and its NaN count, by chunks."""
+    return _digest_blocks(np.asarray(array[start:start + rows])
+                          for start in range(0, array.shape[0], rows))
+
+
+def _digest_blocks(blocks: Iterable[np.ndarray]) -> tuple[str, int]:
+    """SHA-256 of consecutive blocks of rows (as one array) and their number of NaNs."""
     whole = hashlib.sha256()
     nan_count = 0
-    for start in range(0, array.shape[0], rows):
-        block = np.ascontiguousarray(array[start:start + rows])
+    for block in blocks:
+        block = np.ascontiguousarray(block)
         whole.update(block.data)
         nan_count += int(np.count_nonzero(np.isnan(block)))
     return "sha256:" + whole.hexdigest(), nan_count
@@ -422,21 +428,21 @@ def _aux_dims(name: str, values: np.ndarray) -> tuple[str, ...]:
 
 def _stream_rows(data: EntryData, array: zarr.Array, rows: int) -> tuple[str, int]:
     """Copy all rows chunk by chunk; return the values' SHA-256 and their number of NaNs."""
-    whole = hashlib.sha256()
-    nan_count = 0
     n = data.shape[0]
-    with zarr.config.set({"array.write_empty_chunks": True}):
-        for start in range(0, n, rows):
-            stop = min(start + rows, n)
-            block = np.ascontiguousarray(data.read_rows(start, stop), dtype=data.dtype)
-            expected = (stop - start, *data.shape[1:])
-            if block.shape != expected:
-                raise ValueError(f"read_rows({start}, {stop}) returned shape {block.shape}, "
-                                 f"expected {expected}")
-            array[start:stop] = block
-            whole.update(block.data)
-            nan_count += int(np.count_nonzero(np.isnan(block)))
-    return "sha256:" + whole.hexdigest(), nan_count
+
+    def written() -> Iterator[np.ndarray]:
+        with zarr.config.set({"array.write_empty_chunks": True}):
+            for start in range(0, n, rows):
+                stop = min(start + rows, n)
+                block = np.ascontiguousarray(data.read_rows(start, stop), dtype=data.dtype)
+                expected = (stop - start, *data.shape[1:])
+                if block.shape != expected:
+                    raise ValueError(f"read_rows({start}, {stop}) returned shape "
+                                     f"{block.shape}, expected {expected}")
+                array[start:stop] = block
+                yield block
+
+    return _digest_blocks(written())
 
 
 # --------------------------------------------------------------------------------------

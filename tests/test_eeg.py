@@ -165,9 +165,17 @@ def test_backbone_location_and_errors(eeg_root: Path, images: np.ndarray, tmp_pa
     moved.write_bytes((backbone / "weights.safetensors").read_bytes())
     default = nest_data.encode(images[:1], subject=1, modality="eeg", location=str(eeg_root),
                                cache=False)
-    monkeypatch.setenv("NEST_DATA_VIT_B_32", str(moved))
-    from_env = nest_data.encode(images[:1], subject=1, modality="eeg", location=str(eeg_root),
-                                cache=False)
+    hidden = backbone.with_name("hidden")
+    backbone.rename(hidden)  # only the environment variable can find the backbone now
+    try:
+        with pytest.raises(nest_data.StoreNotFoundError, match="vit_b_32-imagenet1k_v1"):
+            nest_data.encode(images[:1], subject=1, modality="eeg", location=str(eeg_root),
+                             cache=False)
+        monkeypatch.setenv("NEST_DATA_VIT_B_32", str(moved))
+        from_env = nest_data.encode(images[:1], subject=1, modality="eeg",
+                                    location=str(eeg_root), cache=False)
+    finally:
+        hidden.rename(backbone)
     np.testing.assert_array_equal(default.values, from_env.values)
     assert from_env.attrs["backbone_sha256"] == default.attrs["backbone_sha256"]
     with pytest.raises(nest_data.NestDataError, match="is a torch pickle; nest-data only loads "
