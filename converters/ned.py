@@ -35,7 +35,14 @@ from nest_data._store import (
     verify_store,
     write_entry,
 )
-from nest_data.converters._meta import eeg_labels, fmri_voxel_labels, meta_block, meta_field
+from nest_data.converters._meta import (
+    eeg_labels,
+    fmri_voxel_labels,
+    meta_block,
+    meta_field,
+    meta_index,
+    meta_lookup,
+)
 from nest_data.converters._pickle import load_npy_dict
 from nest_data.errors import (
     ConversionError,
@@ -48,10 +55,15 @@ from nest_data.testing import NED_ROOT_NAMES
 logger = logging.getLogger("nest_data")
 
 DATASET = "synthetic_neural_responses"
-_FILE_RE = re.compile(
-    r"modality-(?P<modality>[^/]+)/train_dataset-(?P<train_dataset>[^/]+)/model-(?P<model>[^/]+)"
-    r"/imageset-(?P<imageset>[^/]+)/synthetic_neural_responses_sub-(?P<subject>\d+)"
-    r"(?:_roi-(?P<roi>[^/]+))?\.h5$"
+_FOLDER_RE = re.compile(
+    r"^modality-(?P<modality>[^/]+)/train_dataset-(?P<train_dataset>[^/]+)/model-(?P<model>[^/]+)"
+    r"/imageset-(?P<imageset>[^/]+)$"
+)
+# NED's file names since 2024-05-26, and before (NED commit cbedc74 renamed them).
+_NAME_RE = re.compile(r"^synthetic_neural_responses_sub-(?P<subject>\d+)(?:_roi-(?P<roi>.+))?\.h5$")
+_OLD_NAME_RE = re.compile(
+    r"^synthetic_neural_responses_training_dataset-(?P<train_dataset>.+?)_model-(?P<model>.+?)"
+    r"_imageset-(?P<imageset>.+?)_sub-(?P<subject>\d+)(?:_roi-(?P<roi>.+))?\.h5$"
 )
 
 __all__ = ["ConversionReport", "SourceEntry", "convert_ned", "discover_ned"]
@@ -89,6 +101,10 @@ def discover_ned(
 
     ``src`` may be the folder that holds ``pregenerated_insilico_neural_responses/`` or
     ``synthetic_neural_responses/`` (NED used both names), or one of those folders itself.
+    Files keep NED's current names (``synthetic_neural_responses_sub-01_roi-V1.h5``) or the
+    names NED gave them before 2024-05-26
+    (``synthetic_neural_responses_training_dataset-nsd_model-fwrf_imageset-nsd_sub-01_roi-V1.h5``,
+    metadata ``synthetic_neural_responses_metadata_training_dataset-...npy``).
 
     Parameters
     ----------
@@ -102,6 +118,14 @@ def discover_ned(
     Returns
     -------
     list of SourceEntry
+
+    Raises
+    ------
+    ConversionError
+        No file matches.
+    SourceFormatError
+        An old-style file name disagrees with its folder, or one folder holds the same entry
+        under both names.
 
     Examples
     --------
@@ -119,18 +143,23 @@ def discover_ned(
     found: dict[tuple[Any, ...], SourceEntry] = {}
     roots = _ned_roots(Path(src))
     for root in roots:
+        in_root: dict[tuple[Any, ...], Path] = {}
         for h5 in sorted(root.glob("modality-*/train_dataset-*/model-*/imageset-*/*.h5")):
-            match = _FILE_RE.search(h5.relative_to(root).as_posix())
-            if match is None:
+            key = _entry_key(root, h5)
+            if key is None:
                 continue
-            g = match.groupdict()
-            key = (g["modality"], g["train_dataset"], g["model"], g["imageset"],
-                   int(g["subject"]), g["roi"])
+            if key in in_root:
+                raise SourceFormatError(
+                    f"{h5.parent}: two files hold the same entry: {in_root[key].name} and "
+                    f"{h5.name} (NED's file names before and after its 2024-05-26 rename). "
+                    "Keep one of them, with its metadata .npy, and remove the other.")
+            in_root[key] = h5
+        for key, h5 in in_root.items():
             if key not in wanted or key in found:
                 continue
             entry = cat.resolve(**dict(zip(("modality", "train_dataset", "model", "imageset",
                                             "subject", "roi"), key, strict=True)))
-            npy = h5.with_name(h5.name.replace(DATASET + "_", DATASET + "_metadata_")
+            npy = h5.with_name(h5.name.replace(DATASET + "_", DATASET + "_metadata_", 1)
                                ).with_suffix(".npy")
             found[key] = SourceEntry(entry, h5, npy)
     if not found:
@@ -138,10 +167,37 @@ def discover_ned(
         raise ConversionError(
             f"no NED response files under {src} match the filters ({filters}). Looked in "
             f"{', '.join(str(r) for r in roots) or src} for modality-*/train_dataset-*/model-*/"
-            "imageset-*/synthetic_neural_responses_sub-XX[_roi-ROI].h5. Check SRC (the folder "
+            "imageset-*/synthetic_neural_responses_sub-XX[_roi-ROI].h5 (or NED's older "
+            "synthetic_neural_responses_training_dataset-D_model-X_imageset-S_sub-XX[_roi-ROI]"
+            ".h5). Check SRC (the folder "
             f"holding {' or '.join(NED_ROOT_NAMES)}) and the filters."
         )
     return sorted(found.values(), key=lambda s: s.entry.path)
+
+
+def _entry_key(root: Path, h5: Path) -> tuple[Any, ...] | None:
+    """``(modality, train_dataset, model, imageset, subject, roi)`` of a NED response file.
+
+    Both of NED's file names are read; an old name (before 2024-05-26) repeats the folder's
+    train dataset, model and image set, which must agree.  Other ``.h5`` files give None.
+    """
+    folder = _FOLDER_RE.match(h5.parent.relative_to(root).as_posix())
+    name = _NAME_RE.match(h5.name) or _OLD_NAME_RE.match(h5.name)
+    if folder is None or name is None:
+        return None
+    keys = folder.groupdict()
+    named = {k: v for k, v in name.groupdict().items() if k in keys}
+    differ = {k: v for k, v in named.items() if v != keys[k]}
+    if differ:
+        raise SourceFormatError(
+            f"{h5}: the file name says " + ", ".join(f"{k} {v!r}" for k, v in differ.items())
+            + " but its folder says " + ", ".join(f"{k} {keys[k]!r}" for k in differ)
+            + ". A file in modality-M/train_dataset-D/model-X/imageset-S/ must be named "
+            "synthetic_neural_responses_sub-SS[_roi-R].h5 or (NED's name before 2024-05-26) "
+            "synthetic_neural_responses_training_dataset-D_model-X_imageset-S_sub-SS[_roi-R].h5."
+            " Move the file to the folder its name gives, or rename it.")
+    return (keys["modality"], keys["train_dataset"], keys["model"], keys["imageset"],
+            int(name["subject"]), name["roi"])
 
 
 def _ned_roots(src: Path) -> list[Path]:
@@ -420,22 +476,24 @@ def _eeg_coords(dset: h5py.Dataset, meta: Mapping[str, Any], encoding: Mapping[s
     aux.update({k: np.asarray(v) for k, v in splits.items()})
 
 
-def _per_image_or_lookup(values: np.ndarray, index: np.ndarray, n_images: int) -> np.ndarray:
-    """Labels given per image, or a table indexed by ``index`` (NED uses both forms)."""
-    values = np.asarray(values)
-    if values.shape[:1] == (n_images,) and len(values) != int(index.max(initial=0)) + 1:
-        return values
-    return values[index]
-
-
 def _image_labels(entry: Entry, meta: Mapping[str, Any], n_images: int, npy: Path,
                   aux: dict[str, np.ndarray]) -> dict[str, Any]:
-    """Image-set label coordinates (nsd: id, shared-1000, split; things: concept, path...)."""
+    """Image-set label coordinates (nsd: id, shared-1000, split; things: concept, path...).
+
+    Label fields are read from dicts, lists or arrays alike (NED wrote ``image_paths``,
+    ``unique_id`` and ``label_names`` as dicts keyed by row).  Per-concept and per-class
+    tables (``unique_id``, ``label_names``) are looked up through the per-image indices
+    (``image_concept_index``, ``label_number``).
+    """
     block_name = f"{entry.imageset}_labels"
     labels = meta_block(meta, block_name, npy)
     out: dict[str, Any] = {}
     if entry.imageset == "nsd":
-        subjectim = meta_field(labels, "subjectim", npy, block_name=block_name).astype(np.int64)
+        subjectim = meta_index(labels, "subjectim", npy, block_name=block_name)
+        if subjectim.ndim != 2:
+            raise SourceFormatError(f"{npy}: {block_name}.subjectim has shape "
+                                    f"{subjectim.shape}; expected (subjects, images), NSD's "
+                                    "(8, 10000). Re-download the file.")
         ids = np.arange(n_images, dtype=np.int64)
         shared = np.intersect1d(subjectim[0], subjectim[1]) if len(subjectim) > 1 else ()
         for row in subjectim[2:]:
@@ -452,24 +510,39 @@ def _image_labels(entry: Entry, meta: Mapping[str, Any], n_images: int, npy: Pat
                                             "encoder: train, val, test or empty"})
         aux["nsd_subjectim"] = subjectim
         if "masterordering" in labels:
-            aux["nsd_masterordering"] = np.asarray(labels["masterordering"])
+            aux["nsd_masterordering"] = _trial_order(labels, block_name, npy)
     elif entry.imageset == "things":
-        index = meta_field(labels, "image_concept_index", npy, n_images,
-                           block_name).astype(np.int64)
+        index = meta_index(labels, "image_concept_index", npy, n_images, block_name)
         paths = meta_field(labels, "image_paths", npy, n_images, block_name).astype(str)
         out["concept_index"] = (("image",), index, {})
         out["concept"] = (("image",), np.array([p.split("/")[0] for p in paths]), {})
         out["path"] = (("image",), paths, {"description": "image path inside THINGS"})
         if "unique_id" in labels:
-            out["unique_id"] = (("image",), _per_image_or_lookup(
-                np.asarray(labels["unique_id"]).astype(str), index, n_images), {})
+            unique_id = meta_field(labels, "unique_id", npy, block_name=block_name).astype(str)
+            out["unique_id"] = (("image",), meta_lookup(
+                unique_id, index, npy, f"{block_name}.unique_id",
+                f"{block_name}.image_concept_index"), {})
     elif entry.imageset == "imagenet_val":
-        number = meta_field(labels, "label_number", npy, n_images, block_name).astype(np.int64)
+        number = meta_index(labels, "label_number", npy, n_images, block_name)
         out["label_number"] = (("image",), number, {"description": "ImageNet class index"})
         if "label_names" in labels:
-            out["label_name"] = (("image",), _per_image_or_lookup(
-                np.asarray(labels["label_names"]).astype(str), number, n_images), {})
+            names = meta_field(labels, "label_names", npy, block_name=block_name).astype(str)
+            out["label_name"] = (("image",), meta_lookup(
+                names, number, npy, f"{block_name}.label_names",
+                f"{block_name}.label_number"), {})
     return out
+
+
+def _trial_order(labels: Mapping[str, Any], block_name: str, npy: Path) -> np.ndarray:
+    """NSD's ``masterordering`` as one vector of trials (``loadmat`` gives it as (1, 30000))."""
+    order = meta_index(labels, "masterordering", npy, block_name=block_name)
+    if order.ndim == 2 and order.shape[0] == 1:
+        return order[0]
+    if order.ndim != 1:
+        raise SourceFormatError(f"{npy}: {block_name}.masterordering has shape {order.shape}; "
+                                "expected NSD's trial order, (1, 30000) as loadmat reads it or "
+                                "(30000,). Re-download the file.")
+    return order
 
 
 def _version() -> str:

@@ -21,6 +21,10 @@ tensors only.  What the converters write needs no pickle to read:
     ``reg.intercept_`` (4, 8820) and the accuracy maps as ``coord.<name>``;
     ``model.json``  channel names, times, the layout it came from (BERG or NED) and sources.
 
+``<root>/weights/modality-fmri/train_dataset-nsd_fsaverage/model-vit_b_32/sub-01/``
+    the same scaler and PCA, ``lh.coef_``/``lh.intercept_`` and ``rh.*`` (one regression
+    per hemisphere), per-vertex labels ``vertex.*``, ROI vertex indices ``roi.*``.
+
 ``<root>/weights/backbones/vit_b_32-imagenet1k_v1/``
     torchvision's ``vit_b_32`` state_dict, keys unchanged.
 """
@@ -54,11 +58,14 @@ logger = logging.getLogger("nest_data")
 FORMAT = "nest-data fwrf weights v1"
 EEG_FORMAT = "nest-data eeg weights v1"
 BACKBONE_FORMAT = "nest-data vit_b_32 backbone v1"
-_PT_RE = re.compile(r"weights_sub-(?P<subject>\d+)_roi-(?P<roi>.+?)(?:_split-(?P<part>\d))?\.pt$")
+FSAVERAGE_FORMAT = "nest-data fsaverage weights v1"
+# A weights file's whole name (fullmatch); the ROI is checked against the catalog.
+_PT_RE = re.compile(r"weights_sub-(?P<subject>\d+)_roi-(?P<roi>.+?)"
+                    r"(?:_split-(?P<part>[1-9]\d*))?\.pt")
 _EEG_RE = re.compile(r"(?:weights_subject|LinearRegression_param_sub)-(?P<subject>\d+)\.npy$")
 
-__all__ = ["MODEL_FILE", "WEIGHTS_FILE", "convert_eeg_weights", "convert_fwrf_weights",
-           "convert_vit_b_32", "convert_weights"]
+__all__ = ["MODEL_FILE", "WEIGHTS_FILE", "convert_eeg_weights", "convert_fsaverage_weights",
+           "convert_fwrf_weights", "convert_vit_b_32", "convert_weights"]
 
 
 def _weights_folder(src: Path, modality: str, train_dataset: str, model: str) -> Path:
@@ -75,14 +82,47 @@ def _as_set(value: Any) -> set[Any]:
     return {value} if isinstance(value, (int, str)) else set(value)
 
 
-def _discover(src: Path) -> dict[tuple[int, str], list[Path]]:
+def _discover(src: Path, catalog: Catalog | None = None) -> dict[tuple[int, str], list[Path]]:
+    """(subject, ROI) -> its fwRF weight file, or its two halves, under ``src``.
+
+    Only ``weights_sub-SS_roi-R.pt`` and ``weights_sub-SS_roi-R_split-1.pt`` /
+    ``_split-2.pt`` with ``SS`` a subject and ``R`` an ROI of the catalog's fmri/nsd/fwrf
+    model are weights; every other ``.pt`` file (NED's training outputs
+    ``weights_sub-01_roi-V1train_phase-02.pt``, all-subject models ``weights_sub-all_...``)
+    is skipped with a log line.
+
+    Raises
+    ------
+    SourceFormatError
+        An ROI has one half of a split pair, or both whole and split files.
+    """
+    spec = next((m for m in (catalog or default_catalog()).models
+                 if m.name == "fmri/nsd/fwrf"), None)
+    if spec is None:  # a catalog without the model: nothing here can be converted
+        return {}
     folder = _weights_folder(src, "fmri", "nsd", "fwrf")
     found: dict[tuple[int, str], list[Path]] = {}
-    for path in sorted(folder.glob("weights_sub-*_roi-*.pt")):
-        match = _PT_RE.search(path.name)
-        if match:
-            key = (int(match["subject"]), match["roi"])
-            found.setdefault(key, []).append(path)
+    parts: dict[tuple[int, str], list[int]] = {}
+    for path in sorted(folder.glob("*.pt")):
+        match = _PT_RE.fullmatch(path.name)
+        if match is None or int(match["subject"]) not in spec.subjects or (
+                match["roi"] not in spec.rois):
+            logger.info("skipping %s: not an fwRF weights file (expected weights_sub-SS_roi-"
+                        "ROI.pt or weights_sub-SS_roi-ROI_split-1.pt/_split-2.pt, with SS one "
+                        "of the subjects %s and ROI one of %s)", path,
+                        ", ".join(f"{s:02d}" for s in spec.subjects), ", ".join(spec.rois))
+            continue
+        key = (int(match["subject"]), match["roi"])
+        found.setdefault(key, []).append(path)
+        parts.setdefault(key, []).append(int(match["part"] or 0))
+    for key, numbers in parts.items():
+        if sorted(numbers) not in ([0], [1, 2]):
+            stem = f"weights_sub-{key[0]:02d}_roi-{key[1]}"
+            raise SourceFormatError(
+                f"{folder}: the fwRF weights of subject {key[0]} {key[1]} are "
+                f"{', '.join(p.name for p in found[key])}; expected either {stem}.pt or both "
+                f"halves {stem}_split-1.pt and {stem}_split-2.pt. Download the missing half "
+                "(or remove the extra file) and convert again.")
     return found
 
 
@@ -226,25 +266,77 @@ def _write_folder(tensors: dict[str, Any], doc: dict[str, Any], dest: str | os.P
 
 def _voxel_labels(weights: Path, subject: int, roi: str, n_voxels: int,
                   tensors: dict[str, Any]) -> dict[str, Any]:
-    """Add the voxel labels of NEST's metadata file (if present) as ``voxel.*`` tensors."""
+    """Add an encoder's voxel labels as ``voxel.*`` tensors; return its volume attributes.
+
+    The labels come from the first of:
+
+    1. The metadata file ``metadata/metadata_sub-SS_roi-R.npy`` beside the weights folder,
+       in BERG's layout (``encoding_models{r2, noise_ceiling, explained_variance, ...}``)
+       or NED's (``encoding_models{encoding_accuracy{r2, noise_ceiling,
+       noise_normalized_encoding}, train_val_test_nsd_image_splits}``), with
+       ``fmri{ncsnr, roi_mask_volume, fmri_affine}``.
+    2. ``betas_info[subject]`` of the (first) weights file, which NED's training script
+       saved: ``ncsnr``, ``roi_mask_volume`` and ``fmri_affine`` of the whole ROI, but no
+       accuracies.  Without ``fmri_affine`` the voxels get ``i, j, k`` but no ``x, y, z``.
+    3. Nothing: the voxels carry their index only.
+    """
     import torch
 
     path = weights.parent.parent / "metadata" / f"metadata_sub-{subject:02d}_roi-{roi}.npy"
-    if not path.is_file():
-        logger.warning("no metadata file %s: encoded responses will carry voxel indices only",
-                       path)
-        return {}
-    meta = load_npy_dict(path)  # numpy-only allow-list: no trust needed
-    coords, attrs = fmri_voxel_labels(meta_block(meta, "fmri", path),
-                                      meta_block(meta, "encoding_models", path), path,
-                                      source_prefix="encoding_models")
+    if path.is_file():
+        meta = load_npy_dict(path)  # numpy-only allow-list: no trust needed
+        encoding = meta_block(meta, "encoding_models", path)
+        if isinstance(encoding.get("encoding_accuracy"), Mapping):  # NED's layout
+            accuracy, prefix = encoding["encoding_accuracy"], "encoding_models.encoding_accuracy"
+        else:  # BERG's layout
+            accuracy, prefix = encoding, "encoding_models"
+        coords, attrs = fmri_voxel_labels(meta_block(meta, "fmri", path), accuracy, path,
+                                          source_prefix=prefix)
+        mask_field = "fmri.roi_mask_volume"
+        logger.info("sub-%02d %s: voxel labels from %s (%s): %s", subject, roi, path,
+                    "NED's layout" if prefix != "encoding_models" else "BERG's layout",
+                    ", ".join(coords))
+    else:
+        info = _betas_info(weights, subject)
+        if info is None:
+            logger.warning("no metadata file %s and no betas_info in %s: encoded responses "
+                           "will carry voxel indices only", path, weights.name)
+            return {}
+        block = f"betas_info[{subject}]"
+        coords, attrs = fmri_voxel_labels(info, {}, weights, source_prefix=block,
+                                          block_name=block, require_affine=False)
+        logger.warning("no metadata file %s: voxel labels from %s of %s: %s (no r2, noise "
+                       "ceiling or explained variance%s)", path, block, weights,
+                       ", ".join(coords), "" if "x" in coords else "; no fmri_affine, so "
+                       "no x, y, z")
+        path, mask_field = weights, f"{block}.roi_mask_volume"
     if len(coords["voxel"][1]) != n_voxels:
-        raise SourceFormatError(f"{path}: roi_mask_volume has {len(coords['voxel'][1])} voxels "
+        raise SourceFormatError(f"{path}: {mask_field} has {len(coords['voxel'][1])} voxels "
                                 f"but the weights predict {n_voxels}; the files do not belong "
                                 "together")
     for name, (_, values, _) in coords.items():
         tensors[f"voxel.{name}"] = torch.from_numpy(np.ascontiguousarray(values))
     return attrs
+
+
+def _betas_info(weights: Path, subject: int) -> Mapping[str, Any] | None:
+    """``betas_info[subject]`` of a fwRF weights file (None if the file has none).
+
+    NED's training script stored there the prepared fMRI data's dict without its betas
+    (``ncsnr``, ``roi_mask_volume``, ``fmri_affine``, ``volume_shape``, NSD's design and
+    image splits), keyed by the subject number.
+    """
+    info = _load_trusted(weights).get("betas_info")
+    if info is None:
+        return None
+    block = info.get(subject, info.get(str(subject))) if isinstance(info, Mapping) else None
+    if not isinstance(block, Mapping):
+        found = sorted(info, key=str) if isinstance(info, Mapping) else type(info).__name__
+        raise SourceFormatError(f"{weights}: betas_info has no dict for subject {subject} "
+                                f"(found {found}); NED's training script keys it by the "
+                                "subject number. The file is not this subject's weights or "
+                                "is damaged: re-download it.")
+    return block
 
 
 def _provenance() -> dict[str, str]:
@@ -316,7 +408,18 @@ def _eeg_head(path: Path) -> tuple[dict[str, np.ndarray], list[Path], str]:
                                 f"{sorted(reg_doc)})")
     coef = np.stack([_array(reg_doc[r], "coef_", reg_path, 2) for r in reps])
     intercept = np.stack([_array(reg_doc[r], "intercept_", reg_path, 1) for r in reps])
-    n_components = coef.shape[2]
+    head = _scaler_pca(scaler_doc, scaler_path, pca_doc, pca_path, coef.shape[2], reg_path)
+    head.update({"reg.coef_": coef, "reg.intercept_": intercept})
+    if intercept.shape != coef.shape[:2]:
+        raise SourceFormatError(f"{reg_path}: intercept_ shape {intercept.shape[1:]} does not "
+                                f"match coef_ {coef.shape[1:]}")
+    return head, files, layout
+
+
+def _scaler_pca(scaler_doc: Mapping[str, Any], scaler_path: Path, pca_doc: Mapping[str, Any],
+                pca_path: Path, n_components: int, reg_path: Path) -> dict[str, np.ndarray]:
+    """``scaler.mean_``, ``scaler.scale_``, ``pca.components_`` (the first ``n_components``,
+    which the regressions use) and ``pca.mean_`` of a ViT-B/32 encoder, shapes checked."""
     components = _array(pca_doc, "components_", pca_path, 2)
     if components.shape[0] < n_components:
         raise SourceFormatError(f"{pca_path}: {components.shape[0]} PCA components, but the "
@@ -324,17 +427,14 @@ def _eeg_head(path: Path) -> tuple[dict[str, np.ndarray], list[Path], str]:
     head = {"scaler.mean_": _array(scaler_doc, "mean_", scaler_path, 1),
             "scaler.scale_": _array(scaler_doc, "scale_", scaler_path, 1),
             "pca.components_": components[:n_components],  # NED kept 1,000 and used 250
-            "pca.mean_": _array(pca_doc, "mean_", pca_path, 1),
-            "reg.coef_": coef, "reg.intercept_": intercept}
-    n_features = head["pca.components_"].shape[1]
+            "pca.mean_": _array(pca_doc, "mean_", pca_path, 1)}
+    n_features = components.shape[1]
     for name in ("scaler.mean_", "scaler.scale_", "pca.mean_"):
         if head[name].shape != (n_features,):
-            raise SourceFormatError(f"{path}: {name} has shape {head[name].shape}; the PCA "
+            where = scaler_path if name.startswith("scaler") else pca_path
+            raise SourceFormatError(f"{where}: {name} has shape {head[name].shape}; the PCA "
                                     f"components have {n_features} features")
-    if intercept.shape != coef.shape[:2]:
-        raise SourceFormatError(f"{reg_path}: intercept_ shape {intercept.shape[1:]} does not "
-                                f"match coef_ {coef.shape[1:]}")
-    return head, files, layout
+    return head
 
 
 def convert_eeg_weights(
@@ -453,6 +553,196 @@ def _eeg_labels(weights: Path, subject: int, shape: tuple[int, int],
             "shape": [n_rep, n_ch, n_t], "coords": dims}
 
 
+# --------------------------------------------------------------------------------------
+# fMRI fsaverage encoders (ViT-B/32 features -> scaler -> PCA -> one regression per hemisphere)
+# --------------------------------------------------------------------------------------
+
+_FSAVERAGE_RE = re.compile(r"weights_subject-(?P<subject>\d+)\.npy$")
+#: Source names of surface ROIs whose catalog name differs (NSD's label files say OWFA,
+#: BERG's model card OVWFA).
+_ROI_ALIASES = {"OVWFA": ("OVWFA", "OWFA")}
+
+
+def _discover_fsaverage(src: Path) -> dict[int, Path]:
+    folder = _weights_folder(src, "fmri", "nsd_fsaverage", "vit_b_32")
+    if folder == src and (src / "encoding_models").is_dir():
+        return {}  # a NEST root without this model
+    found = {}
+    for path in sorted(folder.glob("weights_subject-*.npy")):
+        match = _FSAVERAGE_RE.search(path.name)
+        if match:
+            found[int(match["subject"])] = path
+    return found
+
+
+def convert_fsaverage_weights(
+    src: str | os.PathLike[str],
+    dest: str | os.PathLike[str],
+    *,
+    subject: int | list[int] | None = None,
+    storage_options: Mapping[str, Any] | None = None,
+    catalog: Catalog | None = None,
+    show_progress: bool | None = None,
+) -> list[str]:
+    """Convert BERG's fsaverage encoders (``fmri-nsd_fsaverage-vit_b_32``) to safetensors + JSON.
+
+    Reads ``weights_subject-{SS}.npy`` (scaler, PCA, and one linear regression per
+    hemisphere over its 163,842 vertices) and ``metadata/metadata_subject-{SS}.npy``
+    (per-hemisphere ncsnr, accuracies and the surface ROIs' vertex selections), both
+    pickled dicts of numpy arrays read with the numpy-only allow-list unpickler.  The folder
+    written holds ``scaler.*``, ``pca.*``, ``lh.coef_``, ``lh.intercept_``, ``rh.*``; the
+    per-vertex labels as ``vertex.<name>`` over both hemispheres (left first); each ROI as
+    ``roi.<name>``, the global indices of its vertices (right-hemisphere indices offset by
+    the left hemisphere's size); and NSD's image splits as ``split.*``.
+
+    Parameters
+    ----------
+    src : path
+        BERG's root (holding ``encoding_models/``) or the ``encoding_models_weights`` folder.
+    dest : path or URL
+        Root to write ``weights/...`` folders into.
+    subject : int or list of int, optional
+        Convert only these subjects.
+    storage_options : dict, optional
+        fsspec options for a remote ``dest``.
+    show_progress : bool, optional
+        Progress bar over the encoders converted.
+
+    Returns
+    -------
+    list of str
+        The weights folders written, relative to ``dest``.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> from nest_data.testing import write_fsaverage_weights
+    >>> src, dest = tempfile.mkdtemp(), tempfile.mkdtemp()
+    >>> _ = write_fsaverage_weights(src, 2, n_components=2, n_vertices=642)
+    >>> convert_fsaverage_weights(src, dest)
+    ['weights/modality-fmri/train_dataset-nsd_fsaverage/model-vit_b_32/sub-02']
+    """
+    import torch
+
+    cat = catalog or default_catalog()
+    found = _discover_fsaverage(Path(src))
+    subjects = _as_set(subject)
+    selected = {s: p for s, p in found.items() if not subjects or s in subjects}
+    if not selected:
+        raise ConversionError(f"no fsaverage weights under {src} match subject={subject!r}; "
+                              f"found subjects {sorted(found) or 'none'}. Expected files like "
+                              "encoding_models/modality-fmri/train_dataset-nsd_fsaverage/"
+                              "model-vit_b_32/encoding_models_weights/weights_subject-01.npy")
+    written = []
+    for subj, path in tqdm(sorted(selected.items()), desc="converting fsaverage weights",
+                           unit="subject", disable=not _config.show_progress(show_progress)):
+        spec, rel = cat.resolve_weights(train_dataset="nsd_fsaverage", model="vit_b_32",
+                                        subject=subj)
+        doc = load_npy_dict(path)
+        for name in ("scaler_param", "pca_param", "lh_reg_param", "rh_reg_param"):
+            if not isinstance(doc.get(name), Mapping):
+                raise SourceFormatError(f"{path}: not a BERG fsaverage weights file (no {name!r} "
+                                        f"dict; found {sorted(doc)})")
+        hemis = {h: (_array(doc[f"{h}_reg_param"], "coef_", path, 2),
+                     _array(doc[f"{h}_reg_param"], "intercept_", path, 1)) for h in ("lh", "rh")}
+        n_components = hemis["lh"][0].shape[1]
+        head = _scaler_pca(doc["scaler_param"], path, doc["pca_param"], path, n_components, path)
+        for h, (coef, intercept) in hemis.items():
+            if coef.shape[1] != n_components or intercept.shape != coef.shape[:1]:
+                raise SourceFormatError(f"{path}: {h}_reg_param has coef_ {coef.shape} and "
+                                        f"intercept_ {intercept.shape}; expected (n_vertices, "
+                                        f"{n_components}) and (n_vertices,) like lh_reg_param")
+            head[f"{h}.coef_"], head[f"{h}.intercept_"] = coef, intercept
+        sizes = {h: int(hemis[h][0].shape[0]) for h in hemis}
+        tensors = {k: torch.from_numpy(np.ascontiguousarray(v, dtype=np.float32))
+                   for k, v in head.items()}
+        labels = _surface_metadata(path, subj, sizes, spec.rois, tensors)
+        out = {"format": FSAVERAGE_FORMAT, "modality": "fmri",
+               "train_dataset": spec.train_dataset, "model": spec.model, "subject": subj,
+               "n_components": n_components, "n_features": int(head["pca.mean_"].shape[0]),
+               "n_vertices": sizes, **labels, "sources": [_source(path)], **_provenance()}
+        if labels["metadata"]:
+            out["sources"].append(_source(Path(labels["metadata"])))
+        _write_folder(tensors, out, dest, rel, storage_options)
+        written.append(rel)
+        logger.info("converted fsaverage weights sub-%02d -> %s", subj, rel)
+    return written
+
+
+def _surface_metadata(weights: Path, subject: int, sizes: Mapping[str, int],
+                      rois: tuple[str, ...], tensors: dict[str, Any]) -> dict[str, Any]:
+    """Per-vertex labels, ROI vertex indices and image splits of BERG's metadata file."""
+    import torch
+
+    path = weights.parent.parent / "metadata" / f"metadata_subject-{subject:02d}.npy"
+    if not path.is_file():
+        logger.warning("no metadata file %s: encoded responses will carry vertex indices "
+                       "only, and roi= cannot select vertices", path)
+        return {"metadata": "", "rois": [], "roi_sources": {}, "vertex_labels": []}
+    meta = load_npy_dict(path)
+    fmri, encoding = meta_block(meta, "fmri", path), meta_block(meta, "encoding_models", path)
+    names = {"ncsnr": fmri, "r2": encoding, "noise_ceiling": encoding,
+             "explained_variance": encoding, "correlation": encoding}
+    labels = []
+    for name, block in names.items():
+        parts = [block.get(f"{h}_{name}") for h in ("lh", "rh")]
+        if any(p is None for p in parts):
+            continue
+        for h, part in zip(("lh", "rh"), parts, strict=True):
+            if np.shape(part) != (sizes[h],):
+                raise SourceFormatError(f"{path}: {h}_{name} has shape {np.shape(part)}; the "
+                                        f"{h} regression predicts {sizes[h]} vertices, so the "
+                                        "files do not belong together")
+        tensors[f"vertex.{name}"] = torch.from_numpy(
+            np.concatenate(parts).astype(np.float32))
+        labels.append(name)
+    sources: dict[str, str] = {}
+    for roi in rois:
+        found = []
+        for h, offset in (("lh", 0), ("rh", sizes["lh"])):
+            block = fmri.get(f"{h}_fsaverage_rois")
+            if not isinstance(block, Mapping):
+                raise SourceFormatError(f"{path}: fmri has no {h}_fsaverage_rois dict (found "
+                                        f"{sorted(fmri)})")
+            key = next((k for k in _ROI_ALIASES.get(roi, (roi,)) if k in block), None)
+            if key is None:
+                break
+            sources[roi] = str(key)
+            found.append(_vertex_selection(block[key], sizes[h], path, f"{h}_fsaverage_rois",
+                                           str(key)) + offset)
+        if len(found) == 2:
+            tensors[f"roi.{roi}"] = torch.from_numpy(np.concatenate(found))
+        else:
+            logger.warning("%s: no vertex selection for ROI %s; roi=%r will not be available",
+                           path, roi, roi)
+            sources.pop(roi, None)
+    for name in ("train_img_num", "val_img_num", "test_img_num"):
+        if name in encoding:
+            tensors[f"split.{name}"] = torch.from_numpy(
+                np.ascontiguousarray(np.asarray(encoding[name], dtype=np.int64)))
+    return {"metadata": str(path), "rois": sorted(sources, key=rois.index),
+            "roi_sources": sources, "vertex_labels": labels}
+
+
+def _vertex_selection(value: Any, n: int, path: Path, block: str, name: str) -> np.ndarray:
+    """A surface ROI's vertex indices, from an index array or a boolean (one-hot) mask."""
+    values = np.asarray(value)
+    if values.dtype == bool or (values.shape == (n,) and values.dtype.kind in "iu"
+                                and set(np.unique(values).tolist()) <= {0, 1} and n > 2):
+        if values.shape != (n,):
+            raise SourceFormatError(f"{path}: {block}[{name!r}] is a mask of shape "
+                                    f"{values.shape}; a mask needs one value per vertex ({n})")
+        return np.flatnonzero(values).astype(np.int64)
+    if values.ndim != 1 or values.dtype.kind not in "iu":
+        raise SourceFormatError(f"{path}: {block}[{name!r}] is {values.dtype} {values.shape}; "
+                                "expected vertex indices or a boolean mask")
+    if values.size and (values.min() < 0 or values.max() >= n or
+                        len(np.unique(values)) != values.size):
+        raise SourceFormatError(f"{path}: {block}[{name!r}] holds indices outside 0..{n - 1} "
+                                "or repeated indices; the metadata does not match the weights")
+    return np.sort(values.astype(np.int64))
+
+
 def convert_vit_b_32(
     path: str | os.PathLike[str],
     dest: str | os.PathLike[str],
@@ -530,8 +820,9 @@ def convert_weights(
 ) -> list[str]:
     """Convert every encoder found under ``src`` (and the ViT-B/32 backbone, if given).
 
-    fMRI fwRF weights need ``trust_pickles=True`` (see :func:`convert_fwrf_weights`); EEG
-    weights do not (see :func:`convert_eeg_weights`).
+    fMRI fwRF weights need ``trust_pickles=True`` (see :func:`convert_fwrf_weights`); the
+    ``.npy`` files of the EEG and fsaverage encoders do not (see :func:`convert_eeg_weights`,
+    :func:`convert_fsaverage_weights`).
 
     Parameters
     ----------
@@ -583,11 +874,16 @@ def convert_weights(
         return written
     root = Path(src)
     has_fmri = bool(_discover(root)) if modality != "eeg" else False
+    has_surface = bool(_discover_fsaverage(root)) if modality != "eeg" else False
     has_eeg = bool(_discover_eeg(root)) if modality != "fmri" else False
-    if not (has_fmri or has_eeg):
+    if not (has_fmri or has_surface or has_eeg):
         raise ConversionError(f"no NEST encoder weights under {src} (modality={modality!r}); "
-                              "expected encoding_models/modality-fmri/... (.pt) or "
+                              "expected encoding_models/modality-fmri/... (.pt or .npy) or "
                               "encoding_models/modality-eeg/... (.npy) folders")
+    if has_surface:
+        written += convert_fsaverage_weights(src, dest, subject=subject,
+                                             storage_options=storage_options, catalog=catalog,
+                                             show_progress=show_progress)
     if has_fmri:
         written += convert_fwrf_weights(src, dest, trust_pickles=trust_pickles, subject=subject,
                                         roi=roi, storage_options=storage_options,

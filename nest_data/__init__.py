@@ -24,7 +24,7 @@ from nest_data._analysis import (
 )
 from nest_data._cache import ChunkCache
 from nest_data._catalog import Catalog, Entry, Location, catalog
-from nest_data._demo import build_demo, plot_roi_summary, run_demo
+from nest_data._demo import build_demo, plot_roi_summary, plot_surface_map, run_demo
 from nest_data._encode import encode
 from nest_data._generate import generate
 from nest_data._mirror import mirror
@@ -78,6 +78,7 @@ __all__ = [
     "open_metadata",
     "open_store",
     "plot_roi_summary",
+    "plot_surface_map",
     "roi_mean",
     "roi_means",
     "rsa",

@@ -56,16 +56,29 @@ _LARGE_RSM_IMAGES = 20000  # above this many images an RSM is more than 3 GB
 # ------------------------------------------------------------------------- ROI means
 
 
-def _require_fmri(da: xr.DataArray, what: str) -> None:
-    if "voxel" not in da.dims:
-        raise InputError(f"{what} needs an fMRI entry with a 'voxel' dimension; got dims "
-                         f"{da.dims}. Open one with nest_data.open(..., roi='V1').")
+#: The dims over which fMRI entries hold their units: voxels (fwRF) or surface vertices.
+SPACE_DIMS = ("voxel", "vertex")
+
+
+def _space(da: Any) -> str | None:
+    """``"voxel"`` or ``"vertex"`` when ``da`` is an fMRI entry, else None."""
+    if not isinstance(da, xr.DataArray):
+        return None
+    return next((d for d in SPACE_DIMS if d in da.dims), None)
+
+
+def _require_fmri(da: xr.DataArray, what: str) -> str:
+    space = _space(da)
+    if space is None:
+        raise InputError(f"{what} needs an fMRI entry with a 'voxel' or 'vertex' dimension; "
+                         f"got dims {da.dims}. Open one with nest_data.open(..., roi='V1').")
+    return space
 
 
 def _keep(da: xr.DataArray, min_ncsnr: float | None) -> np.ndarray:
     """Boolean mask of the voxels with ``ncsnr > min_ncsnr`` (all of them if None)."""
     if min_ncsnr is None:
-        return np.ones(da.sizes["voxel"], dtype=bool)
+        return np.ones(da.sizes[_require_fmri(da, "min_ncsnr")], dtype=bool)
     if "ncsnr" not in da.coords:
         raise InputError("min_ncsnr= needs the 'ncsnr' voxel coordinate, which this "
                          f"entry ({_label(da)}) lacks; pass min_ncsnr=None to use every "
@@ -81,7 +94,7 @@ def _keep(da: xr.DataArray, min_ncsnr: float | None) -> np.ndarray:
 def _reliable(da: xr.DataArray, min_ncsnr: float | None) -> xr.DataArray:
     """``da`` restricted to the voxels with ``ncsnr > min_ncsnr`` (all if None)."""
     keep = _keep(da, min_ncsnr)
-    return da if keep.all() else da.isel(voxel=np.flatnonzero(keep))
+    return da if keep.all() else da.isel({_require_fmri(da, "min_ncsnr"): np.flatnonzero(keep)})
 
 
 def _label(da: xr.DataArray) -> str:
@@ -117,18 +130,18 @@ def roi_mean(da: xr.DataArray, *, min_ncsnr: float | None = None) -> xr.DataArra
     >>> nest_data.roi_mean(da, min_ncsnr=0.5).dims
     ('image',)
     """
-    _require_fmri(da, "roi_mean")
+    space = _require_fmri(da, "roi_mean")
     keep = _keep(da, min_ncsnr)
     n = int(keep.sum())
     if da.attrs.get("nan_count", 1) == 0:
         # The store records that it holds no NaN: one weighted sum per image reads each
         # chunk once, copies nothing and accumulates in float64.
-        weights = xr.DataArray(keep / n, dims="voxel")
-        out = xr.dot(da, weights, dim="voxel")
+        weights = xr.DataArray(keep / n, dims=space)
+        out = xr.dot(da, weights, dim=space)
     else:
-        out = _reliable(da, min_ncsnr).astype(np.float64).mean("voxel", skipna=True)
+        out = _reliable(da, min_ncsnr).astype(np.float64).mean(space, skipna=True)
     out.attrs = {**{k: v for k, v in da.attrs.items() if k not in ("sha256", "nan_count")},
-                 "analysis": f"mean over {n} voxels"
+                 "analysis": f"mean over {n} {space}s"
                  + (f" with ncsnr > {min_ncsnr}" if min_ncsnr is not None else "")}
     return out.rename("roi_mean")
 
@@ -279,7 +292,7 @@ def _scores(data: Any, what: str, min_ncsnr: float | None, show_progress: bool |
     Entries are reduced with :func:`roi_means` and computed before the average over
     subjects, so the progress bar counts the chunks of every entry.
     """
-    if isinstance(data, xr.DataArray) and "voxel" not in data.dims:
+    if isinstance(data, xr.DataArray) and _space(data) is None:
         if "image" not in data.dims:
             raise InputError(f"{what} needs scores with an 'image' dimension or fMRI "
                              f"entries; got dims {data.dims}")
@@ -339,7 +352,8 @@ def top_images(
     """
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
         raise InputError(f"k must be a positive number of images, got {k!r}")
-    if isinstance(da, xr.DataArray) and "voxel" in da.dims:
+    if _space(da) is not None:
+        assert isinstance(da, xr.DataArray)
         (scores,) = compute(roi_mean(da, min_ncsnr=min_ncsnr), show_progress=show_progress,
                              desc="top_images")
     else:
@@ -463,7 +477,7 @@ def univariate_rnc(
     if not math.isfinite(margin) or margin < 0:
         raise InputError(f"margin must be a finite number >= 0 (response units; RNC uses "
                          f"0.04), got {margin!r}")
-    from_entries = not (isinstance(data, xr.DataArray) and "voxel" not in data.dims)
+    from_entries = not (isinstance(data, xr.DataArray) and _space(data) is None)
     das: list[xr.DataArray] = []
     if from_entries:
         das = _entry_list(data, "univariate_rnc")
@@ -648,8 +662,9 @@ def _features(da: xr.DataArray, min_ncsnr: float | None) -> xr.DataArray:
     if "image" not in da.dims:
         raise InputError(f"rsm needs an entry with an 'image' dimension; got dims "
                          f"{da.dims}")
-    if "voxel" in da.dims:
-        return _reliable(da, min_ncsnr).transpose("image", "voxel")
+    space = _space(da)
+    if space is not None:
+        return _reliable(da, min_ncsnr).transpose("image", space)
     if min_ncsnr is not None:
         raise InputError("min_ncsnr= selects fMRI voxels; this entry has dims "
                          f"{da.dims}. Pass min_ncsnr=None.")
@@ -721,7 +736,7 @@ def rsm(
     attrs = {k: v for k, v in da.attrs.items()
              if k in ("modality", "train_dataset", "model", "imageset", "subject", "roi")}
     attrs["analysis"] = (f"Pearson correlation of z-scored responses over {n_features} "
-                         + ("voxels" if "voxel" in feats.dims else "features")
+                         + (f"{_space(feats)}s" if _space(feats) else "features")
                          + (f" with ncsnr > {min_ncsnr}" if min_ncsnr is not None else ""))
     return xr.DataArray(data, dims=("image", "image_2"), coords=coords, name="rsm",
                         attrs=attrs)

@@ -49,6 +49,10 @@ class ModelSpec:
     description: str = ""
     weights_path: str = ""
     backbone_path: str = ""
+    #: ROIs select vertices of one whole-surface store; ``roi=None`` is the whole surface.
+    surface: bool = False
+    #: Chosen when an ROI is valid for several models and none is named.
+    default: bool = False
 
     @property
     def name(self) -> str:
@@ -141,7 +145,7 @@ class Catalog:
     >>> import nest_data
     >>> cat = nest_data.catalog()
     >>> len(cat)
-    582
+    1350
     >>> cat.search(roi="V1", subject=[1, 2]).df[["imageset", "subject", "roi"]].shape
     (6, 3)
     """
@@ -257,7 +261,9 @@ class Catalog:
         for m in self.models:
             for imageset in m.imagesets:
                 for subject in m.subjects:
-                    for roi in m.rois or (None,):
+                    rois: tuple[str | None, ...] = ((None, *m.rois) if m.surface
+                                                     else m.rois or (None,))
+                    for roi in rois:
                         yield Entry.of(m, imageset, subject, roi)
 
     def __iter__(self) -> Iterator[Entry]:
@@ -407,23 +413,11 @@ class Catalog:
                 "; valid imageset values: " + _fmt(sorted({i for m in models
                                                             for i in m.imagesets})) + ".")
         models = imageset_models
+        named = any(k in given for k in ("train_dataset", "model"))
         if "roi" in given:
-            models = [m for m in models if m.rois]
-            if not models:
-                raise UnknownKeyError(f"roi={given['roi']!r} given, but the selected model has "
-                                      "no ROIs (EEG entries have none); drop roi=")
-        elif all(m.rois for m in models):
-            rois = sorted({r for m in models for r in m.rois})
-            raise AmbiguousKeyError(f"roi= is required for {_fmt([m.name for m in models])}; "
-                                    f"valid ROIs: {_fmt(rois)}")
+            models = self._models_for_roi(models, given["roi"], named)
         else:
-            with_roi = [m for m in models if m.rois]
-            if with_roi and not any(k in given for k in MODEL_KEYS):
-                raise AmbiguousKeyError(
-                    "no roi= given: pass roi= for an fMRI entry (valid ROIs: " +
-                    _fmt(sorted({r for m in with_roi for r in m.rois})) + ") or modality='eeg' "
-                    "for an EEG entry")
-            models = [m for m in models if not m.rois]
+            models = self._models_without_roi(models, given)
         if len(models) > 1:
             raise AmbiguousKeyError("the keys match several models: " +
                                     _fmt([m.name for m in models]) +
@@ -433,8 +427,50 @@ class Catalog:
         imageset = (_normalise("imageset", given["imageset"], list(m.imagesets), context)
                     if "imageset" in given else None)
         subject = _normalise("subject", given["subject"], list(m.subjects), context)
-        roi = _normalise("roi", given["roi"], list(m.rois), context) if m.rois else None
+        roi = (_normalise("roi", given["roi"], list(m.rois), context)
+               if m.rois and "roi" in given else None)
         return m, imageset, subject, roi
+
+    @staticmethod
+    def _models_for_roi(models: list[ModelSpec], roi: Any, named: bool) -> list[ModelSpec]:
+        """The models an ROI can belong to: those that have it, the default one if several."""
+        with_roi = [m for m in models if m.rois]
+        if not with_roi:
+            raise UnknownKeyError(f"roi={roi!r} given, but the selected model has no ROIs (EEG "
+                                  "entries have none); drop roi=")
+        fitting = [m for m in with_roi if _matches(roi, m.rois)]
+        if not fitting:
+            context = " for " + _fmt(m.name for m in with_roi)
+            _normalise("roi", roi, list(dict.fromkeys(r for m in with_roi for r in m.rois)),
+                       context)
+        defaults = [m for m in fitting if m.default]
+        if len(fitting) > 1 and not named and len(defaults) == 1:
+            return defaults
+        return fitting or with_roi
+
+    @staticmethod
+    def _models_without_roi(models: list[ModelSpec], given: Mapping[str, Any]
+                            ) -> list[ModelSpec]:
+        """The models whose entries need no ROI (EEG; a surface model's whole surface)."""
+        needing = [m for m in models if m.rois and not m.surface]
+        optional = [m for m in models if m not in needing]
+        if not optional:
+            rois = sorted({r for m in models for r in m.rois})
+            raise AmbiguousKeyError(f"roi= is required for {_fmt([m.name for m in models])}; "
+                                    f"valid ROIs: {_fmt(rois)}")
+        surface = [m for m in optional if m.surface]
+        if needing and (not any(k in given for k in MODEL_KEYS) or (
+                surface and not any(k in given for k in ("train_dataset", "model")))):
+            choices = ["roi= for an fMRI entry (valid ROIs: " +
+                       _fmt(sorted({r for m in needing for r in m.rois})) + ")"]
+            if any(not m.rois for m in optional):
+                choices.append("modality='eeg' for an EEG entry")
+            if surface:
+                choices.append("train_dataset=" + " / ".join(repr(m.train_dataset)
+                                                             for m in surface) +
+                               " for a whole cortical surface")
+            raise AmbiguousKeyError("no roi= given: pass " + ", or ".join(choices))
+        return optional
 
     def model_spec(self, entry: Entry) -> ModelSpec:
         """The :class:`ModelSpec` an entry belongs to."""
@@ -590,6 +626,7 @@ def _model_from_doc(doc: Any, source: str) -> ModelSpec:
             units=str(doc.get("units", "")), description=str(doc.get("description", "")).strip(),
             weights_path=str(doc.get("weights_path", "")),
             backbone_path=str(doc.get("backbone_path", "")),
+            surface=bool(doc.get("surface", False)), default=bool(doc.get("default", False)),
         )
     except (TypeError, ValueError) as exc:
         raise CatalogError(f"catalog {source}: malformed model {doc.get('model')!r}: {exc}"

@@ -93,7 +93,9 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     from nest_data._generate import generate
 
     kwargs = {"imageset": args.imageset, "subject": args.subject, "roi": args.roi,
-              "modality": args.modality, "location": args.location, "backbone": args.backbone,
+              "modality": args.modality, "train_dataset": args.train_dataset,
+              "chunk_vertices": args.chunk_vertices,
+              "location": args.location, "backbone": args.backbone,
               "storage_options": _options(args.storage_option),
               "chunk_images": args.chunk_images, "batch_size": args.batch_size,
               "device": args.device, "show_progress": _progress(args)}
@@ -194,8 +196,8 @@ def _parser() -> argparse.ArgumentParser:
     ned.set_defaults(func=_cmd_convert_ned)
 
     weights = convert_sub.add_parser(
-        "weights", help="NEST encoder weights (fwRF .pt, EEG .npy, torchvision's vit_b_32) -> "
-                        "safetensors")
+        "weights", help="NEST/BERG encoder weights (fwRF .pt, EEG and fsaverage .npy, "
+                        "torchvision's vit_b_32) -> safetensors")
     weights.add_argument("src", nargs="?", help="NEST root holding encoding_models/")
     weights.add_argument("dest", help="root to write weights/ folders into")
     weights.add_argument("--trust-pickles", action="store_true",
@@ -204,8 +206,8 @@ def _parser() -> argparse.ArgumentParser:
     weights.add_argument("--modality", choices=["fmri", "eeg"],
                          help="convert only this modality (default: all found)")
     weights.add_argument("--vit-b-32", metavar="FILE",
-                         help="torchvision's vit_b_32 weights (vit_b_32-d86f8d99.pth), the EEG "
-                              "encoders' backbone")
+                         help="torchvision's vit_b_32 weights (vit_b_32-d86f8d99.pth), the "
+                              "backbone of the EEG and fsaverage encoders")
     weights.add_argument("--subject", nargs="+", type=int)
     weights.add_argument("--roi", nargs="+")
     weights.add_argument("--storage-option", action="append", metavar="KEY=VALUE")
@@ -222,8 +224,13 @@ def _parser() -> argparse.ArgumentParser:
     gen.add_argument("dest", help="root to write the store into")
     gen.add_argument("--imageset", required=True, help="name of the new image set")
     gen.add_argument("--subject", required=True, type=int)
-    gen.add_argument("--roi", help="fMRI ROI")
+    gen.add_argument("--roi", help="fMRI ROI (fwRF; the fsaverage model writes the whole "
+                                   "surface)")
     gen.add_argument("--modality", default="fmri", choices=["fmri", "eeg"])
+    gen.add_argument("--train-dataset", help="nsd_fsaverage: BERG's fsaverage surface model "
+                                             "(default for fMRI: nsd, the fwRF model)")
+    gen.add_argument("--chunk-vertices", type=int, default=4096,
+                     help="surface stores: vertices per stored chunk")
     gen.add_argument("--location", help="location (name or URL) holding converted weights")
     gen.add_argument("--backbone", help="converted ViT-B/32 weights for EEG (default: the "
                                         "location's, or NEST_DATA_VIT_B_32)")

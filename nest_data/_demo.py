@@ -25,9 +25,13 @@ DEMO_IMAGES = 24
 DEMO_SEED = 0
 _MARKER = ".nest-data-demo.json"
 SYNTHETIC_NOTE = ("The demo's numbers are SYNTHETIC: made by nest-data's miniature NED writer "
-                  "in NED's exact file formats, not NEST encoder outputs.")
+                  "in NED's exact file formats, not NEST encoder outputs; the fsaverage store "
+                  "is generated from random weights in BERG's formats.")
+#: The subject whose fsaverage surface store the demo generates (on its 'things' images).
+SURFACE_SUBJECT = 1
 
-__all__ = ["DemoResult", "build_demo", "demo_root", "plot_roi_summary", "run_demo"]
+__all__ = ["DemoResult", "build_demo", "demo_root", "plot_roi_summary", "plot_surface_map",
+           "run_demo"]
 
 
 def demo_root(cache_dir: str | Path | None = None) -> Path:
@@ -48,8 +52,12 @@ def build_demo(
     """Build the demo collection (every fMRI subject x ROI and EEG subject, synthetic).
 
     Writes a miniature NED folder with :func:`nest_data.testing.write_ned` and converts it
-    with the NED converter, so the demo exercises the same path as real data.  Does nothing
-    when the demo is already built (unless ``rebuild``).
+    with the NED converter, so the demo exercises the same path as real data.  With torch
+    installed (``nest-data[encode]``), it also converts a synthetic fsaverage encoder of
+    subject 1 and a random ViT-B/32 written in BERG's and torchvision's formats, and
+    generates that subject's whole-surface store on synthetic images (the ``things`` image
+    set of the demo), as ``nest-data generate`` does.  Does nothing when the demo is already
+    built (unless ``rebuild``).
 
     Parameters
     ----------
@@ -89,9 +97,11 @@ def build_demo(
                       workers=workers or min(os.cpu_count() or 1, 4))
             convert_ned(tmp, dest, workers=workers, overwrite=rebuild,
                         storage_options=storage_options, show_progress=show_progress)
+        _build_surface(dest, n_images, show_progress, storage_options)
         return dest
     root = demo_root(cache_dir)
-    stamp = {"n_images": n_images, "seed": DEMO_SEED, "format_version": FORMAT_VERSION}
+    stamp = {"n_images": n_images, "seed": DEMO_SEED, "format_version": FORMAT_VERSION,
+             "surface": _has_torch()}
     marker = root / _MARKER
     if not rebuild and marker.is_file() and json.loads(marker.read_text()) == stamp:
         logger.info("demo collection already built at %s", root)
@@ -102,18 +112,69 @@ def build_demo(
         write_ned(tmp, n_images=n_images, seed=DEMO_SEED, show_progress=show_progress,
                   workers=workers or min(os.cpu_count() or 1, 4))
         convert_ned(tmp, root, workers=workers, overwrite=rebuild, show_progress=show_progress)
+    _build_surface(str(root), n_images, show_progress, None)
     marker.write_text(json.dumps(stamp))
     logger.info("demo collection built at %s", root)
     return root
 
 
+def _has_torch() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("torch") is not None
+
+
+def _build_surface(dest: str, n_images: int, show_progress: bool | None,
+                   storage_options: dict[str, Any] | None) -> None:
+    """Convert a synthetic fsaverage encoder + backbone into ``dest`` and generate a store."""
+    if not _has_torch():
+        logger.warning("the demo's fsaverage store needs torch: pip install "
+                       "'nest-data[encode]' (which pins torch==2.13.0), then `nest-data demo "
+                       "--rebuild`")
+        return
+    from nest_data._generate import generate
+    from nest_data.converters.weights import convert_weights
+    from nest_data.testing import (
+        VIT_B_32_FILE,
+        test_images,
+        write_fsaverage_weights,
+        write_image_folder,
+        write_vit_b_32,
+    )
+
+    with tempfile.TemporaryDirectory(prefix="berg-") as tmp:
+        write_fsaverage_weights(tmp, SURFACE_SUBJECT, seed=DEMO_SEED,
+                                coordinates=_fsaverage5_coordinates())
+        pth = write_vit_b_32(Path(tmp) / VIT_B_32_FILE, seed=DEMO_SEED)
+        convert_weights(tmp, dest, vit_b_32=pth, storage_options=storage_options,
+                        show_progress=show_progress)
+        pth.unlink()
+        folder = Path(tmp) / "images"
+        write_image_folder(folder, test_images(n_images, 256, seed=DEMO_SEED))
+        generate(folder, dest, imageset="things", subject=SURFACE_SUBJECT,
+                 train_dataset="nsd_fsaverage", location=dest, storage_options=storage_options,
+                 show_progress=show_progress)
+
+
+def _fsaverage5_coordinates() -> dict[str, np.ndarray] | None:
+    """Sphere positions of fsaverage's first 10,242 vertices per hemisphere, from nilearn."""
+    try:
+        from nilearn import datasets
+    except ImportError:
+        return None
+    sphere = datasets.load_fsaverage("fsaverage5")["sphere"]
+    return {"lh": np.asarray(sphere.parts["left"].coordinates),
+            "rh": np.asarray(sphere.parts["right"].coordinates)}
+
+
 @dataclass
 class DemoResult:
-    """What :func:`run_demo` produced: the summary text, the top images and the figure."""
+    """What :func:`run_demo` produced: the summary text, the top images and the figures."""
 
     summary: str
     top: xr.DataArray
     figure: Path | None
+    surface_figure: Path | None = None
 
 
 def run_demo(
@@ -133,8 +194,9 @@ def run_demo(
     Returns
     -------
     DemoResult
-        ``summary`` (text), ``top`` (the top-``k`` images) and ``figure`` (PNG path, or None
-        when matplotlib is missing).
+        ``summary`` (text), ``top`` (the top-``k`` images), ``figure`` (PNG path, or None
+        when matplotlib is missing) and ``surface_figure`` (the fsaverage store's mean
+        response on the cortical surface, or None without torch or nilearn).
 
     Examples
     --------
@@ -176,7 +238,111 @@ def run_demo(
         logger.warning("%s", exc)
         lines.append(f"Figure skipped: {exc}")
         figure = None
-    return DemoResult("\n".join(lines), top, figure)
+    surface_png = _surface_summary(root, Path(out_dir), lines)
+    return DemoResult("\n".join(lines), top, figure, surface_png)
+
+
+def _surface_summary(root: Path, out_dir: Path, lines: list[str]) -> Path | None:
+    """Open the demo's fsaverage store (whole surface and FFA-1), summarise it, plot it."""
+    keys = {"imageset": "things", "subject": SURFACE_SUBJECT, "train_dataset": "nsd_fsaverage",
+            "location": str(root)}
+    try:
+        surface = open_entry(**keys)
+    except NestDataError:
+        lines.append("fsaverage store: not built (needs torch: pip install 'nest-data[encode]'"
+                     ", then `nest-data demo --rebuild`)")
+        return None
+    ffa = open_entry(roi="FFA-1", **keys)
+    lines += [
+        f"Opened fmri/nsd_fsaverage/vit_b_32 things sub-{SURFACE_SUBJECT:02d} (generated by "
+        f"the fsaverage encoder): {surface.sizes['image']} images x {surface.sizes['vertex']:,}"
+        f" vertices in chunks of {surface.data.chunksize[0]} x {surface.data.chunksize[1]}",
+        f"  FFA-1: {ffa.sizes['vertex']:,} vertices of both hemispheres, mean response "
+        f"{float(ffa.mean()):+.3f} z",
+    ]
+    png = out_dir / f"nest-data-demo_things_sub-{SURFACE_SUBJECT:02d}_fsaverage.png"
+    try:
+        plot_surface_map(surface.mean("image"), png, title=(
+            f"Demo: things sub-{SURFACE_SUBJECT:02d}, fsaverage model, mean response over "
+            f"{surface.sizes['image']} images\nSYNTHETIC values: random encoder weights on "
+            "synthetic images (fsaverage5 vertices shown)"))
+    except ImportError as exc:
+        logger.warning("%s", exc)
+        lines.append(f"Surface figure skipped: {exc}")
+        return None
+    lines.append(f"Surface figure: {png}")
+    return png
+
+
+def plot_surface_map(values: xr.DataArray, path: str | Path, *, title: str | None = None
+                     ) -> Path:
+    """Write a PNG of per-vertex values on fsaverage's inflated surface (both hemispheres).
+
+    Draws the vertices that fsaverage5 shares with fsaverage (the first 10,242 of each
+    hemisphere: the icosahedral mesh numbers coarser vertices first) on nilearn's fsaverage5
+    mesh, lateral and ventral views.  Vertices missing from ``values`` are left blank.
+
+    Parameters
+    ----------
+    values : xarray.DataArray
+        One value per vertex, with the ``hemisphere`` and ``fsaverage_index`` coordinates of
+        an fsaverage entry, e.g. ``da.mean("image")``.
+    path : path
+        The PNG to write.
+    title : str, optional
+        Figure title (default: the entry's keys).
+
+    Returns
+    -------
+    pathlib.Path
+
+    Examples
+    --------
+    >>> import nest_data, tempfile, pathlib
+    >>> da = nest_data.open(imageset="things", subject=1, train_dataset="nsd_fsaverage",
+    ...                     location="demo")
+    >>> out = pathlib.Path(tempfile.mkdtemp()) / "surface.png"
+    >>> nest_data.plot_surface_map(da.mean("image"), out).suffix
+    '.png'
+    """
+    try:
+        import matplotlib.pyplot as plt
+        from nilearn import datasets, plotting
+    except ImportError as exc:
+        raise ImportError("the surface figure needs matplotlib and nilearn: pip install "
+                          "'nest-data[plot]'") from exc
+    for name in ("hemisphere", "fsaverage_index"):
+        if name not in values.coords or values.dims != ("vertex",):
+            raise NestDataError(f"plot_surface_map needs one value per vertex with the "
+                                f"{name!r} coordinate (dims ('vertex',)); got dims "
+                                f"{values.dims}. Pass an fsaverage entry reduced over images, "
+                                "e.g. da.mean('image')")
+    mesh = datasets.load_fsaverage("fsaverage5")["inflated"]
+    data = np.asarray(values.values, dtype=np.float64)
+    hemi, index = np.asarray(values["hemisphere"].values), np.asarray(
+        values["fsaverage_index"].values)
+    limit = float(np.nanmax(np.abs(data))) or 1.0
+    fig, axes = plt.subplots(2, 2, subplot_kw={"projection": "3d"}, figsize=(9, 7))
+    for column, (short, side) in enumerate((("lh", "left"), ("rh", "right"))):
+        n = mesh.parts[side].coordinates.shape[0]
+        texture = np.full(n, np.nan)
+        keep = (hemi == short) & (index < n)
+        texture[index[keep]] = data[keep]
+        for row, view in enumerate(("lateral", "ventral")):
+            plotting.plot_surf_stat_map(mesh.parts[side], texture, hemi=side, view=view,
+                                        axes=axes[row, column], figure=fig, colorbar=False,
+                                        cmap="RdBu_r", vmin=-limit, vmax=limit,
+                                        engine="matplotlib")
+            axes[row, column].set_title(f"{short} {view}")
+    a = values.attrs
+    fig.suptitle(title or f"{a.get('imageset', '')} sub-{int(a.get('subject', 0)):02d} "
+                 f"{a.get('roi') or 'whole surface'} (fsaverage5 vertices)")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path
+
 
 
 def plot_roi_summary(da: xr.DataArray, path: str | Path) -> Path:

@@ -146,6 +146,8 @@ class Encoder:
     attrs: dict[str, Any]
     digest: str  # SHA-256 of everything the output depends on (cache key)
     keys: dict[str, Any] = field(default_factory=dict)
+    rois: dict[str, np.ndarray] = field(default_factory=dict)  # surface: ROI -> vertices
+    order: np.ndarray | None = None  # surface: vertex order in stores (see nest_data._surface)
 
     def to(self, device: Any) -> Encoder:
         """Move the model to a torch device (in place); return self."""
@@ -177,24 +179,27 @@ class EncoderSource:
     weights_url: str
     backbone_url: str = ""
     options_json: str = "{}"
+    surface: bool = False
 
     @classmethod
     def resolve(
-        cls, *, subject: int | str, roi: str | None = None, modality: str = "fmri",
+        cls, *, subject: int | str, roi: str | None = None, modality: str | None = "fmri",
+        train_dataset: str | None = None, model: str | None = None,
         location: str | None = None, storage_options: Mapping[str, Any] | None = None,
         backbone: str | os.PathLike[str] | None = None, catalog: Catalog | None = None,
     ) -> EncoderSource:
         """Find the weights of one subject's (and ROI's) encoder through the catalog."""
         cat = catalog or default_catalog()
-        spec, rel = cat.resolve_weights(modality=modality, subject=subject, roi=roi)
+        spec, rel = cat.resolve_weights(modality=modality, train_dataset=train_dataset,
+                                        model=model, subject=subject, roi=roi)
         root, options, _ = cat.location(location)
         options = {**options, **(storage_options or {})}
         backbone_url = ""
-        if spec.modality == "eeg":
+        if spec.backbone_path:
             backbone_url = os.fspath(backbone) if backbone is not None else (
                 os.environ.get(ENV_BACKBONE) or join(root, spec.backbone_path))
         return cls(spec.modality, spec.train_dataset, spec.model, spec.units, join(root, rel),
-                   backbone_url, json.dumps(options, sort_keys=True, default=str))
+                   backbone_url, json.dumps(options, sort_keys=True, default=str), spec.surface)
 
     def load(self) -> Encoder:
         """The encoder, loaded once per process and version of the weights.
@@ -217,6 +222,8 @@ def _load_cached(source: EncoderSource, digests: tuple[str, str]) -> Encoder:
     keys = {"modality": source.modality, "train_dataset": source.train_dataset,
             "model": source.model}
     attrs: dict[str, Any] = {**keys, "units": source.units}
+    if source.surface:
+        return _load_surface(source, options, keys, attrs)
     if source.modality == "fmri":
         from nest_data.encoders.fwrf import preprocess
         from nest_data.encoders.weights import load_fwrf_folder
@@ -231,7 +238,7 @@ def _load_cached(source: EncoderSource, digests: tuple[str, str]) -> Encoder:
         return Encoder(model.eval(), preprocess, ("image", "voxel"), (model.n_voxels,),
                        {name: (("voxel",), values) for name, values in voxels.items()},
                        attrs, doc["weights_sha256"], keys)
-    from nest_data.encoders.vit import EegModel, preprocess_imagenet
+    from nest_data.encoders.vit import VitModel, preprocess_imagenet
     from nest_data.encoders.weights import load_backbone, load_eeg_folder
 
     head, doc, maps = load_eeg_folder(source.weights_url, options)
@@ -248,16 +255,47 @@ def _load_cached(source: EncoderSource, digests: tuple[str, str]) -> Encoder:
                   "source": "computed by nest-data's ViT-B/32 EEG encoder (plain torch) from "
                             "converted NEST weights",
                   "weights_sha256": doc["weights_sha256"], "backbone_sha256": vit_digest})
-    return Encoder(EegModel(vit, head).eval(), preprocess_imagenet,
+    return Encoder(VitModel(vit, head).eval(), preprocess_imagenet,
                    ("image", "repetition", "channel", "time"), (n_rep, n_ch, n_t), coords,
                    attrs, digest, keys)
+
+
+def _load_surface(source: EncoderSource, options: Mapping[str, Any], keys: dict[str, Any],
+                  attrs: dict[str, Any]) -> Encoder:
+    """BERG's fsaverage encoder: ViT-B/32 features, scaler, PCA, both hemispheres."""
+    from nest_data._surface import store_order, surface_labels
+    from nest_data.encoders.vit import VitModel, preprocess_imagenet
+    from nest_data.encoders.weights import load_backbone, load_surface_folder
+
+    head, doc, labels = load_surface_folder(source.weights_url, options)
+    vit, vit_digest = load_backbone(source.backbone_url, options)
+    n_lh, n_rh = int(doc["n_vertices"]["lh"]), int(doc["n_vertices"]["rh"])
+    coords = {name: (("vertex",), values)
+              for name, values in surface_labels(n_lh, n_rh).items()}
+    coords.update({name.split(".", 1)[1]: (("vertex",), values)
+                   for name, values in labels.items() if name.startswith("vertex.")})
+    keys["subject"] = doc["subject"]
+    attrs.update({"subject": doc["subject"], "space": "fsaverage surface (163,842 vertices "
+                  "per hemisphere); vertex = global index, left hemisphere first",
+                  "n_vertices": doc["n_vertices"],
+                  "source": "computed by nest-data's ViT-B/32 fsaverage encoder (plain torch) "
+                            "from converted BERG weights",
+                  "weights_sha256": doc["weights_sha256"], "backbone_sha256": vit_digest})
+    rois = {name.split(".", 1)[1]: values for name, values in labels.items()
+            if name.startswith("roi.")}
+    digest = bytes_digest(f"{doc['weights_sha256']}+{vit_digest}".encode())
+    return Encoder(VitModel(vit, head).eval(), preprocess_imagenet, ("image", "vertex"),
+                   (n_lh + n_rh,), coords, attrs, digest, keys, rois,
+                   store_order(rois, n_lh + n_rh))
 
 
 def load_encoder(
     *,
     subject: int | str,
     roi: str | None = None,
-    modality: str = "fmri",
+    modality: str | None = "fmri",
+    train_dataset: str | None = None,
+    model: str | None = None,
     location: str | None = None,
     storage_options: Mapping[str, Any] | None = None,
     backbone: str | os.PathLike[str] | None = None,
@@ -282,8 +320,9 @@ def load_encoder(
     nest_data.errors.StoreNotFoundError: no converted weights at /nowhere/weights/...
     """
     return EncoderSource.resolve(subject=subject, roi=roi, modality=modality,
-                                 location=location, storage_options=storage_options,
-                                 backbone=backbone, catalog=catalog).load()
+                                 train_dataset=train_dataset, model=model, location=location,
+                                 storage_options=storage_options, backbone=backbone,
+                                 catalog=catalog).load()
 
 
 def _eeg_selection(encoder: Encoder, channels: Sequence[str] | None, timepoints: Any
@@ -321,14 +360,62 @@ def _eeg_selection(encoder: Encoder, channels: Sequence[str] | None, timepoints:
     return out
 
 
+def _surface_selection(encoder: Encoder, roi: str | None, lh_vertices: Any, rh_vertices: Any
+                       ) -> dict[str, np.ndarray]:
+    """Global vertex indices for ``roi=`` or BERG's ``lh_vertices``/``rh_vertices``."""
+    if "vertex" not in encoder.dims:
+        return {}
+    if roi is not None:
+        if lh_vertices is not None or rh_vertices is not None:
+            raise InputError("give roi= or lh_vertices=/rh_vertices=, not both (BERG uses the "
+                             "vertex vectors only when no ROI is given)")
+        if roi not in encoder.rois:
+            raise InputError(f"ROI {roi!r} has no vertex selection in these weights (their "
+                             "metadata file was missing when they were converted); ROIs "
+                             f"available: {', '.join(encoder.rois) or 'none'}")
+        return {"vertex": np.sort(encoder.rois[roi])}
+    if lh_vertices is None and rh_vertices is None:
+        return {}
+    n_lh = int(encoder.attrs["n_vertices"]["lh"])
+    n_rh = int(encoder.attrs["n_vertices"]["rh"])
+    parts = []
+    for name, value, n, offset in (("lh_vertices", lh_vertices, n_lh, 0),
+                                   ("rh_vertices", rh_vertices, n_rh, n_lh)):
+        if value is None:  # BERG: a hemisphere without a vector keeps all its vertices
+            parts.append(np.arange(n) + offset)
+            continue
+        parts.append(_one_hot_or_index(value, n, name) + offset)
+    return {"vertex": np.concatenate(parts)}
+
+
+def _one_hot_or_index(value: Any, n: int, name: str) -> np.ndarray:
+    """Indices from BERG's one-hot vector (length ``n``) or from integer indices."""
+    mask = np.asarray(value)
+    if mask.dtype == bool or (mask.shape == (n,) and mask.dtype.kind in "iu"
+                              and set(np.unique(mask).tolist()) <= {0, 1}):
+        if mask.shape != (n,) or not mask.any():
+            raise InputError(f"{name}= as a one-hot vector needs {n} values with at least one "
+                             f"1 (BERG's selection); got shape {mask.shape}")
+        return np.flatnonzero(mask)
+    index = mask.astype(np.int64).ravel()
+    if index.size == 0 or index.min() < 0 or index.max() >= n:
+        raise InputError(f"{name}= indices must lie in 0..{n - 1}; got {index.size} values "
+                         f"from {index.min(initial=0)} to {index.max(initial=0)}")
+    return np.unique(index)
+
+
 def encode(
     images: Any,
     *,
     subject: int | str,
     roi: str | None = None,
     modality: str = "fmri",
+    train_dataset: str | None = None,
+    model: str | None = None,
     channels: Sequence[str] | None = None,
     timepoints: Any = None,
+    lh_vertices: Any = None,
+    rh_vertices: Any = None,
     image_ids: Sequence[str] | None = None,
     location: str | None = None,
     storage_options: Mapping[str, Any] | None = None,
@@ -351,14 +438,23 @@ def encode(
     subject : int or str
         Subject (1-8 for fMRI, 1-10 for EEG).
     roi : str
-        fMRI ROI; ``lateral`` and ``ventral`` run both halves of NEST's split encoder.
+        fMRI ROI; ``lateral`` and ``ventral`` run both halves of NEST's split encoder.  For
+        the fsaverage encoder, one of BERG's 31 surface ROIs (both hemispheres' vertices);
+        omitted, the whole surface.
     modality : {"fmri", "eeg"}
         ``"eeg"`` runs the THINGS-EEG2 ViT-B/32 encoder (no ``roi``).
+    train_dataset, model : str, optional
+        Choose the fMRI encoder: ``train_dataset="nsd_fsaverage"`` (``model="vit_b_32"``)
+        is BERG's fsaverage surface model; an ROI only the surface model has (``"V1v"``)
+        picks it too.  Default: the fwRF model (``nsd``/``fwrf``).
     channels : list of str, optional
         EEG only: keep these channels (BERG's ``selection={'channels': [...]}``).
     timepoints : array, optional
         EEG only: a boolean (one-hot) mask over the 140 time points, as BERG's
         ``selection={'timepoints': ...}``, or integer indices.
+    lh_vertices, rh_vertices : array, optional
+        fsaverage only, without ``roi``: BERG's one-hot vectors over a hemisphere's 163,842
+        vertices (or integer indices); a hemisphere without one keeps all its vertices.
     image_ids : sequence of str, optional
         Labels of the images (default: a content hash of each image's pixels).
     location : str, optional
@@ -385,7 +481,9 @@ def encode(
     xarray.DataArray
         ``responses``, float32, with dims ``(image, voxel)`` and the voxel labels of the
         stored entries, or ``(image, repetition, channel, time)`` with channel names, times
-        and accuracy maps (never squeezed, even for one image); ``image`` = the ids.
+        and accuracy maps (never squeezed, even for one image), or ``(image, vertex)`` with
+        ``hemisphere``, ``fsaverage_index`` and the per-vertex accuracies, in BERG's order
+        (left hemisphere first, by index); ``image`` = the ids.
 
     Raises
     ------
@@ -416,9 +514,16 @@ def encode(
     if len(ids) != len(arrays):
         raise InputError(f"{len(ids)} image_ids for {len(arrays)} images; give one id per "
                          "image, or none to use content hashes")
-    encoder = load_encoder(subject=subject, roi=roi, modality=modality, location=location,
-                           storage_options=storage_options, backbone=backbone, catalog=catalog)
-    selection = _eeg_selection(encoder, channels, timepoints)
+    source = EncoderSource.resolve(subject=subject, roi=roi, modality=modality,
+                                   train_dataset=train_dataset, model=model, location=location,
+                                   storage_options=storage_options, backbone=backbone,
+                                   catalog=catalog)
+    if not source.surface and (lh_vertices is not None or rh_vertices is not None):
+        raise InputError("lh_vertices= and rh_vertices= select fsaverage vertices; pass "
+                         "train_dataset='nsd_fsaverage' to use the surface encoder")
+    encoder = source.load()
+    selection = {**_eeg_selection(encoder, channels, timepoints),
+                 **_surface_selection(encoder, roi, lh_vertices, rh_vertices)}
     out = np.empty((len(arrays), *encoder.row_shape), dtype=np.float32)
     store = ResponseCache(encoder.digest) if cache else None
     todo = []
@@ -442,6 +547,9 @@ def encode(
                 encoder.attrs.get("roi", ""), target, len(arrays) - len(todo))
     coords: dict[str, Any] = {"image": ("image", np.asarray(ids, dtype=object))}
     coords.update(encoder.coords)
-    da = xr.DataArray(out, dims=encoder.dims, coords=coords, attrs=dict(encoder.attrs),
-                      name="responses")
+    attrs = dict(encoder.attrs)
+    if "vertex" in encoder.dims:
+        attrs["roi"] = roi if roi is not None else (
+            "selected vertices" if selection else "whole surface")
+    da = xr.DataArray(out, dims=encoder.dims, coords=coords, attrs=attrs, name="responses")
     return da.isel(selection) if selection else da

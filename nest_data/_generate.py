@@ -34,6 +34,7 @@ from nest_data._digest import bytes_digest
 from nest_data._encode import EncoderSource, _device, as_images
 from nest_data._progress import compute
 from nest_data._storage import is_local, join, local_path
+from nest_data._surface import ROI_AUX_PREFIX, roi_positions
 from nest_data._store import (
     DATA_VAR,
     STAGING_DIR,
@@ -56,6 +57,8 @@ __all__ = ["IMAGE_SUFFIXES", "generate"]
 
 #: File name suffixes read as images from a folder (case-insensitive).
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
+#: Vertices per stored chunk of a surface store: 4,096 x 512 images = 8 MB.
+VERTEX_CHUNK = 4096
 _STATE = "job.state"  # in the progress folder; its presence means the skeleton is staged
 
 
@@ -87,6 +90,10 @@ class _Images:
 
 def _open_images(source: str | os.PathLike[str]) -> tuple[_Images, np.ndarray, dict[str, Any]]:
     """The image source, the image ids, and a fingerprint of the source."""
+    if not isinstance(source, (str, os.PathLike)):
+        raise InputError(f"images= is a {type(source).__name__}; generate reads a folder of "
+                         "images or a Zarr array/group of images by its path or URL (to "
+                         "encode images in memory, use nest_data.encode)")
     path = os.fspath(source)
     if is_local(path) and Path(local_path(path)).is_dir() and not _is_zarr(path):
         folder = Path(local_path(path))
@@ -167,6 +174,8 @@ def _encode_chunk(job: _Job, index: int) -> dict[str, Any]:
     values = np.empty((stop - start, *encoder.row_shape), dtype=np.float32)
     for a in range(0, len(images), job.batch_size):
         values[a:a + job.batch_size] = encoder(images[a:a + job.batch_size], device)
+    if encoder.order is not None:  # surface stores keep vertices in ROI order
+        values = np.ascontiguousarray(values[:, encoder.order])
     array = zarr.open_array(job.stage, path=DATA_VAR, mode="r+", zarr_format=3)
     with zarr.config.set({"array.write_empty_chunks": True}):
         array[start:stop] = values
@@ -194,10 +203,13 @@ def generate(
     subject: int | str,
     roi: str | None = None,
     modality: str = "fmri",
+    train_dataset: str | None = None,
+    model: str | None = None,
     location: str | None = None,
     storage_options: Mapping[str, Any] | None = None,
     backbone: str | os.PathLike[str] | None = None,
     chunk_images: int | None = None,
+    chunk_vertices: int = VERTEX_CHUNK,
     batch_size: int = 16,
     device: str = "auto",
     client: Any = None,
@@ -224,11 +236,17 @@ def generate(
         Root to write the store into, at the catalog's path for ``imageset``.
     imageset : str
         Name of the new image set (e.g. ``"my_stimuli"``); part of the store's path and keys.
-    subject, roi, modality, location, storage_options, backbone
-        The encoder, as for :func:`nest_data.encode`.
+    subject, roi, modality, train_dataset, model, location, storage_options, backbone
+        The encoder, as for :func:`nest_data.encode`.  The fsaverage encoder
+        (``train_dataset="nsd_fsaverage"``) always writes the whole surface, and ROIs are
+        selected when the store is opened (``nest_data.open(..., roi="FFA-1")``), so it
+        takes no ``roi``.
     chunk_images : int, optional
         Images per stored chunk, which is also one dask task (default: about 8 MB of
         responses, as for converted stores).
+    chunk_vertices : int
+        Surface stores only: vertices per stored chunk (stores keep vertices in ROI order,
+        so one ROI reads a few vertex chunks).
     batch_size : int
         Images per forward pass inside a task.
     device : str
@@ -281,18 +299,27 @@ def generate(
         raise InputError(f"imageset={imageset!r}: give a short name without '/' (it becomes "
                          "part of the store's path)")
     reader, ids, fingerprint = _open_images(images)  # first: fail fast on bad images
+    if chunk_vertices < 1:
+        raise InputError(f"chunk_vertices must be a positive number, got {chunk_vertices}")
     cat = catalog or default_catalog()
+    spec, _ = cat.resolve_weights(modality=modality, train_dataset=train_dataset, model=model,
+                                  subject=subject, roi=roi)
+    if spec.surface and roi is not None:
+        raise InputError(f"generate writes the whole surface for {spec.name} (roi={roi!r} "
+                         "given); drop roi= and select the ROI when opening the store: "
+                         "nest_data.open_store(url, roi=...) or nest_data.open(..., roi=...)")
     source = EncoderSource.resolve(subject=subject, roi=roi, modality=modality,
+                                   train_dataset=train_dataset, model=model,
                                    location=location, storage_options=storage_options,
                                    backbone=backbone, catalog=cat)
     encoder = source.load()
-    spec, _ = cat.resolve_weights(modality=modality, subject=subject, roi=roi)
     entry = Entry.of(spec, imageset, int(encoder.keys["subject"]), encoder.keys.get("roi"))
     n = len(ids)
-    data = _entry_data(entry, encoder, ids, fingerprint, source)
+    data = _entry_data(entry, encoder, ids, fingerprint, source, chunk_vertices)
     rows = chunk_images or chunk_rows(row_nbytes(data), n)
-    job_id = bytes_digest(json.dumps([entry.path, encoder.digest, fingerprint, rows, str(dest)],
-                                     sort_keys=True).encode()).removeprefix("sha256:")[:16]
+    job_id = bytes_digest(json.dumps([entry.path, encoder.digest, fingerprint, rows, str(dest),
+                                      data.chunks], sort_keys=True).encode()
+                          ).removeprefix("sha256:")[:16]
     url = join(dest, entry.path)
     stage, progress = _stage_folders(dest, job_id, entry.path)
     if store_exists(dest, entry.path, storage_options) and _fingerprint(
@@ -343,7 +370,7 @@ def _stage_folders(dest: str | os.PathLike[str], job_id: str, path: str) -> tupl
 
 
 def _entry_data(entry: Entry, encoder: Any, ids: np.ndarray, fingerprint: dict[str, Any],
-                source: EncoderSource) -> EntryData:
+                source: EncoderSource, chunk_vertices: int) -> EntryData:
     n = len(ids)
     coords: dict[str, tuple[tuple[str, ...], np.ndarray, dict[str, Any]]] = {
         "image": (("image",), np.arange(n, dtype=np.int64),
@@ -353,6 +380,14 @@ def _entry_data(entry: Entry, encoder: Any, ids: np.ndarray, fingerprint: dict[s
                                      "array's image_id"}),
     }
     coords.update({name: (dims, values, {}) for name, (dims, values) in encoder.coords.items()})
+    aux: dict[str, np.ndarray] = {}
+    chunks = None
+    if encoder.order is not None:  # a surface: vertices in ROI order, chunked along vertex
+        coords.update({name: (dims, values[encoder.order], attrs)
+                       for name, (dims, values, attrs) in coords.items() if dims == ("vertex",)})
+        aux = {f"{ROI_AUX_PREFIX}{name}": roi_positions(encoder.order, vertices)
+               for name, vertices in encoder.rois.items()}
+        chunks = (min(chunk_vertices, int(encoder.row_shape[0])),)
     attrs = {k: v for k, v in entry.key.items() if v is not None}
     attrs.update({k: v for k, v in encoder.attrs.items() if k not in attrs})
     attrs["title"] = f"NEST in silico {entry.modality} responses: {entry.label}"
@@ -371,5 +406,5 @@ def _entry_data(entry: Entry, encoder: Any, ids: np.ndarray, fingerprint: dict[s
         raise AssertionError("generate writes responses from dask tasks")
 
     return EntryData(dims=encoder.dims, shape=(n, *encoder.row_shape), read_rows=never,
-                     coords=coords, attrs=attrs, keys=entry.key,
+                     coords=coords, attrs=attrs, keys=entry.key, aux=aux, chunks=chunks,
                      fingerprint={"images": fingerprint, "encoder_sha256": encoder.digest})

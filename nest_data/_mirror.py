@@ -87,7 +87,8 @@ def mirror(
     --------
     >>> import nest_data, tempfile
     >>> report = nest_data.mirror(tempfile.mkdtemp(), location="demo", imageset="things",
-    ...                           subject=1, roi=["V1", "FFA-1"], show_progress=False)
+    ...                           subject=1, roi=["V1", "FFA-1"], model="fwrf",
+    ...                           show_progress=False)
     >>> print(report.copied)
     ['fmri/nsd/fwrf things sub-01 FFA-1', 'fmri/nsd/fwrf things sub-01 V1']
     """
@@ -95,7 +96,8 @@ def mirror(
         raise NestDataError(f"mirror copies to a local folder; {dest!r} is a URL. To publish "
                             "to a bucket, use `nest-data convert ... DEST` with a remote DEST")
     cat = catalog or default_catalog()
-    entries = list(cat.search(**keys))
+    # A surface model's ROIs share their subject's one store: copy each store once.
+    entries = list({e.path: e for e in cat.search(**keys)}.values())
     if not entries:
         raise StoreNotFoundError(f"no catalog entries match {keys}")
     jobs = []

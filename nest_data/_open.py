@@ -21,7 +21,8 @@ from nest_data._catalog import Catalog, Entry
 from nest_data._catalog import catalog as default_catalog
 from nest_data._storage import NestStore, is_local, join, make_store, quiet_consolidated
 from nest_data._store import AUX_GROUP, DATA_VAR, read_store_attrs
-from nest_data.errors import AmbiguousKeyError, StoreNotFoundError
+from nest_data._surface import ROI_AUX_PREFIX
+from nest_data.errors import AmbiguousKeyError, InputError, StoreNotFoundError
 
 logger = logging.getLogger("nest_data")
 
@@ -59,7 +60,10 @@ def open(
     subject : int or str
         Subject number (``1``, ``"01"`` and ``"sub-01"`` all work).
     roi : str, optional
-        fMRI region of interest (e.g. ``"V1"``, ``"FFA-1"``); omit for EEG.
+        fMRI region of interest (e.g. ``"V1"``, ``"FFA-1"``); omit for EEG.  For the
+        fsaverage model (``train_dataset="nsd_fsaverage"``), one of BERG's 31 surface ROIs,
+        read from the subject's one whole-surface store (only the vertex chunks holding the
+        ROI); omitted, the whole surface.
     modality, train_dataset, model : str, optional
         Inferred when unambiguous (``roi=`` implies fMRI; ``modality="eeg"`` picks EEG).
     location : str, optional
@@ -93,8 +97,8 @@ def open(
     Returns
     -------
     xarray.DataArray
-        ``responses``, dims ``(image, voxel)`` for fMRI or
-        ``(image, repetition, channel, time)`` for EEG, dask-backed.
+        ``responses``, dims ``(image, voxel)`` for fMRI, ``(image, vertex)`` for the
+        fsaverage surface, or ``(image, repetition, channel, time)`` for EEG, dask-backed.
 
     Raises
     ------
@@ -222,9 +226,10 @@ def _open_dataset(
     group: str | None, *, cache: bool | None, verify: bool | None, load_labels: bool,
 ) -> xr.Dataset:
     url, options, loc_name = entry_url(cat, entry, location)
+    surface_roi = entry.roi if cat.model_spec(entry).surface and group is None else None
     try:
         ds = _open_url(url, {**options, **(storage_options or {})}, chunks, group,
-                       cache=cache, verify=verify, load_labels=load_labels)
+                       cache=cache, verify=verify, load_labels=load_labels, roi=surface_roi)
     except StoreNotFoundError as exc:
         raise StoreNotFoundError(_missing_message(entry, url, loc_name)) from exc
     logger.debug("opened %s from %s", entry.label, url)
@@ -233,7 +238,7 @@ def _open_dataset(
 
 def _open_url(
     url: str, options: Mapping[str, Any], chunks: Mapping[str, int] | None, group: str | None,
-    *, cache: bool | None, verify: bool | None, load_labels: bool,
+    *, cache: bool | None, verify: bool | None, load_labels: bool, roi: str | None = None,
 ) -> xr.Dataset:
     use_cache = _config.flag(cache, _config.ENV_CACHE) and not is_local(url)
     store = make_store(url, options, read_only=True, cache=ChunkCache() if use_cache else None,
@@ -257,7 +262,30 @@ def _open_url(
         loaded = sync(_read_arrays(store, [f"{group}/{n}" if group else n for n in lazy]))
         ds = ds.assign_coords({name: (ds[name].dims, values, ds[name].attrs)
                                for name, values in zip(lazy, loaded, strict=True)})
-    return ds
+    return ds if roi is None else _select_roi(ds, store, url, roi)
+
+
+def _select_roi(ds: xr.Dataset, store: NestStore, url: str, roi: str) -> xr.Dataset:
+    """One ROI's vertices (both hemispheres, BERG's order) of a whole-surface store."""
+    if "vertex" not in ds.dims:
+        raise InputError(f"{url} is not a surface store (dims {tuple(ds.dims)}), so roi={roi!r} "
+                         "cannot select vertices in it; open it without roi=")
+    name = f"{AUX_GROUP}/{ROI_AUX_PREFIX}{roi}"
+    try:
+        (positions,) = sync(_read_arrays(store, [name]))
+    except (KeyError, FileNotFoundError) as exc:
+        with quiet_consolidated():
+            aux = zarr.open_group(store, mode="r", zarr_format=3).get(AUX_GROUP)
+        found = sorted(k.removeprefix(ROI_AUX_PREFIX) for k in aux.array_keys()
+                       if k.startswith(ROI_AUX_PREFIX)) if isinstance(aux, zarr.Group) else []
+        raise InputError(f"the surface store {url} has no vertex selection for ROI {roi!r} "
+                         f"(its encoder's metadata had none); ROIs in it: "
+                         f"{', '.join(found) or 'none'}. Open the whole surface without roi=, "
+                         "or regenerate it from weights converted with BERG's metadata "
+                         "file") from exc
+    out = ds.isel(vertex=np.asarray(positions, dtype=np.int64))
+    out[DATA_VAR].attrs["roi"] = roi
+    return out
 
 
 def open_store(
@@ -268,6 +296,7 @@ def open_store(
     cache: bool | None = None,
     verify: bool | None = None,
     load_labels: bool = True,
+    roi: str | None = None,
 ) -> xr.DataArray:
     """Open one nest-data store by its URL, whatever catalog it belongs to.
 
@@ -278,6 +307,8 @@ def open_store(
     ----------
     url : path or URL
         The store (a ``.zarr`` folder or an fsspec URL).
+    roi : str, optional
+        Surface stores: read only this ROI's vertices (both hemispheres).
 
     Returns
     -------
@@ -298,7 +329,7 @@ def open_store(
     ('image', 'voxel')
     """
     ds = _open_url(os.fspath(url), dict(storage_options or {}), chunks, None, cache=cache,
-                   verify=verify, load_labels=load_labels)
+                   verify=verify, load_labels=load_labels, roi=roi)
     return ds[DATA_VAR]
 
 

@@ -1,7 +1,7 @@
 """The one writer and reader of nest-data stores.
 
 A store is a Zarr v3 group holding one entry: the ``responses`` array (chunked along
-``image`` only, Blosc LZ4 + shuffle), one array per coordinate, an ``encoder/`` sub-group with the
+``image``, and for cortical-surface entries along ``vertex`` too; Blosc LZ4 + shuffle), one array per coordinate, an ``encoder/`` sub-group with the
 encoder's own metadata (training splits), and consolidated metadata.  The group's
 ``nest_data`` attribute records the entry's keys, the source fingerprint, and a SHA-256
 checksum per array (and per chunk of ``responses``), which :func:`verify_store` re-checks.
@@ -47,7 +47,7 @@ ATTR = "nest_data"
 DATA_VAR = "responses"
 AUX_GROUP = "encoder"
 STAGING_DIR = ".nest-data-staging"
-TARGET_CHUNK_BYTES = 8 * 2**20  # design: 4-16 MB per chunk, chunks along image only
+TARGET_CHUNK_BYTES = 8 * 2**20  # design: 4-16 MB per chunk
 ZSTD_LEVEL = 3  # coordinates and metadata arrays
 
 
@@ -103,6 +103,9 @@ class EntryData:
     fingerprint : dict
         Identifies the source (file names, sizes, mtimes); a store whose fingerprint matches
         is not rewritten on resume.
+    chunks : tuple of int, optional
+        Chunk shape of ``responses`` after the ``image`` axis (surface entries chunk
+        ``vertex`` too); default: whole rows, so chunks run along ``image`` only.
     """
 
     dims: tuple[str, ...]
@@ -114,6 +117,7 @@ class EntryData:
     aux: dict[str, np.ndarray] = field(default_factory=dict)
     fingerprint: dict[str, Any] = field(default_factory=dict)
     dtype: str = "float32"
+    chunks: tuple[int, ...] | None = None
 
 
 def chunk_rows(row_nbytes: int, n_rows: int, target: int = TARGET_CHUNK_BYTES) -> int:
@@ -286,8 +290,9 @@ def write_entry(
 
 
 def row_nbytes(data: EntryData) -> int:
-    """Bytes of one image's responses."""
-    return int(np.prod(data.shape[1:], dtype=np.int64)) * np.dtype(data.dtype).itemsize
+    """Bytes of one image's responses inside one chunk (a whole row unless chunked further)."""
+    return (int(np.prod(data.chunks or data.shape[1:], dtype=np.int64))
+            * np.dtype(data.dtype).itemsize)
 
 
 def begin_stage(data: EntryData, stage: Path, rows: int) -> MemoryStore:
@@ -407,7 +412,8 @@ async def _create_arrays(
 
     await asyncio.gather(
         root.create_array(DATA_VAR, shape=data.shape, dtype=data.dtype,
-                          chunks=(rows, *data.shape[1:]), compressors=response_codecs(data.dtype),
+                          chunks=(rows, *(data.chunks or data.shape[1:])),
+                          compressors=response_codecs(data.dtype),
                           dimension_names=data.dims, attributes=response_attrs,
                           fill_value=np.nan),
         *(coord(*spec) for spec in specs),

@@ -109,7 +109,8 @@ def verify(
         listed = _remote_stores(root_text, options)
         if listed is None:  # no listing (HTTP): probe every catalog path
             cat = catalog or default_catalog()
-            listed = [e.path for e in cat if store_exists(root_text, e.path, options)]
+            paths = dict.fromkeys(e.path for e in cat)  # surface ROIs share one store
+            listed = [p for p in paths if store_exists(root_text, p, options)]
         labels = listed
     if not labels:
         raise StoreNotFoundError(f"no nest-data stores under {root_text}; give the root of a "

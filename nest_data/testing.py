@@ -31,7 +31,9 @@ logger = logging.getLogger("nest_data")
 
 __all__ = [
     "CHANNELS",
+    "FWRF_METADATA_LAYOUTS",
     "FWRF_TRUNK",
+    "NAME_SCHEMES",
     "NED_ROOT_NAMES",
     "ROI_VOXELS_SUB01",
     "SPLIT_ROIS",
@@ -106,15 +108,36 @@ def roi_voxel_count(subject: int, roi: str) -> int:
     return max(8, round(base * factor))
 
 
+#: NED's file naming schemes: ``"new"`` since 2024-05-26, ``"old"`` before (NED commit cbedc74).
+NAME_SCHEMES = ("new", "old")
+
+_NED_MODELS = {"fmri": ("nsd", "fwrf"), "eeg": ("things_eeg_2", "vit_b_32")}
+
+
 def ned_file_paths(
     root: str | os.PathLike[str], modality: str, imageset: str, subject: int,
-    roi: str | None = None, root_name: str = NED_ROOT_NAMES[0],
+    roi: str | None = None, root_name: str = NED_ROOT_NAMES[0], names: str = "new",
 ) -> tuple[Path, Path]:
-    """The ``.h5`` and metadata ``.npy`` paths of one entry in NED's layout."""
-    model = {"fmri": ("nsd", "fwrf"), "eeg": ("things_eeg_2", "vit_b_32")}[modality]
-    folder = (Path(root) / root_name / f"modality-{modality}" / f"train_dataset-{model[0]}"
-              / f"model-{model[1]}" / f"imageset-{imageset}")
+    """The ``.h5`` and metadata ``.npy`` paths of one entry in NED's layout.
+
+    ``names="old"`` gives the names NED used before its 2024-05-26 rename, which repeat
+    the train dataset, model and image set.
+
+    Examples
+    --------
+    >>> for path in ned_file_paths("ned", "fmri", "nsd", 1, "V1", names="old"):
+    ...     print(path.name)
+    synthetic_neural_responses_training_dataset-nsd_model-fwrf_imageset-nsd_sub-01_roi-V1.h5
+    synthetic_neural_responses_metadata_training_dataset-nsd_model-fwrf_imageset-nsd_sub-01_roi-V1.npy
+    """
+    if names not in NAME_SCHEMES:
+        raise ValueError(f"names must be one of {NAME_SCHEMES}, not {names!r}")
+    train_dataset, model = _NED_MODELS[modality]
+    folder = (Path(root) / root_name / f"modality-{modality}" / f"train_dataset-{train_dataset}"
+              / f"model-{model}" / f"imageset-{imageset}")
     suffix = f"sub-{subject:02d}" + (f"_roi-{roi}" if modality == "fmri" else "")
+    if names == "old":
+        suffix = f"training_dataset-{train_dataset}_model-{model}_imageset-{imageset}_{suffix}"
     return (folder / f"synthetic_neural_responses_{suffix}.h5",
             folder / f"synthetic_neural_responses_metadata_{suffix}.npy")
 
@@ -130,6 +153,7 @@ def write_ned(
     n_voxels: int | Mapping[str, int] | None = None,
     seed: int = 0,
     root_name: str = NED_ROOT_NAMES[0],
+    names: str = "new",
     responses: Mapping[tuple[str, str, int, str | None], np.ndarray] | None = None,
     workers: int = 1,
     show_progress: bool | None = None,
@@ -157,6 +181,9 @@ def write_ned(
         Seed of every value written.
     root_name : str
         One of :data:`NED_ROOT_NAMES`.
+    names : {"new", "old"}
+        File names as NED has them since 2024-05-26, or as before (see
+        :func:`ned_file_paths`).
     responses : dict, optional
         Values to write instead of synthetic ones, keyed by ``(modality, imageset, subject,
         roi)`` (``roi`` None for EEG); each array has the entry's shape, e.g. responses that
@@ -183,6 +210,8 @@ def write_ned(
     """
     if root_name not in NED_ROOT_NAMES:
         raise ValueError(f"root_name must be one of {NED_ROOT_NAMES}, not {root_name!r}")
+    if names not in NAME_SCHEMES:
+        raise ValueError(f"names must be one of {NAME_SCHEMES}, not {names!r}")
     imagesets = list(imagesets)
     jobs: list[tuple[str, str, int, str | None]] = []
     for modality in modalities:
@@ -201,7 +230,7 @@ def write_ned(
         raise ValueError(f"responses= names entries that are not written: {sorted(unknown)}")
     # Jobs of one subject and ROI go to the same worker, which computes their mask once.
     jobs.sort(key=lambda j: (j[0], j[2], j[3] or "", j[1]))
-    work = [(str(root), root_name, seed, job, counts[job[1]], n_voxels, given.get(job))
+    work = [(str(root), root_name, names, seed, job, counts[job[1]], n_voxels, given.get(job))
             for job in jobs]
     for _, outcome in run_jobs(_write_entry, work, workers=workers, desc="writing NED files",
                                unit="file", show_progress=show_progress,
@@ -212,11 +241,12 @@ def write_ned(
     return Path(root) / root_name
 
 
-def _write_entry(work: tuple[str, str, int, tuple[str, str, int, str | None], int,
+def _write_entry(work: tuple[str, str, str, int, tuple[str, str, int, str | None], int,
                              int | Mapping[str, int] | None, np.ndarray | None]) -> None:
     """Write the ``.h5`` and ``.npy`` files of one entry."""
-    root, root_name, seed, (modality, imageset, subject, roi), n_images, n_voxels, given = work
-    h5, npy = ned_file_paths(root, modality, imageset, subject, roi, root_name)
+    (root, root_name, names, seed, (modality, imageset, subject, roi), n_images, n_voxels,
+     given) = work
+    h5, npy = ned_file_paths(root, modality, imageset, subject, roi, root_name, names)
     h5.parent.mkdir(parents=True, exist_ok=True)
     if modality == "fmri":
         assert roi is not None
@@ -404,29 +434,44 @@ def _eeg_metadata(seed: int, imageset: str, subject: int, n_images: int) -> dict
 
 @functools.lru_cache(maxsize=4)
 def _nsd_design(seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """NSD's subjectim (8, 10000; first 1000 shared) and masterordering (30000,), 0-based."""
+    """NSD's subjectim (8, 10000; first 1000 shared) and masterordering, 0-based.
+
+    Shapes as ``scipy.io.loadmat`` reads them from ``nsd_expdesign.mat`` and NED stored
+    them: subjectim (8, 10000), masterordering (1, 30000).
+    """
     rng = _rng(seed, "nsd-design")
     shared = np.arange(0, 3000, 3)
     others = np.setdiff1d(np.arange(73000), shared)
     own = rng.choice(others, (8, 9000), replace=False)
     subjectim = np.concatenate([np.broadcast_to(shared, (8, 1000)), own], axis=1)
-    masterordering = rng.integers(0, 10000, 30000)
+    masterordering = rng.integers(0, 10000, (1, 30000))
     return subjectim.astype(np.int64), masterordering.astype(np.int64)
 
 
 def _labels(seed: int, imageset: str, n: int, subjectim: np.ndarray,
             masterordering: np.ndarray) -> dict[str, Any]:
+    """The image set's label block, in the containers NED's creation scripts wrote.
+
+    things: ``image_concept_index`` an int array per image, ``image_paths`` a dict per image
+    ``{0: 'aardvark/aardvark_01b.jpg', ...}``, ``unique_id`` a dict per concept
+    ``{0: 'aardvark', ...}``; imagenet_val: ``label_number`` an int array per image,
+    ``label_names`` a dict per class; nsd: loadmat's 2-D arrays.
+    """
     rng = _rng(seed, "labels", imageset)
     if imageset == "nsd":
         return {"subjectim": subjectim, "masterordering": masterordering}
     if imageset == "imagenet_val":
-        return {"label_number": rng.integers(0, 1000, n),
-                "label_names": np.array([f"imagenet class {i}" for i in range(1000)])}
+        return {"label_number": rng.integers(0, 1000, n).astype(np.int64),
+                "label_names": {i: f"imagenet class {i}" for i in range(1000)}}
     if imageset == "things":
-        index = np.sort(rng.integers(0, len(_CONCEPTS), n))
-        paths = [f"{_CONCEPTS[c]}/{_CONCEPTS[c]}_{i:02d}s.jpg" for i, c in enumerate(index)]
-        return {"image_concept_index": index, "image_paths": np.array(paths),
-                "unique_id": np.array(_CONCEPTS)}
+        index = np.sort(rng.integers(0, len(_CONCEPTS), n)).astype(np.int64)
+        letters = rng.choice(list("bns"), n)
+        paths: dict[int, str] = {}
+        for i, c in enumerate(index.tolist()):
+            nth = i - int(np.searchsorted(index, c)) + 1  # index is sorted: images per concept
+            paths[i] = f"{_CONCEPTS[c]}/{_CONCEPTS[c]}_{nth:02d}{letters[i]}.jpg"
+        return {"image_concept_index": index, "image_paths": paths,
+                "unique_id": dict(enumerate(_CONCEPTS))}
     raise ValueError(f"unknown image set {imageset!r}; valid: nsd, imagenet_val, things")
 
 
@@ -501,59 +546,139 @@ def fwrf_weight_paths(root: str | os.PathLike[str], subject: int, roi: str) -> l
 SPLIT_ROIS = ("lateral", "ventral")
 
 
+#: Layouts of the fwRF metadata file :func:`write_fwrf_weights` can write.
+FWRF_METADATA_LAYOUTS = ("berg", "ned", "none")
+
+
 def write_fwrf_weights(
     root: str | os.PathLike[str], subject: int, roi: str, *, n_voxels: int | None = None,
-    seed: int = 0,
+    seed: int = 0, metadata: str = "berg", betas_info: bool = False,
+    extra_files: bool = False,
 ) -> list[Path]:
     """Write fwRF weights in NEST's original format: ``torch.save`` dicts of pickles.
 
-    Each file holds ``{'args': argparse.Namespace(...), 'best_params': {'enc': encoder
-    state_dict, 'fwrfs': {subject: readout state_dict}}, 'stim_mean': (1, 3, 1, 1),
-    'train_history': ...}``, as NEST's training script saved them; ``lateral`` and
-    ``ventral`` get ``_split-1.pt`` and ``_split-2.pt`` with the voxels split at
-    ``ceil(n / 2)``.  Needs torch.
+    Each file holds what NED's training script (``01_train_encoding.py``) saved:
+    ``{'args.': argparse.Namespace(...), 'best_params': {'enc': encoder state_dict,
+    'fwrfs': {subject: readout state_dict}}, 'stim_mean': (1, 3, 1, 1), 'trn_hist': ...,
+    'best_epoch': ...}`` (not its ``final_params``); ``lateral`` and ``ventral`` get
+    ``_split-1.pt`` and ``_split-2.pt`` with the voxels split at ``ceil(n / 2)``.  Needs
+    torch.
 
-    Also writes the metadata file NEST keeps beside the weights
-    (:func:`fwrf_metadata_path`): ``fmri{ncsnr, roi_mask_volume, fmri_affine}`` and
-    ``encoding_models{r2, noise_ceiling, explained_variance, train_img_num, val_img_num,
-    test_img_num}``, with the same voxels as :func:`write_ned`'s responses for that subject
-    and ROI.
+    Parameters
+    ----------
+    root : path
+        Folder in which ``encoding_models/modality-fmri/...`` is written.
+    subject : int
+        NSD subject, 1-8.
+    roi : str
+        ROI; ``lateral`` and ``ventral`` get two files.
+    n_voxels : int, optional
+        Voxels of the ROI (default: :func:`roi_voxel_count`).
+    seed : int
+        Seed of the weights and labels.
+    metadata : {"berg", "ned", "none"}
+        The metadata file beside the weights (:func:`fwrf_metadata_path`), with the same
+        voxels as :func:`write_ned`'s responses for that subject and ROI: ``"berg"``,
+        BERG's flat ``fmri{ncsnr, roi_mask_volume, fmri_affine}`` and
+        ``encoding_models{r2, noise_ceiling, explained_variance, train_img_num,
+        val_img_num, test_img_num}``; ``"ned"``, NED's (``create_metadata.py``) with the
+        same ``fmri`` block and ``encoding_models{encoding_accuracy{r2, noise_ceiling,
+        noise_normalized_encoding}, train_val_test_nsd_image_splits{...}}``; ``"none"``, no
+        file.
+    betas_info : bool
+        Also store ``betas_info``, as NED's training script did: ``{subject: {ncsnr,
+        roi_mask_volume, fmri_affine, volume_shape, masterordering, subjectim,
+        train_img_num, val_img_num, test_img_num}}`` for the whole ROI (both halves hold all
+        of it).
+    extra_files : bool
+        Also write other ``.pt`` files the training left in the same folder: the outputs of
+        training phases 2 and 3 (``weights_sub-01_roi-V1train_phase-02.pt``, NED's name,
+        and ``weights_sub-01_roi-V1_train_phase-03.pt``) and an all-subjects model
+        (``weights_sub-all_roi-V1.pt``), each a loadable checkpoint with other weights.
 
     Returns
     -------
     list of pathlib.Path
-        The weight files written.
+        The weight files written (not the extra files).
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> paths = write_fwrf_weights(tempfile.mkdtemp(), 1, "lateral", n_voxels=4,
+    ...                            metadata="none", extra_files=True)
+    >>> [p.name for p in paths]
+    ['weights_sub-01_roi-lateral_split-1.pt', 'weights_sub-01_roi-lateral_split-2.pt']
+    >>> len(list(paths[0].parent.glob("*.pt")))
+    7
     """
+    import torch
+
+    if metadata not in FWRF_METADATA_LAYOUTS:
+        raise ValueError(f"metadata must be one of {FWRF_METADATA_LAYOUTS}, not {metadata!r}")
+    n = n_voxels or roi_voxel_count(subject, roi)
+    paths = fwrf_weight_paths(root, subject, roi)
+    sizes = [n] if len(paths) == 1 else [(n + 1) // 2, n - (n + 1) // 2]
+    ned = _fmri_metadata(seed, "nsd", subject, roi, n, n_images=1)
+    info = _betas_info(ned, subject) if betas_info else None
+    paths[0].parent.mkdir(parents=True, exist_ok=True)
+    for part, (path, size) in enumerate(zip(paths, sizes, strict=True), 1):
+        checkpoint = _fwrf_checkpoint(subject, roi, part, size, seed + 1000 * part + subject,
+                                      info)
+        torch.save(checkpoint, path)
+        if extra_files:
+            stem = path.name.removesuffix(".pt")
+            for phase, extra in ((2, f"{stem}train_phase-02.pt"),
+                                 (3, f"{stem}_train_phase-03.pt")):
+                torch.save(_fwrf_checkpoint(subject, roi, part, size, seed + 7 * phase, info),
+                           path.with_name(extra))
+    if extra_files:
+        torch.save(_fwrf_checkpoint(subject, roi, 1, n, seed + 99, info),
+                   paths[0].with_name(f"weights_sub-all_roi-{roi}.pt"))
+    if metadata != "none":
+        encoding = ned["encoding_models"]
+        if metadata == "berg":
+            accuracy = encoding["encoding_accuracy"]
+            encoding = {"r2": accuracy["r2"], "noise_ceiling": accuracy["noise_ceiling"],
+                        "explained_variance": accuracy["noise_normalized_encoding"],
+                        **encoding["train_val_test_nsd_image_splits"]}
+        meta_path = fwrf_metadata_path(root, subject, roi)
+        meta_path.parent.mkdir(parents=True, exist_ok=True)
+        _save_pickle(meta_path, {"fmri": ned["fmri"], "encoding_models": encoding})
+    return paths
+
+
+def _betas_info(ned: Mapping[str, Any], subject: int) -> dict[int, dict[str, Any]]:
+    """NED's ``betas_info`` of a training checkpoint: the prepared betas' dict minus betas."""
+    fmri, splits = ned["fmri"], ned["encoding_models"]["train_val_test_nsd_image_splits"]
+    subjectim, masterordering = ned["nsd_labels"]["subjectim"], ned["nsd_labels"][
+        "masterordering"]
+    return {subject: {"volume_shape": fmri["roi_mask_volume"].shape,
+                      "roi_mask_volume": fmri["roi_mask_volume"],
+                      "fmri_affine": fmri["fmri_affine"],
+                      "ncsnr": fmri["ncsnr"].astype(np.float64),  # nibabel's get_fdata
+                      "masterordering": masterordering, "subjectim": subjectim, **splits}}
+
+
+def _fwrf_checkpoint(subject: int, roi: str, part: int, n_voxels: int, seed: int,
+                     betas_info: Mapping[int, Any] | None) -> dict[str, Any]:
+    """One ``torch.save`` dict of NED's fwRF training script, random weights from ``seed``."""
     import argparse
 
     import torch
 
-    n = n_voxels or roi_voxel_count(subject, roi)
-    paths = fwrf_weight_paths(root, subject, roi)
-    sizes = [n] if len(paths) == 1 else [(n + 1) // 2, n - (n + 1) // 2]
-    for part, (path, size) in enumerate(zip(paths, sizes, strict=True), 1):
-        enc, fwrf = fwrf_state_dicts(size, seed=seed + 1000 * part + subject)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        torch.save({
-            "args": argparse.Namespace(subject=subject, roi=roi, split=part, lr=1e-3,
-                                       trunk_width=64, use_prefilter=1),
-            "best_params": {"enc": {k: torch.from_numpy(v) for k, v in enc.items()},
-                            "fwrfs": {subject: {k: torch.from_numpy(v)
-                                                for k, v in fwrf.items()}}},
-            "stim_mean": torch.from_numpy(enc["mu"]),
-            "train_history": {"val_cc": np.linspace(0.1, 0.3, 5)},
-        }, path)
-    ned = _fmri_metadata(seed, "nsd", subject, roi, n, n_images=1)
-    accuracy = ned["encoding_models"]["encoding_accuracy"]
-    splits = ned["encoding_models"]["train_val_test_nsd_image_splits"]
-    meta = {"fmri": ned["fmri"],
-            "encoding_models": {"r2": accuracy["r2"], "noise_ceiling": accuracy["noise_ceiling"],
-                                "explained_variance": accuracy["noise_normalized_encoding"],
-                                **splits}}
-    meta_path = fwrf_metadata_path(root, subject, roi)
-    meta_path.parent.mkdir(parents=True, exist_ok=True)
-    np.save(meta_path, np.asarray(meta, dtype=object), allow_pickle=True)
-    return paths
+    enc, fwrf = fwrf_state_dicts(n_voxels, seed=seed)
+    checkpoint: dict[str, Any] = {
+        "args.": argparse.Namespace(used_nsd_sub=subject, roi=roi, split=part, lr=1e-3,
+                                    trunk_width=64, use_prefilter=1),
+        "best_params": {"enc": {k: torch.from_numpy(v) for k, v in enc.items()},
+                        "fwrfs": {subject: {k: torch.from_numpy(v) for k, v in fwrf.items()}}},
+        "trn_hist": np.linspace(0.5, 0.1, 5), "hold_cc_hist": np.linspace(0.1, 0.3, 5),
+        "best_epoch": 4, "best_joint_cc_score": 0.3,
+        "stim_mean": torch.from_numpy(enc["mu"]),
+    }
+    if betas_info is not None:
+        checkpoint["betas_info"] = betas_info
+    return checkpoint
 
 
 # ------------------------------------------------------------------------------ EEG weights
@@ -628,20 +753,31 @@ def eeg_head_arrays(subject: int, *, n_components: int = 8, seed: int = 0,
     >>> w["pca_param"]["components_"].shape, w["reg_param"]["rep-4"]["coef_"].shape
     ((3, 10), (8820, 3))
     """
-    shared = _rng(seed, "eeg-head-shared")
-    scale = shared.uniform(0.5, 2.0, n_features)
-    components = shared.standard_normal((n_components, n_features), dtype=np.float32)
-    components /= np.sqrt(n_features, dtype=np.float32)
     rng = _rng(seed, "eeg-head", subject)
     reg = {f"rep-{r}": {"coef_": rng.normal(0, 1, (63 * 140, n_components)),
                         "intercept_": rng.normal(0, 0.1, 63 * 140)} for r in range(1, 5)}
+    return {**_scaler_pca(_rng(seed, "eeg-head-shared"), n_components, n_features, 16540),
+            "reg_param": reg}
+
+
+def _scaler_pca(rng: np.random.Generator, n_components: int, n_features: int,
+                n_samples: int) -> dict[str, Any]:
+    """BERG's ``scaler_param`` and ``pca_param`` blocks, random but valid."""
+    scale = rng.uniform(0.5, 2.0, n_features)
+    components = rng.standard_normal((n_components, n_features), dtype=np.float32)
+    components /= np.sqrt(n_features, dtype=np.float32)
+    variance = np.sort(rng.uniform(1, 10, n_components))[::-1]
     return {
-        "scaler_param": {"mean_": shared.normal(0, 0.5, n_features), "scale_": scale,
-                         "var_": scale**2, "n_samples_seen_": 16540},
-        "pca_param": {"components_": components, "mean_": shared.normal(0, 0.1, n_features),
-                      "explained_variance_": np.sort(shared.uniform(1, 10, n_components))[::-1],
-                      "n_components_": n_components},
-        "reg_param": reg,
+        "scaler_param": {"mean_": rng.normal(0, 0.5, n_features), "scale_": scale,
+                         "var_": scale**2, "n_features_in_": n_features,
+                         "n_samples_seen_": n_samples},
+        "pca_param": {"components_": components,
+                      "mean_": rng.normal(0, 0.1, n_features).astype(np.float32),
+                      "explained_variance_": variance,
+                      "explained_variance_ratio_": variance / variance.sum() / 2,
+                      "singular_values_": np.sqrt(variance * (n_samples - 1)),
+                      "n_components_": n_components, "n_samples_": n_samples,
+                      "noise_variance_": 0.5, "n_features_in_": n_features},
     }
 
 
@@ -723,6 +859,144 @@ def write_eeg_weights(
     meta_path = eeg_metadata_path(root, subject)
     meta_path.parent.mkdir(parents=True, exist_ok=True)
     _save_pickle(meta_path, meta)
+    return paths
+
+
+# ------------------------------------------------------------------------------ fsaverage
+
+#: BERG's 31 fsaverage ROIs as NSD's label files name them (the model card says OVWFA for
+#: NSD's OWFA), each at a (start, size) fraction of a hidden line along which the miniature
+#: writer lays out ROIs: streams partition the first half, finer ROIs nest inside them.
+FSAVERAGE_ROI_LAYOUT: dict[str, tuple[float, float]] = {
+    "early": (0.00, 0.08), "midventral": (0.08, 0.03), "midlateral": (0.11, 0.03),
+    "midparietal": (0.14, 0.03), "ventral": (0.17, 0.10), "lateral": (0.27, 0.10),
+    "parietal": (0.37, 0.10),
+    "V1v": (0.000, 0.012), "V1d": (0.012, 0.012), "V2v": (0.024, 0.011),
+    "V2d": (0.035, 0.011), "V3v": (0.046, 0.010), "V3d": (0.056, 0.010), "hV4": (0.066, 0.008),
+    "OFA": (0.280, 0.006), "FFA-1": (0.180, 0.008), "FFA-2": (0.190, 0.006),
+    "mTL-faces": (0.200, 0.004), "aTL-faces": (0.205, 0.004),
+    "EBA": (0.290, 0.020), "FBA-1": (0.185, 0.006), "FBA-2": (0.195, 0.005),
+    "mTL-bodies": (0.210, 0.004),
+    "OPA": (0.380, 0.012), "PPA": (0.220, 0.012), "RSC": (0.400, 0.008),
+    "OWFA": (0.300, 0.004), "VWFA-1": (0.235, 0.006), "VWFA-2": (0.242, 0.005),
+    "mfs-words": (0.248, 0.003), "mTL-words": (0.252, 0.003),
+}
+
+
+def _fsaverage_model_folder(root: str | os.PathLike[str]) -> Path:
+    return (Path(root) / "encoding_models" / "modality-fmri" / "train_dataset-nsd_fsaverage"
+            / "model-vit_b_32")
+
+
+def fsaverage_paths(root: str | os.PathLike[str], subject: int) -> tuple[Path, Path]:
+    """BERG's weights and metadata files of one subject's fsaverage encoder under ``root``."""
+    folder = _fsaverage_model_folder(root)
+    name = f"subject-{subject:02d}.npy"
+    return (folder / "encoding_models_weights" / f"weights_{name}",
+            folder / "metadata" / f"metadata_{name}")
+
+
+def fsaverage_arrays(subject: int, *, n_components: int = 8,
+                     n_vertices: int = 163842, seed: int = 0,
+                     n_features: int = _EEG_FEATURES,
+                     coordinates: Mapping[str, np.ndarray] | None = None,
+                     ) -> tuple[dict[str, Any], dict[str, Any]]:
+    """One subject's fsaverage encoder as BERG's two pickled dicts: weights and metadata.
+
+    Weights: ``{scaler_param, pca_param, lh_reg_param{coef_ (n_vertices, n_components),
+    intercept_, n_features_in_}, rh_reg_param{...}}`` with the keys and dtypes that BERG's
+    ``train_encoding.py`` saves from scikit-learn.  Metadata: ``fmri{lh_ncsnr, rh_ncsnr,
+    lh_fsaverage_rois, rh_fsaverage_rois}`` (ROI name -> ``np.where`` vertex indices, as
+    BERG's ``prepare_nsd_fsaverage.py``) and ``encoding_models{train_img_num, val_img_num,
+    test_img_num, {lh,rh}_{correlation, r2, noise_ceiling, explained_variance}}`` computed
+    with BERG's arithmetic.  ROIs are scattered over the vertex indices as on the real
+    icosahedral mesh; regression weights vary smoothly along the writer's hidden ROI line.
+    ``coordinates`` (hemisphere -> ``(k, 3)`` positions of the first ``k`` vertices, e.g.
+    the fsaverage5 mesh, whose vertices are fsaverage's first 10,242) lays that line out
+    from posterior to anterior over those vertices, so maps drawn on the mesh are smooth.
+
+    Examples
+    --------
+    >>> w, m = fsaverage_arrays(1, n_components=2, n_vertices=642, n_features=10)
+    >>> w["lh_reg_param"]["coef_"].shape, len(m["fmri"]["rh_fsaverage_rois"])
+    ((642, 2), 31)
+    """
+    rng = _rng(seed, "fsaverage", subject)
+    weights = _scaler_pca(rng, n_components, n_features, 9000)
+    fmri: dict[str, Any] = {}
+    accuracy: dict[str, Any] = {}
+    for hemi in ("lh", "rh"):
+        hidden = rng.permutation(n_vertices)  # hidden line position -> vertex index
+        if coordinates is not None and hemi in coordinates:
+            k = min(len(coordinates[hemi]), n_vertices)
+            placed = np.argsort(np.asarray(coordinates[hemi])[:k, 1], kind="stable")
+            hidden = np.concatenate([placed, hidden[hidden >= k]])
+        line = np.empty(n_vertices)
+        line[hidden] = np.arange(n_vertices) / n_vertices
+        freq = rng.uniform(1, 6, n_components)
+        phase = rng.uniform(0, 2 * np.pi, n_components)
+        coef = np.sin(2 * np.pi * line[:, None] * freq + phase)
+        coef += 0.3 * rng.standard_normal((n_vertices, n_components))
+        weights[f"{hemi}_reg_param"] = {
+            "coef_": coef.astype(np.float32),
+            "intercept_": (0.1 * rng.standard_normal(n_vertices)).astype(np.float32),
+            "n_features_in_": n_components}
+        rois = {}
+        for name, (start, size) in FSAVERAGE_ROI_LAYOUT.items():
+            a = int(start * n_vertices)
+            rois[name] = np.sort(hidden[a:a + max(1, int(size * n_vertices))]).astype(np.int64)
+        ncsnr = rng.gamma(2.0, 0.25, n_vertices).astype(np.float32)
+        correlation = np.clip(rng.uniform(-0.1, 0.6, n_vertices), 0, None)
+        r2 = correlation**2
+        noise_ceiling = ncsnr.astype(np.float64)**2 / (ncsnr.astype(np.float64)**2 + 1 / 3)
+        noise_ceiling[noise_ceiling == 0] = 1e-14
+        fmri[f"{hemi}_ncsnr"] = ncsnr
+        fmri[f"{hemi}_fsaverage_rois"] = rois
+        accuracy.update({f"{hemi}_correlation": correlation, f"{hemi}_r2": r2,
+                         f"{hemi}_noise_ceiling": noise_ceiling,
+                         f"{hemi}_explained_variance": np.minimum(r2 / noise_ceiling * 100,
+                                                                  100)})
+    own = _nsd_design(seed)[0][subject - 1]
+    metadata = {"fmri": {k: fmri[k] for k in ("lh_ncsnr", "rh_ncsnr", "lh_fsaverage_rois",
+                                              "rh_fsaverage_rois")},
+                "encoding_models": {"train_img_num": np.sort(own[1000:]),
+                                    "val_img_num": np.sort(own[515:1000]),
+                                    "test_img_num": np.sort(own[:515]), **accuracy}}
+    return weights, metadata
+
+
+def write_fsaverage_weights(
+    root: str | os.PathLike[str], subject: int, *, n_components: int = 8,
+    n_vertices: int = 163842, seed: int = 0,
+    coordinates: Mapping[str, np.ndarray] | None = None,
+) -> tuple[Path, Path]:
+    """Write one subject's fsaverage encoder in BERG's files (see :func:`fsaverage_arrays`).
+
+    ``encoding_models/modality-fmri/train_dataset-nsd_fsaverage/model-vit_b_32/`` +
+    ``encoding_models_weights/weights_subject-{SS}.npy`` and ``metadata/metadata_subject-
+    {SS}.npy``.  The real files have 250 components and 163,842 vertices per hemisphere; a
+    few components keep the miniature small (8: 26 MB).  The backbone is
+    :func:`write_vit_b_32`.
+
+    Returns
+    -------
+    tuple of pathlib.Path
+        The weights file and the metadata file.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> [p.name for p in write_fsaverage_weights(tempfile.mkdtemp(), 3, n_components=2,
+    ...                                          n_vertices=642)]
+    ['weights_subject-03.npy', 'metadata_subject-03.npy']
+    """
+    weights, metadata = fsaverage_arrays(subject, n_components=n_components,
+                                         n_vertices=n_vertices, seed=seed,
+                                         coordinates=coordinates)
+    paths = fsaverage_paths(root, subject)
+    for path, obj in zip(paths, (weights, metadata), strict=True):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _save_pickle(path, obj)
     return paths
 
 

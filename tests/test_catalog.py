@@ -10,16 +10,24 @@ import pytest
 
 import nest_data
 from nest_data import Catalog
-from nest_data.errors import CatalogError, LocationError
+from nest_data.errors import AmbiguousKeyError, CatalogError, LocationError, UnknownKeyError
 
 
 def test_whole_collection_is_described() -> None:
     cat = nest_data.catalog()
-    assert cat.version == "1.0.0"
-    assert len(cat) == 8 * 23 * 3 + 10 * 3
+    assert cat.version == "1.1.0"
+    # fwRF: 8 subjects x 23 ROIs; EEG: 10 subjects; fsaverage: 8 subjects x (31 ROIs + the
+    # whole surface), every one on 3 image sets.
+    assert len(cat) == 8 * 23 * 3 + 10 * 3 + 8 * 32 * 3
     assert cat.vocabulary("modality") == ["eeg", "fmri"]
     assert cat.vocabulary("imageset") == ["imagenet_val", "nsd", "things"]
-    assert len(cat.vocabulary("roi")) == 23 and cat.vocabulary("subject") == list(range(1, 11))
+    assert {m.name: len(m.rois) for m in cat.models} == {
+        "fmri/nsd/fwrf": 23, "eeg/things_eeg_2/vit_b_32": 0, "fmri/nsd_fsaverage/vit_b_32": 31}
+    assert cat.vocabulary("subject") == list(range(1, 11))
+    # A surface model's ROIs and its whole surface share one store per image set and subject.
+    surface = cat.search(train_dataset="nsd_fsaverage", imageset="nsd", subject=2)
+    assert len(surface) == 32 and {e.path for e in surface} == {
+        "modality-fmri/train_dataset-nsd_fsaverage/model-vit_b_32/imageset-nsd/sub-02.zarr"}
     sizes = {k: v["n_images"] for k, v in cat.imagesets.items()}
     assert sizes == {"nsd": 73000, "imagenet_val": 50000, "things": 26107}
     entry = cat.resolve(imageset="nsd", subject=1, roi="lateral")
@@ -45,15 +53,31 @@ def test_search_and_df() -> None:
     assert len(eeg) == 20 and set(eeg.df.roi.isna()) == {True}
     assert len(cat.search(roi="v1", subject="sub-01")) == 3  # case and spelling forgiven
     assert [e.label for e in cat.search(roi="OFA", subject=3, imageset="nsd")] == [
-        "fmri/nsd/fwrf nsd sub-03 OFA"]
+        "fmri/nsd/fwrf nsd sub-03 OFA", "fmri/nsd_fsaverage/vit_b_32 nsd sub-03 OFA"]
 
 
 def test_resolve_infers_model_keys() -> None:
     cat = nest_data.catalog()
     e = cat.resolve(imageset="things", subject="03", roi="FFA-1")
     assert (e.modality, e.train_dataset, e.model, e.subject) == ("fmri", "nsd", "fwrf", 3)
-    e = cat.resolve(imageset="things", subject=3, model="vit_b_32")
+    e = cat.resolve(imageset="things", subject=3, model="vit_b_32", modality="eeg")
     assert e.modality == "eeg" and e.roi is None
+    # FFA-1 exists in the fwRF and the fsaverage model: fwRF is the default, train_dataset=
+    # picks the surface; an ROI only the surface has (V1v) picks it by itself.
+    e = cat.resolve(imageset="things", subject=3, roi="FFA-1", train_dataset="nsd_fsaverage")
+    assert (e.model, e.roi, e.path) == (
+        "vit_b_32", "FFA-1",
+        "modality-fmri/train_dataset-nsd_fsaverage/model-vit_b_32/imageset-things/sub-03.zarr")
+    assert cat.resolve(imageset="things", subject=3, roi="V1v").train_dataset == "nsd_fsaverage"
+    whole = cat.resolve(imageset="nsd", subject=8, train_dataset="nsd_fsaverage")
+    assert whole.roi is None and whole.dims == ("image", "vertex")
+    with pytest.raises(AmbiguousKeyError, match="the keys match several models: "
+                                                "eeg/things_eeg_2/vit_b_32, "
+                                                "fmri/nsd_fsaverage/vit_b_32; pass modality="):
+        cat.resolve(imageset="things", subject=3, model="vit_b_32")
+    with pytest.raises(UnknownKeyError, match="unknown roi 'V1' for fmri/nsd_fsaverage/vit_b_32; "
+                                              "valid roi values: V1d, V1v, .* Did you mean"):
+        cat.resolve(imageset="things", subject=3, roi="V1", train_dataset="nsd_fsaverage")
 
 
 def test_locations(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -96,7 +120,7 @@ models:
 """)
     cat = nest_data.catalog(user)
     assert cat.locations["lab"].storage_options == {"token": "anon"}
-    assert len(cat) == 582 + 2
+    assert len(cat) == 1350 + 2
     mine = cat.search(model="vit_linear")
     assert [e.path for e in mine] == ["mine/my_images/sub-01_V1.zarr",
                                       "mine/my_images/sub-02_V1.zarr"]
@@ -105,11 +129,8 @@ models:
     assert cat.resolve(imageset="nsd", subject=1, roi="V1").model == "fwrf"
     both = Path(tmp_path / "both.yaml")
     both.write_text(user.read_text().replace("[my_images]", "[my_images, nsd]"))
-    from nest_data.errors import AmbiguousKeyError
-
-    with pytest.raises(AmbiguousKeyError, match="several models: fmri/nsd/fwrf, "
-                                                "fmri/nsd/vit_linear; pass modality="):
-        nest_data.catalog(both).resolve(imageset="nsd", subject=1, roi="V1")
+    # An ROI of several models means the catalog's default model (fwRF) unless named.
+    assert nest_data.catalog(both).resolve(imageset="nsd", subject=1, roi="V1").model == "fwrf"
     assert nest_data.catalog(both).resolve(imageset="nsd", subject=1, roi="V1",
                                            model="vit_linear").path == "mine/nsd/sub-01_V1.zarr"
 
@@ -136,7 +157,8 @@ def test_env_catalogs_and_bad_yaml(tmp_path: Path, monkeypatch: pytest.MonkeyPat
 
 def test_intake_esm_export_opens_same_values(collection: Path, tmp_path: Path) -> None:
     intake_esm = pytest.importorskip("intake_esm")
-    cat = nest_data.catalog().search(imageset="things", subject=[1, 2], roi=["V1", "FFA-1"])
+    cat = nest_data.catalog().search(imageset="things", subject=[1, 2], roi=["V1", "FFA-1"],
+                                     model="fwrf")
     cat.add_location("mini", str(collection))
     spec = cat.to_intake_esm(tmp_path, location="mini", name="mini")
     assert spec.name == "mini.json" and (tmp_path / "mini.csv").is_file()

@@ -14,6 +14,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
+import xarray as xr
 import zarr
 
 import nest_data
@@ -85,23 +86,85 @@ def test_nsd_image_labels_and_encoder_splits(ned_src: Path, collection: Path) ->
     for name in ("train_img_num", "val_img_num", "test_img_num"):
         np.testing.assert_array_equal(aux[name].values, splits[name])
     np.testing.assert_array_equal(aux["nsd_subjectim"].values, subjectim)
-    np.testing.assert_array_equal(aux["nsd_masterordering"].values,
-                                  meta["nsd_labels"]["masterordering"])
+    masterordering = meta["nsd_labels"]["masterordering"]
+    assert masterordering.shape == (1, 30000)  # as loadmat reads it and NED stored it
+    np.testing.assert_array_equal(aux["nsd_masterordering"].values, masterordering[0])
 
 
 def test_things_and_imagenet_labels(ned_src: Path, collection: Path) -> None:
     _, meta = _source(ned_src, "fmri", "things", 1, "V1")
     da = nest_data.open(imageset="things", subject=1, roi="V1", location=str(collection))
     labels = meta["things_labels"]
-    assert list(da.path.values) == list(labels["image_paths"])
-    assert list(da.concept.values) == [p.split("/")[0] for p in labels["image_paths"]]
+    paths = [labels["image_paths"][i] for i in range(30)]  # NED's dict, keyed by image
+    assert list(da.path.values) == paths
+    assert list(da.concept.values) == [p.split("/")[0] for p in paths]
     np.testing.assert_array_equal(da.concept_index.values, labels["image_concept_index"])
-    assert list(da.unique_id.values) == list(labels["unique_id"][labels["image_concept_index"]])
+    assert list(da.unique_id.values) == [labels["unique_id"][c]  # NED's dict, keyed by concept
+                                         for c in labels["image_concept_index"]]
     _, meta = _source(ned_src, "fmri", "imagenet_val", 1, "V1")
     da = nest_data.open(imageset="imagenet_val", subject=1, roi="V1", location=str(collection))
     number = meta["imagenet_val_labels"]["label_number"]
     np.testing.assert_array_equal(da.label_number.values, number)
-    assert list(da.label_name.values) == list(meta["imagenet_val_labels"]["label_names"][number])
+    assert list(da.label_name.values) == [meta["imagenet_val_labels"]["label_names"][n]
+                                          for n in number]
+
+
+def test_label_fields_as_arrays_and_lists(ned_src: Path, collection: Path, tmp_path: Path
+                                          ) -> None:
+    """The converter reads label fields from lists and arrays as from NED's dicts."""
+    src = tmp_path / "src"
+    for imageset in ("things", "imagenet_val", "nsd"):
+        _, npy = _copy_entry(ned_src, src, "V1", imageset)
+        meta = load_npy_dict(npy)
+        labels = meta[f"{imageset}_labels"]
+        for name, value in labels.items():
+            if isinstance(value, dict):
+                values = [value[i] for i in range(len(value))]
+                labels[name] = values if name == "image_paths" else np.array(values)
+        if imageset == "nsd":
+            labels["masterordering"] = labels["masterordering"][0]  # 1-D
+            labels["subjectim"] = labels["subjectim"].astype(np.float64)  # loadmat's doubles
+        else:
+            index = "image_concept_index" if imageset == "things" else "label_number"
+            labels[index] = labels[index].tolist()
+        np.save(npy, np.asarray(meta, dtype=object), allow_pickle=True)
+    assert len(convert_ned(src, tmp_path / "dest", workers=1).converted) == 3
+    for imageset in ("things", "imagenet_val", "nsd"):
+        keys = {"imageset": imageset, "subject": 1, "roi": "V1"}
+        got = nest_data.open(location=str(tmp_path / "dest"), **keys)
+        expected = nest_data.open(location=str(collection), **keys)
+        assert set(got.coords) == set(expected.coords)
+        for name in got.coords:
+            np.testing.assert_array_equal(got[name].values, expected[name].values)
+        aux = nest_data.open_metadata(location=str(tmp_path / "dest"), **keys)
+        expected_aux = nest_data.open_metadata(location=str(collection), **keys)
+        for name in expected_aux:
+            np.testing.assert_array_equal(aux[name].values, expected_aux[name].values)
+
+
+@pytest.mark.parametrize("modality", ["fmri", "eeg"])
+def test_names_before_neds_rename_convert_alike(tmp_path: Path, modality: str) -> None:
+    kw = {"modalities": [modality], "subjects": [1], "rois": ["V1"], "n_images": 5,
+          "imagesets": ["things", "nsd"], "show_progress": False}
+    write_ned(tmp_path / "new", **kw)
+    old = write_ned(tmp_path / "old", names="old", **kw)
+    roi = "V1" if modality == "fmri" else None
+    h5, npy = ned_file_paths(old.parent, modality, "things", 1, roi, names="old")
+    assert h5.is_file() and npy.is_file() and "_training_dataset-" in h5.name
+    assert [s.h5 for s in discover_ned(old.parent) if s.entry.imageset == "things"] == [h5]
+    for name in ("new", "old"):
+        assert len(convert_ned(tmp_path / name, tmp_path / f"{name}-dest", workers=1
+                               ).converted) == 2
+    for imageset in ("things", "nsd"):
+        keys = {"modality": modality, "imageset": imageset, "subject": 1, "roi": roi}
+        new_da, old_da = (nest_data.open(location=str(tmp_path / f"{n}-dest"), **keys)
+                          for n in ("new", "old"))
+        xr.testing.assert_identical(new_da.drop_attrs(), old_da.drop_attrs())
+        assert {k: v for k, v in new_da.attrs.items() if k != "provenance"} == {
+            k: v for k, v in old_da.attrs.items() if k != "provenance"}
+        old_files = [s["file"] for s in old_da.attrs["provenance"]["sources"]]
+        assert old_files == [p.name for p in ned_file_paths(old.parent, modality, imageset, 1,
+                                                              roi, names="old")]
 
 
 def test_eeg_entry(ned_src: Path, collection: Path) -> None:
@@ -171,9 +234,10 @@ def _no_staged(dest: Path) -> bool:
     return not staged.exists() or not any(staged.iterdir())
 
 
-def _copy_entry(ned_src: Path, dest: Path, roi: str = "V1") -> tuple[Path, Path]:
-    h5, npy = ned_file_paths(ned_src, "fmri", "things", 1, roi)
-    new_h5, new_npy = ned_file_paths(dest, "fmri", "things", 1, roi)
+def _copy_entry(ned_src: Path, dest: Path, roi: str = "V1", imageset: str = "things"
+                ) -> tuple[Path, Path]:
+    h5, npy = ned_file_paths(ned_src, "fmri", imageset, 1, roi)
+    new_h5, new_npy = ned_file_paths(dest, "fmri", imageset, 1, roi)
     new_h5.parent.mkdir(parents=True, exist_ok=True)
     shutil.copy(h5, new_h5)
     shutil.copy(npy, new_npy)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -208,3 +209,146 @@ def test_weights_convert_and_load_without_pickle(tmp_path: Path,
     (weights / "weights.safetensors").write_bytes(bytes(data))
     with pytest.raises(ChecksumError, match="weights.safetensors has checksum"):
         load_fwrf(subject=1, roi="V1", location=str(dest))
+
+
+# ------------------------------------------------------------------- NEST's weights folders
+
+def _voxel_tensors(dest: Path, subject: int, roi: str) -> dict[str, np.ndarray]:
+    from safetensors.numpy import load_file
+
+    folder = (dest / "weights/modality-fmri/train_dataset-nsd/model-fwrf"
+              / f"sub-{subject:02d}_roi-{roi}")
+    return {k.split(".", 1)[1]: v for k, v in load_file(folder / "weights.safetensors").items()
+            if k.startswith("voxel.")}
+
+
+ALL_VOXEL_LABELS = {"voxel", "i", "j", "k", "x", "y", "z", "ncsnr", "r2", "noise_ceiling",
+                    "explained_variance"}
+
+
+def test_ned_era_metadata_keeps_accuracies(tmp_path: Path,
+                                           caplog: pytest.LogCaptureFixture) -> None:
+    """NED's metadata nests the accuracies in encoding_accuracy; BERG's are flat."""
+    from nest_data.converters._pickle import load_npy_dict
+    from nest_data.converters.weights import convert_fwrf_weights
+    from nest_data.testing import fwrf_metadata_path, write_fwrf_weights
+
+    for layout in ("berg", "ned"):
+        write_fwrf_weights(tmp_path / layout, 1, "V1", n_voxels=6, metadata=layout)
+        with caplog.at_level(logging.INFO, logger="nest_data"):
+            convert_fwrf_weights(tmp_path / layout, tmp_path / f"{layout}-dest",
+                                 trust_pickles=True)
+        path = fwrf_metadata_path(tmp_path / layout, 1, "V1")
+        assert (f"sub-01 V1: voxel labels from {path} ({layout.upper()}'s layout): voxel, i, j, "
+                "k, x, y, z, ncsnr, r2, noise_ceiling, explained_variance") in caplog.text
+    meta = load_npy_dict(fwrf_metadata_path(tmp_path / "ned", 1, "V1"))
+    assert set(meta["encoding_models"]) == {"encoding_accuracy",
+                                            "train_val_test_nsd_image_splits"}
+    ned, berg = (_voxel_tensors(tmp_path / f"{n}-dest", 1, "V1") for n in ("ned", "berg"))
+    assert set(ned) == set(berg) == ALL_VOXEL_LABELS
+    accuracy = meta["encoding_models"]["encoding_accuracy"]
+    for coord, field in (("r2", "r2"), ("noise_ceiling", "noise_ceiling"),
+                         ("explained_variance", "noise_normalized_encoding")):
+        np.testing.assert_array_equal(ned[coord], accuracy[field])
+    for name in ned:
+        np.testing.assert_array_equal(ned[name], berg[name])
+
+
+def test_betas_info_gives_voxel_labels_without_metadata(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from nest_data.converters.weights import convert_fwrf_weights
+    from nest_data.testing import fwrf_metadata_path, fwrf_weight_paths, write_fwrf_weights
+
+    write_fwrf_weights(tmp_path / "berg", 2, "lateral", n_voxels=7)
+    pt = write_fwrf_weights(tmp_path / "pt", 2, "lateral", n_voxels=7, metadata="none",
+                            betas_info=True)
+    metadata = fwrf_metadata_path(tmp_path / "pt", 2, "lateral")
+    assert not metadata.exists()
+    for name in ("berg", "pt"):
+        with caplog.at_level(logging.INFO, logger="nest_data"):
+            convert_fwrf_weights(tmp_path / name, tmp_path / f"{name}-dest", trust_pickles=True)
+    assert (f"no metadata file {metadata}: voxel labels from betas_info[2] of {pt[0]}: voxel, "
+            "i, j, k, x, y, z, ncsnr (no r2, noise ceiling or explained variance)") in caplog.text
+    berg = _voxel_tensors(tmp_path / "berg-dest", 2, "lateral")
+    from_pt = _voxel_tensors(tmp_path / "pt-dest", 2, "lateral")
+    assert set(from_pt) == ALL_VOXEL_LABELS - {"r2", "noise_ceiling", "explained_variance"}
+    for name in from_pt:  # both halves hold the whole ROI's labels; the same voxels as BERG's
+        np.testing.assert_array_equal(from_pt[name], berg[name])
+
+    for path in fwrf_weight_paths(tmp_path / "pt", 2, "lateral"):  # older betas_info
+        checkpoint = torch.load(path, weights_only=False)
+        del checkpoint["betas_info"][2]["fmri_affine"]
+        torch.save(checkpoint, path)
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="nest_data"):
+        convert_fwrf_weights(tmp_path / "pt", tmp_path / "no-affine", trust_pickles=True)
+    assert "ncsnr (no r2, noise ceiling or explained variance; no fmri_affine, so no x, y, z)" \
+        in caplog.text
+    assert set(_voxel_tensors(tmp_path / "no-affine", 2, "lateral")) == {"voxel", "i", "j", "k",
+                                                                         "ncsnr"}
+
+    bare = write_fwrf_weights(tmp_path / "bare", 1, "V1", n_voxels=5, metadata="none")
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="nest_data"):
+        convert_fwrf_weights(tmp_path / "bare", tmp_path / "bare-dest", trust_pickles=True)
+    assert (f"no metadata file {fwrf_metadata_path(tmp_path / 'bare', 1, 'V1')} and no "
+            f"betas_info in {bare[0].name}: encoded responses will carry voxel indices only"
+            ) in caplog.text
+    assert _voxel_tensors(tmp_path / "bare-dest", 1, "V1") == {}
+
+
+def test_training_outputs_are_not_weights(tmp_path: Path,
+                                          caplog: pytest.LogCaptureFixture) -> None:
+    from safetensors.numpy import load_file
+
+    from nest_data.converters.weights import convert_fwrf_weights, convert_weights
+    from nest_data.testing import fwrf_weight_paths, write_fwrf_weights
+
+    for extra in (False, True):
+        write_fwrf_weights(tmp_path / f"extra-{extra}", 1, "V1", n_voxels=6, extra_files=extra)
+        write_fwrf_weights(tmp_path / f"extra-{extra}", 2, "lateral", n_voxels=7,
+                           extra_files=extra)
+    folder = fwrf_weight_paths(tmp_path / "extra-True", 1, "V1")[0].parent
+    extras = sorted({p.name for p in folder.glob("*.pt")} - {
+        p.name for p in fwrf_weight_paths(tmp_path / "extra-True", 1, "V1")
+        + fwrf_weight_paths(tmp_path / "extra-True", 2, "lateral")})
+    assert extras == [
+        "weights_sub-01_roi-V1_train_phase-03.pt", "weights_sub-01_roi-V1train_phase-02.pt",
+        "weights_sub-02_roi-lateral_split-1_train_phase-03.pt",
+        "weights_sub-02_roi-lateral_split-1train_phase-02.pt",
+        "weights_sub-02_roi-lateral_split-2_train_phase-03.pt",
+        "weights_sub-02_roi-lateral_split-2train_phase-02.pt",
+        "weights_sub-all_roi-V1.pt", "weights_sub-all_roi-lateral.pt"]
+    with caplog.at_level(logging.INFO, logger="nest_data"):
+        written = convert_fwrf_weights(tmp_path / "extra-True", tmp_path / "dest",
+                                       trust_pickles=True)
+    assert written == ["weights/modality-fmri/train_dataset-nsd/model-fwrf/sub-01_roi-V1",
+                       "weights/modality-fmri/train_dataset-nsd/model-fwrf/sub-02_roi-lateral"]
+    for name in extras:
+        assert f"skipping {folder / name}: not an fwRF weights file (expected weights_sub-SS_" \
+               "roi-ROI.pt or weights_sub-SS_roi-ROI_split-1.pt/_split-2.pt" in caplog.text
+    assert convert_weights(tmp_path / "extra-False", tmp_path / "plain", modality="fmri",
+                           trust_pickles=True) == written
+    for rel in written:  # the extra files changed nothing
+        got = load_file(tmp_path / "dest" / rel / "weights.safetensors")
+        expected = load_file(tmp_path / "plain" / rel / "weights.safetensors")
+        assert got.keys() == expected.keys()
+        for key in got:
+            np.testing.assert_array_equal(got[key], expected[key])
+
+
+def test_half_of_a_split_pair_is_refused(tmp_path: Path) -> None:
+    from nest_data.converters.weights import convert_fwrf_weights
+    from nest_data.errors import SourceFormatError
+    from nest_data.testing import write_fwrf_weights
+
+    first, second = write_fwrf_weights(tmp_path, 2, "lateral", n_voxels=7, metadata="none")
+    second.unlink()
+    with pytest.raises(SourceFormatError) as err:
+        convert_fwrf_weights(tmp_path, tmp_path / "dest", trust_pickles=True, roi="lateral")
+    assert str(err.value) == (
+        f"{first.parent}: the fwRF weights of subject 2 lateral are {first.name}; expected "
+        "either weights_sub-02_roi-lateral.pt or both halves weights_sub-02_roi-lateral_"
+        "split-1.pt and weights_sub-02_roi-lateral_split-2.pt. Download the missing half (or "
+        "remove the extra file) and convert again.")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import re
 from pathlib import Path
 
 import h5py
@@ -48,6 +49,7 @@ def test_fmri_file_format(ned_src: Path) -> None:
     assert {k: v.shape for k, v in splits.items()} == {
         "train_img_num": (9000,), "val_img_num": (485,), "test_img_num": (515,)}
     assert meta["nsd_labels"]["subjectim"].shape == (8, 10000)
+    assert meta["nsd_labels"]["masterordering"].shape == (1, 30000)  # loadmat's 2-D
     assert meta["nsd_labels"]["masterordering"].min() >= 0  # 0-based
 
 
@@ -59,6 +61,57 @@ def test_label_blocks(ned_src: Path, imageset: str, block: str, keys: set[str]) 
     meta = load_npy_dict(ned_file_paths(ned_src, "fmri", imageset, 2, "FFA-1")[1])
     assert set(meta[block]) == keys
     assert f"{imageset}_labels" in meta and "nsd_labels" not in meta
+
+
+def test_label_containers_are_neds(ned_src: Path) -> None:
+    """Dicts where NED's creation scripts wrote dicts (int keys, str values), else arrays."""
+    things = load_npy_dict(ned_file_paths(ned_src, "fmri", "things", 1, "V1")[1])[
+        "things_labels"]
+    index = things["image_concept_index"]
+    assert isinstance(index, np.ndarray) and index.dtype == np.int64 and index.shape == (30,)
+    paths, unique_id = things["image_paths"], things["unique_id"]
+    assert type(paths) is dict and list(paths) == list(range(30))  # one key per image
+    assert type(unique_id) is dict and len(unique_id) == 50  # one key per concept
+    assert list(unique_id) == list(range(50))
+    for table in (paths, unique_id):
+        assert all(type(k) is int and type(v) is str for k, v in table.items())
+    for i, path in paths.items():
+        concept = unique_id[int(index[i])]
+        assert re.fullmatch(rf"{concept}/{concept}_\d\d[a-z]\.jpg", path)
+    numbers: dict[str, list[int]] = {}
+    for path in paths.values():  # numbered 01, 02, ... within each concept
+        numbers.setdefault(path.split("/")[0], []).append(int(path[-7:-5]))
+    assert all(n == list(range(1, len(n) + 1)) for n in numbers.values())
+    imagenet = load_npy_dict(ned_file_paths(ned_src, "fmri", "imagenet_val", 1, "V1")[1])[
+        "imagenet_val_labels"]
+    number, names = imagenet["label_number"], imagenet["label_names"]
+    assert isinstance(number, np.ndarray) and number.dtype == np.int64 and number.shape == (30,)
+    assert type(names) is dict and list(names) == list(range(1000))
+    assert all(type(k) is int and type(v) is str for k, v in names.items())
+    eeg = load_npy_dict(ned_file_paths(ned_src, "eeg", "things", 1)[1])["eeg"]
+    assert type(eeg["ch_names"]) is list and isinstance(eeg["times"], np.ndarray)
+
+
+def test_old_file_names(tmp_path: Path) -> None:
+    kw = {"subjects": [1], "rois": ["V1"], "imagesets": ["imagenet_val"], "n_images": 3,
+          "show_progress": False}
+    write_ned(tmp_path / "old", names="old", **kw)
+    write_ned(tmp_path / "new", **kw)
+    assert sorted(p.name for p in (tmp_path / "old").rglob("*.*")) == [
+        "synthetic_neural_responses_metadata_training_dataset-nsd_model-fwrf_imageset-"
+        "imagenet_val_sub-01_roi-V1.npy",
+        "synthetic_neural_responses_metadata_training_dataset-things_eeg_2_model-vit_b_32_"
+        "imageset-imagenet_val_sub-01.npy",
+        "synthetic_neural_responses_training_dataset-nsd_model-fwrf_imageset-imagenet_val_"
+        "sub-01_roi-V1.h5",
+        "synthetic_neural_responses_training_dataset-things_eeg_2_model-vit_b_32_imageset-"
+        "imagenet_val_sub-01.h5"]
+    for modality, roi in (("fmri", "V1"), ("eeg", None)):
+        old = ned_file_paths(tmp_path / "old", modality, "imagenet_val", 1, roi, names="old")
+        new = ned_file_paths(tmp_path / "new", modality, "imagenet_val", 1, roi)
+        assert [_sha(p) for p in old] == [_sha(p) for p in new]  # same content, other names
+        assert old[0].parent.relative_to(tmp_path / "old") == new[0].parent.relative_to(
+            tmp_path / "new")
 
 
 def test_eeg_file_format(ned_src: Path) -> None:
@@ -129,3 +182,5 @@ def test_bad_arguments(tmp_path: Path) -> None:
         write_ned(tmp_path, root_name="ned")
     with pytest.raises(ValueError, match="unknown modality 'meg'"):
         write_ned(tmp_path, modalities=["meg"])
+    with pytest.raises(ValueError, match=r"names must be one of \('new', 'old'\), not 'v1'"):
+        write_ned(tmp_path, names="v1")

@@ -8,7 +8,7 @@ import pytest
 torch = pytest.importorskip("torch")
 special = pytest.importorskip("scipy.special")
 
-from nest_data.encoders.vit import EegHead, EegModel, VitB32, preprocess_imagenet  # noqa: E402
+from nest_data.encoders.vit import EegHead, VitModel, VitB32, preprocess_imagenet  # noqa: E402
 from nest_data.testing import vit_b_32_state_dict  # noqa: E402
 
 LAYERS = 12
@@ -90,7 +90,7 @@ def test_features_and_head_match_reference(vit: tuple[VitB32, dict[str, np.ndarr
     np.testing.assert_allclose(got, expected, rtol=1e-3, atol=1e-4)
     w = head_weights()
     head = EegHead(**{k: torch.from_numpy(v) for k, v in w.items()})
-    eeg = EegModel(model, head).eval()
+    eeg = VitModel(model, head).eval()
     with torch.no_grad():
         responses = eeg(torch.from_numpy(x)).numpy()
     assert responses.shape == (batch, 4, 63, 140)  # never squeezed, even for one image

@@ -38,4 +38,4 @@ def test_wheel_installs_and_opens_demo(demo: Path, tmp_path: Path) -> None:
     run = subprocess.run([str(python), "-c", code], env=env, cwd=tmp_path,
                          capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stderr
-    assert str(env_dir) in run.stdout and "(24, 1350) 582" in run.stdout
+    assert str(env_dir) in run.stdout and "(24, 1350) 1350" in run.stdout

@@ -1,12 +1,16 @@
-"""The NEST EEG encoder: ImageNet ViT-B/32 features -> scaler -> PCA -> linear regressions.
+"""The ViT-B/32 encoders: ImageNet ViT-B/32 features -> scaler -> PCA -> linear regressions.
+
+Two NEST models share this: the THINGS-EEG2 EEG encoder (one regression per training
+repetition, :class:`EegHead`) and BERG's fsaverage fMRI encoder (one regression per
+hemisphere, :class:`SurfaceHead`).
 
 Plain torch, loading torchvision's ``vit_b_32`` state_dict unchanged (keys ``conv_proj.*``,
 ``class_token``, ``encoder.pos_embedding``, ``encoder.layers.encoder_layer_{i}.*``,
 ``encoder.ln.*``, ``heads.head.*``).  The features are the outputs of the 12 encoder blocks
 (after each block's MLP residual add), each 50 tokens x 768, flattened and concatenated in
 layer order: 460,800 values per image.  The head standardises them (``scaler.mean_``,
-``scale_``), projects them on the PCA components, and applies one linear regression per
-THINGS-EEG2 training repetition: ``(B, 4, 63, 140)``.
+``scale_``), projects them on the PCA components (:class:`PcaReadout`), and applies its
+regressions: ``(B, 4, 63, 140)`` for EEG, ``(B, n_vertices)`` for the surface.
 
 Preprocessing (torchvision's IMAGENET1K_V1 transforms on uint8 tensors): resize the shorter
 side to 256 (bilinear, antialias, rounded to uint8), center crop 224, /255, normalise with
@@ -21,7 +25,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-__all__ = ["EegHead", "EegModel", "VitB32", "preprocess_imagenet"]
+__all__ = ["EegHead", "PcaReadout", "SurfaceHead", "VitB32", "VitModel", "preprocess_imagenet"]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -99,8 +103,8 @@ class VitB32(nn.Module):
         return torch.cat(outputs, dim=1)
 
 
-class EegHead(nn.Module):
-    """Scaler -> PCA -> one linear regression per repetition: features -> (B, R, 63, 140).
+class PcaReadout(nn.Module):
+    """Scaler -> PCA of ViT-B/32 features, then a linear readout (subclasses define it).
 
     Parameters
     ----------
@@ -108,38 +112,76 @@ class EegHead(nn.Module):
         ``StandardScaler`` ``mean_`` and ``scale_``, shape ``(460800,)``.
     pca_components, pca_mean : torch.Tensor
         ``components_`` ``(n_components, 460800)`` and ``mean_`` ``(460800,)``.
-    coefs, intercepts : torch.Tensor
-        Stacked regressions: ``(R, 63 * 140, n_components)`` and ``(R, 63 * 140)``.
     """
 
     scaler_mean: torch.Tensor
     scaler_scale: torch.Tensor
     pca_components: torch.Tensor
     pca_mean: torch.Tensor
+
+    def __init__(self, scaler_mean: torch.Tensor, scaler_scale: torch.Tensor,
+                 pca_components: torch.Tensor, pca_mean: torch.Tensor,
+                 **readout: torch.Tensor) -> None:
+        super().__init__()
+        for name, value in (("scaler_mean", scaler_mean), ("scaler_scale", scaler_scale),
+                            ("pca_components", pca_components), ("pca_mean", pca_mean),
+                            *readout.items()):
+            self.register_buffer(name, torch.as_tensor(value, dtype=torch.float32))
+
+    def project(self, features: torch.Tensor) -> torch.Tensor:
+        """``(B, n_components)``: standardised features projected on the PCA components."""
+        z = (features - self.scaler_mean) / self.scaler_scale
+        return (z - self.pca_mean) @ self.pca_components.T
+
+
+class EegHead(PcaReadout):
+    """Scaler -> PCA -> one linear regression per repetition: features -> (B, R, 63, 140).
+
+    ``coefs`` ``(R, 63 * 140, n_components)`` and ``intercepts`` ``(R, 63 * 140)`` are the
+    stacked regressions; the other parameters are :class:`PcaReadout`'s.
+    """
+
     coefs: torch.Tensor
     intercepts: torch.Tensor
 
     def __init__(self, scaler_mean: torch.Tensor, scaler_scale: torch.Tensor,
                  pca_components: torch.Tensor, pca_mean: torch.Tensor, coefs: torch.Tensor,
                  intercepts: torch.Tensor, channels: int = 63, times: int = 140) -> None:
-        super().__init__()
-        for name, value in (("scaler_mean", scaler_mean), ("scaler_scale", scaler_scale),
-                            ("pca_components", pca_components), ("pca_mean", pca_mean),
-                            ("coefs", coefs), ("intercepts", intercepts)):
-            self.register_buffer(name, torch.as_tensor(value, dtype=torch.float32))
+        super().__init__(scaler_mean, scaler_scale, pca_components, pca_mean, coefs=coefs,
+                         intercepts=intercepts)
         self.shape = (channels, times)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
-        z = (features - self.scaler_mean) / self.scaler_scale
-        p = (z - self.pca_mean) @ self.pca_components.T  # (B, n_components)
+        p = self.project(features)
         y = torch.einsum("bk,rok->bro", p, self.coefs) + self.intercepts  # (B, R, 63 * 140)
         return y.reshape(features.shape[0], -1, *self.shape)
 
 
-class EegModel(nn.Module):
-    """ViT-B/32 features and one subject's EEG head: images -> ``(B, 4, 63, 140)``."""
+class SurfaceHead(PcaReadout):
+    """Scaler -> PCA -> one linear regression per vertex: features -> ``(B, n_vertices)``.
 
-    def __init__(self, backbone: VitB32, head: EegHead) -> None:
+    BERG's fsaverage model has one regression per hemisphere; ``coef`` ``(n_vertices,
+    n_components)`` and ``intercept`` ``(n_vertices,)`` hold the vertices of both (left
+    first), or any selection of them.
+    """
+
+    coef: torch.Tensor
+    intercept: torch.Tensor
+
+    def __init__(self, scaler_mean: torch.Tensor, scaler_scale: torch.Tensor,
+                 pca_components: torch.Tensor, pca_mean: torch.Tensor, coef: torch.Tensor,
+                 intercept: torch.Tensor) -> None:
+        super().__init__(scaler_mean, scaler_scale, pca_components, pca_mean, coef=coef,
+                         intercept=intercept)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return torch.addmm(self.intercept, self.project(features), self.coef.T)
+
+
+class VitModel(nn.Module):
+    """ViT-B/32 features and one subject's readout: images -> the readout's responses."""
+
+    def __init__(self, backbone: VitB32, head: PcaReadout) -> None:
         super().__init__()
         self.backbone = backbone
         self.head = head

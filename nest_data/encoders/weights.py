@@ -17,7 +17,7 @@ from nest_data._catalog import catalog as default_catalog
 from nest_data._digest import bytes_digest
 from nest_data._storage import is_local, join, local_path, validate_storage_options
 from nest_data.encoders.fwrf import FwrfModel
-from nest_data.encoders.vit import EegHead, VitB32
+from nest_data.encoders.vit import EegHead, SurfaceHead, VitB32
 from nest_data.errors import ChecksumError, InputError, StoreNotFoundError
 
 logger = logging.getLogger("nest_data")
@@ -26,7 +26,7 @@ WEIGHTS_FILE = "weights.safetensors"
 MODEL_FILE = "model.json"
 
 __all__ = ["load_backbone", "load_eeg_folder", "load_fwrf", "load_fwrf_folder",
-           "recorded_digest"]
+           "load_surface_folder", "recorded_digest"]
 
 
 def _read(url: str, options: Mapping[str, Any]) -> bytes:
@@ -172,6 +172,41 @@ def load_eeg_folder(url: str, storage_options: Mapping[str, Any] | None = None
     coords = {k.split(".", 1)[1]: v.numpy() for k, v in tensors.items()
               if k.startswith("coord.")}
     return head.eval(), doc, coords
+
+
+def load_surface_folder(url: str, storage_options: Mapping[str, Any] | None = None
+                        ) -> tuple[SurfaceHead, dict[str, Any], dict[str, np.ndarray]]:
+    """Load one subject's converted fsaverage head (scaler, PCA, both hemispheres' regressions).
+
+    Returns the head (vertices of both hemispheres, left first), its ``model.json``
+    (``n_vertices`` per hemisphere, ``rois``) and the labels: ``vertex.<name>`` per-vertex
+    values, ``roi.<name>`` global vertex indices of each ROI, ``split.<name>`` image splits.
+
+    Raises
+    ------
+    StoreNotFoundError, ChecksumError
+        As :func:`load_fwrf_folder`.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> from nest_data.converters.weights import convert_fsaverage_weights
+    >>> from nest_data.testing import write_fsaverage_weights
+    >>> src, dest = tempfile.mkdtemp(), tempfile.mkdtemp()
+    >>> _ = write_fsaverage_weights(src, 1, n_components=2, n_vertices=642)
+    >>> (rel,) = convert_fsaverage_weights(src, dest)
+    >>> head, doc, labels = load_surface_folder(f"{dest}/{rel}")
+    >>> head(torch.zeros(1, 460800)).shape, doc["n_vertices"], labels["roi.FFA-1"].shape
+    (torch.Size([1, 1284]), {'lh': 642, 'rh': 642}, (10,))
+    """
+    doc, tensors = _read_folder(url, storage_options)
+    head = SurfaceHead(tensors["scaler.mean_"], tensors["scaler.scale_"],
+                       tensors["pca.components_"], tensors["pca.mean_"],
+                       torch.cat([tensors["lh.coef_"], tensors["rh.coef_"]]),
+                       torch.cat([tensors["lh.intercept_"], tensors["rh.intercept_"]]))
+    labels = {k: v.numpy() for k, v in tensors.items()
+              if k.startswith(("vertex.", "roi.", "split."))}
+    return head.eval(), doc, labels
 
 
 def load_backbone(url: str, storage_options: Mapping[str, Any] | None = None
