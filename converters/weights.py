@@ -47,6 +47,7 @@ from nest_data import _config
 from nest_data._catalog import Catalog
 from nest_data._catalog import catalog as default_catalog
 from nest_data._digest import file_digest
+from nest_data._storage import is_local, local_path
 from nest_data._store import commit, staging
 from nest_data.converters._meta import eeg_labels, fmri_voxel_labels, meta_block
 from nest_data.converters._pickle import load_npy_dict
@@ -211,7 +212,7 @@ def convert_fwrf_weights(
             "pickles anywhere else; the converted safetensors files are safe to share."
         )
     cat = catalog or default_catalog()
-    found = _discover(Path(src))
+    found = _discover(Path(src), cat)
     subjects, rois = _as_set(subject), _as_set(roi)
     selected = {k: v for k, v in found.items()
                 if (not subjects or k[0] in subjects) and (not rois or k[1] in rois)}
@@ -656,13 +657,13 @@ def convert_fsaverage_weights(
         sizes = {h: int(hemis[h][0].shape[0]) for h in hemis}
         tensors = {k: torch.from_numpy(np.ascontiguousarray(v, dtype=np.float32))
                    for k, v in head.items()}
-        labels = _surface_metadata(path, subj, sizes, spec.rois, tensors)
+        labels, meta_path = _surface_metadata(path, subj, sizes, spec.rois, tensors)
         out = {"format": FSAVERAGE_FORMAT, "modality": "fmri",
                "train_dataset": spec.train_dataset, "model": spec.model, "subject": subj,
                "n_components": n_components, "n_features": int(head["pca.mean_"].shape[0]),
-               "n_vertices": sizes, **labels, "sources": [_source(path)], **_provenance()}
-        if labels["metadata"]:
-            out["sources"].append(_source(Path(labels["metadata"])))
+               "n_vertices": sizes, **labels,
+               "sources": [_source(p) for p in (path, meta_path) if p is not None],
+               **_provenance()}
         _write_folder(tensors, out, dest, rel, storage_options)
         written.append(rel)
         logger.info("converted fsaverage weights sub-%02d -> %s", subj, rel)
@@ -670,15 +671,20 @@ def convert_fsaverage_weights(
 
 
 def _surface_metadata(weights: Path, subject: int, sizes: Mapping[str, int],
-                      rois: tuple[str, ...], tensors: dict[str, Any]) -> dict[str, Any]:
-    """Per-vertex labels, ROI vertex indices and image splits of BERG's metadata file."""
+                      rois: tuple[str, ...], tensors: dict[str, Any]
+                      ) -> tuple[dict[str, Any], Path | None]:
+    """Per-vertex labels, ROI vertex indices and image splits of BERG's metadata file.
+
+    Returns what ``model.json`` records (ROIs, their source names, the label names) and the
+    metadata file read (None when there is none).
+    """
     import torch
 
     path = weights.parent.parent / "metadata" / f"metadata_subject-{subject:02d}.npy"
     if not path.is_file():
         logger.warning("no metadata file %s: encoded responses will carry vertex indices "
                        "only, and roi= cannot select vertices", path)
-        return {"metadata": "", "rois": [], "roi_sources": {}, "vertex_labels": []}
+        return {"rois": [], "roi_sources": {}, "vertex_labels": []}, None
     meta = load_npy_dict(path)
     fmri, encoding = meta_block(meta, "fmri", path), meta_block(meta, "encoding_models", path)
     names = {"ncsnr": fmri, "r2": encoding, "noise_ceiling": encoding,
@@ -720,8 +726,8 @@ def _surface_metadata(weights: Path, subject: int, sizes: Mapping[str, int],
         if name in encoding:
             tensors[f"split.{name}"] = torch.from_numpy(
                 np.ascontiguousarray(np.asarray(encoding[name], dtype=np.int64)))
-    return {"metadata": str(path), "rois": sorted(sources, key=rois.index),
-            "roi_sources": sources, "vertex_labels": labels}
+    return ({"rois": sorted(sources, key=rois.index), "roi_sources": sources,
+             "vertex_labels": labels}, path)
 
 
 def _vertex_selection(value: Any, n: int, path: Path, block: str, name: str) -> np.ndarray:
@@ -815,6 +821,7 @@ def convert_weights(
     roi: str | list[str] | None = None,
     vit_b_32: str | os.PathLike[str] | None = None,
     storage_options: Mapping[str, Any] | None = None,
+    source_options: Mapping[str, Any] | None = None,
     catalog: Catalog | None = None,
     show_progress: bool | None = None,
 ) -> list[str]:
@@ -822,12 +829,16 @@ def convert_weights(
 
     fMRI fwRF weights need ``trust_pickles=True`` (see :func:`convert_fwrf_weights`); the
     ``.npy`` files of the EEG and fsaverage encoders do not (see :func:`convert_eeg_weights`,
-    :func:`convert_fsaverage_weights`).
+    :func:`convert_fsaverage_weights`).  Without the flag, a root that holds both converts
+    the ``.npy`` encoders and logs that it skipped the ``.pt`` files; a root holding only
+    ``.pt`` files is an error that says to pass the flag.
 
     Parameters
     ----------
-    src : path, optional
-        NEST's root (holding ``encoding_models/``); None converts only ``vit_b_32``.
+    src : path or URL, optional
+        NEST's or BERG's root (holding ``encoding_models/``): a folder, or a remote root such
+        as ``s3://brain-encoding-response-generator`` (with ``source_options={"anon":
+        True}``), read one subject at a time; None converts only ``vit_b_32``.
     dest : path or URL
         Root to write ``weights/...`` into.
     modality : {"fmri", "eeg"}, optional
@@ -840,6 +851,8 @@ def convert_weights(
         torchvision's ``vit_b_32`` weights file, converted for the EEG encoders.
     storage_options : dict, optional
         fsspec options for a remote ``dest``.
+    source_options : dict, optional
+        fsspec options for a remote ``src`` (``{"anon": True}`` for the public buckets).
     show_progress : bool, optional
         Progress bar over the encoders converted.
 
@@ -857,7 +870,9 @@ def convert_weights(
     >>> _ = write_fwrf_weights(src, 1, "V1", n_voxels=4)
     >>> convert_weights(src, dest, modality="eeg")
     ['weights/modality-eeg/train_dataset-things_eeg_2/model-vit_b_32/sub-01']
-    >>> convert_weights(src, dest)  # the fwRF .pt files are pickles
+    >>> convert_weights(src, dest)  # the fwRF .pt files are pickles: skipped, and logged
+    ['weights/modality-eeg/train_dataset-things_eeg_2/model-vit_b_32/sub-01']
+    >>> convert_weights(src, dest, modality="fmri")  # nothing else to convert
     Traceback (most recent call last):
     ...
     nest_data.errors.ConversionError: NEST's .pt weight files are pickles, ...
@@ -872,10 +887,28 @@ def convert_weights(
                                         catalog=catalog))
     if src is None:
         return written
-    root = Path(src)
-    has_fmri = bool(_discover(root)) if modality != "eeg" else False
+    if not is_local(os.fspath(src)):
+        from nest_data.converters._remote import staged_subjects
+
+        for _, local in staged_subjects(os.fspath(src), source_options or {},
+                                        modality=modality, subjects=_as_set(subject) or None,
+                                        pickles=trust_pickles):
+            written += convert_weights(local, dest, modality=modality,
+                                       trust_pickles=trust_pickles, roi=roi,
+                                       storage_options=storage_options, catalog=catalog,
+                                       show_progress=show_progress)
+        return written
+    if source_options:
+        raise ConversionError(f"source_options={dict(source_options)!r} given, but SRC {src} is "
+                              "a local folder; they are for a remote SRC (s3://..., gs://...)")
+    root = Path(local_path(os.fspath(src)))
+    has_fmri = bool(_discover(root, catalog)) if modality != "eeg" else False
     has_surface = bool(_discover_fsaverage(root)) if modality != "eeg" else False
     has_eeg = bool(_discover_eeg(root)) if modality != "fmri" else False
+    if has_fmri and not trust_pickles and (has_surface or has_eeg):
+        logger.warning("skipping NEST's fwRF .pt weights under %s: they are pickles; pass "
+                       "trust_pickles=True (--trust-pickles) to convert them too", src)
+        has_fmri = False
     if not (has_fmri or has_surface or has_eeg):
         raise ConversionError(f"no NEST encoder weights under {src} (modality={modality!r}); "
                               "expected encoding_models/modality-fmri/... (.pt or .npy) or "

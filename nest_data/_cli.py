@@ -71,6 +71,7 @@ def _cmd_convert_weights(args: argparse.Namespace) -> int:
                               trust_pickles=args.trust_pickles, subject=args.subject,
                               roi=args.roi, vit_b_32=args.vit_b_32,
                               storage_options=_options(args.storage_option),
+                              source_options=_options(args.source_option),
                               show_progress=_progress(args))
     for rel in written:
         print(f"{args.dest}/{rel}")
@@ -198,7 +199,9 @@ def _parser() -> argparse.ArgumentParser:
     weights = convert_sub.add_parser(
         "weights", help="NEST/BERG encoder weights (fwRF .pt, EEG and fsaverage .npy, "
                         "torchvision's vit_b_32) -> safetensors")
-    weights.add_argument("src", nargs="?", help="NEST root holding encoding_models/")
+    weights.add_argument("src", nargs="?", help="NEST's or BERG's root holding "
+                                                "encoding_models/: a folder or a remote URL "
+                                                "(s3://brain-encoding-response-generator)")
     weights.add_argument("dest", help="root to write weights/ folders into")
     weights.add_argument("--trust-pickles", action="store_true",
                          help="required for fMRI: the .pt files are pickles, which can run "
@@ -210,7 +213,11 @@ def _parser() -> argparse.ArgumentParser:
                               "backbone of the EEG and fsaverage encoders")
     weights.add_argument("--subject", nargs="+", type=int)
     weights.add_argument("--roi", nargs="+")
-    weights.add_argument("--storage-option", action="append", metavar="KEY=VALUE")
+    weights.add_argument("--storage-option", action="append", metavar="KEY=VALUE",
+                         help="fsspec option for a remote DEST")
+    weights.add_argument("--source-option", action="append", metavar="KEY=VALUE",
+                         help="fsspec option for a remote SRC, e.g. anon=true for the public "
+                              "buckets")
     weights.set_defaults(func=_cmd_convert_weights)
 
     verify = sub.add_parser("verify", help="re-check the checksums of every store under ROOT")

@@ -244,7 +244,8 @@ def run_demo(
 
 def _surface_summary(root: Path, out_dir: Path, lines: list[str]) -> Path | None:
     """Open the demo's fsaverage store (whole surface and FFA-1), summarise it, plot it."""
-    keys = {"imageset": "things", "subject": SURFACE_SUBJECT, "train_dataset": "nsd_fsaverage",
+    keys: dict[str, Any] = {"imageset": "things", "subject": SURFACE_SUBJECT,
+                            "train_dataset": "nsd_fsaverage",
             "location": str(root)}
     try:
         surface = open_entry(**keys)

@@ -270,8 +270,8 @@ def _load_surface(source: EncoderSource, options: Mapping[str, Any], keys: dict[
     head, doc, labels = load_surface_folder(source.weights_url, options)
     vit, vit_digest = load_backbone(source.backbone_url, options)
     n_lh, n_rh = int(doc["n_vertices"]["lh"]), int(doc["n_vertices"]["rh"])
-    coords = {name: (("vertex",), values)
-              for name, values in surface_labels(n_lh, n_rh).items()}
+    coords: dict[str, tuple[tuple[str, ...], np.ndarray]] = {
+        name: (("vertex",), values) for name, values in surface_labels(n_lh, n_rh).items()}
     coords.update({name.split(".", 1)[1]: (("vertex",), values)
                    for name, values in labels.items() if name.startswith("vertex.")})
     keys["subject"] = doc["subject"]

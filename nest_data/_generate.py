@@ -34,7 +34,6 @@ from nest_data._digest import bytes_digest
 from nest_data._encode import EncoderSource, _device, as_images
 from nest_data._progress import compute
 from nest_data._storage import is_local, join, local_path
-from nest_data._surface import ROI_AUX_PREFIX, roi_positions
 from nest_data._store import (
     DATA_VAR,
     STAGING_DIR,
@@ -49,6 +48,7 @@ from nest_data._store import (
     scan_rows,
     store_exists,
 )
+from nest_data._surface import ROI_AUX_PREFIX, roi_positions
 from nest_data.errors import InputError
 
 logger = logging.getLogger("nest_data")

@@ -128,7 +128,8 @@ def open(
         from nest_data._encode import encode
 
         return encode(images, subject=subject, roi=roi, modality=modality or "fmri",
-                      location=location, storage_options=storage_options, catalog=cat)
+                      train_dataset=train_dataset, model=model, location=location,
+                      storage_options=storage_options, catalog=cat)
     entry = cat.resolve(modality=modality, train_dataset=train_dataset, model=model,
                         imageset=imageset, subject=subject, roi=roi)
     ds = _open_dataset(cat, entry, location, storage_options, chunks, group=None,

@@ -1,8 +1,9 @@
 """The one writer and reader of nest-data stores.
 
 A store is a Zarr v3 group holding one entry: the ``responses`` array (chunked along
-``image``, and for cortical-surface entries along ``vertex`` too; Blosc LZ4 + shuffle), one array per coordinate, an ``encoder/`` sub-group with the
-encoder's own metadata (training splits), and consolidated metadata.  The group's
+``image``, and for cortical-surface entries along ``vertex`` too; Blosc LZ4 + shuffle), one
+array per coordinate, an ``encoder/`` sub-group with the encoder's own metadata (training
+splits, a surface store's ROI vertex positions), and consolidated metadata.  The group's
 ``nest_data`` attribute records the entry's keys, the source fingerprint, and a SHA-256
 checksum per array (and per chunk of ``responses``), which :func:`verify_store` re-checks.
 

@@ -31,6 +31,7 @@ logger = logging.getLogger("nest_data")
 
 __all__ = [
     "CHANNELS",
+    "FSAVERAGE_ROI_LAYOUT",
     "FWRF_METADATA_LAYOUTS",
     "FWRF_TRUNK",
     "NAME_SCHEMES",
@@ -43,6 +44,8 @@ __all__ = [
     "eeg_head_arrays",
     "eeg_metadata_path",
     "eeg_weight_paths",
+    "fsaverage_arrays",
+    "fsaverage_paths",
     "fwrf_metadata_path",
     "fwrf_state_dicts",
     "fwrf_weight_paths",
@@ -51,6 +54,7 @@ __all__ = [
     "test_images",
     "vit_b_32_state_dict",
     "write_eeg_weights",
+    "write_fsaverage_weights",
     "write_fwrf_weights",
     "write_image_folder",
     "write_image_zarr",

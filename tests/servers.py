@@ -13,6 +13,7 @@ reset when a server starts and when it stops.  On any ``S3Server`` the URL
 from __future__ import annotations
 
 import importlib
+import json
 import os
 import shutil
 import socket
@@ -282,6 +283,13 @@ class S3Server(Served):
         except BaseException:
             self.stop()
             raise
+
+    def make_public(self) -> None:
+        """Let anonymous (unsigned) requests list and read the bucket, as AWS Open Data does."""
+        policy = {"Version": "2012-10-17", "Statement": [{
+            "Effect": "Allow", "Principal": "*", "Action": ["s3:GetObject", "s3:ListBucket"],
+            "Resource": [f"arn:aws:s3:::{BUCKET}", f"arn:aws:s3:::{BUCKET}/*"]}]}
+        self._client.put_bucket_policy(Bucket=BUCKET, Policy=json.dumps(policy))
 
     def _moto_reset(self) -> None:
         req = urllib.request.Request(f"{self.endpoint}/moto-api/reset", method="POST",

@@ -354,7 +354,8 @@ def test_error_messages(collection: Path) -> None:
         assert message in str(info.value), (message, str(info.value))
     eeg = nest_data.open(modality="eeg", imageset="things", subject=1,
                          location=str(collection))
-    with pytest.raises(NestDataError, match="needs an fMRI entry with a 'voxel' or 'vertex' dimension"):
+    with pytest.raises(NestDataError,
+                       match="needs an fMRI entry with a 'voxel' or 'vertex' dimension"):
         nest_data.roi_mean(eeg)
     with pytest.raises(NestDataError, match="min_ncsnr= selects fMRI voxels"):
         nest_data.rsm(eeg, range(3), min_ncsnr=0.5)

@@ -14,7 +14,11 @@ from nest_data.testing import ROI_VOXELS_SUB01, roi_voxel_count
 
 def test_demo_collection_is_complete(demo: Path) -> None:
     stores = nest_data._verify.find_stores(demo)
-    assert len(stores) == len(nest_data.catalog()) == 582
+    # Every NED entry, and one fsaverage store (subject 1 on things) that generate wrote;
+    # the catalog's fsaverage ROIs of a subject share that subject's one store.
+    cat = nest_data.catalog()
+    assert len(stores) == len(cat.search(model="fwrf")) + len(cat.search(modality="eeg")) + 1
+    assert len(stores) == 583
     for subject in (1, 5, 8):
         da = nest_data.open(imageset="nsd", subject=subject, roi="ventral", location="demo")
         assert da.shape == (24, roi_voxel_count(subject, "ventral"))
@@ -69,3 +73,17 @@ def test_figure_paints_roi_into_volume(demo: Path, tmp_path: Path,
     means = da.values.mean(axis=0)
     np.testing.assert_allclose(slice_.T[da.i.values[in_slice], da.j.values[in_slice]],
                                means[in_slice], rtol=1e-6)
+
+
+def test_demo_fsaverage_store_and_figure(demo: Path, tmp_path: Path) -> None:
+    keys = {"imageset": "things", "subject": 1, "train_dataset": "nsd_fsaverage",
+            "location": "demo"}
+    whole = nest_data.open(**keys)
+    assert whole.shape == (24, 2 * 163842) and whole.data.chunksize == (24, 4096)
+    ffa = nest_data.open(roi="FFA-1", **keys)
+    assert ffa.attrs["roi"] == "FFA-1" and set(ffa.hemisphere.values) == {"lh", "rh"}
+    np.testing.assert_array_equal(ffa.values, whole.sel(vertex=ffa.vertex).values)
+    png = nest_data.plot_surface_map(whole.mean("image"), tmp_path / "surface.png")
+    assert png.stat().st_size > 10_000
+    with pytest.raises(nest_data.NestDataError, match="needs one value per vertex"):
+        nest_data.plot_surface_map(whole, tmp_path / "bad.png")

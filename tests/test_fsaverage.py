@@ -299,3 +299,60 @@ def test_owfa_is_catalogs_ovwfa(fs_root: Path) -> None:
     assert nest_data.catalog().resolve(imageset="nsd", subject=1, roi="OVWFA").model == (
         "vit_b_32")
     assert fsaverage_paths(fs_root, 1)[0].name == "weights_subject-01.npy"
+
+
+def test_convert_weights_reads_berg_bucket_anonymously(tmp_path: Path,
+                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    """``nest-data convert weights s3://... --source-option anon=true`` on BERG's layout."""
+    pytest.importorskip("s3fs")
+    from nest_data._cli import main as cli
+    from nest_data.testing import write_eeg_weights, write_fwrf_weights
+
+    from .servers import S3Server
+
+    src = tmp_path / "berg"
+    write_fsaverage_weights(src, 1, n_components=2, n_vertices=N_VERTICES)
+    write_fsaverage_weights(src, 2, n_components=2, n_vertices=N_VERTICES)
+    write_eeg_weights(src, 4, n_components=2)
+    write_fwrf_weights(src, 2, "V1", n_voxels=4)
+    (src / "encoding_models" / "modality-fmri" / "train_dataset-nsd_fsaverage"
+     / "model-vit_b_32" / "encoding_models_accuracy").mkdir()
+    (src / "encoding_models" / "modality-fmri" / "train_dataset-nsd_fsaverage"
+     / "model-vit_b_32" / "encoding_models_accuracy" / "r2_subject-01.png").write_bytes(b"png")
+    with S3Server() as server:
+        server.upload(src, "berg")
+        server.make_public()
+        url = server.url + "/berg"
+        options = ["--source-option", "anon=true",
+                   "--source-option", f"endpoint_url={server.endpoint}",
+                   "--source-option", 'client_kwargs={"region_name": "us-east-1"}']
+        dest = tmp_path / "out"
+        assert cli(["--no-progress", "convert", "weights", url, str(dest), "--subject", "2",
+                    "4", *options]) == 0
+        paths = capsys.readouterr().out.split()
+        assert sorted(Path(p).relative_to(dest).as_posix() for p in paths) == [
+            "weights/modality-eeg/train_dataset-things_eeg_2/model-vit_b_32/sub-04",
+            "weights/modality-fmri/train_dataset-nsd_fsaverage/model-vit_b_32/sub-02"]
+        assert not (dest / "weights/modality-fmri/train_dataset-nsd_fsaverage/model-vit_b_32"
+                    / "sub-01").exists()  # not asked for; the fwRF pickle is skipped too
+        assert cli(["--no-progress", "convert", "weights", url, str(dest), "--subject", "2",
+                    "--modality", "fmri", "--roi", "V1", "--trust-pickles", *options]) == 0
+        assert "weights/modality-fmri/train_dataset-nsd/model-fwrf/sub-02_roi-V1" in (
+            capsys.readouterr().out)
+        local = convert_fsaverage_weights(src, tmp_path / "local", subject=2)
+        remote_doc = (dest / local[0] / "model.json").read_text()
+        local_doc = (tmp_path / "local" / local[0] / "model.json").read_text()
+        assert _without_created(remote_doc) == _without_created(local_doc)
+        with pytest.raises(nest_data.NestDataError, match="no encoder weights under .* for "
+                                                          r"subjects \[9\]"):
+            convert_weights(url, tmp_path / "none", subject=9,
+                            source_options={"anon": True, "endpoint_url": server.endpoint,
+                                            "client_kwargs": {"region_name": "us-east-1"}})
+
+
+def _without_created(doc: str) -> dict[str, Any]:
+    import json
+
+    out = json.loads(doc)
+    out.pop("created")
+    return out
