@@ -356,3 +356,36 @@ def _without_created(doc: str) -> dict[str, Any]:
     out = json.loads(doc)
     out.pop("created")
     return out
+
+
+def test_cli_generate_and_stores_without_rois(fs_root: Path, tmp_path: Path,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    from nest_data._cli import main as cli
+
+    src, root = tmp_path / "berg", tmp_path / "root"
+    _, meta_path = write_fsaverage_weights(src, 4, n_components=2, n_vertices=N_VERTICES)
+    meta_path.unlink()  # weights without BERG's metadata: no ROIs, no vertex labels
+    convert_fsaverage_weights(src, root)
+    folder = tmp_path / "images"
+    write_image_folder(folder, test_images(3, 64))
+    backbone = fs_root / "weights/backbones/vit_b_32-imagenet1k_v1"
+    assert cli(["--no-progress", "generate", str(folder), str(root), "--imageset", "mine",
+                "--subject", "4", "--train-dataset", "nsd_fsaverage", "--location", str(root),
+                "--backbone", str(backbone), "--chunk-vertices", "256"]) == 0
+    url = capsys.readouterr().out.strip()
+    whole = nest_data.open_store(url)
+    assert whole.data.chunksize == (3, 256) and "ncsnr" not in whole.coords
+    np.testing.assert_array_equal(whole.vertex.values, np.arange(2 * N_VERTICES))
+    with pytest.raises(InputError, match=r"has no vertex selection for ROI 'FFA-1' \(its "
+                                         "encoder's metadata had none\\); ROIs in it: none"):
+        nest_data.open_store(url, roi="FFA-1")
+    with pytest.raises(InputError, match="ROI 'FFA-1' has no vertex selection in these "
+                                         "weights"):
+        nest_data.encode(test_images(1, 64), subject=4, roi="FFA-1", location=str(root),
+                         backbone=str(backbone), **SURFACE)
+
+
+def test_roi_on_a_voxel_store_is_refused(demo: Path) -> None:
+    url = demo / nest_data.catalog().resolve(imageset="things", subject=1, roi="V1").path
+    with pytest.raises(InputError, match="is not a surface store .* open it without roi="):
+        nest_data.open_store(url, roi="V1")
