@@ -245,7 +245,7 @@ def _open_url(
     store = make_store(url, options, read_only=True, cache=ChunkCache() if use_cache else None,
                        verify=_config.flag(verify, _config.ENV_VERIFY))
     meta = read_store_attrs(store)
-    store = store.with_manifest(meta.get("objects", {}))
+    store = store.with_manifest(meta.get("objects", {}), int(meta.get("chunk_rows") or 0))
     if chunks is None:
         chunks = {}
         if not is_local(url) and group is None and meta.get("chunk_rows"):
@@ -255,6 +255,7 @@ def _open_url(
     with quiet_consolidated():
         ds = xr.open_zarr(store, group=group, consolidated=True, zarr_format=3,
                           chunks=dict(chunks), create_default_indexes=load_labels)
+    store.n_images = int(ds.sizes.get("image", 0))
     # Coordinates are small (one chunk each) and needed for label-based selection
     # (``da.where(da.ncsnr > 0.5)``, ``da.concept == "dog"``): read them all at once, in one
     # concurrent batch (a remote store answers them in about one round trip).

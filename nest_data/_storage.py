@@ -38,7 +38,7 @@ from zarr.storage import FsspecStore, LocalStore, WrapperStore
 
 from nest_data._cache import ChunkCache
 from nest_data._digest import bytes_digest
-from nest_data.errors import ChecksumError, LocationError, RemoteReadError
+from nest_data.errors import ChecksumError, LocationError, MissingObjectError, RemoteReadError
 
 logger = logging.getLogger("nest_data")
 
@@ -182,29 +182,36 @@ class NestStore(WrapperStore[Store]):
         Check every object listed in the manifest against its SHA-256 when read.
     manifest : dict, optional
         Object key -> ``"sha256:<hex>"``; read from the store's attributes by
-        :meth:`with_manifest`.
+        :meth:`with_manifest`.  An object the manifest lists but the storage lacks raises
+        :class:`~nest_data.errors.MissingObjectError` (zarr would read it as fill values).
+    chunk_rows : int
+        Images per chunk of ``responses``, to name the images a missing chunk covers.
     """
 
     def __init__(self, store: Store, *, url: str = "", cache: ChunkCache | None = None,
                  verify: bool = False, manifest: Mapping[str, str] | None = None,
-                 retries: int = RETRIES, backoff: float = BACKOFF) -> None:
+                 retries: int = RETRIES, backoff: float = BACKOFF, chunk_rows: int = 0) -> None:
         super().__init__(store)
         self.url = url
         self.cache = cache
         self.verify = verify
         self.manifest = dict(manifest or {})
+        self.chunk_rows = chunk_rows
+        self.n_images = 0  # set by the opener once known; bounds the images a chunk covers
         self.retries = retries
         self.backoff = backoff
         self._memo: dict[str, bytes] = {}
 
     def _with_store(self, store: Store) -> NestStore:
         return NestStore(store, url=self.url, cache=self.cache, verify=self.verify,
-                         manifest=self.manifest, retries=self.retries, backoff=self.backoff)
+                         manifest=self.manifest, retries=self.retries, backoff=self.backoff,
+                         chunk_rows=self.chunk_rows)
 
-    def with_manifest(self, manifest: Mapping[str, str]) -> NestStore:
-        """The same store, checking and caching the objects of ``manifest``."""
+    def with_manifest(self, manifest: Mapping[str, str], chunk_rows: int = 0) -> NestStore:
+        """The same store, checking, caching and requiring the objects of ``manifest``."""
         new = self._with_store(self._store)
         new.manifest = dict(manifest)
+        new.chunk_rows = chunk_rows
         new._memo = self._memo
         return new
 
@@ -226,6 +233,8 @@ class NestStore(WrapperStore[Store]):
                 return prototype.buffer.from_bytes(cached)
         buffer = await self._get_with_retries(key, prototype, byte_range)
         if buffer is None:
+            if key in self.manifest:
+                raise MissingObjectError(self._missing(key))
             return None
         if byte_range is not None:
             return await self._check_range(key, prototype, byte_range, buffer)
@@ -243,6 +252,18 @@ class NestStore(WrapperStore[Store]):
             if self.cache is not None:
                 self.cache.put(digest, data)
         return buffer
+
+    def _missing(self, key: str) -> str:
+        where = ""
+        if key.startswith("responses/c/") and self.chunk_rows:
+            start = int(key.split("/")[2]) * self.chunk_rows
+            stop = start + self.chunk_rows
+            stop = min(stop, self.n_images) if self.n_images else stop
+            where = f" (images {start}-{stop - 1})"
+        return (f"object {key} of {self.url}{where} is missing: the store's manifest lists "
+                "it, so it was written and has since been deleted or not copied completely. "
+                "Nothing is read as a fill value in its place. Re-mirror or re-convert this "
+                "entry, and run `nest-data verify` on its root to find other damage.")
 
     async def _get_with_retries(self, key: str, prototype: BufferPrototype,
                                 byte_range: ByteRequest | None) -> Buffer | None:

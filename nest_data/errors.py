@@ -15,6 +15,7 @@ __all__ = [
     "ConversionError",
     "InputError",
     "LocationError",
+    "MissingObjectError",
     "NestDataError",
     "RemoteReadError",
     "SourceFormatError",
@@ -64,6 +65,10 @@ class InputError(NestDataError, ValueError):
 
 class ChecksumError(NestDataError, ValueError):
     """Data read back does not match the checksum recorded when it was written."""
+
+
+class MissingObjectError(NestDataError, FileNotFoundError):
+    """An object that a store's manifest lists is missing from the storage: never a fill value."""
 
 
 class RemoteReadError(NestDataError, OSError):

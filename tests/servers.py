@@ -148,6 +148,13 @@ class Served:
         """Overwrite one object (``key`` relative to ``url``)."""
         self._put(_join(key), data)
 
+    def remove(self, key: str) -> None:
+        """Delete one object (``key`` relative to ``url``); ``tamper`` puts it back."""
+        self._delete(_join(key))
+
+    def _delete(self, key: str) -> None:
+        raise NotImplementedError
+
     def start(self) -> None:
         """Start serving."""
         raise NotImplementedError
@@ -314,6 +321,9 @@ class S3Server(Served):
     def _put(self, key: str, data: bytes) -> None:
         self._client.put_object(Bucket=BUCKET, Key=_join(ROOT, key), Body=data)
 
+    def _delete(self, key: str) -> None:
+        self._client.delete_object(Bucket=BUCKET, Key=_join(ROOT, key))
+
 
 # --------------------------------------------------------------------------------------------
 # GCS (gcp-storage-emulator)
@@ -474,6 +484,13 @@ class GCSServer(Served):
         with urllib.request.urlopen(req, timeout=10) as r:
             r.read()
 
+    def _delete(self, key: str) -> None:
+        name = quote(_join(ROOT, key), safe="")
+        req = urllib.request.Request(f"{self.endpoint}/storage/v1/b/{BUCKET}/o/{name}",
+                                     method="DELETE", headers={"User-Agent": INTERNAL_AGENT})
+        with urllib.request.urlopen(req, timeout=10) as r:
+            r.read()
+
 
 # --------------------------------------------------------------------------------------------
 # Plain HTTP with fault injection
@@ -616,6 +633,9 @@ class HTTPServer(Served):
         tmp = dest.with_name(dest.name + ".tmp-upload")
         tmp.write_bytes(data)
         os.replace(tmp, dest)
+
+    def _delete(self, key: str) -> None:
+        (self.directory / key).unlink()
 
     def upload(self, local_dir: Path, prefix: str = "") -> None:
         """Copy ``local_dir/<rel>`` to ``url/<prefix>/<rel>``."""

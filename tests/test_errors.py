@@ -244,3 +244,23 @@ def test_one_entry_under_both_file_names(tmp_path: Path) -> None:
         "names before and after its 2024-05-26 rename). Keep one of them, with its metadata "
         ".npy, and remove the other.")
     assert not (tmp_path / "dest" / "modality-fmri").exists()
+
+
+def test_missing_object_message(demo: Path) -> None:
+    from nest_data.errors import MissingObjectError
+
+    assert issubclass(MissingObjectError, FileNotFoundError)
+    store = demo / nest_data.catalog().resolve(imageset="nsd", subject=2, roi="V2").path
+    chunk = store / "responses" / "c" / "0" / "0"
+    original = chunk.read_bytes()
+    chunk.unlink()
+    try:
+        with pytest.raises(MissingObjectError) as err:
+            nest_data.open_store(store).values
+        assert str(err.value) == (
+            f"object responses/c/0/0 of {store} (images 0-23) is missing: the store's manifest "
+            "lists it, so it was written and has since been deleted or not copied completely. "
+            "Nothing is read as a fill value in its place. Re-mirror or re-convert this entry, "
+            "and run `nest-data verify` on its root to find other damage.")
+    finally:
+        chunk.write_bytes(original)

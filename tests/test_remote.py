@@ -23,7 +23,12 @@ from nest_data._storage import make_store
 from nest_data._store import DATA_VAR, write_entry
 from nest_data.converters._pickle import load_npy_dict
 from nest_data.converters.ned import discover_ned, entry_data
-from nest_data.errors import ChecksumError, LocationError, StoreNotFoundError
+from nest_data.errors import (
+    ChecksumError,
+    LocationError,
+    MissingObjectError,
+    StoreNotFoundError,
+)
 
 from .servers import GCSServer, HTTPServer, S3Server
 
@@ -174,6 +179,50 @@ class TestContract:
             assert "object responses/c/5/0 (images 20-23) has checksum" in problem.detail
         finally:
             backend.server.tamper(key, original)
+
+
+    @pytest.mark.parametrize("cache", [False, True])
+    def test_missing_object_is_an_error_not_a_fill_value(self, backend: Backend, chunked: Path,
+                                                         tmp_path: Path, cache: bool,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+        store = nest_data.catalog().resolve(**KEYS).path
+        cases = [("responses/c/1/0", r" \(images 4-7\) is missing: the store's manifest "
+                                     "lists it"),
+                 ("ncsnr/c/0", " is missing: the store's manifest lists it")]
+        for key, message in cases:
+            # A fresh cache: an object cached (verified) before it was deleted is still good.
+            monkeypatch.setenv("NEST_DATA_CACHE_DIR", str(tmp_path / key.replace("/", "-")))
+            original = (chunked / store / key).read_bytes()
+            _remove(backend, f"{store}/{key}")
+            try:
+                for verify in (False, True):
+                    with pytest.raises(MissingObjectError, match=f"object {key} of .*{message}"):
+                        _ = _open(backend, verify=verify, cache=cache).values
+                report = nest_data.verify(backend.url, storage_options=backend.options)
+                assert any(f"object {key}" in p.detail and "is missing" in p.detail
+                           for p in report.problems)
+            finally:
+                _restore(backend, f"{store}/{key}", original)
+        assert np.isfinite(_open(backend, cache=cache).values).all()  # whole again
+
+
+def _remove(backend: Backend, key: str) -> None:
+    if backend.name == "local":
+        (Path(backend.url) / key).unlink()
+    elif backend.name == "memory":
+        fsspec.filesystem("memory").rm(f"{backend.url.removeprefix('memory://')}/{key}")
+    else:
+        backend.server.remove(key)
+
+
+def _restore(backend: Backend, key: str, data: bytes) -> None:
+    if backend.name == "local":
+        (Path(backend.url) / key).write_bytes(data)
+    elif backend.name == "memory":
+        fsspec.filesystem("memory").pipe(f"{backend.url.removeprefix('memory://')}/{key}",
+                                         data)
+    else:
+        backend.server.tamper(key, data)
 
 
 def _read_with_cache(args: tuple[str, str]) -> tuple[str, int]:
