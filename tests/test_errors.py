@@ -256,7 +256,7 @@ def test_missing_object_message(demo: Path) -> None:
     chunk.unlink()
     try:
         with pytest.raises(MissingObjectError) as err:
-            nest_data.open_store(store).values
+            _ = nest_data.open_store(store).values
         assert str(err.value) == (
             f"object responses/c/0/0 of {store} (images 0-23) is missing: the store's manifest "
             "lists it, so it was written and has since been deleted or not copied completely. "
