@@ -322,7 +322,7 @@ def finish_stage(memory: MemoryStore, stage: Path, data: EntryData, rows: int,
         "format_version": FORMAT_VERSION,
         "keys": data.keys,
         "fingerprint": data.fingerprint,
-        "checksums": checksums,
+        "checksums": dict(sorted(checksums.items())),
         "objects": object_digests(stage),
         "chunk_rows": rows,
         "complete": True,
@@ -355,11 +355,13 @@ def _skeleton(data: EntryData, rows: int) -> MemoryStore:
     The layout is the one xarray reads: ``dimension_names`` on each array and a
     ``coordinates`` attribute on ``responses`` naming its non-dimension coordinates.
     """
-    coord_names = [n for n in data.coords if n not in data.dims]
+    # Sorted names: the bytes written must not depend on the order the caller's dicts have
+    # (safetensors, for one, returns tensors in an order that changes from run to run).
+    coord_names = sorted(n for n in data.coords if n not in data.dims)
     specs: list[tuple[str, tuple[str, ...], np.ndarray | None, dict[str, Any]]] = [
-        (name, dims, values, attrs) for name, (dims, values, attrs) in data.coords.items()]
-    specs += [(f"{AUX_GROUP}/{name}", _aux_dims(name, values), values, {})
-              for name, values in data.aux.items()]
+        (name, *data.coords[name]) for name in sorted(data.coords)]
+    specs += [(f"{AUX_GROUP}/{name}", _aux_dims(name, data.aux[name]), data.aux[name], {})
+              for name in sorted(data.aux)]
     response_attrs = {**data.attrs, "coordinates": " ".join(coord_names)}
     # Small arrays are encoded in memory and written out in one pass (creating ~20 arrays
     # directly on disk takes twice as long), and the metadata is consolidated there too.

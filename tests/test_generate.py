@@ -171,3 +171,24 @@ def test_bad_inputs_are_explained(weights: Path, tmp_path: Path) -> None:
         nest_data.generate(tmp_path / "rgb.zarr", tmp_path / "out", imageset="mine",
                            subject=2, roi="V1", location=str(weights))
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").rglob("zarr.json"))
+
+
+def test_output_does_not_depend_on_the_hash_seed(weights: Path, images: np.ndarray,
+                                                 tmp_path: Path) -> None:
+    """Runs under different PYTHONHASHSEEDs (and safetensors orders) write the same bytes."""
+    write_image_folder(tmp_path / "imgs", images[:5])
+    stores = []
+    for seed in ("1", "2"):
+        out = tmp_path / f"out-{seed}"
+        run = subprocess.run(
+            [sys.executable, "-c", "import sys; from nest_data._cli import main; "
+             "sys.exit(main(sys.argv[1:]))", "--no-progress", "generate",
+             str(tmp_path / "imgs"), str(out), "--imageset", "mine", "--subject", "1",
+             "--roi", "V1", "--location", str(weights), "--chunk-images", "2"],
+            env={**os.environ, "PYTHONHASHSEED": seed}, capture_output=True, text=True,
+            timeout=300, check=False)
+        assert run.returncode == 0, run.stderr
+        stores.append(Path(run.stdout.strip()))
+    first, second = (_files(s) for s in stores)
+    assert first.keys() == second.keys()
+    assert [k for k in first if first[k] != second[k]] == []
