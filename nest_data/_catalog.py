@@ -609,12 +609,54 @@ def _normalise(key: str, value: Any, valid: Sequence[Any], context: str) -> Any:
                           f"{_fmt(valid)}.{suggestion}")
 
 
+def _check_template(template: str, what: str, model: str, source: str) -> None:
+    """A path template must name only catalog keys and stay inside its location's root."""
+    import string
+
+    if not template:
+        return
+    try:
+        fields = {f for _, f, _, _ in string.Formatter().parse(template) if f is not None}
+    except ValueError as exc:
+        raise CatalogError(f"catalog {source}: model {model!r} has a malformed {what} "
+                           f"{template!r} ({exc}); fix its braces") from exc
+    unknown = sorted(fields - set(KEYS))
+    if unknown:
+        raise CatalogError(f"catalog {source}: model {model!r} {what} {template!r} uses "
+                           f"{{{unknown[0]}}}, which is not a catalog key; valid: "
+                           + ", ".join(f"{{{k}}}" for k in KEYS))
+    try:
+        sample = template.format(modality="m", train_dataset="d", model="x", imageset="s",
+                                 subject=1, roi="r")
+    except (ValueError, IndexError) as exc:
+        raise CatalogError(f"catalog {source}: model {model!r} {what} {template!r} cannot be "
+                           f"filled in ({exc}); only {{subject}} takes a number format such "
+                           "as {subject:02d}") from exc
+    parts = sample.split("/")
+    if (sample.startswith(("/", "~")) or "://" in sample or "\\" in sample or ".." in parts
+            or ":" in parts[0]):
+        raise CatalogError(f"catalog {source}: model {model!r} {what} {template!r} leaves its "
+                           "location's root (an absolute path, '..', '~', a drive or a URL); "
+                           "give a relative path such as 'modality-{modality}/.../sub-"
+                           "{subject:02d}.zarr'")
+
+
 def _model_from_doc(doc: Any, source: str) -> ModelSpec:
     required = {"modality", "train_dataset", "model", "subjects", "imagesets", "path", "dims"}
     if not isinstance(doc, Mapping) or required - set(doc):
         missing = sorted(required - set(doc)) if isinstance(doc, Mapping) else sorted(required)
         raise CatalogError(f"catalog {source}: every item of 'models' needs keys "
                            f"{sorted(required)}; missing {missing}")
+    for what in ("path", "weights_path", "backbone_path"):
+        _check_template(str(doc.get(what) or ""), what, str(doc.get("model")), source)
+    names = [doc["modality"], doc["train_dataset"], doc["model"], *(doc.get("rois") or ()),
+             *doc["imagesets"]]
+    bad = [str(n) for n in names if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.+-]*", str(n))
+           or ".." in str(n)]
+    if bad:
+        raise CatalogError(f"catalog {source}: model {doc.get('model')!r} has the names "
+                           f"{bad}, which cannot be part of a path; use letters, digits and "
+                           "'_', '-', '.', '+' only (no '/', no '..')")
     try:
         return ModelSpec(
             modality=str(doc["modality"]), train_dataset=str(doc["train_dataset"]),

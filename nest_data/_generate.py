@@ -40,6 +40,7 @@ from nest_data._store import (
     EntryData,
     array_digest,
     begin_stage,
+    check_replaceable,
     chunk_rows,
     commit,
     finish_stage,
@@ -321,6 +322,7 @@ def generate(
                                       data.chunks], sort_keys=True).encode()
                           ).removeprefix("sha256:")[:16]
     url = join(dest, entry.path)
+    check_replaceable(dest, entry.path, storage_options)  # before any work, not at the end
     stage, progress = _stage_folders(dest, job_id, entry.path)
     if store_exists(dest, entry.path, storage_options) and _fingerprint(
             url, storage_options) == data.fingerprint:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import json
 import logging
 import os
 import shutil
@@ -39,7 +40,7 @@ from zarr.storage import LocalStore, MemoryStore
 from nest_data import _config
 from nest_data._digest import bytes_digest, file_digest
 from nest_data._storage import is_local, join, local_path, quiet_consolidated
-from nest_data.errors import StoreNotFoundError
+from nest_data.errors import StoreNotFoundError, TargetExistsError
 
 logger = logging.getLogger("nest_data")
 
@@ -66,6 +67,7 @@ __all__ = [
     "EntryData",
     "array_digest",
     "begin_stage",
+    "check_replaceable",
     "chunk_rows",
     "commit",
     "finish_stage",
@@ -202,6 +204,7 @@ def commit(stage: Path, root: str | os.PathLike[str], path: str,
         final = Path(local_path(url))
         final.parent.mkdir(parents=True, exist_ok=True)
         old = None
+        check_replaceable(root, path)
         if final.exists():
             old = _staging_parent(root) / f"{uuid.uuid4().hex}-old-{final.name}"
             os.replace(final, old)
@@ -209,6 +212,7 @@ def commit(stage: Path, root: str | os.PathLike[str], path: str,
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
         return
+    check_replaceable(root, path, storage_options)
     fs, base = fsspec.core.url_to_fs(url, **dict(storage_options or {}))
     if fs.exists(f"{base}/{last}"):
         fs.rm_file(f"{base}/{last}")
@@ -217,6 +221,54 @@ def commit(stage: Path, root: str | os.PathLike[str], path: str,
         fs.put([str(p) for p in files],
                [f"{base}/{p.relative_to(stage).as_posix()}" for p in files])
     fs.put_file(str(stage / last), f"{base}/{last}")
+
+
+def check_replaceable(root: str | os.PathLike[str], path: str,
+                      storage_options: Mapping[str, Any] | None = None) -> None:
+    """Raise unless ``root/path`` is free or holds a store or weights folder nest-data wrote.
+
+    Whatever is there is about to be replaced; nest-data never deletes or overwrites anything
+    it did not write (a user's folder or file, a foreign Zarr group).
+
+    Raises
+    ------
+    TargetExistsError
+        Something else is at ``root/path``; the message says what and how to proceed.
+    """
+    url = join(root, path)
+    if is_local(url):
+        final = Path(local_path(url))
+        if final.exists() or final.is_symlink():
+            _refuse_unless_ours(url, final.is_dir() and not final.is_symlink(),
+                                lambda name: (final / name).read_bytes()
+                                if (final / name).is_file() else None)
+        return
+    fs, base = fsspec.core.url_to_fs(url, **dict(storage_options or {}))
+    if fs.exists(base):
+        _refuse_unless_ours(url, fs.isdir(base), lambda name: fs.cat_file(f"{base}/{name}")
+                            if fs.exists(f"{base}/{name}") else None)
+
+
+def _refuse_unless_ours(url: str, is_dir: bool, read: Callable[[str], bytes | None]) -> None:
+    if is_dir:
+        for name, key in (("zarr.json", ATTR), ("model.json", "format")):
+            try:
+                raw = read(name)
+                doc = json.loads(raw) if raw is not None else None
+            except (OSError, ValueError):
+                doc = None
+            if not isinstance(doc, dict):
+                continue
+            if name == "zarr.json" and isinstance(doc.get("attributes"), dict) and (
+                    key in doc["attributes"]):
+                return
+            if name == "model.json" and str(doc.get(key, "")).startswith("nest-data "):
+                return
+    what = "a folder that is not a nest-data store" if is_dir else "a file"
+    raise TargetExistsError(
+        f"{url} exists and is {what}; nest-data replaces only stores and weights folders it "
+        "wrote itself and never deletes anything else. Move it away, or write to another "
+        "destination.")
 
 
 def clean_staging(root: str | os.PathLike[str]) -> int:

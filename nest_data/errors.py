@@ -20,6 +20,7 @@ __all__ = [
     "RemoteReadError",
     "SourceFormatError",
     "StoreNotFoundError",
+    "TargetExistsError",
     "UnknownKeyError",
 ]
 
@@ -65,6 +66,10 @@ class InputError(NestDataError, ValueError):
 
 class ChecksumError(NestDataError, ValueError):
     """Data read back does not match the checksum recorded when it was written."""
+
+
+class TargetExistsError(NestDataError, FileExistsError):
+    """A write would replace something at its destination that nest-data did not write."""
 
 
 class MissingObjectError(NestDataError, FileNotFoundError):

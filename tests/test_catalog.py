@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -172,3 +173,27 @@ def test_intake_esm_export_opens_same_values(collection: Path, tmp_path: Path) -
     ours = nest_data.open(imageset="things", subject=2, roi="FFA-1", location=str(collection))
     np.testing.assert_array_equal(ds["responses"].values, ours.values)
     np.testing.assert_array_equal(ds["ncsnr"].values, ours.ncsnr.values)
+
+
+@pytest.mark.parametrize(("field", "value", "message"), [
+    ("path", "../victim/{roi}.zarr", "leaves its location's root"),
+    ("path", "/abs/{roi}.zarr", "leaves its location's root"),
+    ("path", "s3://elsewhere/{roi}.zarr", "leaves its location's root"),
+    ("weights_path", "~/w/{roi}", "leaves its location's root"),
+    ("path", "x/{bogus_field}.zarr", "uses {bogus_field}, which is not a catalog key; valid: "
+                                     "{modality}, {train_dataset}"),
+    ("path", "x/{imageset:02d}.zarr", "cannot be filled in"),
+    ("rois", ["../../victim"], "which cannot be part of a path"),
+])
+def test_user_catalog_paths_stay_inside_their_root(tmp_path: Path, field: str, value: object,
+                                                   message: str) -> None:
+    import yaml
+
+    model = {"modality": "fmri", "train_dataset": "nsd", "model": "evil", "subjects": [1],
+             "rois": ["V1"], "imagesets": ["nsd"], "path": "evil/{roi}.zarr",
+             "dims": ["image", "voxel"], field: value}
+    user = tmp_path / "evil.yaml"
+    user.write_text(yaml.safe_dump({"models": [model]}))
+    with pytest.raises(CatalogError, match=f"catalog {user}: model 'evil' .*"
+                                           + re.escape(message)):
+        nest_data.catalog(user)

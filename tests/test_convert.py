@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -352,3 +353,28 @@ def test_verify_names_tampered_chunk_and_cli_exit_codes(
     assert cli(["verify", str(dest)]) == 1
     out = capsys.readouterr().out
     assert "MISMATCH" in out and "responses/c/0/0" in out and "2 problem(s)" in out
+
+
+@pytest.mark.parametrize("kind", ["user folder", "plain file", "foreign zarr group"])
+def test_never_replaces_what_is_not_ours(ned_src: Path, tmp_path: Path, kind: str) -> None:
+    from nest_data.errors import ConversionError
+
+    path = nest_data.catalog().resolve(imageset="things", subject=1, roi="V1").path
+    target = tmp_path / path
+    target.parent.mkdir(parents=True)
+    if kind == "plain file":
+        target.write_text("my notes")
+        keep = {target: "my notes"}
+    else:
+        target.mkdir()
+        name, text = (("zarr.json", '{"zarr_format": 3, "node_type": "group", '
+                       '"attributes": {"mine": 1}}') if kind == "foreign zarr group"
+                      else ("thesis.txt", "years of work"))
+        (target / name).write_text(text)
+        keep = {target / name: text}
+    with pytest.raises(ConversionError, match=f"{re.escape(str(target))} exists and is a "
+                                              ".*never deletes anything else"):
+        convert_ned(ned_src, tmp_path, imageset="things", subject=1, roi="V1", workers=1,
+                    overwrite=True, show_progress=False)
+    for file, text in keep.items():
+        assert file.read_text() == text

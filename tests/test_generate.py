@@ -17,6 +17,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 import nest_data  # noqa: E402
+from nest_data._catalog import Entry  # noqa: E402
 from nest_data._store import verify_store  # noqa: E402
 from nest_data.converters.weights import convert_fwrf_weights  # noqa: E402
 from nest_data.testing import (  # noqa: E402
@@ -192,3 +193,19 @@ def test_output_does_not_depend_on_the_hash_seed(weights: Path, images: np.ndarr
     first, second = (_files(s) for s in stores)
     assert first.keys() == second.keys()
     assert [k for k in first if first[k] != second[k]] == []
+
+
+def test_never_replaces_a_users_folder(weights: Path, images: np.ndarray,
+                                       tmp_path: Path) -> None:
+    write_image_folder(tmp_path / "imgs", images[:2])
+    cat = nest_data.catalog()
+    target = tmp_path / "out" / Entry.of(cat.resolve_weights(subject=1, roi="V1")[0], "mine",
+                                         1, "V1").path
+    target.mkdir(parents=True)
+    (target / "notes.txt").write_text("mine")
+    with pytest.raises(nest_data.TargetExistsError, match="exists and is a folder that is "
+                                                          "not a nest-data store"):
+        nest_data.generate(tmp_path / "imgs", tmp_path / "out", imageset="mine", subject=1,
+                           roi="V1", location=str(weights))
+    assert (target / "notes.txt").read_text() == "mine"
+    assert not (tmp_path / "out" / ".nest-data-staging").exists()  # refused before any work
