@@ -194,8 +194,12 @@ class Catalog:
                                "valid keys: name, version, description, imagesets, models, "
                                "locations")
         models = [_model_from_doc(m, source) for m in doc.get("models") or []]
-        locations = {n: _location_from_doc(n, loc, source)
-                     for n, loc in (doc.get("locations") or {}).items()}
+        raw = doc.get("locations") or {}
+        if not isinstance(raw, Mapping):
+            raise CatalogError(f"catalog {source}: 'locations' must map names to URLs (e.g. "
+                               "locations: {lab: {url: /data/nest}}); got a "
+                               f"{type(raw).__name__}")
+        locations = {n: _location_from_doc(n, loc, source) for n, loc in raw.items()}
         return cls(models, doc.get("imagesets") or {}, locations, name=doc.get("name", "nest"),
                    version=str(doc.get("version", "")), sources=[source])
 
@@ -488,6 +492,11 @@ class Catalog:
         ``NEST_DATA_LOCATION`` environment variable, then the ``local`` location when
         ``NEST_DATA_ROOT`` is set.
         """
+        if location is not None and not isinstance(location, (str, os.PathLike)):
+            raise LocationError(f"location={location!r} is not a name, folder or URL; give a "
+                                "location name (" + _fmt(sorted(self.locations)) + "), a "
+                                "folder or an fsspec URL")
+        location = os.fspath(location) if location is not None else None
         if location is None:
             location = os.environ.get(_config.ENV_LOCATION) or None
         if location is None and os.environ.get(_config.ENV_ROOT) and "local" in self.locations:

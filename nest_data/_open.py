@@ -226,6 +226,7 @@ def _open_dataset(
     storage_options: Mapping[str, Any] | None, chunks: Mapping[str, int] | None,
     group: str | None, *, cache: bool | None, verify: bool | None, load_labels: bool,
 ) -> xr.Dataset:
+    _check_options(storage_options)
     url, options, loc_name = entry_url(cat, entry, location)
     surface_roi = entry.roi if cat.model_spec(entry).surface and group is None else None
     try:
@@ -241,6 +242,7 @@ def _open_url(
     url: str, options: Mapping[str, Any], chunks: Mapping[str, int] | None, group: str | None,
     *, cache: bool | None, verify: bool | None, load_labels: bool, roi: str | None = None,
 ) -> xr.Dataset:
+    _check_chunks(chunks)
     use_cache = _config.flag(cache, _config.ENV_CACHE) and not is_local(url)
     store = make_store(url, options, read_only=True, cache=ChunkCache() if use_cache else None,
                        verify=_config.flag(verify, _config.ENV_VERIFY))
@@ -256,6 +258,10 @@ def _open_url(
         ds = xr.open_zarr(store, group=group, consolidated=True, zarr_format=3,
                           chunks=dict(chunks), create_default_indexes=load_labels)
     store.n_images = int(ds.sizes.get("image", 0))
+    unknown = sorted(set(chunks) - set(ds.dims))
+    if unknown:
+        raise InputError(f"chunks= names {unknown}, which are not dimensions of {url}; its "
+                         f"dimensions are {', '.join(map(str, ds.dims))}")
     # Coordinates are small (one chunk each) and needed for label-based selection
     # (``da.where(da.ncsnr > 0.5)``, ``da.concept == "dog"``): read them all at once, in one
     # concurrent batch (a remote store answers them in about one round trip).
@@ -330,9 +336,31 @@ def open_store(
     >>> nest_data.open_store(url).dims
     ('image', 'voxel')
     """
+    _check_options(storage_options)
     ds = _open_url(os.fspath(url), dict(storage_options or {}), chunks, None, cache=cache,
                    verify=verify, load_labels=load_labels, roi=roi)
     return ds[DATA_VAR]
+
+
+def _check_options(storage_options: Any) -> None:
+    if storage_options is not None and not isinstance(storage_options, Mapping):
+        raise InputError(f"storage_options={storage_options!r} is not a dict; give a dict of "
+                         "fsspec options, e.g. storage_options={'anon': True}")
+
+
+def _check_chunks(chunks: Any) -> None:
+    """``chunks=`` must map dimension names to positive sizes (or -1: the whole dimension)."""
+    fix = ("give a dict of dimension -> chunk size, e.g. chunks={'image': 4096}; -1 keeps a "
+           "dimension in one chunk; omit chunks= for the stored chunks")
+    if chunks is None:
+        return
+    if not isinstance(chunks, Mapping):
+        raise InputError(f"chunks={chunks!r} is not a dict; {fix}")
+    for dim, size in chunks.items():
+        if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or (
+                size < 1 and size != -1):
+            raise InputError(f"chunks={dict(chunks)!r}: the size for {dim!r} is {size!r}; "
+                             + fix)
 
 
 async def _read_arrays(store: NestStore, names: list[str]) -> list[np.ndarray]:

@@ -17,9 +17,15 @@ from tqdm.auto import tqdm
 from nest_data import _config
 from nest_data._catalog import Catalog
 from nest_data._catalog import catalog as default_catalog
-from nest_data._storage import is_local, join, local_path, make_store
+from nest_data._storage import (
+    is_local,
+    join,
+    local_path,
+    make_store,
+    validate_storage_options,
+)
 from nest_data._store import ATTR, STAGING_DIR, Problem, store_exists, verify_store
-from nest_data.errors import StoreNotFoundError
+from nest_data.errors import RemoteReadError, StoreNotFoundError
 
 logger = logging.getLogger("nest_data")
 
@@ -106,6 +112,7 @@ def verify(
         base = Path(local_path(root_text))
         labels = [str(p.relative_to(base)) for p in find_stores(base)]
     else:
+        validate_storage_options(root_text, options)
         listed = _remote_stores(root_text, options)
         if listed is None:  # no listing (HTTP): probe every catalog path
             cat = catalog or default_catalog()
@@ -132,6 +139,13 @@ def _remote_stores(root: str, options: Mapping[str, Any]) -> list[str] | None:
     """
     fs, base = fsspec.core.url_to_fs(root, **dict(options))
     if isinstance(fs, HTTPFileSystem):
+        try:  # fs.info turns a refused connection into FileNotFoundError: ask for the bytes
+            fs.cat_file(base)
+        except FileNotFoundError:
+            pass  # the server answered: a root without an index page is normal
+        except Exception as exc:
+            raise RemoteReadError(f"cannot reach {root} ({type(exc).__name__}: {exc}); check "
+                                  "the URL, that the server runs, and your network") from exc
         return None
     base = base.rstrip("/")
     found = []

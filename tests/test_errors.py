@@ -264,3 +264,37 @@ def test_missing_object_message(demo: Path) -> None:
             "and run `nest-data verify` on its root to find other damage.")
     finally:
         chunk.write_bytes(original)
+
+
+@pytest.mark.parametrize(("kwargs", "error", "message"), [
+    ({"chunks": "auto"}, "InputError", "chunks='auto' is not a dict; give a dict of dimension "
+                                       "-> chunk size, e.g. chunks={'image': 4096}"),
+    ({"chunks": 5}, "InputError", "chunks=5 is not a dict"),
+    ({"chunks": [1, 2]}, "InputError", "chunks=[1, 2] is not a dict"),
+    ({"chunks": {"image": -3}}, "InputError", "the size for 'image' is -3; give a dict"),
+    ({"chunks": {"image": "x"}}, "InputError", "the size for 'image' is 'x'; give a dict"),
+    ({"chunks": {"bogus": 2}}, "InputError", "chunks= names ['bogus'], which are not "
+                                             "dimensions of"),
+    ({"storage_options": "anon"}, "InputError", "storage_options='anon' is not a dict; give a "
+                                                "dict of fsspec options"),
+    ({"location": 5}, "LocationError", "location=5 is not a name, folder or URL; give a "
+                                       "location name (demo, local)"),
+])
+def test_bad_open_arguments_are_our_errors(demo: Path, kwargs: dict, error: str,
+                                           message: str) -> None:
+    keys = {"imageset": "things", "subject": 1, "roi": "V1", "location": "demo", **kwargs}
+    with pytest.raises(getattr(nest_data, error)) as err:
+        nest_data.open(**keys)
+    assert message in str(err.value)
+
+
+def test_bad_roots_and_catalogs_are_our_errors(tmp_path: Path) -> None:
+    with pytest.raises(nest_data.LocationError, match="unknown protocol 'foo' in 'foo://x/y'"):
+        nest_data.verify("foo://x/y")
+    with pytest.raises(nest_data.RemoteReadError, match=r"cannot reach http://127\.0\.0\.1:1/x "
+                                                        r"\(ClientConnectorError"):
+        nest_data.verify("http://127.0.0.1:1/x")
+    user = tmp_path / "u.yaml"
+    user.write_text("locations: [a, b]\n")
+    with pytest.raises(nest_data.CatalogError, match="'locations' must map names to URLs"):
+        nest_data.catalog(user)
