@@ -9,6 +9,9 @@ verified against its checksum before it enters the cache.
 - **Bounded**: when the cache grows past ``max_bytes`` it deletes least-recently-used objects
   (oldest modification time first; every cache hit refreshes the time) until it is below 90%
   of the limit.
+- **Never fails a reader**: the cache is a shortcut, not a source.  An object evicted or
+  cleared (by this or another process) while it is read is read from the store instead, and
+  a write that fails because the cache was cleared meanwhile is skipped and logged.
 
 Location: ``<cache dir>/chunks`` (``NEST_DATA_CACHE_DIR``); size limit: ``max_bytes=``, then
 ``NEST_DATA_CACHE_SIZE`` (bytes, or with a unit: ``500MB``, ``20GB``), then 10 GB.
@@ -16,6 +19,7 @@ Location: ``<cache dir>/chunks`` (``NEST_DATA_CACHE_DIR``); size limit: ``max_by
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import re
@@ -24,6 +28,7 @@ import threading
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from nest_data import _config
 from nest_data.errors import NestDataError
@@ -103,28 +108,60 @@ class ChunkCache:
             raise ValueError(f"not a sha256 digest: {digest!r}")
         return self.path / hexdigest[:2] / hexdigest
 
+    @classmethod
+    def shared(cls) -> ChunkCache:
+        """The process's cache for the current cache folder and size limit (one per folder).
+
+        ``NEST_DATA_CACHE_DIR`` and ``NEST_DATA_CACHE_SIZE`` are read at each call, so
+        changing them takes effect; opening many entries reuses one object.
+        """
+        env = os.environ.get(ENV_CACHE_SIZE)
+        return _shared(_config.cache_dir() / "chunks",
+                       parse_size(env) if env else DEFAULT_MAX_BYTES)
+
+    def file(self, digest: str) -> Path:
+        """The file that holds (or would hold) an object: for messages naming a bad entry."""
+        return self._file(digest)
+
     def get(self, digest: str) -> bytes | None:
         """The cached object, or None; a hit refreshes its time for the eviction rule."""
         path = self._file(digest)
         try:
             data = path.read_bytes()
-            os.utime(path)
-        except FileNotFoundError:  # absent, or evicted by another process meanwhile
+        except (FileNotFoundError, NotADirectoryError):  # absent, or evicted meanwhile
             return None
+        try:
+            os.utime(path)
+        except OSError:  # evicted right after the read: the bytes read are whole
+            pass
         return data
 
+    def discard(self, digest: str) -> None:
+        """Drop one object (a damaged entry); absent is fine."""
+        self._file(digest).unlink(missing_ok=True)
+
     def put(self, digest: str, data: bytes) -> None:
-        """Store an object (atomically) and evict old ones if the cache is over its limit."""
+        """Store an object (atomically) and evict old ones if the cache is over its limit.
+
+        Never raises for the cache's own troubles (a concurrent ``clear``, a full disk): the
+        object is then simply not kept, and a log line says why.
+        """
         path = self._file(digest)
         if path.exists():
             return
-        path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.parent / f".tmp-{uuid.uuid4().hex}"
         try:
+            path.parent.mkdir(parents=True, exist_ok=True)
             tmp.write_bytes(data)
             os.replace(tmp, path)
+        except OSError as exc:
+            logger.info("cache %s: not keeping %s (%s)", self.path, path.name, exc)
+            return
         finally:
-            tmp.unlink(missing_ok=True)
+            try:
+                tmp.unlink(missing_ok=True)
+            except OSError:
+                pass
         with self._lock:
             if self._estimate is None:
                 self._estimate = self.info().bytes
@@ -137,10 +174,16 @@ class ChunkCache:
         out: list[tuple[float, int, Path]] = []
         if not self.path.is_dir():
             return out
-        for sub in self.path.iterdir():
-            if not sub.is_dir():
+        try:
+            subs = list(self.path.iterdir())
+        except FileNotFoundError:  # cleared meanwhile
+            return out
+        for sub in subs:
+            try:
+                names = list(sub.iterdir()) if sub.is_dir() else []
+            except (FileNotFoundError, NotADirectoryError):
                 continue
-            for f in sub.iterdir():
+            for f in names:
                 if f.name.startswith(".tmp-"):
                     continue
                 try:
@@ -170,6 +213,9 @@ class ChunkCache:
         return CacheInfo(self.path, len(files), sum(size for _, size, _ in files),
                          self.max_bytes)
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (ChunkCache, (self.path, self.max_bytes))
+
     def clear(self) -> int:
         """Delete every cached object; return how many bytes were freed."""
         freed = self.info().bytes
@@ -177,3 +223,8 @@ class ChunkCache:
         with self._lock:
             self._estimate = 0
         return freed
+
+
+@functools.lru_cache(maxsize=8)
+def _shared(path: Path, max_bytes: int) -> ChunkCache:
+    return ChunkCache(path, max_bytes)

@@ -244,7 +244,8 @@ def _open_url(
 ) -> xr.Dataset:
     _check_chunks(chunks)
     use_cache = _config.flag(cache, _config.ENV_CACHE) and not is_local(url)
-    store = make_store(url, options, read_only=True, cache=ChunkCache() if use_cache else None,
+    store = make_store(url, options, read_only=True,
+                       cache=ChunkCache.shared() if use_cache else None,
                        verify=_config.flag(verify, _config.ENV_VERIFY))
     meta = read_store_attrs(store)
     store = store.with_manifest(meta.get("objects", {}), int(meta.get("chunk_rows") or 0))

@@ -229,6 +229,14 @@ class NestStore(WrapperStore[Store]):
         digest = self.manifest.get(key) if byte_range is None else None
         if digest is not None and self.cache is not None:
             cached = self.cache.get(digest)
+            # Always checked: a cache hit must be as trustworthy as the source, and hashing
+            # costs little next to the remote read the cache saves.
+            if cached is not None and bytes_digest(cached) != digest:
+                logger.warning("cache file %s of %s/%s does not match its checksum; dropped "
+                               "it and reading the object from the store",
+                               self.cache.file(digest), self.url, key)
+                self.cache.discard(digest)
+                cached = None
             if cached is not None:
                 return prototype.buffer.from_bytes(cached)
         buffer = await self._get_with_retries(key, prototype, byte_range)

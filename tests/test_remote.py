@@ -461,3 +461,65 @@ def test_weights_and_generated_stores_on_s3(tmp_path: Path) -> None:
         generated = nest_data.open_store(url, storage_options=opts)
         np.testing.assert_allclose(generated.values, local.values, rtol=1e-5, atol=1e-6)
         assert nest_data.verify(server.url, storage_options=opts).ok
+
+
+def _read_while_clearing(args: tuple[str, str, int]) -> str:
+    """Child process: read an entry through the cache several times, or keep clearing it."""
+    import os
+
+    url, cache_dir, role = args
+    os.environ["NEST_DATA_CACHE_DIR"] = cache_dir
+    if role == 0:
+        cache = ChunkCache()
+        for _ in range(40):
+            cache.clear()
+        return "cleared"
+    digests = set()
+    for _ in range(4):
+        values = nest_data.open(location=url, cache=True, **KEYS).values
+        digests.add(hashlib.sha256(values.tobytes()).hexdigest())
+    return ",".join(sorted(digests))
+
+
+def test_cache_clear_and_eviction_never_fail_a_reader(chunked: Path, tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    import multiprocessing
+
+    expected = hashlib.sha256(nest_data.open(location=str(chunked), **KEYS).values.tobytes()
+                              ).hexdigest()
+    monkeypatch.setenv("NEST_DATA_CACHE_SIZE", "60KB")  # below one entry: evicts constantly
+    with HTTPServer(latency=0.005) as server:
+        server.upload(chunked)
+        context = multiprocessing.get_context("spawn")
+        with context.Pool(4) as pool:
+            results = pool.map(_read_while_clearing,
+                               [(server.url, str(tmp_path), role) for role in range(4)])
+    assert results[0] == "cleared"
+    assert results[1:] == [expected] * 3
+
+
+def test_cache_hits_are_checked_and_damaged_entries_dropped(chunked: Path, tmp_path: Path,
+                                                            monkeypatch: pytest.MonkeyPatch,
+                                                            caplog: pytest.LogCaptureFixture
+                                                            ) -> None:
+    import logging
+
+    monkeypatch.setenv("NEST_DATA_CACHE_DIR", str(tmp_path))
+    expected = nest_data.open(location=str(chunked), **KEYS).values
+    with HTTPServer() as server:
+        server.upload(chunked)
+        first = nest_data.open(location=server.url, cache=True, **KEYS).values
+        files = sorted((tmp_path / "chunks").rglob("*"), key=lambda p: -p.stat().st_size)
+        damaged = next(p for p in files if p.is_file())
+        data = bytearray(damaged.read_bytes())
+        data[-1] ^= 0xFF  # one flipped bit that still decodes, or not: never served
+        damaged.write_bytes(bytes(data))
+        server.reset()
+        with caplog.at_level(logging.WARNING, logger="nest_data"):
+            again = nest_data.open(location=server.url, cache=True, **KEYS).values
+        assert f"cache file {damaged}" in caplog.text and "does not match its checksum" in (
+            caplog.text)
+        assert len(_chunk_requests(server.requests)) <= 1  # refetched that object only
+    np.testing.assert_array_equal(first, expected)
+    np.testing.assert_array_equal(again, expected)
+    assert hashlib.sha256(damaged.read_bytes()).hexdigest() == damaged.name  # replaced
