@@ -30,6 +30,7 @@ from nest_data._storage import (
 from nest_data._store import (
     EntryData,
     clean_staging,
+    make_root,
     read_store_attrs,
     store_exists,
     verify_store,
@@ -285,7 +286,7 @@ def convert_ned(
     if is_local(dest_text):
         if options:
             make_store(dest_text, options)  # raises: options are useless for a folder
-        Path(local_path(dest_text)).mkdir(parents=True, exist_ok=True)
+        make_root(dest_text)
     else:
         validate_storage_options(dest_text, options)
     report = ConversionReport()

@@ -44,6 +44,7 @@ from nest_data._store import (
     chunk_rows,
     commit,
     finish_stage,
+    make_root,
     read_store_attrs,
     row_nbytes,
     scan_rows,
@@ -322,6 +323,7 @@ def generate(
                                       data.chunks], sort_keys=True).encode()
                           ).removeprefix("sha256:")[:16]
     url = join(dest, entry.path)
+    make_root(dest)
     check_replaceable(dest, entry.path, storage_options)  # before any work, not at the end
     stage, progress = _stage_folders(dest, job_id, entry.path)
     if store_exists(dest, entry.path, storage_options) and _fingerprint(

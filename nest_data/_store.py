@@ -71,6 +71,7 @@ __all__ = [
     "chunk_rows",
     "commit",
     "finish_stage",
+    "make_root",
     "object_digests",
     "read_store_attrs",
     "row_nbytes",
@@ -221,6 +222,32 @@ def commit(stage: Path, root: str | os.PathLike[str], path: str,
         fs.put([str(p) for p in files],
                [f"{base}/{p.relative_to(stage).as_posix()}" for p in files])
     fs.put_file(str(stage / last), f"{base}/{last}")
+
+
+def make_root(root: str | os.PathLike[str]) -> None:
+    """Create a local collection root (a remote one needs nothing); refuse a file or worse.
+
+    Raises
+    ------
+    TargetExistsError
+        ``root`` is a file, or a folder that cannot be created (a read-only or virtual file
+        system such as ``/proc``).
+    """
+    text = os.fspath(root)
+    if not is_local(text):
+        return
+    folder = Path(local_path(text))
+    if folder.exists() and not folder.is_dir():
+        raise TargetExistsError(f"the destination {folder} is a file, not a folder; give a "
+                                "folder (it is created if missing) to hold the stores")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / f".nest-data-probe-{uuid.uuid4().hex}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise TargetExistsError(f"cannot write in the destination {folder} ({exc}); give a "
+                                "folder you can write to") from exc
 
 
 def check_replaceable(root: str | os.PathLike[str], path: str,

@@ -378,3 +378,16 @@ def test_never_replaces_what_is_not_ours(ned_src: Path, tmp_path: Path, kind: st
                     overwrite=True, show_progress=False)
     for file, text in keep.items():
         assert file.read_text() == text
+
+
+def test_destination_that_is_a_file_or_unwritable(ned_src: Path, tmp_path: Path) -> None:
+    from nest_data.errors import TargetExistsError
+
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    with pytest.raises(TargetExistsError, match=f"the destination {afile} is a file, not a "
+                                                "folder; give a folder"):
+        convert_ned(ned_src, afile, roi="V1", subject=1, imageset="things", workers=1)
+    assert afile.read_text() == "x"
+    with pytest.raises(TargetExistsError, match="cannot write in the destination /proc/nest"):
+        convert_ned(ned_src, "/proc/nest", roi="V1", subject=1, imageset="things", workers=1)

@@ -209,3 +209,13 @@ def test_never_replaces_a_users_folder(weights: Path, images: np.ndarray,
                            roi="V1", location=str(weights))
     assert (target / "notes.txt").read_text() == "mine"
     assert not (tmp_path / "out" / ".nest-data-staging").exists()  # refused before any work
+
+
+def test_destination_that_is_a_file(weights: Path, images: np.ndarray, tmp_path: Path) -> None:
+    write_image_folder(tmp_path / "imgs", images[:2])
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    with pytest.raises(nest_data.TargetExistsError, match="is a file, not a folder"):
+        nest_data.generate(tmp_path / "imgs", afile, imageset="mine", subject=1, roi="V1",
+                           location=str(weights))
+    assert afile.read_text() == "x"
