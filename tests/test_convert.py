@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import h5py
 import numpy as np
@@ -391,3 +392,38 @@ def test_destination_that_is_a_file_or_unwritable(ned_src: Path, tmp_path: Path)
     assert afile.read_text() == "x"
     with pytest.raises(TargetExistsError, match="cannot write in the destination /proc/nest"):
         convert_ned(ned_src, "/proc/nest", roi="V1", subject=1, imageset="things", workers=1)
+
+
+def test_workers_stop_when_the_parent_is_killed(tmp_path: Path) -> None:
+    """kill -9 of a parallel conversion: its workers exit; nothing more becomes visible."""
+    psutil = pytest.importorskip("psutil")
+    src, dest = tmp_path / "src", tmp_path / "dest"
+    write_ned(src, modalities=["fmri"], subjects=[1, 2], rois=["lateral", "ventral"],
+              imagesets=["things"], n_images=4000, show_progress=False)  # 4 entries, ~500 MB
+    code = ("import sys; from nest_data.converters import convert_ned; "
+            "convert_ned(sys.argv[1], sys.argv[2], workers=2, show_progress=False)")
+    proc = subprocess.Popen([sys.executable, "-c", code, str(src), str(dest)])
+    staged = dest / STAGING_DIR
+    deadline = time.monotonic() + 120
+    workers: list[Any] = []
+    while time.monotonic() < deadline:
+        if staged.is_dir() and list(staged.glob("*/responses/c/*")):
+            workers = psutil.Process(proc.pid).children(recursive=True)
+            if len(workers) >= 2:
+                break
+        time.sleep(0.01)
+    else:
+        proc.kill()
+        pytest.fail("the conversion never started writing chunks in its workers")
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    visible = sorted(p.parent for p in dest.rglob("*.zarr/zarr.json") if STAGING_DIR not in
+                     p.as_posix())
+    _, alive = psutil.wait_procs(workers, timeout=20)
+    assert not alive, f"workers still running after their parent died: {alive}"
+    time.sleep(1)
+    after = sorted(p.parent for p in dest.rglob("*.zarr/zarr.json") if STAGING_DIR not in
+                   p.as_posix())
+    assert after == visible  # nothing was committed once the parent was gone
+    report = convert_ned(src, dest, workers=1, show_progress=False)
+    assert len(report.converted) + len(report.skipped) == 4 and nest_data.verify(dest).ok
