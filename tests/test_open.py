@@ -24,8 +24,11 @@ def test_open_is_lazy(collection: Path, tmp_path: Path) -> None:
     assert isinstance(da.data, dask.array.Array)
     assert isinstance(da.ncsnr.data, np.ndarray)  # labels are loaded, values are not
     assert da.shape == (30, 1350) and da.sizes == {"image": 30, "voxel": 1350}
-    # zarr returns the fill value (NaN) for missing chunks: nothing silently becomes zero
-    assert np.isnan(da.isel(image=0).values).all()
+    # zarr would return the fill value (NaN) for the missing chunk; the manifest makes it an
+    # error naming the chunk instead
+    with pytest.raises(nest_data.MissingObjectError, match=r"object responses/c/0/0 of .* "
+                                                           r"\(images 0-29\) is missing"):
+        _ = da.isel(image=0).values
 
 
 def test_selection_by_labels(collection: Path) -> None:
