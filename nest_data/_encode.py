@@ -49,6 +49,9 @@ def _one_image(image: Any, index: int) -> np.ndarray:
         try:
             with Image.open(image) as img:
                 image = np.asarray(img.convert("RGB"))
+        except Image.DecompressionBombError as exc:
+            raise _image_error(index, f"{os.fspath(image)!r} is too large to decode safely "
+                                      f"({exc}); resize it first") from exc
         except (OSError, ValueError) as exc:
             raise _image_error(index, f"cannot read {os.fspath(image)!r} ({exc})") from exc
     elif type(image).__module__.startswith("PIL."):
@@ -126,9 +129,13 @@ def _device(device: str) -> Any:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
-        return torch.device(device)
-    except RuntimeError as exc:
+        target = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
         raise InputError(f"unknown device {device!r}; use 'auto', 'cpu' or 'cuda'") from exc
+    if target.type == "cuda" and not torch.cuda.is_available():
+        raise InputError(f"device={device!r}, but torch sees no CUDA device here; use "
+                         "device='auto' (CUDA when present, else the CPU) or device='cpu'")
+    return target
 
 
 @dataclass

@@ -175,3 +175,19 @@ def test_weights_converted_again_are_loaded_again(tmp_path: Path) -> None:
         values.append(nest_data.encode(images, subject=1, roi="V1", cache=False,
                                        location=str(tmp_path / "dest")).values)
     assert not np.allclose(values[0], values[1])
+
+
+def test_no_cuda_and_decompression_bombs_are_our_errors(weights_root: Path, images: np.ndarray,
+                                                        tmp_path: Path) -> None:
+    if not torch.cuda.is_available():  # where CUDA exists, device='cuda' is valid
+        with pytest.raises(nest_data.InputError, match="device='cuda', but torch sees no "
+                                                       "CUDA device here; use device='auto'"):
+            nest_data.encode(images[:1], subject=1, roi="V1", location=str(weights_root),
+                             device="cuda", cache=False)
+    from PIL import Image
+
+    bomb = tmp_path / "bomb.png"
+    Image.new("1", (20000, 20000)).save(bomb)  # 400 M pixels in a tiny file
+    with pytest.raises(nest_data.InputError, match="image 0: .*bomb.png' is too large to "
+                                                   "decode safely .* resize it first"):
+        nest_data.encode([str(bomb)], subject=1, roi="V1", location=str(weights_root))
