@@ -124,10 +124,14 @@ def _open_images(source: str | os.PathLike[str]) -> tuple[_Images, np.ndarray, d
         array_path = "images"
         if "image_id" in node:
             labels = node["image_id"]
-            assert isinstance(labels, zarr.Array)
+            if not isinstance(labels, zarr.Array):
+                raise InputError(f"{path}/image_id is a group; write the image labels there "
+                                 "as an array of strings, one per image")
             ids = np.asarray(labels[...], dtype=object)
         node = node["images"]
-    assert isinstance(node, zarr.Array)
+    if not isinstance(node, zarr.Array):
+        raise InputError(f"{path}: 'images' is a group; write the images there as one uint8 "
+                         "array (n, H, W, 3) or (n, 3, H, W)")
     shape = tuple(int(s) for s in node.shape)
     if node.dtype != np.uint8 or len(shape) != 4 or 3 not in (shape[1], shape[3]):
         raise InputError(f"{path}: images are {node.dtype} {shape}; expected uint8 "

@@ -219,3 +219,14 @@ def test_destination_that_is_a_file(weights: Path, images: np.ndarray, tmp_path:
         nest_data.generate(tmp_path / "imgs", afile, imageset="mine", subject=1, roi="V1",
                            location=str(weights))
     assert afile.read_text() == "x"
+
+
+def test_zarr_group_with_groups_where_arrays_belong(tmp_path: Path) -> None:
+    import zarr
+
+    group = zarr.open_group(tmp_path / "g.zarr", mode="w")
+    group.create_group("images")
+    with pytest.raises(nest_data.InputError, match="'images' is a group; write the images "
+                                                   "there as one uint8 array"):
+        nest_data.generate(tmp_path / "g.zarr", tmp_path / "out", imageset="x", subject=1,
+                           roi="V1")
