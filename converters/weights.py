@@ -52,7 +52,7 @@ from nest_data._store import commit, staging
 from nest_data.converters._meta import eeg_labels, fmri_voxel_labels, meta_block
 from nest_data.converters._pickle import load_npy_dict
 from nest_data.encoders.weights import MODEL_FILE, WEIGHTS_FILE
-from nest_data.errors import ConversionError, SourceFormatError
+from nest_data.errors import ConversionError, InputError, SourceFormatError
 
 logger = logging.getLogger("nest_data")
 
@@ -732,21 +732,13 @@ def _surface_metadata(weights: Path, subject: int, sizes: Mapping[str, int],
 
 def _vertex_selection(value: Any, n: int, path: Path, block: str, name: str) -> np.ndarray:
     """A surface ROI's vertex indices, from an index array or a boolean (one-hot) mask."""
-    values = np.asarray(value)
-    if values.dtype == bool or (values.shape == (n,) and values.dtype.kind in "iu"
-                                and set(np.unique(values).tolist()) <= {0, 1} and n > 2):
-        if values.shape != (n,):
-            raise SourceFormatError(f"{path}: {block}[{name!r}] is a mask of shape "
-                                    f"{values.shape}; a mask needs one value per vertex ({n})")
-        return np.flatnonzero(values).astype(np.int64)
-    if values.ndim != 1 or values.dtype.kind not in "iu":
-        raise SourceFormatError(f"{path}: {block}[{name!r}] is {values.dtype} {values.shape}; "
-                                "expected vertex indices or a boolean mask")
-    if values.size and (values.min() < 0 or values.max() >= n or
-                        len(np.unique(values)) != values.size):
-        raise SourceFormatError(f"{path}: {block}[{name!r}] holds indices outside 0..{n - 1} "
-                                "or repeated indices; the metadata does not match the weights")
-    return np.sort(values.astype(np.int64))
+    from nest_data._encode import selection_indices
+
+    try:
+        return selection_indices(value, n, f"{block}[{name!r}]")
+    except InputError as exc:
+        raise SourceFormatError(f"{path}: {exc}; the metadata does not match the weights"
+                                ) from exc
 
 
 def convert_vit_b_32(

@@ -8,6 +8,7 @@ import json
 import logging
 import os
 import re
+import string
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -620,8 +621,6 @@ def _normalise(key: str, value: Any, valid: Sequence[Any], context: str) -> Any:
 
 def _check_template(template: str, what: str, model: str, source: str) -> None:
     """A path template must name only catalog keys and stay inside its location's root."""
-    import string
-
     if not template:
         return
     try:

@@ -350,20 +350,7 @@ def _eeg_selection(encoder: Encoder, channels: Sequence[str] | None, timepoints:
                              + ", ".join(map(str, names)))
         out["channel"] = np.asarray([names.index(c) for c in wanted])
     if timepoints is not None:
-        n_t = encoder.row_shape[-1]
-        mask = np.asarray(timepoints)
-        if mask.dtype == bool or (mask.shape == (n_t,) and set(np.unique(mask)) <= {0, 1}
-                                  and mask.dtype.kind in "iu" and mask.sum() != n_t):
-            if mask.shape != (n_t,) or not mask.any():
-                raise InputError(f"timepoints= as a mask needs {n_t} values with at least "
-                                 f"one True (BERG's one-hot vector); got shape {mask.shape}")
-            out["time"] = np.flatnonzero(mask)
-        else:
-            index = mask.astype(np.int64).ravel()
-            if index.size == 0 or index.min() < 0 or index.max() >= n_t:
-                raise InputError(f"timepoints= indices must lie in 0..{n_t - 1}; got "
-                                 f"{mask.tolist()}")
-            out["time"] = index
+        out["time"] = selection_indices(timepoints, encoder.row_shape[-1], "timepoints=")
     return out
 
 
@@ -391,22 +378,41 @@ def _surface_selection(encoder: Encoder, roi: str | None, lh_vertices: Any, rh_v
         if value is None:  # BERG: a hemisphere without a vector keeps all its vertices
             parts.append(np.arange(n) + offset)
             continue
-        parts.append(_one_hot_or_index(value, n, name) + offset)
+        parts.append(selection_indices(value, n, f"{name}=") + offset)
     return {"vertex": np.concatenate(parts)}
 
 
-def _one_hot_or_index(value: Any, n: int, name: str) -> np.ndarray:
-    """Indices from BERG's one-hot vector (length ``n``) or from integer indices."""
-    mask = np.asarray(value)
-    if mask.dtype == bool or (mask.shape == (n,) and mask.dtype.kind in "iu"
-                              and set(np.unique(mask).tolist()) <= {0, 1}):
-        if mask.shape != (n,) or not mask.any():
-            raise InputError(f"{name}= as a one-hot vector needs {n} values with at least one "
-                             f"1 (BERG's selection); got shape {mask.shape}")
-        return np.flatnonzero(mask)
-    index = mask.astype(np.int64).ravel()
+def selection_indices(value: Any, n: int, what: str) -> np.ndarray:
+    """Sorted indices from BERG's one-hot vector (length ``n``) or from integer indices.
+
+    Used for ``timepoints=``, ``lh_vertices=``/``rh_vertices=`` and BERG's ROI vertex
+    selections; ``what`` names the value in messages (``"timepoints="``).
+
+    Raises
+    ------
+    InputError
+        An empty or wrong-length vector, indices outside ``0..n-1``, or non-integers.
+
+    Examples
+    --------
+    >>> selection_indices([0, 1, 1, 0], 4, "x=").tolist()  # BERG's one-hot vector
+    [1, 2]
+    >>> selection_indices([3, 1], 4, "x=").tolist()
+    [1, 3]
+    """
+    values = np.asarray(value)
+    if values.dtype == bool or (values.shape == (n,) and values.dtype.kind in "iu"
+                                and set(np.unique(values).tolist()) <= {0, 1}):
+        if values.shape != (n,) or not values.any():
+            raise InputError(f"{what} as a one-hot vector needs {n} values with at least one "
+                             f"1 (BERG's selection); got shape {values.shape}")
+        return np.flatnonzero(values)
+    if values.dtype.kind not in "iu" or values.ndim > 1:
+        raise InputError(f"{what} is {values.dtype} with shape {values.shape}; give integer "
+                         f"indices in 0..{n - 1} or a one-hot vector of {n} values")
+    index = values.astype(np.int64).ravel()
     if index.size == 0 or index.min() < 0 or index.max() >= n:
-        raise InputError(f"{name}= indices must lie in 0..{n - 1}; got {index.size} values "
+        raise InputError(f"{what} indices must lie in 0..{n - 1}; got {index.size} values "
                          f"from {index.min(initial=0)} to {index.max(initial=0)}")
     return np.unique(index)
 

@@ -301,25 +301,41 @@ def test_resume_skips_complete_and_redoes_damaged(ned_src: Path, tmp_path: Path)
     assert nest_data.verify(dest).ok
 
 
-def test_killed_conversion_leaves_nothing_visible_then_resumes(ned_src: Path, tmp_path: Path
-                                                               ) -> None:
-    src, dest = tmp_path / "src", tmp_path / "dest"
-    write_ned(src, modalities=["fmri"], subjects=[1], rois=["lateral"], imagesets=["things"],
-              n_images=4000, show_progress=False)  # 125 MB: takes a while to convert
+def _kill_once_writing(src: Path, dest: Path, *, workers: int, processes: Any = None
+                       ) -> list[Any]:
+    """Run ``convert_ned`` in a child; SIGKILL it once chunks are being written.
+
+    With ``processes`` (psutil), wait until ``workers`` worker processes exist too and
+    return them (as they were before the kill).
+    """
     code = ("import sys; from nest_data.converters import convert_ned; "
-            "convert_ned(sys.argv[1], sys.argv[2], workers=1, show_progress=False)")
+            f"convert_ned(sys.argv[1], sys.argv[2], workers={workers}, show_progress=False)")
     proc = subprocess.Popen([sys.executable, "-c", code, str(src), str(dest)])
-    deadline = time.monotonic() + 60
     staged = dest / STAGING_DIR
+    deadline = time.monotonic() + 120
+    children: list[Any] = []
     while time.monotonic() < deadline:
         if staged.is_dir() and list(staged.glob("*/responses/c/*")):
-            break
+            if processes is None:
+                break
+            children = processes.Process(proc.pid).children(recursive=True)
+            if len(children) >= workers:
+                break
         time.sleep(0.01)
     else:
         proc.kill()
         pytest.fail("the conversion never started writing chunks")
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=30)
+    return children
+
+
+def test_killed_conversion_leaves_nothing_visible_then_resumes(ned_src: Path, tmp_path: Path
+                                                               ) -> None:
+    src, dest = tmp_path / "src", tmp_path / "dest"
+    write_ned(src, modalities=["fmri"], subjects=[1], rois=["lateral"], imagesets=["things"],
+              n_images=4000, show_progress=False)  # 125 MB: takes a while to convert
+    _kill_once_writing(src, dest, workers=1)
     assert not (dest / "modality-fmri").exists()
     with pytest.raises(nest_data.StoreNotFoundError):
         nest_data.open(imageset="things", subject=1, roi="lateral", location=str(dest))
@@ -400,23 +416,7 @@ def test_workers_stop_when_the_parent_is_killed(tmp_path: Path) -> None:
     src, dest = tmp_path / "src", tmp_path / "dest"
     write_ned(src, modalities=["fmri"], subjects=[1, 2], rois=["lateral", "ventral"],
               imagesets=["things"], n_images=4000, show_progress=False)  # 4 entries, ~500 MB
-    code = ("import sys; from nest_data.converters import convert_ned; "
-            "convert_ned(sys.argv[1], sys.argv[2], workers=2, show_progress=False)")
-    proc = subprocess.Popen([sys.executable, "-c", code, str(src), str(dest)])
-    staged = dest / STAGING_DIR
-    deadline = time.monotonic() + 120
-    workers: list[Any] = []
-    while time.monotonic() < deadline:
-        if staged.is_dir() and list(staged.glob("*/responses/c/*")):
-            workers = psutil.Process(proc.pid).children(recursive=True)
-            if len(workers) >= 2:
-                break
-        time.sleep(0.01)
-    else:
-        proc.kill()
-        pytest.fail("the conversion never started writing chunks in its workers")
-    proc.send_signal(signal.SIGKILL)
-    proc.wait(timeout=30)
+    workers = _kill_once_writing(src, dest, workers=2, processes=psutil)
     visible = sorted(p.parent for p in dest.rglob("*.zarr/zarr.json") if STAGING_DIR not in
                      p.as_posix())
     _, alive = psutil.wait_procs(workers, timeout=20)

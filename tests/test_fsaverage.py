@@ -233,7 +233,14 @@ def test_analyses_accept_surface_entries(generated: Path) -> None:
     assert r[0, 2] == pytest.approx(1.0)  # image 5 is image 0 again
     rnc = nest_data.univariate_rnc(tree, rois=("FFA-1", "PPA"), n_images=1, n_batches=20,
                                    batch_size=2, seed=0)
-    assert set(rnc.attrs) >= {"n_images", "seed"}
+    assert rnc.roi.values.tolist() == ["FFA-1", "PPA"]
+    # The null distribution is the mean of random batches of the subject-averaged ROI means.
+    from nest_data._analysis import random_batches
+
+    batches = random_batches(6, 2, 20, seed=0)
+    scores = nest_data.roi_means(tree, min_ncsnr=0.5).mean("subject").values  # RNC default
+    np.testing.assert_allclose(rnc.null_distribution.values, scores[:, batches].mean(axis=2),
+                               rtol=1e-5, atol=1e-6)
 
 
 def test_full_size_surface_reads_a_few_chunks_for_one_roi(fs_root: Path, tmp_path: Path
@@ -275,8 +282,9 @@ def test_converter_checks_berg_files(tmp_path: Path, caplog: pytest.LogCaptureFi
     meta["fmri"]["rh_ncsnr"] = np.ones(N_VERTICES, np.float32)
     meta["fmri"]["lh_fsaverage_rois"]["PPA"] = np.array([0, 700])
     np.save(meta_path, np.asarray(meta, dtype=object), allow_pickle=True)
-    with pytest.raises(SourceFormatError, match=r"lh_fsaverage_rois\['PPA'\] holds indices "
-                                                r"outside 0\.\.641"):
+    with pytest.raises(SourceFormatError, match=r"lh_fsaverage_rois\['PPA'\] indices must "
+                                                r"lie in 0\.\.641; got 2 values from 0 to "
+                                                r"700; the metadata does not match"):
         convert_fsaverage_weights(tmp_path / "a", tmp_path / "out")
     # Without metadata: the whole surface converts, ROIs are unavailable (logged).
     meta_path.unlink()

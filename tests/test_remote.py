@@ -523,3 +523,14 @@ def test_cache_hits_are_checked_and_damaged_entries_dropped(chunked: Path, tmp_p
     np.testing.assert_array_equal(first, expected)
     np.testing.assert_array_equal(again, expected)
     assert hashlib.sha256(damaged.read_bytes()).hexdigest() == damaged.name  # replaced
+
+
+def test_chunk_cache_pickles_for_dask_workers(tmp_path: Path) -> None:
+    """A store travels to distributed workers with its cache (whose lock cannot be pickled)."""
+    import pickle
+
+    cache = ChunkCache(tmp_path, max_bytes="1MB")
+    cache.put("sha256:" + "cd" * 32, b"chunk")
+    copy = pickle.loads(pickle.dumps(cache))
+    assert (copy.path, copy.max_bytes) == (cache.path, cache.max_bytes)
+    assert copy.get("sha256:" + "cd" * 32) == b"chunk"
