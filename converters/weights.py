@@ -38,7 +38,7 @@ import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -401,7 +401,7 @@ def _eeg_head(path: Path) -> tuple[dict[str, np.ndarray], list[Path], str]:
     for name, (block, where) in blocks.items():
         if not isinstance(block, Mapping):
             raise SourceFormatError(f"{where}: not a NEST EEG weights file (no {name!r} dict)")
-    assert isinstance(reg_doc, Mapping)
+    reg_doc = cast(Mapping[str, Any], reg_doc)  # checked just above
     reps = sorted((k for k in reg_doc if re.fullmatch(r"rep-\d+", str(k))),
                   key=lambda k: int(k.split("-")[1]))
     if not reps:

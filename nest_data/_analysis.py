@@ -23,7 +23,7 @@ import logging
 import math
 import warnings
 from collections.abc import Hashable, Iterable, Iterator, Mapping, Sequence
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import dask
 import dask.array
@@ -353,9 +353,8 @@ def top_images(
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
         raise InputError(f"k must be a positive number of images, got {k!r}")
     if _space(da) is not None:
-        assert isinstance(da, xr.DataArray)
-        (scores,) = compute(roi_mean(da, min_ncsnr=min_ncsnr), show_progress=show_progress,
-                             desc="top_images")
+        (scores,) = compute(roi_mean(cast(xr.DataArray, da), min_ncsnr=min_ncsnr),
+                            show_progress=show_progress, desc="top_images")
     else:
         scores, _ = _scores(da, "top_images", min_ncsnr, show_progress)
         if "roi" in scores.dims:
@@ -497,8 +496,7 @@ def univariate_rnc(
         source = [da for da in das if da.attrs.get("roi") in pair]
         n_total = source[0].sizes["image"]
     else:
-        assert isinstance(data, xr.DataArray)
-        source = data.sel(roi=pair)
+        source = cast(xr.DataArray, data).sel(roi=pair)
         n_total = source.sizes["image"]
     if batch_size > n_total:
         raise InputError(f"batch_size={batch_size} is more than the {n_total} images; use "

@@ -12,7 +12,7 @@ import string
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import yaml
 
@@ -367,8 +367,7 @@ class Catalog:
         'fmri'
         """
         model, imageset, subject, roi = self._resolve(keys, need_imageset=True)
-        assert imageset is not None
-        return Entry.of(model, imageset, subject, roi)
+        return Entry.of(model, cast(str, imageset), subject, roi)  # need_imageset: a str
 
     def resolve_weights(self, **keys: Any) -> tuple[ModelSpec, str]:
         """The model and the relative path of one subject's (and ROI's) encoder weights.

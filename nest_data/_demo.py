@@ -205,8 +205,7 @@ def run_demo(
     >>> "SYNTHETIC" in result.summary
     True
     """
-    root = build_demo(show_progress=show_progress, cache_dir=cache_dir)
-    assert isinstance(root, Path)
+    root = Path(build_demo(show_progress=show_progress, cache_dir=cache_dir))
     da = open_entry(imageset=imageset, subject=subject, roi=roi, location=str(root))
     reliable = 0.5
     n_reliable = int((da["ncsnr"] > reliable).sum())

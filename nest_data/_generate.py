@@ -79,7 +79,9 @@ class _Images:
 
     def _array(self) -> zarr.Array:
         node = zarr.open(self.url, mode="r", path=self.array_path or None)
-        assert isinstance(node, zarr.Array)
+        if not isinstance(node, zarr.Array):
+            raise InputError(f"{self.url}: {self.array_path or 'the root'} is a Zarr group; "
+                             "give the path of the uint8 image array inside it")
         return node
 
     def read(self, start: int, stop: int) -> list[np.ndarray]:

@@ -22,7 +22,7 @@ from nest_data._catalog import catalog as default_catalog
 from nest_data._storage import NestStore, is_local, join, make_store, quiet_consolidated
 from nest_data._store import AUX_GROUP, DATA_VAR, read_store_attrs
 from nest_data._surface import ROI_AUX_PREFIX
-from nest_data.errors import AmbiguousKeyError, InputError, StoreNotFoundError
+from nest_data.errors import AmbiguousKeyError, InputError, StoreFormatError, StoreNotFoundError
 
 logger = logging.getLogger("nest_data")
 
@@ -370,7 +370,10 @@ async def _read_arrays(store: NestStore, names: list[str]) -> list[np.ndarray]:
 
     async def one(name: str) -> np.ndarray:
         array = await root.getitem(name)
-        assert isinstance(array, zarr.AsyncArray)
+        if not isinstance(array, zarr.AsyncArray):
+            raise StoreFormatError(f"{store}: {name} is a group where the store's metadata "
+                                   "promises a label array; the store is damaged. Re-mirror "
+                                   "or re-convert this entry.")
         return np.asarray(await array.getitem(Ellipsis))
 
     return list(await asyncio.gather(*(one(n) for n in names)))

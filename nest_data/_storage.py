@@ -23,7 +23,7 @@ import inspect
 import logging
 import os
 import warnings
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 from zarr.abc.store import (
@@ -53,6 +53,7 @@ __all__ = [
 
 #: HTTP statuses worth retrying.
 TRANSIENT_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})
+_BYTE_REQUESTS = (RangeByteRequest, OffsetByteRequest, SuffixByteRequest)
 RETRIES = 4
 BACKOFF = 0.1  # seconds, doubled on every retry
 
@@ -224,6 +225,9 @@ class NestStore(WrapperStore[Store]):
     async def get(
         self, key: str, prototype: BufferPrototype, byte_range: ByteRequest | None = None
     ) -> Buffer | None:
+        if byte_range is not None and not isinstance(byte_range, _BYTE_REQUESTS):
+            raise TypeError(f"Unexpected byte_range, got {byte_range!r}; zarr stores take a "
+                            "RangeByteRequest, OffsetByteRequest or SuffixByteRequest")
         if byte_range is None and key == "zarr.json" and key in self._memo:
             return prototype.buffer.from_bytes(self._memo[key])
         digest = self.manifest.get(key) if byte_range is None else None
@@ -272,6 +276,36 @@ class NestStore(WrapperStore[Store]):
                 "it, so it was written and has since been deleted or not copied completely. "
                 "Nothing is read as a fill value in its place. Re-mirror or re-convert this "
                 "entry, and run `nest-data verify` on its root to find other damage.")
+
+    async def get_partial_values(
+        self, prototype: BufferPrototype, key_ranges: Iterable[tuple[str, ByteRequest | None]]
+    ) -> list[Buffer | None]:
+        # every read takes the checked path of ``get``, never the wrapped store's directly
+        return list(await asyncio.gather(*(self.get(key, prototype, byte_range)
+                                           for key, byte_range in key_ranges)))
+
+    # Writes pass through to the wrapped store and drop the in-memory root metadata.
+    async def set(self, key: str, value: Buffer) -> None:
+        self._memo.pop(key, None)
+        await self._store.set(key, value)
+
+    async def set_if_not_exists(self, key: str, value: Buffer) -> None:
+        self._memo.pop(key, None)
+        await self._store.set_if_not_exists(key, value)
+
+    async def _set_many(self, values: Iterable[tuple[str, Buffer]]) -> None:
+        values = list(values)
+        for key, _ in values:
+            self._memo.pop(key, None)
+        await self._store._set_many(values)
+
+    async def delete(self, key: str) -> None:
+        self._memo.pop(key, None)
+        await self._store.delete(key)
+
+    async def clear(self) -> None:
+        self._memo.clear()
+        await self._store.clear()
 
     async def _get_with_retries(self, key: str, prototype: BufferPrototype,
                                 byte_range: ByteRequest | None) -> Buffer | None:

@@ -466,7 +466,8 @@ async def _dump(memory: MemoryStore, folder: Path, *, metadata_only: bool = Fals
         if metadata_only and not key.endswith("zarr.json"):
             continue
         buffer = await memory.get(key, default_buffer_prototype())
-        assert buffer is not None
+        if buffer is None:  # listed, so present: the memory store is ours alone
+            raise RuntimeError(f"object {key} vanished from the in-memory staging store")
         target = folder / key
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_bytes(buffer.to_bytes())

@@ -19,6 +19,7 @@ __all__ = [
     "NestDataError",
     "RemoteReadError",
     "SourceFormatError",
+    "StoreFormatError",
     "StoreNotFoundError",
     "TargetExistsError",
     "UnknownKeyError",
@@ -46,6 +47,10 @@ class CatalogError(NestDataError, ValueError):
 
 class LocationError(NestDataError, ValueError):
     """A location (a root that holds stores) is unknown or not configured."""
+
+
+class StoreFormatError(NestDataError, ValueError):
+    """A store's metadata is inconsistent, or in a format this version of nest-data cannot read."""
 
 
 class StoreNotFoundError(NestDataError, FileNotFoundError):

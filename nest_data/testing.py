@@ -20,7 +20,7 @@ import os
 import zlib
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import h5py
 import numpy as np
@@ -253,13 +253,14 @@ def _write_entry(work: tuple[str, str, str, int, tuple[str, str, int, str | None
     h5, npy = ned_file_paths(root, modality, imageset, subject, roi, root_name, names)
     h5.parent.mkdir(parents=True, exist_ok=True)
     if modality == "fmri":
-        assert roi is not None
+        fmri_roi = cast(str, roi)  # every fMRI entry has an ROI
         nv = (n_voxels if isinstance(n_voxels, int) else
-              (n_voxels or {}).get(roi) or roi_voxel_count(subject, roi))
-        meta = _fmri_metadata(seed, imageset, subject, roi, nv, n_images)
-        loadings = _fmri_loadings(seed, subject, roi, meta["fmri"])
+              (n_voxels or {}).get(fmri_roi) or roi_voxel_count(subject, fmri_roi))
+        meta = _fmri_metadata(seed, imageset, subject, fmri_roi, nv, n_images)
+        loadings = _fmri_loadings(seed, subject, fmri_roi, meta["fmri"])
         row_shape: tuple[int, ...] = (nv,)
-        rows = functools.partial(_fmri_rows, seed, imageset, subject, roi, loadings=loadings)
+        rows = functools.partial(_fmri_rows, seed, imageset, subject, fmri_roi,
+                                 loadings=loadings)
     else:
         meta = _eeg_metadata(seed, imageset, subject, n_images)
         row_shape = (4, 63, 140)

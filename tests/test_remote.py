@@ -8,91 +8,26 @@ from __future__ import annotations
 
 import hashlib
 import shutil
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import fsspec
 import numpy as np
 import pytest
 
 import nest_data
 from nest_data._cache import ChunkCache
 from nest_data._storage import make_store
-from nest_data._store import DATA_VAR, write_entry
-from nest_data.converters._pickle import load_npy_dict
-from nest_data.converters.ned import discover_ned, entry_data
 from nest_data.errors import (
-    ChecksumError,
     LocationError,
-    MissingObjectError,
     StoreNotFoundError,
 )
 
-from .servers import GCSServer, HTTPServer, S3Server
+from .backends import KEYS, Backend, chunk_requests, open_entry
+from .servers import HTTPServer, S3Server
 
 pytest.importorskip("s3fs")
 pytest.importorskip("gcsfs")
 pytest.importorskip("aiohttp")
-
-KEYS = {"imageset": "things", "subject": 1, "roi": "V1"}
-ROWS = 4  # images per chunk in the test store: 30 images -> 8 chunks
-
-
-@pytest.fixture(scope="module")
-def chunked(ned_src: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A local root with things sub-01 V1 stored in chunks of 4 images (8 chunks)."""
-    import h5py
-
-    root = tmp_path_factory.mktemp("chunked")
-    (source,) = discover_ned(ned_src, **KEYS)
-    with h5py.File(source.h5) as f:
-        data = entry_data(source, f["synthetic_neural_responses"], load_npy_dict(source.npy),
-                          units="a.u.")
-        write_entry(data, root, source.entry.path, chunk_bytes=ROWS * 1350 * 4)
-    return root
-
-
-class Backend:
-    """A served copy of the ``chunked`` root, and how to read what its server saw."""
-
-    def __init__(self, name: str, url: str, options: dict[str, Any], server: Any) -> None:
-        self.name, self.url, self.options, self.server = name, url, options, server
-
-    def requests(self) -> list[Any]:
-        return [] if self.server is None else self.server.requests
-
-    def reset(self) -> None:
-        if self.server is not None:
-            self.server.reset()
-
-
-@pytest.fixture(scope="module", params=["local", "memory", "s3", "gcs", "http"])
-def backend(request: pytest.FixtureRequest, chunked: Path) -> Iterator[Backend]:
-    name = request.param
-    if name == "local":
-        yield Backend(name, str(chunked), {}, None)
-        return
-    if name == "memory":
-        root = f"memory://nest-{uuid.uuid4().hex}"
-        fs = fsspec.filesystem("memory")
-        fs.put(str(chunked) + "/", root.removeprefix("memory://") + "/", recursive=True)
-        yield Backend(name, root, {}, None)
-        fs.rm(root.removeprefix("memory://"), recursive=True)
-        return
-    server_cls = {"s3": S3Server, "gcs": GCSServer, "http": HTTPServer}[name]
-    with server_cls() as server:
-        server.upload(chunked)
-        yield Backend(name, server.url, dict(server.storage_options), server)
-
-
-def _open(backend: Backend, **kw: Any) -> Any:
-    return nest_data.open(location=backend.url, storage_options=backend.options, **KEYS, **kw)
-
-
-def _chunk_requests(requests: list[Any]) -> list[Any]:
-    return [r for r in requests if f"/{DATA_VAR}/c/" in r.path and r.method == "GET"]
 
 
 class TestContract:
@@ -100,7 +35,7 @@ class TestContract:
 
     def test_values_equal_local(self, backend: Backend, chunked: Path) -> None:
         local = nest_data.open(location=str(chunked), **KEYS)
-        remote = _open(backend)
+        remote = open_entry(backend)
         local_url = backend.name in ("local",)
         assert remote.chunks[0] == ((4,) * 7 + (2,) if local_url else (30,))  # 8 per task
         np.testing.assert_array_equal(remote.values, local.values)
@@ -112,9 +47,9 @@ class TestContract:
         if backend.server is None:
             pytest.skip(f"{backend.name}: no server whose requests could be counted")
         backend.reset()
-        da = _open(backend)
+        da = open_entry(backend)
         requests = backend.requests()
-        assert not _chunk_requests(requests), [r.path for r in requests]
+        assert not chunk_requests(requests), [r.path for r in requests]
         gets = [r for r in requests if r.method == "GET"]
         # one GET for the consolidated metadata, one per coordinate array (the labels);
         # s3fs adds a zero-byte HEAD before each GET
@@ -127,21 +62,21 @@ class TestContract:
         if backend.server is None:
             pytest.skip(f"{backend.name}: no server whose requests could be counted")
         backend.reset()
-        da = _open(backend, load_labels=False)
+        da = open_entry(backend, load_labels=False)
         gets = [r for r in backend.requests() if r.method == "GET"]
         assert [r.path.rsplit("/", 1)[-1] for r in gets] == ["zarr.json"]
         assert da.sizes == {"image": 30, "voxel": 1350}
         assert float(da.ncsnr.max()) > 0  # labels still there, read on use
 
     def test_one_image_reads_one_chunk(self, backend: Backend, chunked: Path) -> None:
-        da = _open(backend)
+        da = open_entry(backend)
         backend.reset()
         row = da.isel(image=9).values
         np.testing.assert_array_equal(row, nest_data.open(location=str(chunked),
                                                           **KEYS).isel(image=9).values)
         if backend.server is None:
             return
-        chunks = _chunk_requests(backend.requests())
+        chunks = chunk_requests(backend.requests())
         assert [r.path.rsplit("/", 3)[-3:] for r in chunks] == [["c", "2", "0"]]
         chunk_file = chunked / nest_data.catalog().resolve(**KEYS).path / "responses/c/2/0"
         assert chunks[0].bytes_sent == chunk_file.stat().st_size
@@ -149,9 +84,9 @@ class TestContract:
     def test_cache_second_read_makes_no_request(self, backend: Backend, tmp_path: Path,
                                                 monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.setenv("NEST_DATA_CACHE_DIR", str(tmp_path))
-        first = _open(backend, cache=True).isel(image=slice(0, 8)).values
+        first = open_entry(backend, cache=True).isel(image=slice(0, 8)).values
         backend.reset()
-        again = _open(backend, cache=True).isel(image=slice(0, 8)).values
+        again = open_entry(backend, cache=True).isel(image=slice(0, 8)).values
         np.testing.assert_array_equal(first, again)
         if backend.name in ("local",):
             assert not (tmp_path / "chunks").exists()  # local stores are never cached
@@ -159,99 +94,7 @@ class TestContract:
         info = ChunkCache().info()
         assert info.objects >= 2  # two chunks of responses, plus coordinates
         if backend.server is not None:
-            assert not _chunk_requests(backend.requests())
-
-    def test_verify_detects_tampered_chunk(self, backend: Backend, chunked: Path) -> None:
-        if backend.server is None:
-            pytest.skip("tampering needs a served copy (the local one is tested in "
-                        "test_convert)")
-        key = nest_data.catalog().resolve(**KEYS).path + "/responses/c/5/0"
-        original = (chunked / key).read_bytes()
-        backend.server.tamper(key, original[:-4] + b"\0\0\0\0")
-        try:
-            with pytest.raises(ChecksumError, match="object responses/c/5/0 of .* does not "
-                                                    "match its recorded checksum"):
-                _ = _open(backend, verify=True).isel(image=21).values
-            _ = _open(backend, verify=True).isel(image=0).values  # other chunks still fine
-            report = nest_data.verify(backend.url, storage_options=backend.options)
-            assert report.stores == 1
-            (problem,) = report.problems
-            assert "object responses/c/5/0 (images 20-23) has checksum" in problem.detail
-        finally:
-            backend.server.tamper(key, original)
-
-
-    @pytest.mark.parametrize("cache", [False, True])
-    def test_missing_object_is_an_error_not_a_fill_value(self, backend: Backend, chunked: Path,
-                                                         tmp_path: Path, cache: bool,
-                                                         monkeypatch: pytest.MonkeyPatch) -> None:
-        store = nest_data.catalog().resolve(**KEYS).path
-        cases = [("responses/c/1/0", r" \(images 4-7\) is missing: the store's manifest "
-                                     "lists it"),
-                 ("ncsnr/c/0", " is missing: the store's manifest lists it")]
-        for key, message in cases:
-            # A fresh cache: an object cached (verified) before it was deleted is still good.
-            monkeypatch.setenv("NEST_DATA_CACHE_DIR", str(tmp_path / key.replace("/", "-")))
-            original = (chunked / store / key).read_bytes()
-            _remove(backend, f"{store}/{key}")
-            try:
-                for verify in (False, True):
-                    with pytest.raises(MissingObjectError, match=f"object {key} of .*{message}"):
-                        _ = _open(backend, verify=verify, cache=cache).values
-                report = nest_data.verify(backend.url, storage_options=backend.options)
-                assert any(f"object {key}" in p.detail and "is missing" in p.detail
-                           for p in report.problems)
-            finally:
-                _restore(backend, f"{store}/{key}", original)
-        assert np.isfinite(_open(backend, cache=cache).values).all()  # whole again
-
-
-def _remove(backend: Backend, key: str) -> None:
-    if backend.name == "local":
-        (Path(backend.url) / key).unlink()
-    elif backend.name == "memory":
-        fsspec.filesystem("memory").rm(f"{backend.url.removeprefix('memory://')}/{key}")
-    else:
-        backend.server.remove(key)
-
-
-def _restore(backend: Backend, key: str, data: bytes) -> None:
-    if backend.name == "local":
-        (Path(backend.url) / key).write_bytes(data)
-    elif backend.name == "memory":
-        fsspec.filesystem("memory").pipe(f"{backend.url.removeprefix('memory://')}/{key}",
-                                         data)
-    else:
-        backend.server.tamper(key, data)
-
-
-def _read_with_cache(args: tuple[str, str]) -> tuple[str, int]:
-    """Child process: read a whole entry through the shared disk cache."""
-    import os
-
-    url, cache_dir = args
-    os.environ["NEST_DATA_CACHE_DIR"] = cache_dir
-    values = nest_data.open(location=url, cache=True, **KEYS).values
-    return hashlib.sha256(values.tobytes()).hexdigest(), os.getpid()
-
-
-def test_cache_is_safe_for_concurrent_processes(chunked: Path, tmp_path: Path) -> None:
-    import multiprocessing
-
-    expected = hashlib.sha256(nest_data.open(location=str(chunked), **KEYS).values.tobytes()
-                              ).hexdigest()
-    with HTTPServer(latency=0.02) as server:
-        server.upload(chunked)
-        context = multiprocessing.get_context("spawn")
-        with context.Pool(4) as pool:
-            results = pool.map(_read_with_cache, [(server.url, str(tmp_path))] * 4)
-    assert {digest for digest, _ in results} == {expected}
-    assert len({pid for _, pid in results}) > 1
-    files = [p for p in (tmp_path / "chunks").rglob("*") if p.is_file()]
-    assert not [p for p in files if p.name.startswith(".tmp-")]  # no torn or leftover files
-    assert len(files) >= 8  # the 8 chunks of responses, at least
-    for path in files:  # every cached object is whole: its content hashes to its name
-        assert hashlib.sha256(path.read_bytes()).hexdigest() == path.name
+            assert not chunk_requests(backend.requests())
 
 
 def test_unused_storage_options_are_an_error() -> None:
@@ -271,56 +114,6 @@ def test_missing_bucket_names_url_and_checks() -> None:
     message = str(err.value)
     assert missing in message and "bucket exists" in message
     assert "anon=True for S3, token='anon' for GCS" in message
-
-
-def test_http_faults_retry_to_correct_data(chunked: Path) -> None:
-    local = nest_data.open(location=str(chunked), **KEYS).values
-    with HTTPServer() as server:
-        server.upload(chunked)
-        server.fail_every = 3
-        da = nest_data.open(location=server.url, **KEYS)
-        np.testing.assert_array_equal(da.values, local)
-        statuses = [r.status for r in server.requests]
-        assert 503 in statuses and statuses.count(503) < len(statuses)
-        server.reset()
-        server.fail_every = 0
-        server.fail_first = 50  # more failures than retries allow
-        with pytest.raises(nest_data.RemoteReadError, match="failed 5 times .* Try again later"):
-            nest_data.open(location=server.url, **KEYS)
-
-
-def test_http_timeouts_are_retried(chunked: Path) -> None:
-    import aiohttp
-
-    local = nest_data.open(location=str(chunked), **KEYS).isel(image=0).values
-    with HTTPServer(hang_every=4, hang_seconds=3) as server:
-        server.upload(chunked)
-        options = {"client_kwargs": {"timeout": aiohttp.ClientTimeout(total=0.5)}}
-        da = nest_data.open(location=server.url, storage_options=options, **KEYS)
-        np.testing.assert_array_equal(da.isel(image=0).values, local)
-
-
-def test_http_server_ignoring_range_gives_correct_bytes(chunked: Path) -> None:
-    from zarr.abc.store import RangeByteRequest
-    from zarr.core.buffer import default_buffer_prototype
-    from zarr.core.sync import sync
-
-    path = nest_data.catalog().resolve(**KEYS).path
-    whole = (chunked / path / "responses/c/1/0").read_bytes()
-    with HTTPServer(ignore_range=True) as server:
-        server.upload(chunked)
-        store = make_store(f"{server.url}/{path}")
-        got = sync(store.get("responses/c/1/0", default_buffer_prototype(),
-                             RangeByteRequest(10, 30)))
-        assert got is not None and got.to_bytes() == whole[10:30]
-        gets = [r for r in server.requests if r.method == "GET"]
-        assert len(gets) == 1 and gets[0].status == 200 and gets[0].range  # no second fetch
-        server.ignore_range = False
-        server.reset()
-        got = sync(store.get("responses/c/1/0", default_buffer_prototype(),
-                             RangeByteRequest(10, 30)))
-        assert got is not None and got.to_bytes() == whole[10:30]
-        assert [r.status for r in server.requests] == [206]  # honoured: one ranged request
 
 
 def test_convert_and_demo_publish_to_s3(ned_src: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -372,7 +165,7 @@ def test_mirror_from_http(chunked: Path, tmp_path: Path) -> None:
         server.reset()
         again = nest_data.mirror(tmp_path / "copy", location=server.url, **KEYS)
         assert again.skipped == report.copied
-        assert not _chunk_requests(server.requests)
+        assert not chunk_requests(server.requests)
         # A source object that does not match its checksum aborts that entry, writes nothing.
         key = nest_data.catalog().resolve(**KEYS).path + "/responses/c/3/0"
         server.tamper(key, b"tampered")
@@ -429,7 +222,7 @@ def test_mirror_resumes_inside_an_entry(chunked: Path, tmp_path: Path) -> None:
         server.tamper(key, original)
         server.reset()
         report = nest_data.mirror(tmp_path, location=server.url, workers=1, **KEYS)
-        fetched = [r.path for r in _chunk_requests(server.requests)]
+        fetched = [r.path for r in chunk_requests(server.requests)]
     # only the object that failed is fetched again; the others were kept from the first run
     assert fetched == ["/root/" + key]
     assert report.copied == ["fmri/nsd/fwrf things sub-01 V1"]
@@ -461,68 +254,6 @@ def test_weights_and_generated_stores_on_s3(tmp_path: Path) -> None:
         generated = nest_data.open_store(url, storage_options=opts)
         np.testing.assert_allclose(generated.values, local.values, rtol=1e-5, atol=1e-6)
         assert nest_data.verify(server.url, storage_options=opts).ok
-
-
-def _read_while_clearing(args: tuple[str, str, int]) -> str:
-    """Child process: read an entry through the cache several times, or keep clearing it."""
-    import os
-
-    url, cache_dir, role = args
-    os.environ["NEST_DATA_CACHE_DIR"] = cache_dir
-    if role == 0:
-        cache = ChunkCache()
-        for _ in range(40):
-            cache.clear()
-        return "cleared"
-    digests = set()
-    for _ in range(4):
-        values = nest_data.open(location=url, cache=True, **KEYS).values
-        digests.add(hashlib.sha256(values.tobytes()).hexdigest())
-    return ",".join(sorted(digests))
-
-
-def test_cache_clear_and_eviction_never_fail_a_reader(chunked: Path, tmp_path: Path,
-                                                       monkeypatch: pytest.MonkeyPatch) -> None:
-    import multiprocessing
-
-    expected = hashlib.sha256(nest_data.open(location=str(chunked), **KEYS).values.tobytes()
-                              ).hexdigest()
-    monkeypatch.setenv("NEST_DATA_CACHE_SIZE", "60KB")  # below one entry: evicts constantly
-    with HTTPServer(latency=0.005) as server:
-        server.upload(chunked)
-        context = multiprocessing.get_context("spawn")
-        with context.Pool(4) as pool:
-            results = pool.map(_read_while_clearing,
-                               [(server.url, str(tmp_path), role) for role in range(4)])
-    assert results[0] == "cleared"
-    assert results[1:] == [expected] * 3
-
-
-def test_cache_hits_are_checked_and_damaged_entries_dropped(chunked: Path, tmp_path: Path,
-                                                            monkeypatch: pytest.MonkeyPatch,
-                                                            caplog: pytest.LogCaptureFixture
-                                                            ) -> None:
-    import logging
-
-    monkeypatch.setenv("NEST_DATA_CACHE_DIR", str(tmp_path))
-    expected = nest_data.open(location=str(chunked), **KEYS).values
-    with HTTPServer() as server:
-        server.upload(chunked)
-        first = nest_data.open(location=server.url, cache=True, **KEYS).values
-        files = sorted((tmp_path / "chunks").rglob("*"), key=lambda p: -p.stat().st_size)
-        damaged = next(p for p in files if p.is_file())
-        data = bytearray(damaged.read_bytes())
-        data[-1] ^= 0xFF  # one flipped bit that still decodes, or not: never served
-        damaged.write_bytes(bytes(data))
-        server.reset()
-        with caplog.at_level(logging.WARNING, logger="nest_data"):
-            again = nest_data.open(location=server.url, cache=True, **KEYS).values
-        assert f"cache file {damaged}" in caplog.text and "does not match its checksum" in (
-            caplog.text)
-        assert len(_chunk_requests(server.requests)) <= 1  # refetched that object only
-    np.testing.assert_array_equal(first, expected)
-    np.testing.assert_array_equal(again, expected)
-    assert hashlib.sha256(damaged.read_bytes()).hexdigest() == damaged.name  # replaced
 
 
 def test_chunk_cache_pickles_for_dask_workers(tmp_path: Path) -> None:

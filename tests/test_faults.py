@@ -1,0 +1,237 @@
+"""Fault injection: damaged, missing and tampered objects, flaky servers and a busy cache.
+
+Every fault here once gave a wrong value or a foreign error; each now gives the right bytes or
+one of nest-data's errors naming what is wrong.  The read-path faults run against every
+backend (local, memory, S3, GCS, HTTP; see ``tests/conftest.py``).  Faults of the write path
+and of bad input are tested next to the code they concern:
+
+- a target that is not our store (a user's folder, a foreign Zarr group, a file, ``/proc``)
+  and catalog paths that leave their root:
+  ``test_convert.py::test_never_replaces_what_is_not_ours``,
+  ``test_generate.py::test_never_replaces_a_users_folder``,
+  ``test_generate.py::test_destination_that_is_a_file``,
+  ``test_errors.py::test_bad_roots_and_catalogs_are_our_errors``;
+- workers of a killed parent: ``test_convert.py::test_workers_stop_when_the_parent_is_killed``;
+- output independent of the hash seed:
+  ``test_generate.py::test_output_does_not_depend_on_the_hash_seed``;
+- bad arguments: ``test_errors.py::test_bad_open_arguments_are_our_errors``,
+  ``test_encode.py::test_no_cuda_and_decompression_bombs_are_our_errors``,
+  ``test_generate.py::test_zarr_group_with_groups_where_arrays_belong``;
+- zarr's own store contract: ``test_store_contract.py``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import nest_data
+from nest_data._cache import ChunkCache
+from nest_data._storage import make_store
+from nest_data.errors import ChecksumError, MissingObjectError
+
+from .backends import (
+    KEYS,
+    Backend,
+    chunk_requests,
+    open_entry,
+    remove_object,
+    restore_object,
+)
+from .servers import HTTPServer
+
+pytest.importorskip("s3fs")
+pytest.importorskip("gcsfs")
+pytest.importorskip("aiohttp")
+
+
+class TestObjectFaults:
+    """The same faults on every backend."""
+
+    def test_verify_detects_tampered_chunk(self, backend: Backend, chunked: Path) -> None:
+        if backend.server is None:
+            pytest.skip("tampering needs a served copy (the local one is tested in "
+                        "test_convert)")
+        key = nest_data.catalog().resolve(**KEYS).path + "/responses/c/5/0"
+        original = (chunked / key).read_bytes()
+        backend.server.tamper(key, original[:-4] + b"\0\0\0\0")
+        try:
+            with pytest.raises(ChecksumError, match="object responses/c/5/0 of .* does not "
+                                                    "match its recorded checksum"):
+                _ = open_entry(backend, verify=True).isel(image=21).values
+            _ = open_entry(backend, verify=True).isel(image=0).values  # other chunks still fine
+            report = nest_data.verify(backend.url, storage_options=backend.options)
+            assert report.stores == 1
+            (problem,) = report.problems
+            assert "object responses/c/5/0 (images 20-23) has checksum" in problem.detail
+        finally:
+            backend.server.tamper(key, original)
+
+    @pytest.mark.parametrize("cache", [False, True])
+    def test_missing_object_is_an_error_not_a_fill_value(self, backend: Backend, chunked: Path,
+                                                         tmp_path: Path, cache: bool,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+        store = nest_data.catalog().resolve(**KEYS).path
+        cases = [("responses/c/1/0", r" \(images 4-7\) is missing: the store's manifest "
+                                     "lists it"),
+                 ("ncsnr/c/0", " is missing: the store's manifest lists it")]
+        for key, message in cases:
+            # A fresh cache: an object cached (verified) before it was deleted is still good.
+            monkeypatch.setenv("NEST_DATA_CACHE_DIR", str(tmp_path / key.replace("/", "-")))
+            original = (chunked / store / key).read_bytes()
+            remove_object(backend, f"{store}/{key}")
+            try:
+                for verify in (False, True):
+                    with pytest.raises(MissingObjectError, match=f"object {key} of .*{message}"):
+                        _ = open_entry(backend, verify=verify, cache=cache).values
+                report = nest_data.verify(backend.url, storage_options=backend.options)
+                assert any(f"object {key}" in p.detail and "is missing" in p.detail
+                           for p in report.problems)
+            finally:
+                restore_object(backend, f"{store}/{key}", original)
+        assert np.isfinite(open_entry(backend, cache=cache).values).all()  # whole again
+
+
+def _read_with_cache(args: tuple[str, str]) -> tuple[str, int]:
+    """Child process: read a whole entry through the shared disk cache."""
+    import os
+
+    url, cache_dir = args
+    os.environ["NEST_DATA_CACHE_DIR"] = cache_dir
+    values = nest_data.open(location=url, cache=True, **KEYS).values
+    return hashlib.sha256(values.tobytes()).hexdigest(), os.getpid()
+
+
+def test_cache_is_safe_for_concurrent_processes(chunked: Path, tmp_path: Path) -> None:
+    import multiprocessing
+
+    expected = hashlib.sha256(nest_data.open(location=str(chunked), **KEYS).values.tobytes()
+                              ).hexdigest()
+    with HTTPServer(latency=0.02) as server:
+        server.upload(chunked)
+        context = multiprocessing.get_context("spawn")
+        with context.Pool(4) as pool:
+            results = pool.map(_read_with_cache, [(server.url, str(tmp_path))] * 4)
+    assert {digest for digest, _ in results} == {expected}
+    assert len({pid for _, pid in results}) > 1
+    files = [p for p in (tmp_path / "chunks").rglob("*") if p.is_file()]
+    assert not [p for p in files if p.name.startswith(".tmp-")]  # no torn or leftover files
+    assert len(files) >= 8  # the 8 chunks of responses, at least
+    for path in files:  # every cached object is whole: its content hashes to its name
+        assert hashlib.sha256(path.read_bytes()).hexdigest() == path.name
+
+
+def test_http_faults_retry_to_correct_data(chunked: Path) -> None:
+    local = nest_data.open(location=str(chunked), **KEYS).values
+    with HTTPServer() as server:
+        server.upload(chunked)
+        server.fail_every = 3
+        da = nest_data.open(location=server.url, **KEYS)
+        np.testing.assert_array_equal(da.values, local)
+        statuses = [r.status for r in server.requests]
+        assert 503 in statuses and statuses.count(503) < len(statuses)
+        server.reset()
+        server.fail_every = 0
+        server.fail_first = 50  # more failures than retries allow
+        with pytest.raises(nest_data.RemoteReadError, match="failed 5 times .* Try again later"):
+            nest_data.open(location=server.url, **KEYS)
+
+
+def test_http_timeouts_are_retried(chunked: Path) -> None:
+    import aiohttp
+
+    local = nest_data.open(location=str(chunked), **KEYS).isel(image=0).values
+    with HTTPServer(hang_every=4, hang_seconds=3) as server:
+        server.upload(chunked)
+        options = {"client_kwargs": {"timeout": aiohttp.ClientTimeout(total=0.5)}}
+        da = nest_data.open(location=server.url, storage_options=options, **KEYS)
+        np.testing.assert_array_equal(da.isel(image=0).values, local)
+
+
+def test_http_server_ignoring_range_gives_correct_bytes(chunked: Path) -> None:
+    from zarr.abc.store import RangeByteRequest
+    from zarr.core.buffer import default_buffer_prototype
+    from zarr.core.sync import sync
+
+    path = nest_data.catalog().resolve(**KEYS).path
+    whole = (chunked / path / "responses/c/1/0").read_bytes()
+    with HTTPServer(ignore_range=True) as server:
+        server.upload(chunked)
+        store = make_store(f"{server.url}/{path}")
+        got = sync(store.get("responses/c/1/0", default_buffer_prototype(),
+                             RangeByteRequest(10, 30)))
+        assert got is not None and got.to_bytes() == whole[10:30]
+        gets = [r for r in server.requests if r.method == "GET"]
+        assert len(gets) == 1 and gets[0].status == 200 and gets[0].range  # no second fetch
+        server.ignore_range = False
+        server.reset()
+        got = sync(store.get("responses/c/1/0", default_buffer_prototype(),
+                             RangeByteRequest(10, 30)))
+        assert got is not None and got.to_bytes() == whole[10:30]
+        assert [r.status for r in server.requests] == [206]  # honoured: one ranged request
+
+
+def _read_while_clearing(args: tuple[str, str, int]) -> str:
+    """Child process: read an entry through the cache several times, or keep clearing it."""
+    import os
+
+    url, cache_dir, role = args
+    os.environ["NEST_DATA_CACHE_DIR"] = cache_dir
+    if role == 0:
+        cache = ChunkCache()
+        for _ in range(40):
+            cache.clear()
+        return "cleared"
+    digests = set()
+    for _ in range(4):
+        values = nest_data.open(location=url, cache=True, **KEYS).values
+        digests.add(hashlib.sha256(values.tobytes()).hexdigest())
+    return ",".join(sorted(digests))
+
+
+def test_cache_clear_and_eviction_never_fail_a_reader(chunked: Path, tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    import multiprocessing
+
+    expected = hashlib.sha256(nest_data.open(location=str(chunked), **KEYS).values.tobytes()
+                              ).hexdigest()
+    monkeypatch.setenv("NEST_DATA_CACHE_SIZE", "60KB")  # below one entry: evicts constantly
+    with HTTPServer(latency=0.005) as server:
+        server.upload(chunked)
+        context = multiprocessing.get_context("spawn")
+        with context.Pool(4) as pool:
+            results = pool.map(_read_while_clearing,
+                               [(server.url, str(tmp_path), role) for role in range(4)])
+    assert results[0] == "cleared"
+    assert results[1:] == [expected] * 3
+
+
+def test_cache_hits_are_checked_and_damaged_entries_dropped(chunked: Path, tmp_path: Path,
+                                                            monkeypatch: pytest.MonkeyPatch,
+                                                            caplog: pytest.LogCaptureFixture
+                                                            ) -> None:
+    import logging
+
+    monkeypatch.setenv("NEST_DATA_CACHE_DIR", str(tmp_path))
+    expected = nest_data.open(location=str(chunked), **KEYS).values
+    with HTTPServer() as server:
+        server.upload(chunked)
+        first = nest_data.open(location=server.url, cache=True, **KEYS).values
+        files = sorted((tmp_path / "chunks").rglob("*"), key=lambda p: -p.stat().st_size)
+        damaged = next(p for p in files if p.is_file())
+        data = bytearray(damaged.read_bytes())
+        data[-1] ^= 0xFF  # one flipped bit that still decodes, or not: never served
+        damaged.write_bytes(bytes(data))
+        server.reset()
+        with caplog.at_level(logging.WARNING, logger="nest_data"):
+            again = nest_data.open(location=server.url, cache=True, **KEYS).values
+        assert f"cache file {damaged}" in caplog.text and "does not match its checksum" in (
+            caplog.text)
+        assert len(chunk_requests(server.requests)) <= 1  # refetched that object only
+    np.testing.assert_array_equal(first, expected)
+    np.testing.assert_array_equal(again, expected)
+    assert hashlib.sha256(damaged.read_bytes()).hexdigest() == damaged.name  # replaced
+
