@@ -12,13 +12,14 @@ import numpy as np
 import xarray as xr
 import zarr
 import zarr.api.asynchronous
-from dask.base import is_dask_collection
+from dask.base import is_dask_collection, tokenize
 from zarr.core.sync import sync
 
 from nest_data import _config
 from nest_data._cache import ChunkCache
 from nest_data._catalog import Catalog, Entry
 from nest_data._catalog import catalog as default_catalog
+from nest_data._reader import dask_array, shard_reader
 from nest_data._storage import NestStore, is_local, join, make_store, quiet_consolidated
 from nest_data._store import AUX_GROUP, DATA_VAR, read_store_attrs
 from nest_data._surface import ROI_AUX_PREFIX
@@ -249,20 +250,30 @@ def _open_url(
                        verify=_config.flag(verify, _config.ENV_VERIFY))
     meta = read_store_attrs(store)
     store = store.with_manifest(meta.get("objects", {}), int(meta.get("chunk_rows") or 0))
-    if chunks is None:
-        chunks = {}
-        if not is_local(url) and group is None and meta.get("chunk_rows"):
-            # Several stored chunks per dask task: zarr fetches them concurrently, which
-            # hides request latency (benchmarks/remote.py: 2.2x faster full scans at 50 ms).
-            chunks = {"image": int(meta["chunk_rows"]) * REMOTE_CHUNKS_PER_TASK}
+    # One shard per dask task locally; several remotely, fetched concurrently, which hides
+    # request latency (benchmarks/remote.py: 2.2x faster full scans at 50 ms).
+    per_task = 1 if is_local(url) else REMOTE_CHUNKS_PER_TASK
+    reader = shard_reader(store, url, DATA_VAR) if group is None else None
+    xr_chunks = dict(chunks or {})
+    if reader is not None:
+        xr_chunks = {}  # labels in one chunk each; responses read through ``reader``, below
+    elif chunks is None and group is None and meta.get("chunk_rows") and per_task > 1:
+        xr_chunks = {"image": int(meta["chunk_rows"]) * per_task}
     with quiet_consolidated():
         ds = xr.open_zarr(store, group=group, consolidated=True, zarr_format=3,
-                          chunks=dict(chunks), create_default_indexes=load_labels)
+                          chunks=xr_chunks, create_default_indexes=load_labels)
     store.n_images = int(ds.sizes.get("image", 0))
-    unknown = sorted(set(chunks) - set(ds.dims))
+    unknown = sorted(set(chunks or {}) - set(ds.dims))
     if unknown:
         raise InputError(f"chunks= names {unknown}, which are not dimensions of {url}; its "
                          f"dimensions are {', '.join(map(str, ds.dims))}")
+    if reader is not None:
+        dims = ds[DATA_VAR].dims
+        shard = reader.layout.shard
+        spec = tuple((chunks or {}).get(dim, shard[i] * (per_task if i == 0 else 1))
+                     for i, dim in enumerate(dims))
+        token = tokenize(reader, spec, meta.get("checksums", {}).get(DATA_VAR))
+        ds[DATA_VAR] = ds[DATA_VAR].copy(data=dask_array(reader, spec, token))
     # Coordinates are small (one chunk each) and needed for label-based selection
     # (``da.where(da.ncsnr > 0.5)``, ``da.concept == "dog"``): read them all at once, in one
     # concurrent batch (a remote store answers them in about one round trip).

@@ -199,14 +199,22 @@ def test_store_layout(collection: Path) -> None:
     group = zarr.open_group(path, mode="r")
     array = group["responses"]
     assert group.metadata.zarr_format == 3
-    assert array.chunks == (30, 1350)  # one chunk for 30 images, all voxels in it
-    (codec,) = array.compressors
+    assert array.shards == (30, 1350)  # one shard (one object) for 30 images, all voxels
+    assert array.chunks == (30, 1350)  # inner chunks: up to 512 KiB (97 rows), dividing 30
+    codec, crc = array.compressors
     assert (type(codec).__name__, codec.cname.value, codec.shuffle.value) == (
         "BloscCodec", "lz4", "shuffle")
+    assert type(crc).__name__ == "Crc32cCodec"
+    assert array.metadata.codecs[0].index_location.value == "end"
+    assert meta_of(group)["format_version"] == 2
     assert type(group["ncsnr"].compressors[0]).__name__ == "ZstdCodec"
     assert group.metadata.consolidated_metadata is not None
     meta = group.attrs["nest_data"]
     assert meta["complete"] and set(meta["checksums"]) >= {"responses", "ncsnr", "i", "x"}
+
+
+def meta_of(group: zarr.Group) -> dict:
+    return dict(group.attrs["nest_data"])
 
 
 def test_both_root_folder_names_are_found(tmp_path: Path) -> None:

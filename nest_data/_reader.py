@@ -1,0 +1,593 @@
+"""The direct read path of ``responses``: shards read whole or by inner chunk, checked, decoded.
+
+Stores of format 2 keep ``responses`` in Zarr shards (one object of about 8 MB per block of
+images) that hold inner chunks of at most 512 KB, each Blosc-compressed and followed by its
+CRC-32C; the shard's index of chunk offsets, with its own CRC-32C, ends the object
+(``sharding_indexed``, index at the end).  zarr reads this layout correctly but slowly (every
+inner chunk takes a trip through its event loop and a copy); :class:`ShardReader` reads it the
+way a scan needs:
+
+- a block of images that covers whole shards costs one read per shard (a local file read into
+  a reused buffer, or one request), and each inner chunk is decoded straight into the result;
+- a few images cost two requests to a remote store: the index, then the byte range of the
+  inner chunks that hold them;
+- every inner chunk and every index is checked against its CRC-32C on every read, so damage
+  is an error naming the object and the images, never a plausible value;
+- the store's other checks stay in force: an object the manifest lists but the storage lacks
+  is :class:`~nest_data.errors.MissingObjectError`, and ``verify``/``cache`` read whole
+  objects through :class:`~nest_data._storage.NestStore`.
+
+Stores in another layout (format 1, or foreign codecs) are read through zarr, unchanged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import json
+import os
+import threading
+import weakref
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import crc32c
+import numpy as np
+from numcodecs import Blosc
+from zarr.abc.store import RangeByteRequest, SuffixByteRequest
+from zarr.core.buffer import default_buffer_prototype
+from zarr.core.sync import sync
+
+from nest_data._storage import NestStore, is_local, local_path
+from nest_data.errors import ChecksumError, MissingObjectError, StoreFormatError
+
+__all__ = ["ShardReader", "dask_array", "shard_reader", "weighted_sums"]
+
+_EMPTY = np.uint64(2**64 - 1)  # offset and length of an inner chunk that was never written
+_INDEX_ENTRY = 16  # bytes per inner chunk in a shard index: offset and length, uint64 each
+_CRC = 4
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Geometry of a sharded array whose shards split only along the first axis."""
+
+    shape: tuple[int, ...]
+    dtype: np.dtype[Any]
+    shard: tuple[int, ...]  # shape of one shard (one stored object)
+    inner_rows: int  # images per inner chunk (inner chunks span the shard's other axes)
+    fill_value: float
+    compressed: bool  # Blosc-compressed inner chunks (else raw little-endian bytes)
+
+    @property
+    def n_inner(self) -> int:
+        return self.shard[0] // self.inner_rows
+
+    @property
+    def index_bytes(self) -> int:
+        return self.n_inner * _INDEX_ENTRY + _CRC
+
+
+def layout_of(array_meta: Mapping[str, Any]) -> Layout | None:
+    """The layout of a ``responses`` array's metadata, or None if the direct path cannot read it.
+
+    Readable: ``sharding_indexed`` with the index at the end, inner chunks spanning the shard
+    along every axis but the first, codecs ``bytes`` (little-endian), ``blosc``, ``crc32c``,
+    index codecs ``bytes`` (little-endian), ``crc32c``, and the default chunk key encoding.
+    """
+    try:
+        (codec,) = array_meta["codecs"]
+        config = codec["configuration"]
+        shard = tuple(int(n) for n in array_meta["chunk_grid"]["configuration"]["chunk_shape"])
+        inner = tuple(int(n) for n in config["chunk_shape"])
+        names = [c["name"] for c in config["codecs"]]
+        index_names = [c["name"] for c in config["index_codecs"]]
+        little = all(c.get("configuration", {}).get("endian", "little") == "little"
+                     for c in (*config["codecs"], *config["index_codecs"])
+                     if c["name"] == "bytes")
+        encoding = array_meta.get("chunk_key_encoding", {"name": "default"})
+        readable = (codec["name"] == "sharding_indexed"
+                    and config.get("index_location", "end") == "end"
+                    and names in (["bytes", "blosc", "crc32c"], ["bytes", "crc32c"])
+                    and index_names == ["bytes", "crc32c"] and little
+                    and inner[1:] == shard[1:] and shard[0] % inner[0] == 0
+                    and encoding.get("name") == "default"
+                    and encoding.get("configuration", {}).get("separator", "/") == "/")
+    except (KeyError, TypeError, ValueError):
+        return None
+    if not readable:
+        return None
+    fill = array_meta.get("fill_value")
+    return Layout(shape=tuple(int(n) for n in array_meta["shape"]),
+                  dtype=np.dtype(array_meta["data_type"]).newbyteorder("<"), shard=shard,
+                  inner_rows=inner[0],
+                  fill_value=float("nan") if fill in (None, "NaN") else float(fill),
+                  compressed="blosc" in names)
+
+
+def shard_reader(store: NestStore, url: str, array_path: str) -> ShardReader | None:
+    """A :class:`ShardReader` for ``array_path`` of an opened store, if its layout allows."""
+    root = sync(store.get("zarr.json", default_buffer_prototype()))
+    if root is None:
+        return None
+    try:
+        meta = json.loads(root.to_bytes())["consolidated_metadata"]["metadata"][array_path]
+    except (KeyError, TypeError, ValueError):
+        return None
+    layout = layout_of(meta)
+    if layout is None:
+        return None
+    return ShardReader(store, url, array_path, layout)
+
+
+@dataclass
+class _Piece:
+    """Inner chunks ``first..last`` of one shard, and where their rows go in the result."""
+
+    key: str
+    shard_row: int  # first image of the shard
+    first: int
+    last: int  # inclusive
+    rows: slice  # rows of the selection inside the shard (shard coordinates)
+    cols: tuple[slice, ...]  # selection along the other axes, in shard coordinates
+    out: tuple[slice, ...]  # where those values go in the result
+
+
+class ShardReader:
+    """A lazily read ``responses`` array: ``reader[key]`` reads only the shards it needs.
+
+    Indexable with a tuple of slices (what :func:`dask.array.from_array` passes), so each dask
+    task reads its own block of images, and a selection fused into the task (one image) reads
+    only the inner chunks it covers.
+
+    Parameters
+    ----------
+    store : NestStore
+        The store, with its manifest (for missing objects, ``verify`` and ``cache``).
+    url : str
+        The store's URL (local folder or remote).
+    array_path : str
+        Path of the array inside the store (``responses``).
+    layout : Layout
+        Its geometry, from :func:`layout_of`.
+    """
+
+    def __init__(self, store: NestStore, url: str, array_path: str, layout: Layout) -> None:
+        self.store = store
+        self.url = url
+        self.array_path = array_path
+        self.layout = layout
+        self.shape = layout.shape
+        self.dtype = layout.dtype
+        self.ndim = len(layout.shape)
+        self._folder = local_path(url) if is_local(url) else None
+        self._local = threading.local()
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        del state["_local"]
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._local = threading.local()
+
+    def __repr__(self) -> str:
+        return f"ShardReader({self.url!r}, {self.array_path!r}, shape={self.shape})"
+
+    def __dask_tokenize__(self) -> tuple[Any, ...]:
+        return (type(self).__name__, self.url, self.array_path, self.layout,
+                self.store.verify, self.store.cache is not None,
+                self.store.manifest.get(f"{self.array_path}/zarr.json"))
+
+    # -- planning ------------------------------------------------------------------------
+
+    def __getitem__(self, key: Any) -> np.ndarray:
+        box, then = _bounding_box(key, self.shape)
+        out = np.empty(tuple(s.stop - s.start for s in box), dtype=self.dtype)
+        if out.size:
+            self._read(self._plan(box), functools.partial(self._decode, out=out))
+        return out[then]
+
+    def weighted_sum(self, rows: slice, weights: np.ndarray) -> np.ndarray:
+        """``values[rows] @ weights`` over all other axes, without materialising the rows.
+
+        Each inner chunk is decoded into a reused buffer and reduced with one float32
+        matrix-vector product (BLAS); the result is float64.  For stores without NaN.
+
+        Parameters
+        ----------
+        rows : slice
+            Images (step 1).
+        weights : numpy.ndarray
+            One weight per value of a row (``shape[1:]``).
+
+        Returns
+        -------
+        numpy.ndarray
+            float64, one value per image.
+        """
+        if not isinstance(rows, slice) or rows.step not in (None, 1):
+            raise TypeError(f"weighted_sum takes a slice of images with step 1, got {rows!r}")
+        lo, hi = rows.indices(self.shape[0])[:2]
+        box = (slice(lo, hi), *(slice(0, n) for n in self.shape[1:]))
+        out = np.zeros(max(0, hi - lo), dtype=np.float64)
+        w = np.ascontiguousarray(weights, dtype=self.dtype).reshape(self.shape[1:])
+        if out.size:
+            self._read(self._plan(box), functools.partial(self._weigh, out=out, weights=w))
+        return out
+
+    def _read(self, pieces: Sequence[_Piece], sink: Callable[..., None]) -> None:
+        """Hand ``(piece, source, index)`` of every piece to ``sink``, in turn.
+
+        Local files are read one inner chunk at a time into a reused buffer, so checking,
+        decoding and reducing a chunk work on bytes still in the CPU cache; remote objects
+        (and any read with ``verify`` or ``cache``) are fetched through the store,
+        concurrently.
+        """
+        if self._folder is not None and not (self.store.verify or self.store.cache is not None):
+            for piece in pieces:
+                path = os.path.join(self._folder, piece.key)
+                try:
+                    fd = os.open(path, os.O_RDONLY)
+                except FileNotFoundError:
+                    raise MissingObjectError(self.store._missing(piece.key)) from None
+                try:
+                    size = os.fstat(fd).st_size
+                    tail = _pread(fd, max(0, size - self.layout.index_bytes), size, piece.key)
+                    sink(piece, _LocalFile(fd, size, piece.key, self._buffer),
+                         self._index(piece, tail))
+                finally:
+                    os.close(fd)
+            return
+        for piece, (data, base, index) in zip(pieces, sync(self._fetch_all(pieces)),
+                                              strict=True):
+            sink(piece, _InMemory(data, base), index)
+
+    def _plan(self, box: tuple[slice, ...]) -> list[_Piece]:
+        lay = self.layout
+        pieces: list[_Piece] = []
+        rows = box[0]
+        col_ranges = [_shard_ranges(s, lay.shard[d + 1]) for d, s in enumerate(box[1:])]
+        for s_row, r_lo, r_hi in _shard_ranges(rows, lay.shard[0]):
+            first, last = r_lo // lay.inner_rows, (r_hi - 1) // lay.inner_rows
+            for combo in _product(col_ranges):
+                key = "/".join([self.array_path, "c", str(s_row),
+                                *(str(c[0]) for c in combo)])
+                cols = tuple(slice(lo, hi) for _, lo, hi in combo)
+                out_cols = tuple(
+                    slice(c * lay.shard[d + 1] + lo - box[d + 1].start,
+                          c * lay.shard[d + 1] + hi - box[d + 1].start)
+                    for d, (c, lo, hi) in enumerate(combo))
+                out_rows = slice(s_row * lay.shard[0] + r_lo - rows.start,
+                                 s_row * lay.shard[0] + r_hi - rows.start)
+                pieces.append(_Piece(key, s_row * lay.shard[0], first, last,
+                                     slice(r_lo, r_hi), cols, (out_rows, *out_cols)))
+        return pieces
+
+    def _whole(self, piece: _Piece) -> bool:
+        """Whether a piece needs every inner chunk of its shard that holds images."""
+        valid = -(-min(self.layout.shard[0], self.shape[0] - piece.shard_row)
+                  // self.layout.inner_rows)
+        return piece.first == 0 and piece.last >= valid - 1
+
+    # -- reading -------------------------------------------------------------------------
+
+    async def _fetch_all(self, pieces: Sequence[_Piece]
+                         ) -> list[tuple[memoryview, int, np.ndarray]]:
+        """Fetch every piece through the store, concurrently (remote, cache or verify)."""
+        return list(await asyncio.gather(*(self._fetch(p) for p in pieces)))
+
+    async def _fetch(self, piece: _Piece) -> tuple[memoryview, int, np.ndarray]:
+        proto = default_buffer_prototype()
+        store = self.store
+        partial = not (self._whole(piece) or store.verify or store.cache is not None)
+        if not partial:
+            buffer = await store.get(piece.key, proto)
+            if buffer is None:
+                raise MissingObjectError(store._missing(piece.key))
+            data = memoryview(buffer.to_bytes())
+            return data, 0, self._index(piece, data[-self.layout.index_bytes:])
+        tail = await store.get(piece.key, proto, SuffixByteRequest(self.layout.index_bytes))
+        if tail is None:
+            raise MissingObjectError(store._missing(piece.key))
+        index = self._index(piece, memoryview(tail.to_bytes()))
+        lo, hi = self._span(piece, index, None)
+        part = await store.get(piece.key, proto, RangeByteRequest(lo, hi))
+        if part is None:
+            raise MissingObjectError(store._missing(piece.key))
+        return memoryview(part.to_bytes()), lo, index
+
+    def _buffer(self, name: str, size: int) -> memoryview:
+        """A per-thread reusable byte buffer of at least ``size`` bytes."""
+        buf = getattr(self._local, name, None)
+        if buf is None or len(buf) < size:
+            buf = bytearray(max(size, 1))
+            setattr(self._local, name, buf)
+        return memoryview(buf)[:size]
+
+    # -- checking and decoding -----------------------------------------------------------
+
+    def _where(self, piece: _Piece, first: int | None = None, last: int | None = None) -> str:
+        inner = self.layout.inner_rows
+        lo = piece.shard_row + (first or 0) * inner
+        hi = piece.shard_row + ((last + 1) * inner if last is not None else self.layout.shard[0])
+        hi = min(hi, self.shape[0])
+        return f"object {piece.key} of {self.url} (images {lo}-{hi - 1})"
+
+    def _damaged(self, piece: _Piece, what: str, first: int | None = None,
+                 last: int | None = None) -> ChecksumError:
+        return ChecksumError(
+            f"{self._where(piece, first, last)}: {what}. Its bytes changed after the store "
+            "was written (on disk, in transit or in a cache); nothing was read in its place. "
+            "Re-mirror or re-convert this entry, and run `nest-data verify` on its root.")
+
+    def _index(self, piece: _Piece, tail: memoryview) -> np.ndarray:
+        """The shard index (offset, length per inner chunk), checked against its CRC-32C."""
+        n = self.layout.n_inner
+        if len(tail) != self.layout.index_bytes:
+            raise self._damaged(piece, f"it is too short to hold its index ({len(tail)} "
+                                       f"bytes at its end, {self.layout.index_bytes} needed)")
+        body, crc = tail[:-_CRC], bytes(tail[-_CRC:])
+        if _crc32c(body) != crc:
+            raise self._damaged(piece, "its index of inner chunks fails its CRC-32C check")
+        return np.frombuffer(body, dtype="<u8").reshape(n, 2)
+
+    def _span(self, piece: _Piece, index: np.ndarray, size: int | None) -> tuple[int, int]:
+        """The byte range holding inner chunks ``first..last`` of a piece."""
+        used = index[piece.first:piece.last + 1]
+        used = used[used[:, 0] != _EMPTY]
+        if not len(used):
+            return 0, 0
+        lo, hi = int(used[:, 0].min()), int((used[:, 0] + used[:, 1]).max())
+        if size is not None and hi > size:
+            raise self._damaged(piece, f"its index points past its end ({hi} > {size} bytes)")
+        return lo, hi
+
+    def _inner(self, piece: _Piece, source: _Source, index: np.ndarray, i: int,
+               target: np.ndarray) -> np.ndarray | None:
+        """Check inner chunk ``i`` and return its values; None if it was never written.
+
+        Compressed chunks are decoded into ``target``; raw ones are returned as a view of
+        ``data`` (no copy).
+        """
+        offset, length = (int(v) for v in index[i])
+        if np.uint64(offset) == _EMPTY:
+            return None
+        chunk = source.bytes(offset, length) if length >= _CRC else None
+        if chunk is None:
+            raise self._damaged(piece, f"its index places inner chunk {i} outside the object",
+                                i, i)
+        if _crc32c(chunk[:-_CRC]) != bytes(chunk[-_CRC:]):
+            raise self._damaged(piece, f"inner chunk {i} fails its CRC-32C check", i, i)
+        if not self.layout.compressed:
+            if length - _CRC != target.nbytes:
+                raise self._damaged(piece, f"inner chunk {i} holds {length - _CRC} bytes, not "
+                                           f"{target.nbytes}", i, i)
+            return np.frombuffer(chunk[:-_CRC], dtype=self.dtype).reshape(target.shape)
+        try:
+            _BLOSC.decode(chunk[:-_CRC], out=target)
+        except Exception as exc:  # a chunk that passed its CRC but is no Blosc frame
+            raise StoreFormatError(
+                f"{self._where(piece, i, i)}: inner chunk {i} passes its CRC-32C but does not "
+                f"decode as Blosc ({exc}); the store was written by other software. "
+                "Re-convert this entry with nest-data.") from exc
+        return target
+
+    def _rows(self, piece: _Piece, i: int) -> tuple[slice, slice]:
+        """Rows of inner chunk ``i`` that a piece needs: within the chunk, and in the result."""
+        inner = self.layout.inner_rows
+        first = i * inner
+        lo, hi = max(piece.rows.start, first), min(piece.rows.stop, first + inner)
+        shift = piece.out[0].start - piece.rows.start
+        return slice(lo - first, hi - first), slice(lo + shift, hi + shift)
+
+    def _decode(self, piece: _Piece, source: _Source, index: np.ndarray, *,
+                out: np.ndarray) -> None:
+        """Decode inner chunks ``first..last`` of a piece into their place in ``out``."""
+        lay = self.layout
+        full_cols = all(c.start == 0 and c.stop == n
+                        for c, n in zip(piece.cols, lay.shard[1:], strict=True))
+        for i in range(piece.first, piece.last + 1):
+            rows, dest_rows = self._rows(piece, i)
+            dest = out[(dest_rows, *piece.out[1:])]
+            direct = (rows.start == 0 and rows.stop == lay.inner_rows and full_cols
+                      and dest.flags.c_contiguous)
+            values = self._inner(piece, source, index, i, dest if direct else self._scratch())
+            if values is None:
+                dest[...] = lay.fill_value
+            elif values is not dest:
+                dest[...] = values if direct else values[(rows, *piece.cols)]
+
+    def _weigh(self, piece: _Piece, source: _Source, index: np.ndarray, *,
+               out: np.ndarray, weights: np.ndarray) -> None:
+        """Add each needed row of a piece, dotted with its weights, to ``out``."""
+        w = weights[piece.out[1:]].reshape(-1)
+        scratch = self._scratch()
+        for i in range(piece.first, piece.last + 1):
+            rows, dest_rows = self._rows(piece, i)
+            values = self._inner(piece, source, index, i, scratch)
+            if values is None:
+                out[dest_rows] += float(self.layout.fill_value) * float(w.sum())
+                continue
+            block = values[(rows, *piece.cols)].reshape(rows.stop - rows.start, -1)
+            out[dest_rows] += block @ w
+
+    def _scratch(self) -> np.ndarray:
+        """A per-thread reused array of one inner chunk's shape."""
+        shape = (self.layout.inner_rows, *self.layout.shard[1:])
+        nbytes = int(np.prod(shape)) * self.dtype.itemsize
+        return np.frombuffer(self._buffer("scratch", nbytes), dtype=self.dtype).reshape(shape)
+
+
+_BLOSC = Blosc()
+
+
+class _Source(Protocol):
+    def bytes(self, offset: int, length: int) -> memoryview | None:
+        """Bytes ``offset..offset+length`` of the object, or None if it has no such bytes."""
+
+
+class _InMemory:
+    """Bytes of an object fetched into memory, from byte ``base`` of the object on."""
+
+    def __init__(self, data: memoryview, base: int) -> None:
+        self.data, self.base = data, base
+
+    def bytes(self, offset: int, length: int) -> memoryview | None:
+        start = offset - self.base
+        if start < 0 or start + length > len(self.data):
+            return None
+        return self.data[start:start + length]
+
+
+class _LocalFile:
+    """An open local object, read one range at a time into a reused per-thread buffer."""
+
+    def __init__(self, fd: int, size: int, key: str,
+                 buffer: Callable[[str, int], memoryview]) -> None:
+        self.fd, self.size, self.key, self.buffer = fd, size, key, buffer
+
+    def bytes(self, offset: int, length: int) -> memoryview | None:
+        if offset < 0 or offset + length > self.size:
+            return None
+        data = self.buffer("chunk", length)
+        _pread_into(self.fd, data, offset, self.key)
+        return data
+# The reader behind each dask array that ``dask_array`` made, by the array's name: any
+# operation on the array makes a new name, so a hit means the array is the stored values.
+_READERS: weakref.WeakValueDictionary[str, ShardReader] = weakref.WeakValueDictionary()
+
+
+def dask_array(reader: ShardReader, chunks: tuple[int, ...], token: str) -> Any:
+    """The stored array as a dask array whose tasks read through ``reader``.
+
+    A selection fused into a task (``da.isel(image=3)``) reaches ``reader`` as a narrow
+    slice, so it reads only the inner chunks it needs.
+    """
+    import dask.array
+
+    name = f"{reader.array_path}-{token}"
+    # fancy=True: dask then fuses a selection into the reading task (with fancy=False it
+    # reads whole blocks and selects after)
+    array = dask.array.from_array(reader, chunks=chunks, name=name, asarray=False, lock=False,
+                                  fancy=True,
+                                  meta=np.empty((0,) * reader.ndim, dtype=reader.dtype))
+    _READERS[array.name] = reader
+    return array
+
+
+def weighted_sums(array: Any, weights: np.ndarray) -> Any | None:
+    """``array @ weights`` over all axes but the first, fused with the reads; or None.
+
+    None unless ``array`` is exactly a dask array made by :func:`dask_array` (no selection
+    or other operation applied): each task then decodes its images one inner chunk at a
+    time into a reused buffer and reduces it there (:meth:`ShardReader.weighted_sum`).
+    """
+    reader = _READERS.get(getattr(array, "name", ""))
+    if reader is None or tuple(array.shape) != reader.shape:
+        return None
+    import dask.array
+
+    index = dask.array.arange(reader.shape[0], chunks=(array.chunks[0],))
+    return index.map_blocks(_weighted_block, reader=reader, weights=weights, dtype=np.float64,
+                            meta=np.empty((0,), dtype=np.float64))
+
+
+def _weighted_block(index: np.ndarray, *, reader: ShardReader, weights: np.ndarray
+                    ) -> np.ndarray:
+    if not index.size:
+        return np.zeros(0, dtype=np.float64)
+    return reader.weighted_sum(slice(int(index[0]), int(index[-1]) + 1), weights)
+
+
+def _crc32c(data: memoryview) -> bytes:
+    # the crc32c package releases the GIL on large buffers, so threads check in parallel
+    return int(crc32c.crc32c(data)).to_bytes(4, "little")
+
+
+def _pread(fd: int, lo: int, hi: int, key: str) -> memoryview:
+    data = memoryview(bytearray(hi - lo))
+    _pread_into(fd, data, lo, key)
+    return data
+
+
+def _pread_into(fd: int, data: memoryview, offset: int, key: str) -> None:
+    done = 0
+    while done < len(data):
+        n = os.preadv(fd, [data[done:]], offset + done)
+        if n == 0:
+            raise ChecksumError(f"object {key} ended after {offset + done} bytes while "
+                                f"{offset + len(data)} were expected; it was truncated")
+        done += n
+
+
+def _bounding_box(key: Any, shape: tuple[int, ...]) -> tuple[tuple[slice, ...], tuple[Any, ...]]:
+    """The box of values a NumPy-style key touches, and the key to apply to that box.
+
+    Slices (any positive step), integers and integer arrays are accepted: what dask passes
+    (``from_array`` fuses a selection such as ``da[3]`` into a task as ``(3, slice(...))``).
+
+    Examples
+    --------
+    >>> _bounding_box((3, slice(2, 9, 3)), (10, 10))
+    ((slice(3, 4, None), slice(2, 9, None)), (0, slice(None, None, 3)))
+    """
+    key = key if isinstance(key, tuple) else (key,)
+    if any(k is Ellipsis for k in key):
+        i = next(n for n, k in enumerate(key) if k is Ellipsis)
+        key = key[:i] + (slice(None),) * (len(shape) - len(key) + 1) + key[i + 1:]
+    key = key + (slice(None),) * (len(shape) - len(key))
+    if len(key) != len(shape):
+        raise IndexError(f"too many indices for an array of shape {shape}: {key!r}")
+    box: list[slice] = []
+    then: list[Any] = []
+    for k, n in zip(key, shape, strict=True):
+        if isinstance(k, slice):
+            if (k.step or 1) < 0:
+                raise IndexError(f"negative steps are not supported here: {k!r}")
+            lo, hi, step = k.indices(n)
+            hi = max(lo, hi)
+            box.append(slice(lo, hi))
+            then.append(slice(None, None, step if step != 1 else None))
+        elif isinstance(k, (int, np.integer)):
+            i = int(k) + n if k < 0 else int(k)
+            if not 0 <= i < n:
+                raise IndexError(f"index {k} is out of bounds for an axis of size {n}")
+            box.append(slice(i, i + 1))
+            then.append(0)
+        else:
+            picks = np.asarray(k)
+            if picks.dtype == bool:
+                picks = np.flatnonzero(picks)
+            picks = np.where(picks < 0, picks + n, picks).astype(np.int64)
+            if picks.size and not (0 <= picks.min() and picks.max() < n):
+                raise IndexError(f"indices {k!r} are out of bounds for an axis of size {n}")
+            lo = int(picks.min()) if picks.size else 0
+            box.append(slice(lo, int(picks.max()) + 1 if picks.size else 0))
+            then.append(picks - lo)
+    arrays = [t for t in then if isinstance(t, np.ndarray)]
+    if len(arrays) > 1:  # NumPy would broadcast several index arrays: take them one by one
+        raise IndexError("one integer-array index at a time is supported here")
+    return tuple(box), tuple(then)
+
+
+def _shard_ranges(sel: slice, size: int) -> list[tuple[int, int, int]]:
+    """``(shard, lo, hi)`` per shard that ``sel`` (step 1) touches, in shard coordinates."""
+    out = []
+    start, stop = sel.start, sel.stop
+    shard = start // size
+    while start < stop:
+        hi = min(stop, (shard + 1) * size)
+        out.append((shard, start - shard * size, hi - shard * size))
+        start, shard = hi, shard + 1
+    return out
+
+
+def _product(ranges: list[list[tuple[int, int, int]]]) -> list[tuple[tuple[int, int, int], ...]]:
+    combos: list[tuple[tuple[int, int, int], ...]] = [()]
+    for options in ranges:
+        combos = [(*c, o) for c in combos for o in options]
+    return combos
+

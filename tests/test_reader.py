@@ -1,0 +1,238 @@
+"""The direct read path of sharded ``responses``: values, checks, requests and bytes."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import zarr
+
+import nest_data
+from nest_data._open import _open_url
+from nest_data._reader import ShardReader, layout_of, shard_reader, weighted_sums
+from nest_data._storage import make_store, quiet_consolidated
+from nest_data._store import DATA_VAR, EntryData, object_digests, write_entry
+from nest_data.errors import ChecksumError, MissingObjectError
+
+from .servers import HTTPServer
+
+LATERAL_VOXELS = 7799  # things sub-01 "lateral": the largest fMRI entry's row
+
+
+def _entry(values: np.ndarray, dims: tuple[str, ...], chunks: tuple[int, ...] | None = None,
+           ) -> EntryData:
+    coords = {"ncsnr": ((dims[1],), np.linspace(0, 1, values.shape[1], dtype="f4"), {})}
+    return EntryData(dims=dims, shape=values.shape, read_rows=lambda a, b: values[a:b],
+                     coords=coords if len(dims) == 2 else {},
+                     attrs={"modality": "fmri" if len(dims) == 2 else "eeg"}, keys={},
+                     chunks=chunks)
+
+
+def _write(root: Path, values: np.ndarray, dims: tuple[str, ...], chunk_bytes: int,
+           chunks: tuple[int, ...] | None = None) -> str:
+    write_entry(_entry(values, dims, chunks), root, "x.zarr", chunk_bytes=chunk_bytes)
+    return str(root / "x.zarr")
+
+
+def _open(url: str, **kw: Any) -> Any:
+    return _open_url(url, {}, kw.pop("chunks", None), None, cache=kw.pop("cache", None),
+                     verify=kw.pop("verify", None), load_labels=True)[DATA_VAR]
+
+
+LAYOUTS = {  # values, dims, shard bytes, inner-chunk bytes, chunks after the image axis
+    # voxels: shards of 24 images in inner chunks of 4; a partial last shard
+    "voxel": (np.arange(70 * 125, dtype="f4").reshape(70, 125) / 7, ("image", "voxel"),
+              24 * 125 * 4, 2048, None),
+    # surface: shards of 16 images x 64 vertices, so a row spans 3 shards (last partial)
+    "vertex": (np.arange(50 * 150, dtype="f4").reshape(50, 150) / 3, ("image", "vertex"),
+               16 * 64 * 4, 2048, (64,)),
+    # EEG: 4-D rows; shards of 8 images in inner chunks of 4
+    "eeg": (np.arange(21 * 2 * 3 * 5, dtype="f4").reshape(21, 2, 3, 5) - 50,
+            ("image", "repetition", "channel", "time"), 8 * 30 * 4, 512, None),
+}
+
+
+@pytest.fixture(params=sorted(LAYOUTS))
+def stored(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+           ) -> tuple[str, np.ndarray]:
+    values, dims, chunk_bytes, inner_bytes, chunks = LAYOUTS[request.param]
+    monkeypatch.setattr("nest_data._store.INNER_CHUNK_BYTES", inner_bytes)
+    return _write(tmp_path, values, dims, chunk_bytes, chunks), values
+
+
+def test_layout_has_several_inner_chunks_per_shard(stored: tuple[str, np.ndarray]) -> None:
+    url, values = stored
+    meta = json.loads((Path(url) / DATA_VAR / "zarr.json").read_text())
+    layout = layout_of(meta)
+    assert layout is not None and layout.n_inner > 1
+    assert layout.shape == values.shape and layout.shard[0] % layout.inner_rows == 0
+
+
+def test_selections_equal_zarr_and_source(stored: tuple[str, np.ndarray]) -> None:
+    url, values = stored
+    da = _open(url)
+    assert isinstance(da.variable._data, type(da.data))  # dask-backed
+    reference = zarr.open_array(url, path=DATA_VAR, mode="r")
+    n = values.shape[0]
+    rng = np.random.default_rng(0)
+    keys: list[Any] = [np.s_[...], np.s_[0], np.s_[n - 1], np.s_[3:5], np.s_[1:n - 1:3]]
+    for _ in range(20):
+        lo = int(rng.integers(0, n - 1))
+        hi = int(rng.integers(lo + 1, n + 1))
+        cols = tuple(slice(int(a), int(a) + int(b)) for a, b in
+                     ((rng.integers(0, m), rng.integers(1, m + 1)) for m in values.shape[1:]))
+        keys.append((slice(lo, hi), *cols))
+    for key in keys:
+        np.testing.assert_array_equal(da[key].values, values[key])
+        np.testing.assert_array_equal(reference[key], values[key])
+    picks = rng.permutation(n)[:7]
+    np.testing.assert_array_equal(da.isel(image=picks).values, values[picks])
+    np.testing.assert_array_equal(_open(url, chunks={"image": 5}).values, values)
+
+
+def test_weighted_sums_equal_numpy(stored: tuple[str, np.ndarray]) -> None:
+    url, values = stored
+    da = _open(url, chunks={"image": 7})
+    weights = np.random.default_rng(1).random(values.shape[1:])
+    fused = weighted_sums(da.data, weights)
+    assert fused is not None and fused.chunks == (da.data.chunks[0],)
+    expected = values.reshape(len(values), -1).astype("f8") @ weights.reshape(-1)
+    np.testing.assert_allclose(fused.compute(), expected, rtol=2e-6)
+    assert weighted_sums(da.isel(image=slice(1, None)).data, weights) is None  # not stored
+    assert weighted_sums(da.data + 1, weights) is None
+
+
+def test_roi_mean_fused_equals_generic(tmp_path: Path) -> None:
+    values = np.random.default_rng(2).standard_normal((300, LATERAL_VOXELS)).astype("f4") + 2
+    da = _open(_write(tmp_path, values, ("image", "voxel"), 8 * 2**20))
+    keep = da.ncsnr.values > 0.3
+    fused = nest_data.roi_mean(da, min_ncsnr=0.3)
+    generic = nest_data.roi_mean(da.chunk({"image": 100}), min_ncsnr=0.3)  # not fused
+    assert fused.data.name.startswith("_weighted_block")
+    assert not generic.data.name.startswith("_weighted_block")
+    expected = values[:, keep].astype("f8").mean(axis=1)
+    np.testing.assert_allclose(fused.values, expected, rtol=1e-6)
+    np.testing.assert_allclose(generic.values, expected, rtol=1e-6)
+    assert fused.attrs == generic.attrs and list(fused.coords) == list(generic.coords)
+
+
+def _flip(path: Path, offset: int) -> bytes:
+    data = bytearray(path.read_bytes())
+    original = bytes(data)
+    data[offset] ^= 0x01
+    path.write_bytes(bytes(data))
+    return original
+
+
+@pytest.mark.parametrize("verify", [False, True])
+def test_flipped_byte_is_an_error_even_without_verify(tmp_path: Path, verify: bool) -> None:
+    values = np.arange(40 * 125, dtype="f4").reshape(40, 125)
+    url = _write(tmp_path, values, ("image", "voxel"), 20 * 125 * 4)
+    shard = Path(url) / DATA_VAR / "c" / "1" / "0"
+    _flip(shard, 40)  # inside the first inner chunk's compressed bytes
+    message = (r"object responses/c/1/0 of .* \(images 20-39\): inner chunk 0 fails its "
+               r"CRC-32C check" if not verify else
+               r"object responses/c/1/0 of .* does not match its recorded checksum")
+    with pytest.raises(ChecksumError, match=message):
+        _ = _open(url, verify=verify).values
+    np.testing.assert_array_equal(_open(url).isel(image=slice(0, 20)).values, values[:20])
+
+
+def test_damaged_index_and_truncated_shard(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+                                           ) -> None:
+    monkeypatch.setattr("nest_data._store.INNER_CHUNK_BYTES", 2048)
+    values = np.arange(40 * 125, dtype="f4").reshape(40, 125)
+    url = _write(tmp_path, values, ("image", "voxel"), 20 * 125 * 4)
+    shard = Path(url) / DATA_VAR / "c" / "0" / "0"
+    original = _flip(shard, shard.stat().st_size - 10)  # inside the index
+    with pytest.raises(ChecksumError, match=r"images 0-19\): its index of inner chunks fails"):
+        _ = _open(url).isel(image=3).values
+    shard.write_bytes(original[: len(original) // 2])  # truncated: the index is gone
+    with pytest.raises(ChecksumError, match=r"object responses/c/0/0 .* fails its CRC-32C"):
+        _ = _open(url).values
+    shard.unlink()
+    with pytest.raises(MissingObjectError, match=r"object responses/c/0/0 .*\(images 0-19\) "
+                                                 "is missing"):
+        _ = _open(url).isel(image=3).values
+
+
+def test_one_image_from_http_is_two_requests_of_one_inner_chunk(tmp_path: Path) -> None:
+    values = np.random.default_rng(3).standard_normal((600, LATERAL_VOXELS)).astype("f4")
+    url = _write(tmp_path, values, ("image", "voxel"), 8 * 2**20)
+    layout = shard_reader(make_store(url), url, DATA_VAR).layout  # type: ignore[union-attr]
+    assert (layout.shard[0], layout.inner_rows) == (272, 16)  # ~8.5 MB shards, 499 KB chunks
+    with HTTPServer() as server:
+        server.upload(tmp_path)
+        da = _open(f"{server.url}/x.zarr")
+        server.reset()
+        np.testing.assert_array_equal(da.isel(image=300).values, values[300])
+        gets = [r for r in server.requests if "/responses/c/" in r.path]
+        assert len(gets) == 2 and all(r.status == 206 for r in gets)
+        assert sum(r.bytes_sent for r in gets) <= 2**20
+        server.reset()
+        np.testing.assert_array_equal(da.values, values)  # a full scan: one GET per shard
+        gets = [r for r in server.requests if "/responses/c/" in r.path]
+        assert sorted(r.path.rsplit("/", 2)[-2] for r in gets) == ["0", "1", "2"]
+        assert all(r.range is None for r in gets)
+        # a server that ignores Range: the right bytes still, cut from the whole object
+        server.ignore_range = True
+        server.reset()
+        np.testing.assert_array_equal(da.isel(image=17).values, values[17])
+        gets = [r for r in server.requests if "/responses/c/" in r.path and r.method == "GET"]
+        assert [r.status for r in gets] == [200, 200]  # (and a HEAD each, for the size)
+
+
+def test_verify_and_cache_read_whole_objects(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+                                             ) -> None:
+    monkeypatch.setenv("NEST_DATA_CACHE_DIR", str(tmp_path / "cache"))
+    values = np.random.default_rng(4).standard_normal((300, 2000)).astype("f4")
+    url = _write(tmp_path / "root", values, ("image", "voxel"), 8 * 2**20)
+    with HTTPServer() as server:
+        server.upload(tmp_path / "root")
+        for kw in ({"verify": True}, {"cache": True}):
+            server.reset()
+            da = _open(f"{server.url}/x.zarr", **kw)
+            np.testing.assert_array_equal(da.isel(image=5).values, values[5])
+            gets = [r for r in server.requests if "/responses/c/" in r.path]
+            assert [r.range for r in gets] in ([None], [])  # whole (or cached), checked
+    np.testing.assert_array_equal(_open(url, verify=True).isel(image=5).values, values[5])
+
+
+def test_format_1_stores_still_open(tmp_path: Path) -> None:
+    """Stores written before sharding (one Blosc chunk per block) are read through zarr."""
+    values = np.arange(30 * 40, dtype="f4").reshape(30, 40)
+    url = _write(tmp_path, values, ("image", "voxel"), 10 * 40 * 4)
+    group = zarr.open_group(url, mode="r+")
+    old = group[DATA_VAR]
+    attrs = dict(old.attrs)
+    del group[DATA_VAR]
+    new = group.create_array(DATA_VAR, shape=old.shape, dtype="f4", chunks=(10, 40),
+                             compressors=zarr.codecs.BloscCodec(cname="lz4"),
+                             dimension_names=("image", "voxel"), attributes=attrs,
+                             fill_value=np.nan)
+    new[...] = values
+    meta = dict(group.attrs["nest_data"])
+    meta["objects"] = object_digests(Path(url))
+    meta["format_version"] = 1
+    group.attrs["nest_data"] = meta
+    with quiet_consolidated():
+        zarr.consolidate_metadata(url)
+    assert shard_reader(make_store(url), url, DATA_VAR) is None
+    da = _open(url)
+    np.testing.assert_array_equal(da.values, values)
+    assert weighted_sums(da.data, np.ones(40)) is None
+    np.testing.assert_allclose(nest_data.roi_mean(da).values, values.mean(axis=1), rtol=1e-6)
+
+
+def test_reader_pickles_for_dask_workers(stored: tuple[str, np.ndarray]) -> None:
+    import pickle
+
+    url, values = stored
+    reader = shard_reader(make_store(url), url, DATA_VAR)
+    assert isinstance(reader, ShardReader)
+    _ = reader[0:2]  # fills its per-thread buffers, which must not travel
+    copy = pickle.loads(pickle.dumps(reader))
+    np.testing.assert_array_equal(copy[1:3], values[1:3])
