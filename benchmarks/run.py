@@ -56,7 +56,7 @@ DATASET = "synthetic_neural_responses"
 N_IMAGES_FULL = 26107
 N_IMAGES_QUICK = 4000
 H5_BLOCK_ROWS = 4096
-SCAN_REPEATS = 3
+SCAN_REPEATS = 5
 OPEN_REPEATS = 20
 RTOL = 1e-5
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
@@ -327,7 +327,9 @@ def measure_scans(h5_path: Path, dest: Path, raw_path: Path,
         ("nest_data_skipna_false", "nest-data `da.mean('voxel', skipna=False)`", "diagnostic",
          lambda: scan_nest_data(da, skipna=False)),
         ("nest_data_roi_mean", "nest-data `nest_data.roi_mean(da)` (dask threads)",
-         "diagnostic", lambda: np.asarray(nest_data.roi_mean(da).compute().values)),
+         "subject", lambda: np.asarray(nest_data.roi_mean(da).compute().values)),
+        ("nest_data_roi_means", "nest-data `nest_data.roi_means([da])` (dask threads)",
+         "subject", lambda: np.asarray(nest_data.roi_means([da]).compute().values[0, 0])),
         ("nest_data_synchronous", "nest-data, dask synchronous scheduler (1 thread)",
          "diagnostic", synchronous),
         ("h5py_blocks", f"h5py, blocks of {H5_BLOCK_ROWS} rows, NED HDF5", "baseline",
@@ -367,6 +369,47 @@ def check_agreement(values: dict[str, np.ndarray], reference: str) -> None:
                 f"full-scan results disagree: {key} {got.shape} vs {reference} {ref.shape}, "
                 f"max |difference| {diff:.3g} (rtol {RTOL})")
     logger.info("all %d full-scan results agree (rtol %g)", len(values), RTOL)
+
+
+_SCAN_MEMORY_CODE = """\
+import json, sys
+import nest_data
+
+def kib(field):
+    for line in open("/proc/self/status"):
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+
+da = nest_data.open(imageset=sys.argv[2], subject=int(sys.argv[3]), roi=sys.argv[4],
+                    location=sys.argv[1])
+before = kib("VmRSS")
+with open("/proc/self/clear_refs", "w") as f:  # resets the peak (VmHWM) to the current RSS
+    f.write("5")
+if sys.argv[5] == "roi_mean":
+    nest_data.roi_mean(da).values
+else:
+    da.mean("voxel", skipna=False).values
+print(json.dumps({"mib": (kib("VmHWM") - before) / 1024}))
+"""
+
+
+def measure_scan_memory(dest: Path) -> dict[str, float]:
+    """Peak memory a full scan adds over the opened entry, in a fresh process (Linux).
+
+    Returns
+    -------
+    dict
+        ``roi_mean_mib`` and ``mean_mib``: peak RSS during the scan minus RSS after ``open``.
+    """
+    out = {}
+    for kind in ("roi_mean", "mean"):
+        proc = subprocess.run([sys.executable, "-c", _SCAN_MEMORY_CODE, str(dest), IMAGESET,
+                               str(SUBJECT), ROI, kind], capture_output=True, text=True,
+                              check=True)
+        out[f"{kind}_mib"] = float(json.loads(proc.stdout)["mib"])
+    logger.info("scan peak memory over open: roi_mean %.0f MiB, mean %.0f MiB",
+                out["roi_mean_mib"], out["mean_mib"])
+    return out
 
 
 def measure_open(h5_path: Path, dest: Path) -> dict[str, Timing]:
@@ -454,16 +497,16 @@ def markdown_table(res: dict[str, Any]) -> str:
     """
     conv = res["conversion"]
     scans = {s["key"]: s for s in res["scans"]}
-    nest = scans["nest_data"]
+    baseline = scans["h5py_blocks"]
     opens = res["open"]
     size = res["size"]
     n_img, n_vox = res["shape"]
     env = res["environment"]
 
     def scan_row(s: dict[str, Any]) -> str:
-        ratio = nest["gb_per_s"] / s["gb_per_s"]
+        ratio = s["gb_per_s"] / baseline["gb_per_s"]
         return (f"| Full scan ({s['role']}) | {s['label']} | {s['best_s']:.3f} s | "
-                f"{s['gb_per_s']:.2f} GB/s | {ratio:.2f} |")
+                f"{s['gb_per_s']:.2f} GB/s | {ratio:.2f}x |")
 
     open_ratio = opens["nest_data"]["median_s"] / opens["h5py"]["median_s"]
     lines = [
@@ -477,11 +520,11 @@ def markdown_table(res: dict[str, Any]) -> str:
         f"{env['numpy']}, h5py {env['h5py']}, zarr {env['zarr']}, xarray {env['xarray']}, "
         f"dask {env['dask']}. Full scans: mean over voxels of every image, best of "
         f"{SCAN_REPEATS}, warm page cache (all files were just written). Throughput = "
-        "uncompressed bytes / time. Ratio column: nest-data figure / this row's figure "
-        "(full scans: throughput, < 1 means nest-data is slower; open: time, > 1 means "
-        "nest-data is slower; size: bytes).",
+        "uncompressed bytes / time. Ratio column: full scans, throughput / h5py's (> 1 is "
+        "faster than NED's HDF5); open, nest-data's time / this row's; size, bytes / the "
+        "HDF5 file's.",
         "",
-        "| Benchmark | Method | Time | Figure | Ratio (nest-data / row) |",
+        "| Benchmark | Method | Time | Figure | Ratio |",
         "|---|---|---:|---:|---:|",
         f"| Conversion | `convert_ned(workers=1)` in a subprocess | {conv['seconds']:.2f} s | "
         f"{conv['mb_per_s']:.0f} MB/s of {conv['source_mb']:.1f} MB source | - |",
@@ -493,6 +536,11 @@ def markdown_table(res: dict[str, Any]) -> str:
         " | - |",
     ]
     lines += [scan_row(scans[k]) for k in scans]
+    peak = res["scan_memory"]
+    lines += [f"| Scan peak memory | `roi_mean` in a subprocess: peak RSS - RSS after `open` "
+              f"| - | {peak['roi_mean_mib']:.0f} MiB | - |",
+              f"| Scan peak memory | `da.mean('voxel', skipna=False)`, the same | - | "
+              f"{peak['mean_mib']:.0f} MiB | - |"]
     lines += [
         "| Open latency | `nest_data.open(...)` (no response values read), median of "
         f"{OPEN_REPEATS} | "
@@ -550,6 +598,7 @@ def run_benchmark(n_images: int, mode: str) -> dict[str, Any]:
         shape = write_raw(h5_path, raw_path)
         scans = measure_scans(h5_path, dest, raw_path, shape)
         opens = measure_open(h5_path, dest)
+        scan_memory = measure_scan_memory(dest)
         entry = nest_data.catalog().resolve(imageset=IMAGESET, subject=SUBJECT, roi=ROI)
         store_bytes = tree_bytes(dest / entry.path)
     return {
@@ -558,6 +607,7 @@ def run_benchmark(n_images: int, mode: str) -> dict[str, Any]:
         "environment": env,
         "entry": {"imageset": IMAGESET, "subject": SUBJECT, "roi": ROI},
         "shape": list(shape),
+        "scan_memory": scan_memory,
         "nbytes": shape[0] * shape[1] * 4,
         "conversion": conversion,
         "scans": [scan_record(s) for s in scans],

@@ -176,12 +176,17 @@ class Catalog:
         """Read a catalog YAML file (see ``catalog/nest.yaml`` for the schema)."""
         path = Path(source)
         try:
-            doc = _read_yaml(str(path.resolve()), path.stat().st_mtime_ns)
+            parsed = _parse_yaml(str(path), str(path.resolve()), path.stat().st_mtime_ns)
         except OSError as exc:
             raise CatalogError(f"cannot read catalog file {path}: {exc}") from exc
         except yaml.YAMLError as exc:
             raise CatalogError(f"catalog file {path} is not valid YAML: {exc}") from exc
-        return cls._from_doc(doc, str(path))
+        return parsed.copy()
+
+    def copy(self) -> Catalog:
+        """A copy whose locations can be changed without changing this catalog's."""
+        return Catalog(self.models, self.imagesets, self.locations, name=self.name,
+                       version=self.version, sources=self.sources, entries=self._entries)
 
     @classmethod
     def _from_doc(cls, doc: Any, source: str) -> Catalog:
@@ -586,9 +591,9 @@ class Catalog:
 
 
 @functools.lru_cache(maxsize=32)
-def _read_yaml(path: str, mtime_ns: int) -> Any:
-    """Parse a YAML file once per modification time (the catalog is read on every open)."""
-    return yaml.safe_load(Path(path).read_text())
+def _parse_yaml(source: str, path: str, mtime_ns: int) -> Catalog:
+    """Read a catalog file once per modification time (``open`` asks for the catalog)."""
+    return Catalog._from_doc(yaml.safe_load(Path(path).read_text()), source)
 
 
 def _fmt(values: Iterable[Any]) -> str:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Hashable, Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -19,7 +19,7 @@ from nest_data import _config
 from nest_data._cache import ChunkCache
 from nest_data._catalog import Catalog, Entry
 from nest_data._catalog import catalog as default_catalog
-from nest_data._reader import dask_array, shard_reader
+from nest_data._reader import ShardReader, consolidated, dask_array, read_labels, shard_reader
 from nest_data._storage import NestStore, is_local, join, make_store, quiet_consolidated
 from nest_data._store import AUX_GROUP, DATA_VAR, read_store_attrs
 from nest_data._surface import ROI_AUX_PREFIX
@@ -253,7 +253,13 @@ def _open_url(
     # One shard per dask task locally; several remotely, fetched concurrently, which hides
     # request latency (benchmarks/remote.py: 2.2x faster full scans at 50 ms).
     per_task = 1 if is_local(url) else REMOTE_CHUNKS_PER_TASK
-    reader = shard_reader(store, url, DATA_VAR) if group is None else None
+    metadata = consolidated(store)
+    reader = shard_reader(store, url, DATA_VAR, metadata) if group is None else None
+    if reader is not None and load_labels:
+        ds = _dataset(store, url, metadata, reader, chunks, per_task,
+                      meta.get("checksums", {}).get(DATA_VAR))
+        if ds is not None:
+            return ds if roi is None else _select_roi(ds, store, url, roi)
     xr_chunks = dict(chunks or {})
     if reader is not None:
         xr_chunks = {}  # labels in one chunk each; responses read through ``reader``, below
@@ -263,17 +269,10 @@ def _open_url(
         ds = xr.open_zarr(store, group=group, consolidated=True, zarr_format=3,
                           chunks=xr_chunks, create_default_indexes=load_labels)
     store.n_images = int(ds.sizes.get("image", 0))
-    unknown = sorted(set(chunks or {}) - set(ds.dims))
-    if unknown:
-        raise InputError(f"chunks= names {unknown}, which are not dimensions of {url}; its "
-                         f"dimensions are {', '.join(map(str, ds.dims))}")
+    _check_chunk_dims(chunks, ds.dims, url)
     if reader is not None:
-        dims = ds[DATA_VAR].dims
-        shard = reader.layout.shard
-        spec = tuple((chunks or {}).get(dim, shard[i] * (per_task if i == 0 else 1))
-                     for i, dim in enumerate(dims))
-        token = tokenize(reader, spec, meta.get("checksums", {}).get(DATA_VAR))
-        ds[DATA_VAR] = ds[DATA_VAR].copy(data=dask_array(reader, spec, token))
+        ds[DATA_VAR] = ds[DATA_VAR].copy(data=_responses(
+            reader, ds[DATA_VAR].dims, chunks, per_task, meta.get("checksums", {}).get(DATA_VAR)))
     # Coordinates are small (one chunk each) and needed for label-based selection
     # (``da.where(da.ncsnr > 0.5)``, ``da.concept == "dog"``): read them all at once, in one
     # concurrent batch (a remote store answers them in about one round trip).
@@ -283,6 +282,49 @@ def _open_url(
         ds = ds.assign_coords({name: (ds[name].dims, values, ds[name].attrs)
                                for name, values in zip(lazy, loaded, strict=True)})
     return ds if roi is None else _select_roi(ds, store, url, roi)
+
+
+def _check_chunk_dims(chunks: Mapping[str, int] | None, dims: Iterable[Hashable],
+                      url: str) -> None:
+    names = [str(d) for d in dims]
+    unknown = sorted(set(chunks or {}) - set(names))
+    if unknown:
+        raise InputError(f"chunks= names {unknown}, which are not dimensions of {url}; its "
+                         f"dimensions are {', '.join(names)}")
+
+
+def _responses(reader: ShardReader, dims: Sequence[Hashable],
+               chunks: Mapping[str, int] | None, per_task: int, digest: str | None) -> Any:
+    """``responses`` as a dask array read through ``reader``: a shard per task by default."""
+    shard = reader.layout.shard
+    spec = tuple((chunks or {}).get(str(dim), shard[i] * (per_task if i == 0 else 1))
+                 for i, dim in enumerate(dims))
+    return dask_array(reader, spec, tokenize(reader, spec, digest))
+
+
+def _dataset(store: NestStore, url: str, metadata: Mapping[str, Any], reader: ShardReader,
+             chunks: Mapping[str, int] | None, per_task: int, digest: str | None
+             ) -> xr.Dataset | None:
+    """The entry's Dataset built from its consolidated metadata, without xarray's backend.
+
+    Labels are read in one batch (:func:`~nest_data._reader.read_labels`) and indexed like
+    xarray's backend does (dimension coordinates only); None if a label's layout asks for
+    zarr's general read path.
+    """
+    meta = metadata[DATA_VAR]
+    attrs = dict(meta.get("attributes") or {})
+    dims = tuple(meta.get("dimension_names") or ())
+    listed = str(attrs.pop("coordinates", "")).split()
+    names = [*(d for d in dims if d in metadata), *listed]
+    labels = read_labels(store, url, metadata, names)
+    if labels is None or len(dims) != reader.ndim:
+        return None
+    _check_chunk_dims(chunks, dims, url)
+    coords = {name: xr.Variable(tuple(metadata[name].get("dimension_names") or ()),
+                                labels[name], dict(metadata[name].get("attributes") or {}))
+              for name in names}
+    responses = xr.Variable(dims, _responses(reader, dims, chunks, per_task, digest), attrs)
+    return xr.Dataset({DATA_VAR: responses}, coords=coords)
 
 
 def _select_roi(ds: xr.Dataset, store: NestStore, url: str, roi: str) -> xr.Dataset:

@@ -34,7 +34,7 @@ from typing import Any, Protocol
 
 import crc32c
 import numpy as np
-from numcodecs import Blosc
+from numcodecs import Blosc, VLenUTF8, Zstd
 from zarr.abc.store import RangeByteRequest, SuffixByteRequest
 from zarr.core.buffer import default_buffer_prototype
 from zarr.core.sync import sync
@@ -42,7 +42,7 @@ from zarr.core.sync import sync
 from nest_data._storage import NestStore, is_local, local_path
 from nest_data.errors import ChecksumError, MissingObjectError, StoreFormatError
 
-__all__ = ["ShardReader", "dask_array", "shard_reader", "weighted_sums"]
+__all__ = ["ShardReader", "dask_array", "read_labels", "shard_reader", "weighted_sums"]
 
 _EMPTY = np.uint64(2**64 - 1)  # offset and length of an inner chunk that was never written
 _INDEX_ENTRY = 16  # bytes per inner chunk in a shard index: offset and length, uint64 each
@@ -106,19 +106,102 @@ def layout_of(array_meta: Mapping[str, Any]) -> Layout | None:
                   compressed="blosc" in names)
 
 
-def shard_reader(store: NestStore, url: str, array_path: str) -> ShardReader | None:
-    """A :class:`ShardReader` for ``array_path`` of an opened store, if its layout allows."""
+def consolidated(store: NestStore) -> dict[str, Any]:
+    """The metadata of every node of a store (its consolidated ``zarr.json``), or ``{}``."""
     root = sync(store.get("zarr.json", default_buffer_prototype()))
     if root is None:
-        return None
+        return {}
     try:
-        meta = json.loads(root.to_bytes())["consolidated_metadata"]["metadata"][array_path]
+        return dict(json.loads(root.to_bytes())["consolidated_metadata"]["metadata"])
     except (KeyError, TypeError, ValueError):
-        return None
-    layout = layout_of(meta)
+        return {}
+
+
+def shard_reader(store: NestStore, url: str, array_path: str,
+                 metadata: Mapping[str, Any] | None = None) -> ShardReader | None:
+    """A :class:`ShardReader` for ``array_path`` of an opened store, if its layout allows."""
+    meta = (consolidated(store) if metadata is None else metadata).get(array_path)
+    layout = layout_of(meta) if isinstance(meta, Mapping) else None
     if layout is None:
         return None
     return ShardReader(store, url, array_path, layout)
+
+
+def read_labels(store: NestStore, url: str, metadata: Mapping[str, Any], names: Sequence[str]
+                ) -> dict[str, np.ndarray] | None:
+    """Whole small arrays (the labels), read at once without zarr's event loop; or None.
+
+    Each must be one chunk encoded as nest-data writes labels (``bytes`` or ``vlen-utf8``,
+    then ``zstd``); otherwise None, and the caller reads through zarr.  Local files are read
+    directly; remote ones (and any with ``verify`` or ``cache``) through the store, all
+    requests at once.  A chunk that the manifest lists and the storage lacks is
+    :class:`~nest_data.errors.MissingObjectError`; one that was never written (all fill
+    value) is the fill value.
+    """
+    plan: dict[str, tuple[str, Mapping[str, Any]]] = {}
+    for name in names:
+        meta = metadata.get(name)
+        if not isinstance(meta, Mapping) or not _is_label_layout(meta):
+            return None
+        plan[name] = (f"{name}/c" + "/0" * len(meta["shape"]), meta)
+    keys = [key for key, _ in plan.values()]
+    if is_local(url) and not (store.verify or store.cache is not None):
+        folder = local_path(url)
+        blobs = [_read_file(os.path.join(folder, key)) for key in keys]
+    else:
+        blobs = sync(_get_all(store, keys))
+    out = {}
+    for (name, (key, meta)), blob in zip(plan.items(), blobs, strict=True):
+        if blob is None and key in store.manifest:
+            raise MissingObjectError(store._missing(key))
+        out[name] = _decode_label(meta, blob)
+    return out
+
+
+def _is_label_layout(meta: Mapping[str, Any]) -> bool:
+    try:
+        codecs = meta["codecs"]
+        names = [c["name"] for c in codecs]
+        shape = list(meta["shape"])
+        chunk = list(meta["chunk_grid"]["configuration"]["chunk_shape"])
+        encoding = meta.get("chunk_key_encoding", {"name": "default"})
+        return (names in (["bytes", "zstd"], ["vlen-utf8", "zstd"])
+                and codecs[0].get("configuration", {}).get("endian", "little") == "little"
+                and (chunk == shape or (not shape and chunk == [1]))
+                and encoding.get("name") == "default"
+                and encoding.get("configuration", {}).get("separator", "/") == "/"
+                and (meta["data_type"] == "string") == (names[0] == "vlen-utf8"))
+    except (KeyError, TypeError, AttributeError):
+        return False
+
+
+def _read_file(path: str) -> bytes | None:
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except FileNotFoundError:
+        return None
+
+
+async def _get_all(store: NestStore, keys: Sequence[str]) -> list[bytes | None]:
+    proto = default_buffer_prototype()
+    buffers = await asyncio.gather(*(store.get(key, proto) for key in keys))
+    return [None if b is None else b.to_bytes() for b in buffers]
+
+
+def _decode_label(meta: Mapping[str, Any], blob: bytes | None) -> np.ndarray:
+    shape = tuple(int(n) for n in meta["shape"])
+    if meta["data_type"] == "string":
+        if blob is None:
+            return np.full(shape, meta.get("fill_value") or "", dtype=np.dtypes.StringDType())
+        strings = _VLEN_UTF8.decode(_ZSTD.decode(blob))
+        return np.asarray(strings, dtype=np.dtypes.StringDType()).reshape(shape)
+    dtype = np.dtype(meta["data_type"]).newbyteorder("<")
+    if blob is None:
+        return np.full(shape, meta.get("fill_value") or 0, dtype=dtype)
+    out = np.empty(shape, dtype=dtype)
+    _ZSTD.decode(blob, out=out)
+    return out
 
 
 @dataclass
@@ -422,6 +505,8 @@ class ShardReader:
 
 
 _BLOSC = Blosc()
+_ZSTD = Zstd()
+_VLEN_UTF8 = VLenUTF8()
 
 
 class _Source(Protocol):

@@ -321,6 +321,8 @@ class NestStore(WrapperStore[Store]):
         for attempt in range(self.retries + 1):
             try:
                 return await self._store.get(key, prototype, byte_range)
+            except FileNotFoundError:  # a local root that does not exist: nothing in it
+                return None
             except Exception as exc:
                 if not _is_transient(exc):
                     raise RemoteReadError(_read_failure(self.url, key, exc)) from exc

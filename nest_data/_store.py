@@ -564,15 +564,25 @@ def _stream_rows(data: EntryData, array: zarr.Array, rows: int) -> tuple[str, in
 
 
 def read_store_attrs(store: Any) -> dict[str, Any]:
-    """Return the ``nest_data`` attribute of a store, or raise StoreNotFoundError."""
+    """Return the ``nest_data`` attribute of a store, or raise StoreNotFoundError.
+
+    Reads the root ``zarr.json`` only (one request).
+    """
     try:
-        with quiet_consolidated():
-            group = zarr.open_group(store, mode="r", zarr_format=3)
-    except (FileNotFoundError, zarr.errors.GroupNotFoundError) as exc:
+        root = sync(store.get("zarr.json", default_buffer_prototype()))
+    except FileNotFoundError as exc:  # a local root folder that does not exist
         raise StoreNotFoundError(f"no nest-data store at {store}") from exc
-    meta = group.attrs.get(ATTR)
-    if not isinstance(meta, Mapping) or not meta.get("complete"):
-        raise StoreNotFoundError(f"{store} is a Zarr group but not a complete nest-data store")
+    if root is None:
+        raise StoreNotFoundError(f"no nest-data store at {store}")
+    try:
+        doc = json.loads(root.to_bytes())
+    except ValueError as exc:
+        raise StoreNotFoundError(f"{store}: its zarr.json is not JSON, so it is not a "
+                                 "nest-data store") from exc
+    meta = doc.get("attributes", {}).get(ATTR) if isinstance(doc, Mapping) else None
+    if doc.get("node_type") != "group" or not isinstance(meta, Mapping) or not meta.get(
+            "complete"):
+        raise StoreNotFoundError(f"{store} is a Zarr node but not a complete nest-data store")
     return dict(meta)
 
 

@@ -51,6 +51,25 @@ pytest.importorskip("aiohttp")
 class TestObjectFaults:
     """The same faults on every backend."""
 
+    def test_flipped_byte_is_an_error_without_verify(self, backend: Backend, chunked: Path
+                                                     ) -> None:
+        """Every inner chunk carries a CRC-32C that is checked on every read."""
+        store = nest_data.catalog().resolve(**KEYS).path
+        key = f"{store}/responses/c/2/0"
+        original = (chunked / key).read_bytes()
+        damaged = bytearray(original)
+        damaged[100] ^= 0x10  # a value's bit: still a plausible float32
+        restore_object(backend, key, bytes(damaged))
+        try:
+            with pytest.raises(ChecksumError, match=r"object responses/c/2/0 of .* \(images "
+                                                    r"8-11\): inner chunk 0 fails its CRC-32C"):
+                _ = open_entry(backend).values
+            np.testing.assert_array_equal(  # the other shards still read
+                open_entry(backend).isel(image=slice(0, 8)).values,
+                nest_data.open(location=str(chunked), **KEYS).isel(image=slice(0, 8)).values)
+        finally:
+            restore_object(backend, key, original)
+
     def test_verify_detects_tampered_chunk(self, backend: Backend, chunked: Path) -> None:
         if backend.server is None:
             pytest.skip("tampering needs a served copy (the local one is tested in "

@@ -55,11 +55,20 @@ LAYOUTS = {  # values, dims, shard bytes, inner-chunk bytes, chunks after the im
 }
 
 
-@pytest.fixture(params=sorted(LAYOUTS))
+LZ4 = (zarr.codecs.BloscCodec(cname="lz4", clevel=5, shuffle="shuffle", typesize=4),
+       zarr.codecs.Crc32cCodec())
+
+
+@pytest.fixture(params=[(layout, codec) for layout in sorted(LAYOUTS)
+                        for codec in ("raw", "lz4")], ids="-".join)
 def stored(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
            ) -> tuple[str, np.ndarray]:
-    values, dims, chunk_bytes, inner_bytes, chunks = LAYOUTS[request.param]
+    """A store in each layout, with raw inner chunks (the default) or Blosc LZ4 ones."""
+    layout, codec = request.param
+    values, dims, chunk_bytes, inner_bytes, chunks = LAYOUTS[layout]
     monkeypatch.setattr("nest_data._store.INNER_CHUNK_BYTES", inner_bytes)
+    if codec == "lz4":
+        monkeypatch.setattr("nest_data._store.response_codecs", lambda dtype: LZ4)
     return _write(tmp_path, values, dims, chunk_bytes, chunks), values
 
 
@@ -69,6 +78,7 @@ def test_layout_has_several_inner_chunks_per_shard(stored: tuple[str, np.ndarray
     layout = layout_of(meta)
     assert layout is not None and layout.n_inner > 1
     assert layout.shape == values.shape and layout.shard[0] % layout.inner_rows == 0
+    assert layout.compressed == ("blosc" in json.dumps(meta))
 
 
 def test_selections_equal_zarr_and_source(stored: tuple[str, np.ndarray]) -> None:
@@ -128,7 +138,11 @@ def _flip(path: Path, offset: int) -> bytes:
 
 
 @pytest.mark.parametrize("verify", [False, True])
-def test_flipped_byte_is_an_error_even_without_verify(tmp_path: Path, verify: bool) -> None:
+@pytest.mark.parametrize("codec", ["raw", "lz4"])
+def test_flipped_byte_is_an_error_even_without_verify(tmp_path: Path, verify: bool, codec: str,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    if codec == "lz4":
+        monkeypatch.setattr("nest_data._store.response_codecs", lambda dtype: LZ4)
     values = np.arange(40 * 125, dtype="f4").reshape(40, 125)
     url = _write(tmp_path, values, ("image", "voxel"), 20 * 125 * 4)
     shard = Path(url) / DATA_VAR / "c" / "1" / "0"
