@@ -39,7 +39,7 @@ from zarr.storage import LocalStore, MemoryStore
 
 from nest_data import _config
 from nest_data._digest import bytes_digest, file_digest
-from nest_data._storage import is_local, join, local_path, quiet_consolidated
+from nest_data._storage import is_local, join, local_path, make_store, quiet_consolidated
 from nest_data.errors import StoreNotFoundError, TargetExistsError
 
 logger = logging.getLogger("nest_data")
@@ -566,8 +566,11 @@ def _stream_rows(data: EntryData, array: zarr.Array, rows: int) -> tuple[str, in
 def read_store_attrs(store: Any) -> dict[str, Any]:
     """Return the ``nest_data`` attribute of a store, or raise StoreNotFoundError.
 
-    Reads the root ``zarr.json`` only (one request).
+    Reads the root ``zarr.json`` only (one request).  ``store`` is a Zarr store, or a local
+    folder or URL.
     """
+    if not isinstance(store, Store):
+        store = make_store(store)
     try:
         root = sync(store.get("zarr.json", default_buffer_prototype()))
     except FileNotFoundError as exc:  # a local root folder that does not exist

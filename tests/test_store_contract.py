@@ -66,7 +66,8 @@ class TestNestStoreLocal(StoreTests[NestStore, Buffer]):
 
 
 class TestNestStoreCached(TestNestStoreLocal):
-    """The same contract with a chunk cache in the read path (objects not in a manifest)."""
+    """The same contract with a chunk cache configured: objects outside a manifest (all of
+    these) must pass through it unchanged."""
 
     @pytest.fixture
     async def store(self, open_kwargs: dict[str, Any],
