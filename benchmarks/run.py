@@ -45,6 +45,7 @@ import xarray as xr
 import zarr
 
 import nest_data
+import nest_data._reader
 from nest_data.testing import ned_file_paths, write_ned
 
 logger = logging.getLogger("nest_data.benchmarks")
@@ -321,6 +322,16 @@ def measure_scans(h5_path: Path, dest: Path, raw_path: Path,
         with dask.config.set(scheduler="synchronous"):
             return scan_nest_data(da)
 
+    def roi_mean_unchecked() -> np.ndarray:
+        # What the always-on CRC-32C check costs: the same scan with the check skipped
+        # (only here; the library has no switch for it).
+        checked = nest_data._reader._crc_ok
+        nest_data._reader._crc_ok = lambda data: True
+        try:
+            return np.asarray(nest_data.roi_mean(da).compute().values)
+        finally:
+            nest_data._reader._crc_ok = checked
+
     methods: list[tuple[str, str, str, Callable[[], np.ndarray]]] = [
         ("nest_data", "nest-data `da.mean('voxel')` (dask threads)", "subject",
          lambda: scan_nest_data(da)),
@@ -330,6 +341,8 @@ def measure_scans(h5_path: Path, dest: Path, raw_path: Path,
          "subject", lambda: np.asarray(nest_data.roi_mean(da).compute().values)),
         ("nest_data_roi_means", "nest-data `nest_data.roi_means([da])` (dask threads)",
          "subject", lambda: np.asarray(nest_data.roi_means([da]).compute().values[0, 0])),
+        ("nest_data_roi_mean_no_crc", "nest-data `roi_mean`, CRC-32C check skipped (cost of "
+         "the check)", "diagnostic", roi_mean_unchecked),
         ("nest_data_synchronous", "nest-data, dask synchronous scheduler (1 thread)",
          "diagnostic", synchronous),
         ("h5py_blocks", f"h5py, blocks of {H5_BLOCK_ROWS} rows, NED HDF5", "baseline",

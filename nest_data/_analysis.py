@@ -32,7 +32,7 @@ import xarray as xr
 from dask.array.core import PerformanceWarning
 
 from nest_data._progress import compute
-from nest_data._reader import weighted_sums
+from nest_data._reader import take_images, weighted_sums
 from nest_data._store import DATA_VAR
 from nest_data.errors import InputError
 
@@ -663,6 +663,16 @@ def _image_positions(da: xr.DataArray, images: Any) -> np.ndarray:
     return np.where(values < 0, values + n, values)
 
 
+def _images(da: xr.DataArray, positions: np.ndarray) -> xr.DataArray:
+    """``da.isel(image=positions)``; for stored values, reading only the inner chunks needed."""
+    taken = take_images(da.data, positions) if da.dims[0] == "image" else None
+    if taken is None:
+        return da.isel(image=positions)
+    coords = {name: coord.isel(image=positions) if "image" in coord.dims else coord
+              for name, coord in da.coords.items()}
+    return xr.DataArray(taken, dims=da.dims, coords=coords, attrs=da.attrs, name=da.name)
+
+
 def _features(da: xr.DataArray, min_ncsnr: float | None) -> xr.DataArray:
     """``da`` with every non-image dim flattened into one trailing feature dim."""
     if "image" not in da.dims:
@@ -719,15 +729,15 @@ def rsm(
     >>> bool(np.allclose(np.diag(r.values), 1.0))
     True
     """
-    feats = _features(da, min_ncsnr)
-    positions = _image_positions(feats, images)
+    positions = _image_positions(da, images) if "image" in da.dims else np.arange(0)
+    feats = _features(_images(da, positions), min_ncsnr)
     if positions.size < 2:
         raise InputError(f"an RSM needs at least 2 images; images= selects "
                          f"{positions.size}")
     if positions.size > _LARGE_RSM_IMAGES:
         logger.warning("rsm of %d images: %.1f GB when computed; compute parts of it or "
                        "choose fewer images", positions.size, positions.size**2 * 8 / 1e9)
-    subset = feats.isel(image=positions)
+    subset = feats
     n_features = subset.shape[1]
     x = _as_dask(subset).astype(np.float64)
     rows = max(1, _RSM_BLOCK_BYTES // (8 * n_features))

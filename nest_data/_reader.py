@@ -45,7 +45,8 @@ from zarr.core.sync import sync
 from nest_data._storage import NestStore, is_local, local_path
 from nest_data.errors import ChecksumError, MissingObjectError, StoreFormatError
 
-__all__ = ["ShardReader", "dask_array", "read_labels", "shard_reader", "weighted_sums"]
+__all__ = ["ShardReader", "dask_array", "read_labels", "shard_reader", "take_images",
+           "weighted_sums"]
 
 _EMPTY = np.uint64(2**64 - 1)  # offset and length of an inner chunk that was never written
 _INDEX_ENTRY = 16  # bytes per inner chunk in a shard index: offset and length, uint64 each
@@ -328,6 +329,46 @@ class ShardReader:
             self._read(self._plan(box), functools.partial(self._weigh, out=out, weights=w))
         return out
 
+    def take(self, positions: np.ndarray) -> np.ndarray:
+        """The images at ``positions`` (in that order), reading only the inner chunks
+        that hold them (each still checked whole against its CRC-32C).
+
+        Parameters
+        ----------
+        positions : numpy.ndarray
+            Integer positions along the first axis (any order, repeats allowed).
+
+        Returns
+        -------
+        numpy.ndarray
+            ``(len(positions), *shape[1:])``.
+        """
+        pos = np.asarray(positions, dtype=np.int64).reshape(-1)
+        if pos.size and (pos.min() < 0 or pos.max() >= self.shape[0]):
+            raise IndexError(f"positions {pos.min()}..{pos.max()} are out of range for "
+                             f"{self.shape[0]} images")
+        out = np.empty((pos.size, *self.shape[1:]), dtype=self.dtype)
+        lay = self.layout
+        full = tuple(slice(0, n) for n in self.shape[1:])
+        pieces: list[_Piece] = []
+        picks: dict[int, dict[int, tuple[np.ndarray, np.ndarray]]] = {}
+        inner_of = pos // lay.inner_rows
+        for shard_index in np.unique(pos // lay.shard[0]):
+            start = int(shard_index) * lay.shard[0]
+            in_shard = np.flatnonzero(pos // lay.shard[0] == shard_index)
+            chunks = {int(c) - start // lay.inner_rows: in_shard[inner_of[in_shard] == c]
+                      for c in np.unique(inner_of[in_shard])}
+            stop = min(start + lay.shard[0], self.shape[0]) - start
+            for piece in self._plan((slice(start, start + stop), *full)):
+                piece.first, piece.last = min(chunks), max(chunks)
+                picks[id(piece)] = {
+                    i: (where, pos[where] - start - i * lay.inner_rows)
+                    for i, where in chunks.items()}
+                pieces.append(piece)
+        if pieces:
+            self._read(pieces, functools.partial(self._pick, out=out, picks=picks))
+        return out
+
     def _read(self, pieces: Sequence[_Piece], sink: Callable[..., None]) -> None:
         """Hand ``(piece, source, index)`` of every piece to ``sink``, in turn.
 
@@ -439,8 +480,8 @@ class ShardReader:
         if len(tail) != self.layout.index_bytes:
             raise self._damaged(piece, f"it is too short to hold its index ({len(tail)} "
                                        f"bytes at its end, {self.layout.index_bytes} needed)")
-        body, crc = tail[:-_CRC], bytes(tail[-_CRC:])
-        if _crc32c(body) != crc:
+        body = tail[:-_CRC]
+        if not _crc_ok(tail):
             raise self._damaged(piece, "its index of inner chunks fails its CRC-32C check")
         return np.frombuffer(body, dtype="<u8").reshape(n, 2)
 
@@ -469,7 +510,7 @@ class ShardReader:
         if chunk is None:
             raise self._damaged(piece, f"its index places inner chunk {i} outside the object",
                                 i, i)
-        if _crc32c(chunk[:-_CRC]) != bytes(chunk[-_CRC:]):
+        if not _crc_ok(chunk):
             raise self._damaged(piece, f"inner chunk {i} fails its CRC-32C check", i, i)
         if not self.layout.compressed:
             if length - _CRC != target.nbytes:
@@ -509,6 +550,19 @@ class ShardReader:
                 dest[...] = lay.fill_value
             elif values is not dest:
                 dest[...] = values if direct else values[(rows, *piece.cols)]
+
+    def _pick(self, piece: _Piece, source: _Source, index: np.ndarray, *, out: np.ndarray,
+              picks: Mapping[int, Mapping[int, tuple[np.ndarray, np.ndarray]]]) -> None:
+        """Copy the picked rows of each needed inner chunk of a piece into ``out``."""
+        scratch = self._scratch()
+        for i, (where, rows) in picks[id(piece)].items():
+            values = self._inner(piece, source, index, i, scratch)
+            dest: tuple[Any, ...] = (where, *piece.out[1:])
+            if values is None:
+                out[dest] = self.layout.fill_value
+            else:
+                source_rows: tuple[Any, ...] = (rows, *piece.cols)
+                out[dest] = values[source_rows]
 
     def _weigh(self, piece: _Piece, source: _Source, index: np.ndarray, *,
                out: np.ndarray, weights: np.ndarray) -> None:
@@ -607,6 +661,39 @@ def weighted_sums(array: Any, weights: np.ndarray) -> Any | None:
                             meta=np.empty((0,), dtype=np.float64))
 
 
+def take_images(array: Any, positions: np.ndarray) -> Any | None:
+    """``array[positions]`` along the first axis as a dask array reading only what it needs;
+    or None.
+
+    None unless ``array`` is exactly a dask array made by :func:`dask_array`.  One task per
+    stored shard that holds a position reads the inner chunks holding them
+    (:meth:`ShardReader.take`); a dask selection would read every block whole.
+    """
+    reader = _READERS.get(getattr(array, "name", ""))
+    if reader is None or tuple(array.shape) != reader.shape:
+        return None
+    import dask
+    import dask.array
+
+    pos = np.asarray(positions, dtype=np.int64).reshape(-1)
+    order = np.argsort(pos, kind="stable")
+    shards = pos[order] // reader.layout.shard[0]
+    groups = np.split(pos[order], np.flatnonzero(np.diff(shards)) + 1) if pos.size else []
+    parts = [dask.delayed(reader.take, pure=True)(group) for group in groups]
+    whole = dask.delayed(_in_order, pure=True)(parts, order, reader.shape[1:], reader.dtype)
+    return dask.array.from_delayed(whole, shape=(pos.size, *reader.shape[1:]),
+                                   dtype=reader.dtype)
+
+
+def _in_order(parts: list[np.ndarray], order: np.ndarray, row_shape: tuple[int, ...],
+              dtype: np.dtype[Any]) -> np.ndarray:
+    """Rows read in sorted order (``parts``), put back in the order they were asked for."""
+    out = np.empty((order.size, *row_shape), dtype=dtype)
+    if parts:
+        out[order] = np.concatenate(parts)
+    return out
+
+
 def _weighted_block(index: np.ndarray, *, reader: ShardReader, weights: np.ndarray
                     ) -> np.ndarray:
     if not index.size:
@@ -614,9 +701,10 @@ def _weighted_block(index: np.ndarray, *, reader: ShardReader, weights: np.ndarr
     return reader.weighted_sum(slice(int(index[0]), int(index[-1]) + 1), weights)
 
 
-def _crc32c(data: memoryview) -> bytes:
+def _crc_ok(data: memoryview) -> bool:
+    """Whether ``data`` ends with the CRC-32C (little-endian) of the bytes before it."""
     # the crc32c package releases the GIL on large buffers, so threads check in parallel
-    return int(crc32c.crc32c(data)).to_bytes(4, "little")
+    return int(crc32c.crc32c(data[:-_CRC])).to_bytes(_CRC, "little") == data[-_CRC:]
 
 
 def _pread(fd: int, lo: int, hi: int, key: str) -> memoryview:

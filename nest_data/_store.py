@@ -1,11 +1,12 @@
 """The one writer and reader of nest-data stores.
 
-A store is a Zarr v3 group holding one entry: the ``responses`` array (chunked along
-``image``, and for cortical-surface entries along ``vertex`` too; Blosc LZ4 + shuffle), one
-array per coordinate, an ``encoder/`` sub-group with the encoder's own metadata (training
-splits, a surface store's ROI vertex positions), and consolidated metadata.  The group's
-``nest_data`` attribute records the entry's keys, the source fingerprint, and a SHA-256
-checksum per array (and per chunk of ``responses``), which :func:`verify_store` re-checks.
+A store is a Zarr v3 group holding one entry: the ``responses`` array (in shards of about
+8 MB along ``image``, and for cortical-surface entries along ``vertex`` too, each holding
+inner chunks of at most 512 KB: raw values and their CRC-32C), one array per coordinate, an
+``encoder/`` sub-group with the encoder's own metadata (training splits, a surface store's
+ROI vertex positions), and consolidated metadata.  The group's ``nest_data`` attribute
+records the entry's keys, the source fingerprint, and a SHA-256
+checksum per array (and per shard of ``responses``), which :func:`verify_store` re-checks.
 
 Every writer of stores in the package (the NED converter, the demo, encoder-generated
 stores) goes through :func:`write_entry`, which builds the store in a hidden staging folder
@@ -58,8 +59,8 @@ def response_codecs(dtype: Any) -> tuple[Crc32cCodec]:
     """Codecs of each inner chunk of ``responses``: the raw values, then their CRC-32C.
 
     Encoder outputs are float32 noise to a compressor: Blosc LZ4 with byte shuffle saves 8%
-    of the bytes and halves the speed of a local scan (``benchmarks/codecs.py``), so the
-    values are stored as they are.  The CRC-32C (4 bytes per inner chunk) is checked on
+    of the bytes and costs a quarter of the speed of a local scan (``benchmarks/codecs.py``),
+    so the values are stored as they are.  The CRC-32C (4 bytes per inner chunk) is checked on
     every read, whether or not ``verify`` is on, so a flipped or truncated byte is an error,
     never a plausible value.  (:mod:`nest_data._reader` also reads Blosc inner chunks.)
     """

@@ -12,7 +12,7 @@ import zarr
 
 import nest_data
 from nest_data._open import _open_url
-from nest_data._reader import ShardReader, layout_of, shard_reader, weighted_sums
+from nest_data._reader import ShardReader, layout_of, shard_reader, take_images, weighted_sums
 from nest_data._storage import make_store, quiet_consolidated
 from nest_data._store import DATA_VAR, EntryData, object_digests, write_entry
 from nest_data.errors import ChecksumError, MissingObjectError
@@ -113,6 +113,39 @@ def test_weighted_sums_equal_numpy(stored: tuple[str, np.ndarray]) -> None:
     np.testing.assert_allclose(fused.compute(), expected, rtol=2e-6)
     assert weighted_sums(da.isel(image=slice(1, None)).data, weights) is None  # not stored
     assert weighted_sums(da.data + 1, weights) is None
+
+
+def test_take_images_equals_numpy_in_any_order(stored: tuple[str, np.ndarray]) -> None:
+    url, values = stored
+    da = _open(url)
+    n = values.shape[0]
+    rng = np.random.default_rng(5)
+    for positions in (rng.permutation(n)[:9], np.array([n - 1, 0, 3, 3, n - 1]),
+                      np.arange(n), np.array([], dtype=np.int64)):
+        taken = take_images(da.data, positions)
+        assert taken is not None and taken.shape == (len(positions), *values.shape[1:])
+        np.testing.assert_array_equal(taken.compute(), values[positions])
+    assert take_images(da.isel(image=slice(1, None)).data, np.array([0])) is None
+
+
+def test_rsm_reads_only_needed_chunks_and_equals_generic(tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch
+                                                          ) -> None:
+    monkeypatch.setattr("nest_data._store.INNER_CHUNK_BYTES", 4 * 300 * 4)
+    values = np.random.default_rng(6).standard_normal((200, 300)).astype("f4")
+    url = _write(tmp_path, values, ("image", "voxel"), 40 * 300 * 4)  # 5 shards, 10 chunks each
+    da = _open(url)
+    positions = np.array([150, 3, 77, 5])  # 4 of the 50 inner chunks
+    calls: list[int] = []
+    real = nest_data._reader._crc_ok
+    monkeypatch.setattr("nest_data._reader._crc_ok", lambda data: calls.append(1) or real(data))
+    fused = nest_data.rsm(da, images=positions, min_ncsnr=0.2)
+    np.testing.assert_allclose(fused.values, np.corrcoef(values[positions][:, da.ncsnr > 0.2]),
+                               atol=1e-12)
+    assert len(calls) == 4 + 3  # the 4 inner chunks and the indexes of their 3 shards
+    generic = nest_data.rsm(da.chunk({"image": 50}), images=positions, min_ncsnr=0.2)
+    np.testing.assert_array_equal(fused.values, generic.values)
+    assert fused.attrs == generic.attrs and list(fused.coords) == list(generic.coords)
 
 
 def test_roi_mean_fused_equals_generic(tmp_path: Path) -> None:
