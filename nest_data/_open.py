@@ -73,16 +73,18 @@ def open(
     storage_options : dict, optional
         fsspec options, merged over the location's own.
     chunks : dict, optional
-        Dask chunks.  The default is one dask chunk per stored chunk for local stores and
-        eight stored chunks per dask chunk for remote ones, which zarr then fetches
-        concurrently (a selection still reads only the stored chunks it needs).
+        Dask chunks.  The default is one stored shard (about 8 MB) per dask chunk for local
+        stores and eight for remote ones, fetched concurrently.  A selection still reads only
+        what it needs: one image is one inner chunk of at most 512 KB.
     cache : bool, optional
         Keep the chunks read from a remote store in the local disk cache, so reading them
         again makes no request (default: ``NEST_DATA_CACHE``, then off; see
         ``nest-data cache info``).  Local stores are never cached.
     verify : bool, optional
-        Check every chunk read against the SHA-256 recorded in the store (default:
-        ``NEST_DATA_VERIFY``, then off); a tampered chunk raises ChecksumError naming it.
+        Check every object read against the SHA-256 recorded in the store (default:
+        ``NEST_DATA_VERIFY``, then off; selections then read whole shards); a tampered one
+        raises ChecksumError naming it.  Without it, every inner chunk of ``responses`` is
+        still checked against its CRC-32C.
     images : optional
         Images that are in no pre-generated set: their responses are computed on the fly
         with :func:`nest_data.encode` (``location`` must then hold converted weights) and
@@ -251,10 +253,12 @@ def _open_url(
     meta = read_store_attrs(store)
     store = store.with_manifest(meta.get("objects", {}), int(meta.get("chunk_rows") or 0))
     # One shard per dask task locally; several remotely, fetched concurrently, which hides
-    # request latency (benchmarks/remote.py: 2.2x faster full scans at 50 ms).
+    # request latency (benchmarks/remote.py: 1.9x faster full scans at 50 ms per request).
     per_task = 1 if is_local(url) else REMOTE_CHUNKS_PER_TASK
     metadata = consolidated(store)
     reader = shard_reader(store, url, DATA_VAR, metadata) if group is None else None
+    if reader is not None:
+        store.n_images = reader.shape[0]  # for the images a missing object's message names
     if reader is not None and load_labels:
         ds = _dataset(store, url, metadata, reader, chunks, per_task,
                       meta.get("checksums", {}).get(DATA_VAR))
