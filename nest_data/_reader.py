@@ -176,6 +176,9 @@ class _Strings(BackendArray):
         self.dtype = np.dtypes.StringDType()
         self._values: np.ndarray | None = None
 
+    def __deepcopy__(self, memo: dict[int, Any]) -> _Strings:
+        return self  # read-only: copies share the one decoding
+
     def __getitem__(self, key: indexing.ExplicitIndexer) -> np.ndarray:
         return indexing.explicit_indexing_adapter(key, self.shape,
                                                   indexing.IndexingSupport.BASIC, self._get)

@@ -17,6 +17,7 @@ from nest_data._storage import make_store, quiet_consolidated
 from nest_data._store import DATA_VAR, EntryData, object_digests, write_entry
 from nest_data.errors import ChecksumError, MissingObjectError
 
+from .backends import KEYS
 from .servers import HTTPServer
 
 LATERAL_VOXELS = 7799  # things sub-01 "lateral": the largest fMRI entry's row
@@ -283,3 +284,24 @@ def test_reader_pickles_for_dask_workers(stored: tuple[str, np.ndarray]) -> None
     _ = reader[0:2]  # fills its per-thread buffers, which must not travel
     copy = pickle.loads(pickle.dumps(reader))
     np.testing.assert_array_equal(copy[1:3], values[1:3])
+
+
+def test_string_labels_are_read_at_open_and_decoded_on_first_use(chunked: Path) -> None:
+    import copy
+
+    store = chunked / nest_data.catalog().resolve(**KEYS).path
+    expected = {name: zarr.open_group(store, mode="r")[name][...] for name in ("concept", "path")}
+    da = nest_data.open(location=str(chunked), **KEYS)
+    assert type(da.concept.variable._data).__name__ == "LazilyIndexedArray"  # not decoded yet
+    chunk = store / "concept" / "c" / "0"
+    original = chunk.read_bytes()
+    chunk.unlink()  # read at open: decoding later needs no file
+    try:
+        np.testing.assert_array_equal(da.concept.values, expected["concept"])
+    finally:
+        chunk.write_bytes(original)
+    np.testing.assert_array_equal(da.path.values, expected["path"])
+    assert da.concept.dtype == np.dtypes.StringDType()
+    twin = copy.deepcopy(da)
+    assert list(twin.concept.values) == list(expected["concept"])
+    assert list(da.isel(image=[3, 1]).concept.values) == list(expected["concept"][[3, 1]])
