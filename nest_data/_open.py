@@ -336,19 +336,18 @@ def _select_roi(ds: xr.Dataset, store: NestStore, url: str, roi: str) -> xr.Data
     if "vertex" not in ds.dims:
         raise InputError(f"{url} is not a surface store (dims {tuple(ds.dims)}), so roi={roi!r} "
                          "cannot select vertices in it; open it without roi=")
-    name = f"{AUX_GROUP}/{ROI_AUX_PREFIX}{roi}"
-    try:
-        (positions,) = sync(_read_arrays(store, [name]))
-    except (KeyError, FileNotFoundError) as exc:
-        with quiet_consolidated():
-            aux = zarr.open_group(store, mode="r", zarr_format=3).get(AUX_GROUP)
-        found = sorted(k.removeprefix(ROI_AUX_PREFIX) for k in aux.array_keys()
-                       if k.startswith(ROI_AUX_PREFIX)) if isinstance(aux, zarr.Group) else []
+    prefix = f"{AUX_GROUP}/{ROI_AUX_PREFIX}"
+    name = prefix + roi
+    metadata = consolidated(store)
+    if name not in metadata:
+        found = sorted(k.removeprefix(prefix) for k in metadata if k.startswith(prefix))
         raise InputError(f"the surface store {url} has no vertex selection for ROI {roi!r} "
                          f"(its encoder's metadata had none); ROIs in it: "
                          f"{', '.join(found) or 'none'}. Open the whole surface without roi=, "
                          "or regenerate it from weights converted with BERG's metadata "
-                         "file") from exc
+                         "file")
+    labels = read_labels(store, url, metadata, [name])
+    (positions,) = labels.values() if labels is not None else sync(_read_arrays(store, [name]))
     out = ds.isel(vertex=np.asarray(positions, dtype=np.int64))
     out[DATA_VAR].attrs["roi"] = roi
     return out

@@ -30,7 +30,7 @@ import os
 import threading
 import weakref
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import crc32c
@@ -246,6 +246,8 @@ class _Piece:
     rows: slice  # rows of the selection inside the shard (shard coordinates)
     cols: tuple[slice, ...]  # selection along the other axes, in shard coordinates
     out: tuple[slice, ...]  # where those values go in the result
+    # for ``take``: inner chunk -> (positions in the result, rows within the chunk)
+    picks: dict[int, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
 
 
 class ShardReader:
@@ -354,7 +356,6 @@ class ShardReader:
         lay = self.layout
         full = tuple(slice(0, n) for n in self.shape[1:])
         pieces: list[_Piece] = []
-        picks: dict[int, dict[int, tuple[np.ndarray, np.ndarray]]] = {}
         inner_of = pos // lay.inner_rows
         for shard_index in np.unique(pos // lay.shard[0]):
             start = int(shard_index) * lay.shard[0]
@@ -364,12 +365,11 @@ class ShardReader:
             stop = min(start + lay.shard[0], self.shape[0]) - start
             for piece in self._plan((slice(start, start + stop), *full)):
                 piece.first, piece.last = min(chunks), max(chunks)
-                picks[id(piece)] = {
-                    i: (where, pos[where] - start - i * lay.inner_rows)
-                    for i, where in chunks.items()}
+                piece.picks = {i: (where, pos[where] - start - i * lay.inner_rows)
+                               for i, where in chunks.items()}
                 pieces.append(piece)
         if pieces:
-            self._read(pieces, functools.partial(self._pick, out=out, picks=picks))
+            self._read(pieces, functools.partial(self._pick, out=out))
         return out
 
     def _read(self, pieces: Sequence[_Piece], sink: Callable[..., None]) -> None:
@@ -554,11 +554,11 @@ class ShardReader:
             elif values is not dest:
                 dest[...] = values if direct else values[(rows, *piece.cols)]
 
-    def _pick(self, piece: _Piece, source: _Source, index: np.ndarray, *, out: np.ndarray,
-              picks: Mapping[int, Mapping[int, tuple[np.ndarray, np.ndarray]]]) -> None:
+    def _pick(self, piece: _Piece, source: _Source, index: np.ndarray, *, out: np.ndarray
+              ) -> None:
         """Copy the picked rows of each needed inner chunk of a piece into ``out``."""
         scratch = self._scratch()
-        for i, (where, rows) in picks[id(piece)].items():
+        for i, (where, rows) in piece.picks.items():
             values = self._inner(piece, source, index, i, scratch)
             dest: tuple[Any, ...] = (where, *piece.out[1:])
             if values is None:

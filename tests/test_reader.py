@@ -245,8 +245,37 @@ def test_verify_and_cache_read_whole_objects(tmp_path: Path, monkeypatch: pytest
             da = _open(f"{server.url}/x.zarr", **kw)
             np.testing.assert_array_equal(da.isel(image=5).values, values[5])
             gets = [r for r in server.requests if "/responses/c/" in r.path]
-            assert [r.range for r in gets] in ([None], [])  # whole (or cached), checked
+            assert [r.range for r in gets] == [None]  # the whole object, checked (and kept)
     np.testing.assert_array_equal(_open(url, verify=True).isel(image=5).values, values[5])
+
+
+@pytest.mark.parametrize("verify", [True, False])
+def test_store_ranges_of_checked_objects_come_from_the_whole_object(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, verify: bool) -> None:
+    """NestStore itself: with verify or a cache, a byte range of a listed object is cut from
+    the whole object, checked first (what zarr's own sharded reads would ask for)."""
+    from zarr.abc.store import RangeByteRequest
+    from zarr.core.buffer import default_buffer_prototype
+    from zarr.core.sync import sync
+
+    from nest_data._cache import ChunkCache
+    from nest_data._store import read_store_attrs
+
+    values = np.arange(40 * 125, dtype="f4").reshape(40, 125)
+    url = _write(tmp_path, values, ("image", "voxel"), 20 * 125 * 4)
+    cache = None if verify else ChunkCache(tmp_path / "cache")
+    store = make_store(url, cache=cache, verify=verify).with_manifest(
+        read_store_attrs(make_store(url))["objects"], 20)
+    key = "responses/c/1/0"
+    whole = (Path(url) / key).read_bytes()
+    got = sync(store.get(key, default_buffer_prototype(), RangeByteRequest(8, 40)))
+    assert got is not None and got.to_bytes() == whole[8:40]
+    if cache is not None:
+        assert cache.info().objects == 1  # the whole object was kept
+        return
+    _flip(Path(url) / key, 60)  # outside the requested range: still caught
+    with pytest.raises(ChecksumError, match="object responses/c/1/0 of .* does not match"):
+        sync(store.get(key, default_buffer_prototype(), RangeByteRequest(8, 40)))
 
 
 def test_format_1_stores_still_open(tmp_path: Path) -> None:

@@ -25,9 +25,23 @@ from nest_data._storage import NestStore
 from .servers import BUCKET, S3Server
 
 
-class TestNestStoreLocal(StoreTests[NestStore, Buffer]):
+class _NestStoreTests(StoreTests[NestStore, Buffer]):
+    """What StoreTests leaves to each store class, the same for every backend here."""
+
     store_cls = NestStore
     buffer_cls = Buffer
+
+    def test_store_repr(self, store: NestStore) -> None:
+        assert repr(store).startswith("NestStore(")
+
+    def test_store_supports_writes(self, store: NestStore) -> None:
+        assert store.supports_writes
+
+    def test_store_supports_listing(self, store: NestStore) -> None:
+        assert store.supports_listing
+
+
+class TestNestStoreLocal(_NestStoreTests):
 
     async def get(self, store: NestStore, key: str) -> Buffer:
         return self.buffer_cls.from_bytes((store._store.root / key).read_bytes())
@@ -44,15 +58,6 @@ class TestNestStoreLocal(StoreTests[NestStore, Buffer]):
     @pytest.fixture
     def open_kwargs(self, tmp_path: Path) -> dict[str, Any]:
         return {"store_cls": LocalStore, "root": str(tmp_path)}
-
-    def test_store_repr(self, store: NestStore) -> None:
-        assert repr(store).startswith("NestStore(")
-
-    def test_store_supports_writes(self, store: NestStore) -> None:
-        assert store.supports_writes
-
-    def test_store_supports_listing(self, store: NestStore) -> None:
-        assert store.supports_listing
 
     async def test_metadata_memo_follows_writes(self, store: NestStore) -> None:
         """The in-memory root ``zarr.json`` never outlives a write or delete of it."""
@@ -84,10 +89,7 @@ def s3() -> Iterator[S3Server]:
         yield server
 
 
-class TestNestStoreS3(StoreTests[NestStore, Buffer]):
-    store_cls = NestStore
-    buffer_cls = Buffer
-
+class TestNestStoreS3(_NestStoreTests):
     @pytest.fixture
     def prefix(self) -> str:
         return f"contract-{uuid.uuid4().hex}"
@@ -113,12 +115,3 @@ class TestNestStoreS3(StoreTests[NestStore, Buffer]):
     def open_kwargs(self, store_kwargs: dict[str, Any]) -> dict[str, Any]:
         inner = store_kwargs["store"]
         return {"store_cls": FsspecStore, "fs": inner.fs, "path": inner.path}
-
-    def test_store_repr(self, store: NestStore) -> None:
-        assert repr(store).startswith("NestStore(")
-
-    def test_store_supports_writes(self, store: NestStore) -> None:
-        assert store.supports_writes
-
-    def test_store_supports_listing(self, store: NestStore) -> None:
-        assert store.supports_listing
