@@ -49,6 +49,7 @@ from nest_data._store import (
     row_nbytes,
     scan_rows,
     store_exists,
+    write_rows,
 )
 from nest_data._surface import ROI_AUX_PREFIX, roi_positions
 from nest_data.errors import InputError
@@ -184,9 +185,7 @@ def _encode_chunk(job: _Job, index: int) -> dict[str, Any]:
         values[a:a + job.batch_size] = encoder(images[a:a + job.batch_size], device)
     if encoder.order is not None:  # surface stores keep vertices in ROI order
         values = np.ascontiguousarray(values[:, encoder.order])
-    array = zarr.open_array(job.stage, path=DATA_VAR, mode="r+", zarr_format=3)
-    with zarr.config.set({"array.write_empty_chunks": True}):
-        array[start:stop] = values
+    write_rows(Path(job.stage), start, values)
     marker = {"chunk": index, "rows": [start, stop], "sha256": array_digest(values),
               "nan_count": int(np.count_nonzero(np.isnan(values)))}
     tmp = Path(job.progress) / f".tmp-{uuid.uuid4().hex}"

@@ -200,7 +200,7 @@ def test_store_layout(collection: Path) -> None:
     array = group["responses"]
     assert group.metadata.zarr_format == 3
     assert array.shards == (30, 1350)  # one shard (one object) for 30 images, all voxels
-    assert array.chunks == (30, 1350)  # inner chunks: up to 512 KiB (97 rows), dividing 30
+    assert array.chunks == (6, 1350)  # inner chunks: up to 32 KiB (6 rows), dividing 30
     (crc,) = array.compressors  # raw values and their CRC-32C (see benchmarks/codecs.py)
     assert type(crc).__name__ == "Crc32cCodec"
     assert array.metadata.codecs[0].index_location.value == "end"

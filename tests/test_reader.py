@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import crc32c
 import numpy as np
 import pytest
 import zarr
@@ -138,8 +139,8 @@ def test_rsm_reads_only_needed_chunks_and_equals_generic(tmp_path: Path,
     da = _open(url)
     positions = np.array([150, 3, 77, 5])  # 4 of the 50 inner chunks
     calls: list[int] = []
-    real = nest_data._reader._crc_ok
-    monkeypatch.setattr("nest_data._reader._crc_ok", lambda data: calls.append(1) or real(data))
+    real = crc32c.crc32c
+    monkeypatch.setattr(crc32c, "crc32c", lambda data: calls.append(1) or real(data))
     fused = nest_data.rsm(da, images=positions, min_ncsnr=0.2)
     np.testing.assert_allclose(fused.values, np.corrcoef(values[positions][:, da.ncsnr > 0.2]),
                                atol=1e-12)
@@ -211,7 +212,7 @@ def test_one_image_from_http_is_two_requests_of_one_inner_chunk(tmp_path: Path) 
     values = np.random.default_rng(3).standard_normal((600, LATERAL_VOXELS)).astype("f4")
     url = _write(tmp_path, values, ("image", "voxel"), 8 * 2**20)
     layout = shard_reader(make_store(url), url, DATA_VAR).layout  # type: ignore[union-attr]
-    assert (layout.shard[0], layout.inner_rows) == (272, 16)  # ~8.5 MB shards, 499 KB chunks
+    assert (layout.shard[0], layout.inner_rows) == (269, 1)  # 8.4 MB shards, 31 KB chunks
     with HTTPServer() as server:
         server.upload(tmp_path)
         da = _open(f"{server.url}/x.zarr")
@@ -219,7 +220,8 @@ def test_one_image_from_http_is_two_requests_of_one_inner_chunk(tmp_path: Path) 
         np.testing.assert_array_equal(da.isel(image=300).values, values[300])
         gets = [r for r in server.requests if "/responses/c/" in r.path]
         assert len(gets) == 2 and all(r.status == 206 for r in gets)
-        assert sum(r.bytes_sent for r in gets) <= 2**20
+        # the index (269 x 16 bytes and its CRC) and the one image's inner chunk
+        assert sum(r.bytes_sent for r in gets) == 269 * 16 + 4 + LATERAL_VOXELS * 4 + 4
         server.reset()
         np.testing.assert_array_equal(da.values, values)  # a full scan: one GET per shard
         gets = [r for r in server.requests if "/responses/c/" in r.path]
@@ -334,3 +336,28 @@ def test_string_labels_are_read_at_open_and_decoded_on_first_use(chunked: Path) 
     twin = copy.deepcopy(da)
     assert list(twin.concept.values) == list(expected["concept"])
     assert list(da.isel(image=[3, 1]).concept.values) == list(expected["concept"][[3, 1]])
+
+
+@pytest.mark.parametrize("layout", sorted(LAYOUTS))
+def test_shards_are_the_bytes_zarr_writes(tmp_path: Path, layout: str,
+                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    values, dims, chunk_bytes, inner_bytes, chunks = LAYOUTS[layout]
+    values = values.copy()
+    values[3:9] = np.nan  # NaN rows, and in the voxel layout a shard's whole inner chunk
+    monkeypatch.setattr("nest_data._store.INNER_CHUNK_BYTES", inner_bytes)
+    ours = Path(_write(tmp_path / "ours", values, dims, chunk_bytes, chunks))
+    meta = json.loads((ours / DATA_VAR / "zarr.json").read_text())
+    theirs = zarr.create_array(tmp_path / "zarr", shape=values.shape, dtype="f4",
+                               shards=meta["chunk_grid"]["configuration"]["chunk_shape"],
+                               chunks=meta["codecs"][0]["configuration"]["chunk_shape"],
+                               compressors=zarr.codecs.Crc32cCodec(), fill_value=np.nan,
+                               config={"write_empty_chunks": True})
+    theirs[:] = values
+    objects = sorted(p.relative_to(ours / DATA_VAR) for p in (ours / DATA_VAR).rglob("c/**/*")
+                     if p.is_file())
+    assert objects == sorted(p.relative_to(tmp_path / "zarr")
+                             for p in (tmp_path / "zarr").rglob("c/**/*") if p.is_file())
+    assert len(objects) > 2
+    for name in objects:
+        assert (ours / DATA_VAR / name).read_bytes() == (tmp_path / "zarr" / name).read_bytes()
+    np.testing.assert_array_equal(zarr.open_array(ours / DATA_VAR)[:], values)
