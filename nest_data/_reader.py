@@ -138,14 +138,14 @@ def encode_shard(layout: Layout, block: np.ndarray, rows: int) -> np.ndarray:
     body = out[:written * (size + _CRC)].reshape(written, size + _CRC)
     body[:, :size] = values.view(np.uint8).reshape(n_inner, size)[:written]
     crc = crc32c.crc32c
-    sums = np.array([crc(body[k, :size]) for k in range(written)], dtype="<u4")
+    sums = np.array([crc(body[k, :size].data) for k in range(written)], dtype="<u4")
     body[:, size:] = sums.view(np.uint8).reshape(written, _CRC)
     index = np.full((n_inner, 2), _EMPTY, dtype="<u8")
     index[:written, 0] = np.arange(written, dtype=np.uint64) * np.uint64(size + _CRC)
     index[:written, 1] = size + _CRC
     tail = out[written * (size + _CRC):]
     tail[:-_CRC] = index.view(np.uint8).reshape(-1)
-    tail[-_CRC:] = np.array([crc(tail[:-_CRC])], dtype="<u4").view(np.uint8)
+    tail[-_CRC:] = np.array([crc(tail[:-_CRC].data)], dtype="<u4").view(np.uint8)
     return out
 
 
