@@ -739,11 +739,13 @@ def rsm(
                        "choose fewer images", positions.size, positions.size**2 * 8 / 1e9)
     subset = feats
     n_features = subset.shape[1]
-    x = _as_dask(subset).astype(np.float64)
     rows = max(1, _RSM_BLOCK_BYTES // (8 * n_features))
-    x = x.rechunk({0: rows, 1: -1})
-    z = (x - x.mean(axis=1, keepdims=True)) / x.std(axis=1, keepdims=True)
-    data = _gram(z) / n_features
+    z = _as_dask(subset).rechunk({0: rows, 1: -1}).map_blocks(_zscored, dtype=np.float64)
+    if z.numblocks[0] == 1:  # one task: the product of the one block with itself
+        data = z.map_blocks(_correlations, chunks=(z.chunks[0], z.chunks[0]),
+                            dtype=np.float64)
+    else:
+        data = _gram(z) / n_features
     coords: dict[str, Any] = {}
     for name, coord in subset.coords.items():
         if coord.dims == ("image",):
@@ -790,6 +792,20 @@ def _row_correlations(vectors: dask.array.Array, method: str) -> dask.array.Arra
     z = vectors - vectors.mean(axis=1, keepdims=True)
     z = z / dask.array.sqrt((z**2).sum(axis=1, keepdims=True))
     return _gram(z)
+
+
+def _zscored(block: np.ndarray) -> np.ndarray:
+    """Rows z-scored across columns (mean 0, SD 1, ``ddof=0``), in float64."""
+    x = block.astype(np.float64)
+    x -= x.mean(axis=1, keepdims=True)
+    with np.errstate(divide="ignore", invalid="ignore"):  # a constant row: NaN, documented
+        x /= np.sqrt(np.mean(x * x, axis=1, keepdims=True))
+    return x
+
+
+def _correlations(z: np.ndarray) -> np.ndarray:
+    """``z @ z.T / n_columns`` of z-scored rows: their Pearson correlations."""
+    return (z @ z.T) / z.shape[1]
 
 
 def _gram(z: dask.array.Array) -> dask.array.Array:

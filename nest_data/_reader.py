@@ -565,22 +565,23 @@ class ShardReader:
         per = max(1, _RUN_BYTES // expected)
         joined = ((chunks[1:] == chunks[:-1] + 1) & (off[1:] == off[:-1] + length[:-1])
                   & ~empty[1:] & ~empty[:-1])
-        starts = np.flatnonzero(np.r_[True, ~joined])
-        for s, e in zip(starts.tolist(), [*starts[1:].tolist(), len(chunks)], strict=True):
-            if empty[s]:
-                yield int(chunks[s]), None
+        starts = np.flatnonzero(np.r_[True, ~joined]).tolist()
+        # plain lists from here: this loop runs once per run, often of one chunk
+        ids, offs, lens = chunks.tolist(), off.tolist(), length.tolist()
+        for s, e in zip(starts, [*starts[1:], len(ids)], strict=True):
+            if offs[s] < 0:
+                yield ids[s], None
                 continue
             for a in range(s, e, per):
                 b = min(a + per, e)
-                lo, hi = int(off[a]), int(off[b - 1] + length[b - 1])
+                lo, hi = offs[a], offs[b - 1] + lens[b - 1]
                 data = source.bytes(lo, hi - lo)
                 if data is None:
-                    raise self._damaged(piece, f"its index places inner chunks {int(chunks[a])}"
-                                               f"-{int(chunks[b - 1])} outside the object",
-                                        int(chunks[a]), int(chunks[b - 1]))
-                yield int(chunks[a]), self._check(piece, data, int(chunks[a]),
-                                                  (off[a:b] - lo).tolist(),
-                                                  length[a:b].tolist())
+                    raise self._damaged(piece, f"its index places inner chunks {ids[a]}-"
+                                               f"{ids[b - 1]} outside the object",
+                                        ids[a], ids[b - 1])
+                yield ids[a], self._check(piece, data, ids[a], [o - lo for o in offs[a:b]],
+                                          lens[a:b])
 
     @functools.cached_property
     def _inner_nbytes(self) -> int:
@@ -644,13 +645,19 @@ class ShardReader:
               ) -> None:
         """Copy the picked rows of the inner chunks a piece needs into ``out``."""
         chunk, row, where = cast(tuple[np.ndarray, np.ndarray, np.ndarray], piece.picks)
+        chunks, rows, places = chunk.tolist(), row.tolist(), where.tolist()
+        cols = piece.out[1:]
+        a = 0
         for i, values in self._runs(piece, source, index, np.unique(chunk)):
-            a, b = np.searchsorted(chunk, [i, i + (1 if values is None else len(values))])
-            dest: tuple[Any, ...] = (where[a:b], *piece.out[1:])
-            if values is None:
-                out[dest] = self.layout.fill_value
-            else:
-                out[dest] = values[chunk[a:b] - i, row[a:b]][(slice(None), *piece.cols)]
+            b = a
+            while b < len(chunks) and chunks[b] < i + (1 if values is None else len(values)):
+                b += 1
+            for k in range(a, b):  # one image at a time: plain indexing, no index arrays
+                if values is None:
+                    out[(places[k], *cols)] = self.layout.fill_value
+                else:
+                    out[(places[k], *cols)] = values[(chunks[k] - i, rows[k], *piece.cols)]
+            a = b
 
     def _weigh(self, piece: _Piece, source: _Source, index: np.ndarray, *,
                out: np.ndarray, weights: np.ndarray) -> None:
@@ -766,9 +773,10 @@ def take_images(array: Any, positions: np.ndarray) -> Any | None:
     """``array[positions]`` along the first axis as a dask array reading only what it needs;
     or None.
 
-    None unless ``array`` is exactly a dask array made by :func:`dask_array`.  One task per
-    stored shard that holds a position reads the inner chunks holding them
-    (:meth:`ShardReader.take`); a dask selection would read every block whole.
+    None unless ``array`` is exactly a dask array made by :func:`dask_array`.  One task reads
+    the inner chunks that hold the positions (:meth:`ShardReader.take`: locally one read per
+    run of chunks, remotely every shard's requests at once); a dask selection would read
+    every block whole.
     """
     reader = _READERS.get(getattr(array, "name", ""))
     if reader is None or tuple(array.shape) != reader.shape:
@@ -778,29 +786,11 @@ def take_images(array: Any, positions: np.ndarray) -> Any | None:
     from dask.highlevelgraph import HighLevelGraph
 
     pos = np.asarray(positions, dtype=np.int64).reshape(-1)
-    order = np.argsort(pos, kind="stable")
-    shards = pos[order] // reader.layout.shard[0]
-    groups = np.split(pos[order], np.flatnonzero(np.diff(shards)) + 1) if pos.size else []
     name = f"take-{tokenize(array.name, pos)}"
-    # a plain graph: one task per shard, then one that puts the rows in the asked order
-    # (building it costs microseconds per shard; dask.delayed costs a millisecond)
-    parts = [(f"{name}-part", k) for k in range(len(groups))]
-    layer: dict[Any, Any] = {part: (reader.take, group)
-                             for part, group in zip(parts, groups, strict=True)}
-    layer[(name, *(0,) * reader.ndim)] = (_in_order, parts, order, reader.shape[1:],
-                                           reader.dtype)
+    layer: dict[Any, Any] = {(name, *(0,) * reader.ndim): (reader.take, pos)}
     graph = HighLevelGraph.from_collections(name, layer, dependencies=())
     return dask.array.Array(graph, name, chunks=tuple((n,) for n in (pos.size, *reader.shape[1:])),
                             dtype=reader.dtype)
-
-
-def _in_order(parts: list[np.ndarray], order: np.ndarray, row_shape: tuple[int, ...],
-              dtype: np.dtype[Any]) -> np.ndarray:
-    """Rows read in sorted order (``parts``), put back in the order they were asked for."""
-    out = np.empty((order.size, *row_shape), dtype=dtype)
-    if parts:
-        out[order] = np.concatenate(parts)
-    return out
 
 
 def _weighted_block(index: np.ndarray, *, reader: ShardReader, weights: np.ndarray
