@@ -23,7 +23,7 @@ from nest_data._analysis import (
     univariate_rnc,
 )
 from nest_data._cache import ChunkCache
-from nest_data._catalog import Catalog, Entry, Location, catalog
+from nest_data._catalog import Catalog, Entry, Location, Root, catalog
 from nest_data._demo import build_demo, plot_roi_summary, plot_surface_map, run_demo
 from nest_data._encode import encode
 from nest_data._generate import generate
@@ -68,6 +68,7 @@ __all__ = [
     "MissingObjectError",
     "NestDataError",
     "RemoteReadError",
+    "Root",
     "SourceFormatError",
     "StoreFormatError",
     "StoreNotFoundError",

@@ -17,12 +17,12 @@ from typing import TYPE_CHECKING, Any, cast
 import yaml
 
 from nest_data import _config
+from nest_data._storage import check_storage_options
 from nest_data.catalogs import catalog_path
 from nest_data.errors import AmbiguousKeyError, CatalogError, LocationError, UnknownKeyError
 
 if TYPE_CHECKING:
     import pandas as pd
-    import xarray as xr
 
 logger = logging.getLogger("nest_data")
 
@@ -134,12 +134,44 @@ class Location:
         return url.replace("{cache_dir}", _config.cache_dir().as_posix())
 
 
+@dataclass(frozen=True)
+class Root:
+    """A location resolved once: the root URL of its stores, their storage options, its name.
+
+    :meth:`Catalog.location` makes one at the API edge; what reads and writes below takes a
+    ``Root`` (or a URL and options), never a catalog.
+
+    Examples
+    --------
+    >>> import nest_data
+    >>> cat = nest_data.catalog()
+    >>> root = cat.location("demo")
+    >>> root.name
+    'demo'
+    >>> root.store(cat.resolve(imageset="things", subject=1, roi="V1")).endswith(
+    ...     "imageset-things/sub-01_roi-V1.zarr")
+    True
+    """
+
+    url: str
+    storage_options: Mapping[str, Any] = field(default_factory=dict)
+    name: str = ""
+
+    def store(self, entry: Entry) -> str:
+        """The URL of an entry's store under this root."""
+        return self.join(entry.path)
+
+    def join(self, path: str) -> str:
+        """The URL of ``path`` (a store or a weights folder, from the catalog) under this root."""
+        return self.url.rstrip("/") + "/" + path.lstrip("/")
+
+
 class Catalog:
     """The NEST collection: which entries exist and where their stores live.
 
     Build one with :func:`nest_data.catalog`.  A catalog iterates over its
     :class:`Entry` objects, filters them with :meth:`search`, shows them as a pandas table
-    with :attr:`df`, and opens them with :meth:`open`.
+    with :attr:`df`; :func:`nest_data.open` takes one as ``catalog=``.
 
     Examples
     --------
@@ -490,47 +522,51 @@ class Catalog:
         raise UnknownKeyError(f"no model {entry.modality}/{entry.train_dataset}/{entry.model} "
                               f"in this catalog; valid: {_fmt([m.name for m in self.models])}")
 
-    def location(self, location: str | None = None) -> tuple[str, dict[str, Any], str]:
-        """Resolve a location name or URL to ``(root URL, storage options, name)``.
+    def location(self, location: str | os.PathLike[str] | None = None,
+                 storage_options: Mapping[str, Any] | None = None) -> Root:
+        """Resolve a location name, folder or URL to a :class:`Root`.
 
         Lookup order: the argument (a location name, a folder, or a URL), then the
         ``NEST_DATA_LOCATION`` environment variable, then the ``local`` location when
-        ``NEST_DATA_ROOT`` is set.
+        ``NEST_DATA_ROOT`` is set.  ``storage_options`` are merged over the location's own.
+
+        Examples
+        --------
+        >>> import nest_data
+        >>> nest_data.catalog().location("/data/nest", {"anon": True})
+        Root(url='/data/nest', storage_options={'anon': True}, name='/data/nest')
         """
+        check_storage_options(storage_options)
         if location is not None and not isinstance(location, (str, os.PathLike)):
             raise LocationError(f"location={location!r} is not a name, folder or URL; give a "
                                 "location name (" + _fmt(sorted(self.locations)) + "), a "
                                 "folder or an fsspec URL")
-        location = os.fspath(location) if location is not None else None
-        if location is None:
-            location = os.environ.get(_config.ENV_LOCATION) or None
-        if location is None and os.environ.get(_config.ENV_ROOT) and "local" in self.locations:
-            location = "local"
-        if location is None:
+        name = os.fspath(location) if location is not None else None
+        if name is None:
+            name = os.environ.get(_config.ENV_LOCATION) or None
+        if name is None and os.environ.get(_config.ENV_ROOT) and "local" in self.locations:
+            name = "local"
+        if name is None:
             raise LocationError(
                 "no location given: pass location= (one of " + _fmt(sorted(self.locations)) +
                 ", a folder, or a URL), or set NEST_DATA_ROOT to the folder that holds your "
                 "stores, or NEST_DATA_LOCATION to a location name. To try nest-data without "
                 "data, run `nest-data demo` and use location='demo'."
             )
-        if location in self.locations:
-            loc = self.locations[location]
-            return loc.resolve(), dict(loc.storage_options), location
-        if ("/" in location or "\\" in location or location.startswith(".")
-                or os.path.isdir(location)):
-            return location, {}, location
-        raise LocationError(f"unknown location {location!r}; valid locations: "
-                            f"{_fmt(sorted(self.locations))}, or any folder or fsspec URL. "
-                            "Add one with Catalog.add_location() or a catalog YAML "
+        extra = dict(storage_options or {})
+        if name in self.locations:
+            loc = self.locations[name]
+            return Root(loc.resolve(), {**loc.storage_options, **extra}, name)
+        if "/" in name or "\\" in name or name.startswith(".") or os.path.isdir(name):
+            return Root(name, extra, name)
+        close = difflib.get_close_matches(name, sorted(self.locations), n=1)
+        hint = f" Did you mean {close[0]!r}?" if close else ""
+        raise LocationError(f"unknown location {name!r}; valid locations: "
+                            f"{_fmt(sorted(self.locations))}, or any folder or fsspec URL."
+                            f"{hint} Add one with Catalog.add_location() or a catalog YAML "
                             "'locations:' block.")
 
-    # ---------------------------------------------------------------- opening
-    def open(self, **kwargs: Any) -> xr.DataArray:
-        """Open one entry of this catalog; the same arguments as :func:`nest_data.open`."""
-        from nest_data._open import open as _open
-
-        return _open(catalog=self, **kwargs)
-
+    # ---------------------------------------------------------------- export
     def to_intake_esm(
         self, directory: str | os.PathLike[str], *, location: str | None = None,
         name: str | None = None,
@@ -559,7 +595,8 @@ class Catalog:
         >>> cat.to_intake_esm(tempfile.mkdtemp(), location="demo").suffix
         '.json'
         """
-        root, options, _ = self.location(location)
+        where = self.location(location)
+        root, options = where.url, dict(where.storage_options)
         stem = name or self.name
         out = Path(directory)
         out.mkdir(parents=True, exist_ok=True)

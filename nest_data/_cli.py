@@ -9,6 +9,8 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
+
 from nest_data.errors import ConversionError, NestDataError
 
 __all__ = ["main"]
@@ -120,6 +122,45 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_encode(args: argparse.Namespace) -> int:
+    from nest_data._encode import encode
+
+    da = encode(list(args.images), subject=args.subject, roi=args.roi,
+                modality=args.modality, train_dataset=args.train_dataset,
+                location=args.location, storage_options=_options(args.storage_option),
+                batch_size=args.batch_size, device=args.device,
+                show_progress=_progress(args))
+    if args.out:
+        out = args.out.rstrip("/")
+        if out.endswith(".zarr"):
+            da.to_dataset(name="responses").to_zarr(out, mode="w-", zarr_format=3,
+                                                    consolidated=True)
+        elif out.endswith(".nc"):
+            da.assign_attrs({k: _netcdf_attr(v) for k, v in da.attrs.items()}).to_netcdf(out)
+        else:
+            raise NestDataError(f"--out {args.out!r}: give a file ending in .nc (NetCDF) or "
+                                "a folder ending in .zarr")
+        print(f"{out}: {da.dims} {da.shape}")
+        return 0
+    reduce = [d for d in da.dims if d != "image"]
+    means = da.mean(reduce).values
+    for name, value in zip(da.image.values, means, strict=True):
+        print(f"{name}\t{value:.6g}")
+    print(f"mean over {', '.join(map(str, reduce))} of {da.attrs.get('roi') or da.name} "
+          f"responses; --out FILE keeps all {int(np.prod(da.shape[1:]))} per image")
+    return 0
+
+
+def _netcdf_attr(value: Any) -> Any:
+    """NetCDF keeps numbers, strings and 1-D numeric arrays as attributes; the rest as JSON."""
+    array = np.asarray(value, dtype=object) if not isinstance(value, dict) else None
+    if isinstance(value, (str, int, float)) or (
+            array is not None and array.ndim == 1 and all(
+                isinstance(v, (int, float, np.number)) for v in array)):
+        return value
+    return json.dumps(value, default=lambda v: np.asarray(v).tolist())
+
+
 def _cmd_mirror(args: argparse.Namespace) -> int:
     from nest_data._mirror import mirror
 
@@ -145,7 +186,7 @@ def _cmd_cache(args: argparse.Namespace) -> int:
 def _cmd_catalog(args: argparse.Namespace) -> int:
     import pandas as pd
 
-    from nest_data._catalog import catalog
+    from nest_data._catalog import KEYS, catalog
 
     cat = catalog(*args.catalog).search(modality=args.modality, imageset=args.imageset,
                                         subject=args.subject, roi=args.roi)
@@ -153,8 +194,10 @@ def _cmd_catalog(args: argparse.Namespace) -> int:
         path = cat.to_intake_esm(args.intake_esm, location=args.location)
         print(f"wrote {path} and {path.with_suffix('.csv')}")
         return 0
-    with pd.option_context("display.max_rows", args.max_rows, "display.width", 160):
-        print(cat.df.drop(columns=["path"]))
+    columns = [*KEYS, "n_images"] if not args.all_columns else list(cat.df.columns)
+    with pd.option_context("display.max_rows", args.max_rows,
+                           "display.width", 80 if not args.all_columns else 200):
+        print(cat.df[columns].to_string(max_rows=args.max_rows, index=False))
     print(f"{len(cat)} entries; locations: {', '.join(sorted(cat.locations))}")
     return 0
 
@@ -221,7 +264,8 @@ def _parser() -> argparse.ArgumentParser:
     weights.set_defaults(func=_cmd_convert_weights)
 
     verify = sub.add_parser("verify", help="re-check the checksums of every store under ROOT")
-    verify.add_argument("root", help="a local folder or a remote URL")
+    verify.add_argument("root", help="a location name (demo, local, ...), a local folder or a "
+                        "remote URL")
     verify.add_argument("--storage-option", action="append", metavar="KEY=VALUE")
     verify.set_defaults(func=_cmd_verify)
 
@@ -250,6 +294,23 @@ def _parser() -> argparse.ArgumentParser:
     gen.add_argument("--scheduler", help="address of a running dask scheduler")
     gen.set_defaults(func=_cmd_generate)
 
+    enc = sub.add_parser("encode", help="responses of an encoder to image files (computed "
+                                        "now; needs converted weights at --location)")
+    enc.add_argument("images", nargs="+", help="image files (any format Pillow reads)")
+    enc.add_argument("--subject", required=True, type=int)
+    enc.add_argument("--roi", help="fMRI ROI (fsaverage: a surface ROI, or none for the "
+                                   "whole surface)")
+    enc.add_argument("--modality", default="fmri", choices=["fmri", "eeg"])
+    enc.add_argument("--train-dataset", help="nsd_fsaverage: BERG's fsaverage surface model")
+    enc.add_argument("--location", help="location name or URL holding converted weights "
+                                        "(e.g. demo)")
+    enc.add_argument("--storage-option", action="append", metavar="KEY=VALUE")
+    enc.add_argument("--out", help="write every response: FILE.nc (NetCDF) or FOLDER.zarr; "
+                                   "without it, print each image's mean response")
+    enc.add_argument("--batch-size", type=int, default=16)
+    enc.add_argument("--device", default="auto")
+    enc.set_defaults(func=_cmd_encode)
+
     mirror = sub.add_parser("mirror", help="copy a subset of a location to a local folder")
     mirror.add_argument("dest", help="local folder to copy into")
     mirror.add_argument("--location", help="location name or URL to copy from")
@@ -274,6 +335,8 @@ def _parser() -> argparse.ArgumentParser:
     cat.add_argument("--intake-esm", metavar="DIR", help="write an intake-esm collection")
     cat.add_argument("--location", help="location whose root the intake-esm paths use")
     cat.add_argument("--max-rows", type=int, default=40)
+    cat.add_argument("--all-columns", action="store_true",
+                     help="every column (dims, voxel counts, store paths), wider than 80")
     cat.set_defaults(func=_cmd_catalog)
     return parser
 

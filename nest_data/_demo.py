@@ -306,7 +306,7 @@ def plot_surface_map(values: xr.DataArray, path: str | Path, *, title: str | Non
     '.png'
     """
     try:
-        import matplotlib.pyplot as plt
+        from matplotlib.figure import Figure
         from nilearn import datasets, plotting
     except ImportError as exc:
         raise ImportError("the surface figure needs matplotlib and nilearn: pip install "
@@ -322,7 +322,9 @@ def plot_surface_map(values: xr.DataArray, path: str | Path, *, title: str | Non
     hemi, index = np.asarray(values["hemisphere"].values), np.asarray(
         values["fsaverage_index"].values)
     limit = float(np.nanmax(np.abs(data))) or 1.0
-    fig, axes = plt.subplots(2, 2, subplot_kw={"projection": "3d"}, figsize=(9, 7))
+    # a Figure of its own, not pyplot: the caller's matplotlib backend stays as it is
+    fig = Figure(figsize=(9, 7))
+    axes = fig.subplots(2, 2, subplot_kw={"projection": "3d"})
     for column, (short, side) in enumerate((("lh", "left"), ("rh", "right"))):
         n = mesh.parts[side].coordinates.shape[0]
         texture = np.full(n, np.nan)
@@ -340,7 +342,6 @@ def plot_surface_map(values: xr.DataArray, path: str | Path, *, title: str | Non
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=90)
-    plt.close(fig)
     return path
 
 
@@ -359,10 +360,7 @@ def plot_roi_summary(da: xr.DataArray, path: str | Path) -> Path:
     '.png'
     """
     try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        from matplotlib.figure import Figure
     except ImportError as exc:
         raise ImportError("the figure needs matplotlib: pip install 'nest-data[plot]'") from exc
     for name in ("i", "j", "k"):
@@ -376,7 +374,8 @@ def plot_roi_summary(da: xr.DataArray, path: str | Path) -> Path:
     volume = np.full(tuple(da.attrs["volume_shape"]), np.nan, dtype=np.float32)
     volume[i, j, kk] = voxel_mean
     axial = int(np.bincount(kk).argmax())
-    fig, (ax0, ax1) = plt.subplots(1, 2, figsize=(10, 4.2))
+    fig = Figure(figsize=(10, 4.2))  # not pyplot: the caller's backend stays as it is
+    ax0, ax1 = fig.subplots(1, 2)
     ax0.hist(values.ravel(), bins=60, color="#4477aa")
     ax0.set_xlabel("response (a.u.)")
     ax0.set_ylabel("images x voxels")
@@ -393,5 +392,4 @@ def plot_roi_summary(da: xr.DataArray, path: str | Path) -> Path:
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
-    plt.close(fig)
     return path

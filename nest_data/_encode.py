@@ -21,7 +21,6 @@ from nest_data import _config
 from nest_data._catalog import Catalog
 from nest_data._catalog import catalog as default_catalog
 from nest_data._digest import bytes_digest
-from nest_data._storage import join
 from nest_data.errors import InputError
 
 logger = logging.getLogger("nest_data")
@@ -199,14 +198,14 @@ class EncoderSource:
         cat = catalog or default_catalog()
         spec, rel = cat.resolve_weights(modality=modality, train_dataset=train_dataset,
                                         model=model, subject=subject, roi=roi)
-        root, options, _ = cat.location(location)
-        options = {**options, **(storage_options or {})}
+        root = cat.location(location, storage_options)
         backbone_url = ""
         if spec.backbone_path:
             backbone_url = os.fspath(backbone) if backbone is not None else (
-                os.environ.get(ENV_BACKBONE) or join(root, spec.backbone_path))
-        return cls(spec.modality, spec.train_dataset, spec.model, spec.units, join(root, rel),
-                   backbone_url, json.dumps(options, sort_keys=True, default=str), spec.surface)
+                os.environ.get(ENV_BACKBONE) or root.join(spec.backbone_path))
+        return cls(spec.modality, spec.train_dataset, spec.model, spec.units, root.join(rel),
+                   backbone_url, json.dumps(dict(root.storage_options), sort_keys=True,
+                                            default=str), spec.surface)
 
     def load(self) -> Encoder:
         """The encoder, loaded once per process and version of the weights.

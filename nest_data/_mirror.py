@@ -19,7 +19,6 @@ from zarr.core.sync import sync
 from nest_data._catalog import Catalog, Entry
 from nest_data._catalog import catalog as default_catalog
 from nest_data._digest import bytes_digest, file_digest
-from nest_data._open import entry_url
 from nest_data._parallel import run_jobs
 from nest_data._storage import NestStore, is_local, local_path, make_store
 from nest_data._store import ATTR, STAGING_DIR, commit
@@ -96,14 +95,14 @@ def mirror(
         raise NestDataError(f"mirror copies to a local folder; {dest!r} is a URL. To publish "
                             "to a bucket, use `nest-data convert ... DEST` with a remote DEST")
     cat = catalog or default_catalog()
+    root = cat.location(location, storage_options)
     # A surface model's ROIs share their subject's one store: copy each store once.
     entries = list({e.path: e for e in cat.search(**keys)}.values())
     if not entries:
         raise StoreNotFoundError(f"no catalog entries match {keys}")
     jobs = []
     for entry in entries:
-        url, options, _ = entry_url(cat, entry, location)
-        jobs.append((entry, url, {**options, **(storage_options or {})},
+        jobs.append((entry, root.store(entry), dict(root.storage_options),
                      local_path(os.fspath(dest))))
     report = MirrorReport()
     for job, outcome in run_jobs(_mirror_entry, jobs, workers=workers,

@@ -17,13 +17,19 @@ from zarr.core.sync import sync
 
 from nest_data import _config
 from nest_data._cache import ChunkCache
-from nest_data._catalog import Catalog, Entry
+from nest_data._catalog import Catalog, Entry, Root
 from nest_data._catalog import catalog as default_catalog
 from nest_data._reader import ShardReader, consolidated, dask_array, read_labels, shard_reader
-from nest_data._storage import NestStore, is_local, join, make_store, quiet_consolidated
+from nest_data._storage import (
+    NestStore,
+    check_storage_options,
+    is_local,
+    make_store,
+    quiet_consolidated,
+)
 from nest_data._store import AUX_GROUP, DATA_VAR, read_store_attrs
 from nest_data._surface import ROI_AUX_PREFIX
-from nest_data.errors import AmbiguousKeyError, InputError, StoreFormatError, StoreNotFoundError
+from nest_data.errors import InputError, StoreFormatError, StoreNotFoundError
 
 logger = logging.getLogger("nest_data")
 
@@ -75,7 +81,7 @@ def open(
     chunks : dict, optional
         Dask chunks.  The default is one stored shard (about 8 MB) per dask chunk for local
         stores and eight for remote ones, fetched concurrently.  A selection still reads only
-        what it needs: one image is one inner chunk of at most 512 KB.
+        what it needs: one image is one inner chunk of at most 32 KB (or the image).
     cache : bool, optional
         Keep the chunks read from a remote store in the local disk cache, so reading them
         again makes no request (default: ``NEST_DATA_CACHE``, then off; see
@@ -86,9 +92,10 @@ def open(
         raises ChecksumError naming it.  Without it, every inner chunk of ``responses`` is
         still checked against its CRC-32C.
     images : optional
-        Images that are in no pre-generated set: their responses are computed on the fly
-        with :func:`nest_data.encode` (``location`` must then hold converted weights) and
-        come back in the same labelled form.  Give either ``imageset`` or ``images``.
+        Not taken: ``open`` reads stored responses only.  Responses to images of your own
+        come from :func:`nest_data.encode` (computed now, labelled the same way) or
+        :func:`nest_data.generate` (a store to open with :func:`open_store`); passing
+        ``images`` raises :class:`~nest_data.errors.InputError` saying so.
     load_labels : bool
         Read the coordinate arrays (ncsnr, concept, x/y/z...) now, in one concurrent batch,
         so they can be used for selection.  ``False`` keeps them lazy and builds no index
@@ -121,22 +128,16 @@ def open(
     >>> float(da.isel(image=0).mean()) != 0
     True
     """
-    cat = catalog or default_catalog()
     if images is not None:
-        if imageset is not None:
-            raise AmbiguousKeyError(f"give imageset= (pre-generated responses) or images= "
-                                    f"(computed on the fly), not both (imageset={imageset!r})")
-        if subject is None:
-            raise AmbiguousKeyError("subject= is required to encode images")
-        from nest_data._encode import encode
-
-        return encode(images, subject=subject, roi=roi, modality=modality or "fmri",
-                      train_dataset=train_dataset, model=model, location=location,
-                      storage_options=storage_options, catalog=cat)
+        raise InputError("open() reads stored responses; for images of your own, call "
+                         "nest_data.encode(images, subject=..., roi=..., location=...), which "
+                         "returns their responses in the same labelled form (or write a store "
+                         "of them with nest_data.generate and open it with open_store)")
+    cat = catalog or default_catalog()
     entry = cat.resolve(modality=modality, train_dataset=train_dataset, model=model,
                         imageset=imageset, subject=subject, roi=roi)
-    ds = _open_dataset(cat, entry, location, storage_options, chunks, group=None,
-                       cache=cache, verify=verify, load_labels=load_labels)
+    ds = _open_dataset(cat, entry, cat.location(location, storage_options), chunks,
+                       group=None, cache=cache, verify=verify, load_labels=load_labels)
     return ds[DATA_VAR]
 
 
@@ -165,8 +166,8 @@ def open_metadata(
     """
     cat = catalog or default_catalog()
     entry = cat.resolve(**keys)
-    return _open_dataset(cat, entry, location, storage_options, None, group=AUX_GROUP,
-                         cache=None, verify=None, load_labels=True)
+    return _open_dataset(cat, entry, cat.location(location, storage_options), None,
+                         group=AUX_GROUP, cache=None, verify=None, load_labels=True)
 
 
 def open_many(
@@ -202,6 +203,7 @@ def open_many(
     ('image', 'voxel')
     """
     cat = catalog or default_catalog()
+    root = cat.location(location, storage_options)
     subjects = list(subject) if isinstance(subject, (list, tuple)) else [subject]
     rois: list[str | None] = (list(roi) if isinstance(roi, (list, tuple))
                               else [roi])  # type: ignore[list-item]
@@ -210,33 +212,24 @@ def open_many(
         for r in rois:
             entry = cat.resolve(modality=modality, train_dataset=train_dataset, model=model,
                                 imageset=imageset, subject=s, roi=r)
-            ds = _open_dataset(cat, entry, location, storage_options, chunks, group=None,
-                               cache=cache, verify=verify, load_labels=True)
+            ds = _open_dataset(cat, entry, root, chunks, group=None, cache=cache,
+                               verify=verify, load_labels=True)
             name = f"sub-{entry.subject:02d}" + (f"/{entry.roi}" if entry.roi else "")
             nodes[name] = ds[[DATA_VAR]]
     return xr.DataTree.from_dict(nodes)
 
 
-def entry_url(cat: Catalog, entry: Entry, location: str | None) -> tuple[str, dict[str, Any],
-                                                                          str]:
-    """The URL of an entry's store at a location, with storage options and location name."""
-    root, options, name = cat.location(location)
-    return join(root, entry.path), options, name
-
-
 def _open_dataset(
-    cat: Catalog, entry: Entry, location: str | None,
-    storage_options: Mapping[str, Any] | None, chunks: Mapping[str, int] | None,
+    cat: Catalog, entry: Entry, root: Root, chunks: Mapping[str, int] | None,
     group: str | None, *, cache: bool | None, verify: bool | None, load_labels: bool,
 ) -> xr.Dataset:
-    _check_options(storage_options)
-    url, options, loc_name = entry_url(cat, entry, location)
+    url = root.store(entry)
     surface_roi = entry.roi if cat.model_spec(entry).surface and group is None else None
     try:
-        ds = _open_url(url, {**options, **(storage_options or {})}, chunks, group,
-                       cache=cache, verify=verify, load_labels=load_labels, roi=surface_roi)
+        ds = _open_url(url, root.storage_options, chunks, group, cache=cache, verify=verify,
+                       load_labels=load_labels, roi=surface_roi)
     except StoreNotFoundError as exc:
-        raise StoreNotFoundError(_missing_message(entry, url, loc_name)) from exc
+        raise StoreNotFoundError(_missing_message(entry, url, root.name)) from exc
     logger.debug("opened %s from %s", entry.label, url)
     return ds
 
@@ -388,21 +381,15 @@ def open_store(
     Examples
     --------
     >>> import nest_data
-    >>> url = nest_data.catalog().location("demo")[0] + "/" + nest_data.catalog().resolve(
-    ...     imageset="things", subject=1, roi="V1").path
+    >>> cat = nest_data.catalog()
+    >>> url = cat.location("demo").store(cat.resolve(imageset="things", subject=1, roi="V1"))
     >>> nest_data.open_store(url).dims
     ('image', 'voxel')
     """
-    _check_options(storage_options)
+    check_storage_options(storage_options)
     ds = _open_url(os.fspath(url), dict(storage_options or {}), chunks, None, cache=cache,
                    verify=verify, load_labels=load_labels, roi=roi)
     return ds[DATA_VAR]
-
-
-def _check_options(storage_options: Any) -> None:
-    if storage_options is not None and not isinstance(storage_options, Mapping):
-        raise InputError(f"storage_options={storage_options!r} is not a dict; give a dict of "
-                         "fsspec options, e.g. storage_options={'anon': True}")
 
 
 def _check_chunks(chunks: Any) -> None:

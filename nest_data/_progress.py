@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Any
 
 import dask
 from dask.base import get_scheduler
-from dask.callbacks import Callback
 from tqdm.auto import tqdm
+from tqdm.dask import TqdmCallback
 
 from nest_data import _config
 
@@ -27,27 +26,6 @@ def active_client() -> Any:
         return None
     scheduler = get_scheduler()
     return client if scheduler is not None and scheduler == client.get else None
-
-
-class _TqdmCallback(Callback):
-    """A tqdm bar over the tasks of a local dask scheduler."""
-
-    def __init__(self, desc: str, unit: str) -> None:
-        super().__init__()
-        self._desc, self._unit = desc, unit
-        self._bar: Any = None
-
-    def _start_state(self, dsk: Any, state: Mapping[str, Any]) -> None:
-        total = sum(len(state[k]) for k in ("ready", "waiting", "running", "finished"))
-        self._bar = tqdm(total=total, desc=self._desc, unit=self._unit)
-
-    def _posttask(self, key: Any, result: Any, dsk: Any, state: Any, worker_id: Any) -> None:
-        if self._bar is not None:
-            self._bar.update()
-
-    def _finish(self, dsk: Any, state: Any, errored: bool) -> None:
-        if self._bar is not None:
-            self._bar.close()
 
 
 def compute(*objects: Any, show_progress: bool | None = None, desc: str = "computing",
@@ -73,5 +51,5 @@ def compute(*objects: Any, show_progress: bool | None = None, desc: str = "compu
         return tuple(client.compute(persisted, sync=True))
     if not show:
         return tuple(dask.compute(*objects, **local))
-    with _TqdmCallback(desc, "task"):
+    with TqdmCallback(desc=desc, unit="task"):
         return tuple(dask.compute(*objects, **local))

@@ -38,12 +38,19 @@ from zarr.storage import FsspecStore, LocalStore, WrapperStore
 
 from nest_data._cache import ChunkCache
 from nest_data._digest import bytes_digest
-from nest_data.errors import ChecksumError, LocationError, MissingObjectError, RemoteReadError
+from nest_data.errors import (
+    ChecksumError,
+    InputError,
+    LocationError,
+    MissingObjectError,
+    RemoteReadError,
+)
 
 logger = logging.getLogger("nest_data")
 
 __all__ = [
     "NestStore",
+    "check_storage_options",
     "is_local",
     "join",
     "make_store",
@@ -55,6 +62,8 @@ __all__ = [
 TRANSIENT_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})
 _BYTE_REQUESTS = (RangeByteRequest, OffsetByteRequest, SuffixByteRequest)
 RETRIES = 4
+#: Protocols whose fsspec file system retries transient failures on its own.
+SELF_RETRYING = frozenset({"s3", "s3a", "gs", "gcs"})
 BACKOFF = 0.1  # seconds, doubled on every retry
 
 
@@ -85,6 +94,13 @@ def join(root: str | os.PathLike[str], path: str) -> str:
     return os.fspath(root).rstrip("/") + "/" + path.lstrip("/")
 
 
+def check_storage_options(storage_options: Any) -> None:
+    """``storage_options=`` must be a dict (or None)."""
+    if storage_options is not None and not isinstance(storage_options, Mapping):
+        raise InputError(f"storage_options={storage_options!r} is not a dict; give a dict of "
+                         "fsspec options, e.g. storage_options={'anon': True}")
+
+
 def validate_storage_options(url: str, storage_options: Mapping[str, Any]) -> None:
     """Refuse storage options that the URL's file system would not use.
 
@@ -111,7 +127,7 @@ def validate_storage_options(url: str, storage_options: Mapping[str, Any]) -> No
                 else f"install fsspec's {protocol} support")
         raise LocationError(f"reading {url!r} needs an optional dependency ({exc}); {hint}"
                             ) from exc
-    accepted = _named_parameters(cls)
+    accepted = _named_parameters(cls) | _forwarded(protocol)
     unused = sorted(set(storage_options) - accepted)
     if unused:
         raise LocationError(
@@ -119,6 +135,17 @@ def validate_storage_options(url: str, storage_options: Mapping[str, Any]) -> No
             f"{cls.__name__} accepts: {', '.join(sorted(accepted))}. Check the spelling "
             "(anonymous access is anon=True for S3, token='anon' for GCS)."
         )
+
+
+def _forwarded(protocol: str) -> set[str]:
+    """Options a file system passes on unnamed: fsspec's HTTP hands them to every aiohttp
+    request (``headers``, ``auth``, ``cookies``, ``proxy``, ``ssl``, ...)."""
+    if protocol not in ("http", "https"):
+        return set()
+    import aiohttp
+
+    return {p.name for p in inspect.signature(aiohttp.ClientSession._request).parameters.values()
+            if p.kind == p.KEYWORD_ONLY}
 
 
 def _named_parameters(cls: type) -> set[str]:
@@ -162,10 +189,14 @@ def make_store(
                 "(s3://, gs://, https://)"
             )
         inner = LocalStore(local_path(text), read_only=read_only)
+        retries = 0  # a local read that fails is not transient
     else:
         validate_storage_options(text, options)
         inner = FsspecStore.from_url(text, storage_options=options, read_only=read_only)
-    return NestStore(inner, url=text, cache=cache, verify=verify)
+        # s3fs and gcsfs retry transient failures themselves (their ``retries``): ours would
+        # multiply theirs; fsspec's HTTP file system has none, so nest-data retries there
+        retries = 0 if text.split("://", 1)[0] in SELF_RETRYING else RETRIES
+    return NestStore(inner, url=text, cache=cache, verify=verify, retries=retries)
 
 
 class NestStore(WrapperStore[Store]):

@@ -81,8 +81,9 @@ def verify(
 
     Parameters
     ----------
-    root : path or URL
-        Root of a collection (the DEST of ``nest-data convert``, a mirror, a bucket prefix).
+    root : str, path or URL
+        A location name (``"demo"``, ``"local"``, one in the catalog) or the root of a
+        collection (the DEST of ``nest-data convert``, a mirror, a bucket prefix).
         Local roots and listable remote roots (S3, GCS, ...) are searched for stores,
         including ones outside the catalog (``nest-data generate``); HTTP roots, which cannot
         be listed, are checked at every catalog path.
@@ -105,8 +106,10 @@ def verify(
     >>> report.ok, report.stores
     (True, 30)
     """
-    options = dict(storage_options or {})
-    root_text = os.fspath(root)
+    cat = catalog or default_catalog()
+    where = cat.location(root, storage_options)
+    options = dict(where.storage_options)
+    root_text = where.url
     labels: list[str]
     if is_local(root_text):
         base = Path(local_path(root_text))
@@ -115,7 +118,6 @@ def verify(
         validate_storage_options(root_text, options)
         listed = _remote_stores(root_text, options)
         if listed is None:  # no listing (HTTP): probe every catalog path
-            cat = catalog or default_catalog()
             paths = dict.fromkeys(e.path for e in cat)  # surface ROIs share one store
             listed = [p for p in paths if store_exists(root_text, p, options)]
         labels = listed

@@ -53,6 +53,7 @@ class Request:
     bytes_sent: int  # response body bytes actually written to the socket
     range: str | None  # the Range header, if any
     query: str = ""  # raw query string
+    authorization: str | None = None  # the Authorization header, if any
 
 
 class _Recorder:
@@ -687,7 +688,8 @@ class HTTPServer(Served):
                 except OSError:
                     self.close_connection = True
                 finally:
-                    recorder.end(seq, Request(self.command, path, status, sent, rng, query))
+                    recorder.end(seq, Request(self.command, path, status, sent, rng, query,
+                                              self.headers.get("Authorization")))
 
             def _empty(self, status: int, headers: dict[str, str] | None = None) -> int:
                 self.send_response(status)

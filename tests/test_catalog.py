@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 import nest_data
-from nest_data import Catalog
+from nest_data import Catalog, Root
 from nest_data.errors import AmbiguousKeyError, CatalogError, LocationError, UnknownKeyError
 
 
@@ -83,20 +83,24 @@ def test_resolve_infers_model_keys() -> None:
 
 def test_locations(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     cat = nest_data.catalog()
-    root, options, name = cat.location("demo")
-    assert (root, options, name) == (str(nest_data._demo.demo_root()), {}, "demo")
+    assert cat.location("demo") == Root(str(nest_data._demo.demo_root()), {}, "demo")
     monkeypatch.setenv("NEST_DATA_ROOT", str(tmp_path))
-    assert cat.location(None) == (str(tmp_path), {}, "local")
+    assert cat.location(None) == Root(str(tmp_path), {}, "local")
     monkeypatch.setenv("NEST_DATA_LOCATION", "demo")
-    assert cat.location(None)[2] == "demo"
+    assert cat.location(None).name == "demo"
     cat.add_location("lab", "s3://lab-bucket/nest", {"anon": True})
-    assert cat.location("lab") == ("s3://lab-bucket/nest", {"anon": True}, "lab")
-    assert cat.location("/data/x")[0] == "/data/x"
+    assert cat.location("lab") == Root("s3://lab-bucket/nest", {"anon": True}, "lab")
+    # options given with the name are merged over the location's own
+    assert cat.location("lab", {"anon": False, "key": "k"}).storage_options == {
+        "anon": False, "key": "k"}
+    assert cat.location("/data/x").url == "/data/x"
+    entry = cat.resolve(imageset="things", subject=1, roi="V1")
+    assert cat.location("lab").store(entry) == f"s3://lab-bucket/nest/{entry.path}"
     (tmp_path / "stores").mkdir()
     monkeypatch.chdir(tmp_path)
-    assert cat.location("stores") == ("stores", {}, "stores")  # an existing folder, no slash
+    assert cat.location("stores") == Root("stores", {}, "stores")  # an existing folder
     with pytest.raises(LocationError, match="unknown location 'lba'; valid locations: demo, "
-                                            "lab, local"):
+                                            "lab, local, .* Did you mean 'lab'\\?"):
         cat.location("lba")
 
 

@@ -65,7 +65,14 @@ def test_figure_paints_roi_into_volume(demo: Path, tmp_path: Path,
 
     monkeypatch.setattr(matplotlib.axes.Axes, "imshow", spy)
     da = nest_data.open(imageset="things", subject=2, roi="FFA-1", location="demo")
-    nest_data.plot_roi_summary(da, tmp_path / "f.png")
+    backend = matplotlib.get_backend()
+    matplotlib.use("svg")  # a user's own backend, as a notebook's would be
+    try:
+        nest_data.plot_roi_summary(da, tmp_path / "f.png")
+        assert matplotlib.get_backend() == "svg"  # left as it was
+    finally:
+        matplotlib.use(backend)
+    assert (tmp_path / "f.png").read_bytes()[:4] == b"\x89PNG"
     (slice_,) = shown
     k = int(np.bincount(da.k.values).argmax())
     in_slice = da.k.values == k
@@ -87,3 +94,23 @@ def test_demo_fsaverage_store_and_figure(demo: Path, tmp_path: Path) -> None:
     assert png.stat().st_size > 10_000
     with pytest.raises(nest_data.NestDataError, match="needs one value per vertex"):
         nest_data.plot_surface_map(whole, tmp_path / "bad.png")
+
+
+def test_commands_take_location_names_and_fit_80_columns(demo: Path,
+                                                         capsys: pytest.CaptureFixture[str]
+                                                         ) -> None:
+    from nest_data._cli import main
+
+    assert main(["--no-progress", "verify", "demo"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"{nest_data.verify(demo, show_progress=False).stores} store(s) "
+                          "checked under demo: all checksums match")
+    assert main(["verify", "demmo"]) == 2
+    assert "unknown location 'demmo'" in capsys.readouterr().err
+    assert main(["catalog"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split() == ["modality", "train_dataset", "model", "imageset", "subject",
+                                "roi", "n_images"]
+    assert max(map(len, lines)) <= 80 and lines[-1].startswith("1350 entries")
+    assert main(["catalog", "--roi", "FFA-1", "--subject", "2", "--all-columns"]) == 0
+    assert "path" in capsys.readouterr().out.splitlines()[0]

@@ -148,8 +148,7 @@ def test_encode_reproduces_pregenerated_responses(
     convert_ned(ned, tmp_path / "stores", show_progress=False)
     stored = nest_data.open(modality="eeg", imageset="things", subject=1,
                             location=str(tmp_path / "stores"))
-    got = nest_data.open(modality="eeg", subject=1, images=list(images),
-                         location=str(eeg_root))
+    got = nest_data.encode(list(images), modality="eeg", subject=1, location=str(eeg_root))
     assert got.dims == stored.dims and got.shape == stored.shape
     np.testing.assert_allclose(got.values, stored.values, rtol=1e-3, atol=2e-3)
     np.testing.assert_array_equal(got.channel.values, stored.channel.values)

@@ -127,16 +127,12 @@ def test_cache_means_asking_again_computes_nothing(
     assert len(files) == 3 and not [f for f in files if f.name.startswith(".tmp-")]
 
 
-def test_open_with_images_encodes(weights_root: Path, images: np.ndarray) -> None:
-    loc = str(weights_root)
-    da = nest_data.open(images=images[:1], subject=1, roi="V1", location=loc)
-    direct = nest_data.encode(images[:1], subject=1, roi="V1", location=loc)
-    np.testing.assert_array_equal(da.values, direct.values)
-    assert list(da.image.values) == list(direct.image.values)
-    with pytest.raises(nest_data.AmbiguousKeyError,
-                       match=r"imageset= \(pre-generated responses\) or images= \(computed "
-                             r"on the fly\), not both"):
-        nest_data.open(images=images[:1], imageset="things", subject=1, roi="V1", location=loc)
+def test_open_refuses_images_and_points_to_encode(weights_root: Path, images: np.ndarray
+                                                 ) -> None:
+    with pytest.raises(nest_data.InputError,
+                       match=r"open\(\) reads stored responses; for images of your own, call "
+                             r"nest_data.encode\(images, subject=..., roi=..., location=...\)"):
+        nest_data.open(images=images[:1], subject=1, roi="V1", location=str(weights_root))
 
 
 def test_encode_reproduces_pregenerated_responses(weights_root: Path, tmp_path: Path) -> None:
@@ -155,7 +151,7 @@ def test_encode_reproduces_pregenerated_responses(weights_root: Path, tmp_path: 
                     responses={("fmri", "nsd", 1, "V1"): expected}, show_progress=False)
     convert_ned(ned, tmp_path / "stores", show_progress=False)
     stored = nest_data.open(imageset="nsd", subject=1, roi="V1", location=str(tmp_path / "stores"))
-    got = nest_data.open(subject=1, roi="V1", images=images, location=str(weights_root))
+    got = nest_data.encode(images, subject=1, roi="V1", location=str(weights_root))
     assert got.dims == stored.dims and got.shape == stored.shape == (4, 1350)
     np.testing.assert_allclose(got.values, stored.values, rtol=2e-4, atol=2e-5)
     np.testing.assert_array_equal(got.ncsnr.values, stored.ncsnr.values)
@@ -191,3 +187,32 @@ def test_no_cuda_and_decompression_bombs_are_our_errors(weights_root: Path, imag
     with pytest.raises(nest_data.InputError, match="image 0: .*bomb.png' is too large to "
                                                    "decode safely .* resize it first"):
         nest_data.encode([str(bomb)], subject=1, roi="V1", location=str(weights_root))
+
+
+def test_encode_command(weights_root: Path, images: np.ndarray, tmp_path: Path,
+                        capsys: pytest.CaptureFixture[str]) -> None:
+    import xarray as xr
+    from PIL import Image
+
+    from nest_data._cli import main
+
+    files = []
+    for k in range(2):
+        files.append(str(tmp_path / f"im{k}.png"))
+        Image.fromarray(images[k]).save(files[-1])
+    loc = ["--subject", "1", "--roi", "V1", "--location", str(weights_root)]
+    expected = nest_data.encode(files, subject=1, roi="V1", location=str(weights_root))
+    assert main(["--no-progress", "encode", *files, *loc]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    printed = [float(line.split("\t")[1]) for line in lines[:2]]
+    np.testing.assert_allclose(printed, expected.mean("voxel").values, rtol=1e-5)
+    assert lines[2].startswith("mean over voxel of V1 responses")
+    for out in (tmp_path / "r.zarr", tmp_path / "r.nc"):
+        assert main(["--no-progress", "encode", *files, *loc, "--out", str(out)]) == 0
+        with xr.open_dataset(out, **({"engine": "zarr"} if out.suffix == ".zarr" else {})
+                             ) as ds:
+            np.testing.assert_array_equal(ds.responses.values, expected.values)
+            np.testing.assert_array_equal(ds.ncsnr.values, expected.ncsnr.values)
+    assert main(["encode", *files, *loc, "--out", str(tmp_path / "r.txt")]) == 2
+    assert "give a file ending in .nc (NetCDF) or a folder ending in .zarr" in (
+        capsys.readouterr().err)

@@ -166,8 +166,8 @@ def test_weights_convert_and_load_without_pickle(tmp_path: Path,
     import pickle
 
     from nest_data._cli import main
+    from nest_data._encode import EncoderSource, _load_cached
     from nest_data.converters.weights import convert_fwrf_weights
-    from nest_data.encoders.weights import load_fwrf
     from nest_data.errors import ChecksumError, ConversionError
     from nest_data.testing import write_fwrf_weights
 
@@ -190,8 +190,11 @@ def test_weights_convert_and_load_without_pickle(tmp_path: Path,
     monkeypatch.setattr(pickle, "Unpickler", refuse)
     monkeypatch.setattr(torch, "load", refuse)
     x = np.random.default_rng(7).uniform(0, 1, (2, 3, 227, 227)).astype(np.float32)
-    v1 = load_fwrf(subject=1, roi="V1", location=str(dest))
-    lateral = load_fwrf(subject="sub-02", roi="lateral", location=str(dest))
+    def load_fwrf(**keys: object) -> torch.nn.Module:
+        return EncoderSource.resolve(location=str(dest), **keys).load().model  # type: ignore[arg-type]
+
+    v1 = load_fwrf(subject=1, roi="V1")
+    lateral = load_fwrf(subject="sub-02", roi="lateral")
     with torch.no_grad():
         got_v1 = v1(torch.from_numpy(x)).numpy()
         got_lat = lateral(torch.from_numpy(x)).numpy()
@@ -208,7 +211,8 @@ def test_weights_convert_and_load_without_pickle(tmp_path: Path,
     data[-1] ^= 0xFF
     (weights / "weights.safetensors").write_bytes(bytes(data))
     with pytest.raises(ChecksumError, match="weights.safetensors has checksum"):
-        load_fwrf(subject=1, roi="V1", location=str(dest))
+        _load_cached.cache_clear()  # as in a new process: the files are read again
+        EncoderSource.resolve(subject=1, roi="V1", location=str(dest)).load()
 
 
 # ------------------------------------------------------------------- NEST's weights folders

@@ -50,7 +50,8 @@ def test_location_from_environment(collection: Path, monkeypatch: pytest.MonkeyP
 def test_catalog_open_and_custom_chunks(collection: Path) -> None:
     cat = nest_data.catalog()
     cat.add_location("mini", str(collection))
-    da = cat.open(imageset="nsd", subject=1, roi="lateral", location="mini", chunks={"image": 7})
+    da = nest_data.open(imageset="nsd", subject=1, roi="lateral", location="mini",
+                        chunks={"image": 7}, catalog=cat)
     assert da.chunks[0] == (7, 7, 7, 7, 2)
 
 

@@ -16,7 +16,7 @@ import pytest
 
 import nest_data
 from nest_data._cache import ChunkCache
-from nest_data._storage import make_store
+from nest_data._storage import RETRIES, make_store
 from nest_data.errors import (
     LocationError,
     StoreNotFoundError,
@@ -104,6 +104,29 @@ def test_unused_storage_options_are_an_error() -> None:
     with pytest.raises(LocationError, match=r"\['anon'\] would go unused for gs://"):
         make_store("gs://bucket/x.zarr", {"anon": True})
     make_store("s3://bucket/x.zarr", {"anon": True})  # valid: no error, nothing fetched
+    with pytest.raises(LocationError, match=r"\['hedaers'\] would go unused for https://"):
+        make_store("https://example.org/x.zarr", {"hedaers": {}})
+
+
+def test_http_options_reach_every_request(chunked: Path) -> None:
+    # fsspec's HTTP file system hands unnamed options to aiohttp with each request
+    import aiohttp
+
+    with HTTPServer() as server:
+        server.upload(chunked)
+        for options, sent in [({"headers": {"Authorization": "Bearer t0ken"}}, "Bearer t0ken"),
+                              ({"auth": aiohttp.BasicAuth("ada", "pw")}, "Basic YWRhOnB3")]:
+            server.reset()
+            da = nest_data.open(location=server.url, storage_options=options, **KEYS)
+            _ = da.isel(image=0).values
+            assert {r.authorization for r in server.requests} == {sent}
+
+
+def test_retries_only_where_the_file_system_has_none() -> None:
+    # s3fs and gcsfs retry on their own; HTTP (fsspec) does not, so nest-data does
+    assert make_store("s3://bucket/x.zarr", {"anon": True}).retries == 0
+    assert make_store("gs://bucket/x.zarr", {"token": "anon"}).retries == 0
+    assert make_store("https://example.org/x.zarr").retries == RETRIES
 
 
 def test_missing_bucket_names_url_and_checks() -> None:
@@ -204,7 +227,7 @@ def test_catalog_location_on_s3_behaves_like_local(chunked: Path) -> None:
         server.upload(chunked)
         cat = nest_data.catalog()
         cat.add_location("lab", server.url, server.storage_options)
-        da = cat.open(location="lab", **KEYS)
+        da = nest_data.open(location="lab", catalog=cat, **KEYS)
         local = nest_data.open(location=str(chunked), **KEYS)
         np.testing.assert_array_equal(da.values, local.values)
         assert da.attrs == local.attrs

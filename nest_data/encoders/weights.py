@@ -12,8 +12,6 @@ import numpy as np
 import torch
 from safetensors.torch import load as load_safetensors
 
-from nest_data._catalog import Catalog
-from nest_data._catalog import catalog as default_catalog
 from nest_data._digest import bytes_digest
 from nest_data._storage import is_local, join, local_path, validate_storage_options
 from nest_data.encoders.fwrf import FwrfModel
@@ -25,7 +23,7 @@ logger = logging.getLogger("nest_data")
 WEIGHTS_FILE = "weights.safetensors"
 MODEL_FILE = "model.json"
 
-__all__ = ["load_backbone", "load_eeg_folder", "load_fwrf", "load_fwrf_folder",
+__all__ = ["load_backbone", "load_eeg_folder", "load_fwrf_folder",
            "load_surface_folder", "recorded_digest"]
 
 
@@ -98,42 +96,6 @@ def load_fwrf_folder(url: str, storage_options: Mapping[str, Any] | None = None
     voxels = {k.split(".", 1)[1]: v.numpy() for k, v in tensors.items()
               if k.startswith("voxel.")}
     return FwrfModel.from_state_dicts(parts), doc, voxels
-
-
-def load_fwrf(
-    *,
-    subject: int | str,
-    roi: str,
-    location: str | None = None,
-    storage_options: Mapping[str, Any] | None = None,
-    catalog: Catalog | None = None,
-) -> FwrfModel:
-    """The fwRF encoder of one subject and ROI, from converted weights found via the catalog.
-
-    Parameters
-    ----------
-    subject : int or str
-        Subject 1-8.
-    roi : str
-        ROI name; ``lateral`` and ``ventral`` load both halves.
-    location : str, optional
-        Location (name or URL) whose root holds the ``weights/`` folders; default lookup as
-        in :func:`nest_data.open`.
-    storage_options : dict, optional
-        fsspec options, merged over the location's own.
-
-    Returns
-    -------
-    FwrfModel
-        In eval mode; ``model(preprocess(images))`` gives ``(B, n_voxels)`` responses.
-    """
-    cat = catalog or default_catalog()
-    _, rel = cat.resolve_weights(modality="fmri", subject=subject, roi=roi)
-    root, options, _ = cat.location(location)
-    model, doc, _ = load_fwrf_folder(join(root, rel), {**options, **(storage_options or {})})
-    logger.debug("loaded fwRF weights sub-%02d %s (%d voxels)", doc["subject"], doc["roi"],
-                 doc["n_voxels"])
-    return model
 
 
 
