@@ -138,13 +138,17 @@ def test_rsm_reads_only_needed_chunks_and_equals_generic(tmp_path: Path,
     url = _write(tmp_path, values, ("image", "voxel"), 40 * 300 * 4)  # 5 shards, 10 chunks each
     da = _open(url)
     positions = np.array([150, 3, 77, 5])  # 4 of the 50 inner chunks
-    calls: list[int] = []
-    real = crc32c.crc32c
-    monkeypatch.setattr(crc32c, "crc32c", lambda data: calls.append(1) or real(data))
     fused = nest_data.rsm(da, images=positions, min_ncsnr=0.2)
     np.testing.assert_allclose(fused.values, np.corrcoef(values[positions][:, da.ncsnr > 0.2]),
                                atol=1e-12)
-    assert len(calls) == 4 + 3  # the 4 inner chunks and the indexes of their 3 shards
+    hashed: list[int] = []  # bytes of each CRC-32C computed, when computed again
+    real = crc32c.crc32c
+    monkeypatch.setattr(crc32c, "crc32c", lambda data: hashed.append(len(data)) or real(data))
+    _ = fused.values
+    chunk, index = 4 * 300 * 4 + 4, 10 * 16  # an inner chunk with its CRC; a shard's index
+    # their 3 shards' indexes, and the 4 chunks: images 3 and 5 are in chunks 0 and 1, back
+    # to back, so those two are read and checked in one run
+    assert sorted(hashed) == [index] * 3 + [chunk] * 2 + [2 * chunk]
     generic = nest_data.rsm(da.chunk({"image": 50}), images=positions, min_ncsnr=0.2)
     np.testing.assert_array_equal(fused.values, generic.values)
     assert fused.attrs == generic.attrs and list(fused.coords) == list(generic.coords)
@@ -361,3 +365,16 @@ def test_shards_are_the_bytes_zarr_writes(tmp_path: Path, layout: str,
     for name in objects:
         assert (ours / DATA_VAR / name).read_bytes() == (tmp_path / "zarr" / name).read_bytes()
     np.testing.assert_array_equal(zarr.open_array(ours / DATA_VAR)[:], values)
+
+
+def test_one_crc_over_a_run_finds_the_damaged_chunk() -> None:
+    from nest_data._reader import _crc_failures
+
+    rng = np.random.default_rng(9)
+    pieces = [rng.bytes(60) for _ in range(5)]
+    run = bytearray(b"".join(p + crc32c.crc32c(p).to_bytes(4, "little") for p in pieces))
+    starts, lengths = [64 * k for k in range(5)], [64] * 5
+    assert _crc_failures(memoryview(run), starts, lengths) == []
+    run[2 * 64 + 7] ^= 0x10  # a value byte of piece 2
+    run[4 * 64 + 62] ^= 0x01  # the stored CRC of piece 4
+    assert _crc_failures(memoryview(run), starts, lengths) == [2, 4]
