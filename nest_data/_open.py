@@ -81,7 +81,7 @@ def open(
     chunks : dict, optional
         Dask chunks.  The default is one stored shard (about 8 MB) per dask chunk for local
         stores and eight for remote ones, fetched concurrently.  A selection still reads only
-        what it needs: one image is one inner chunk of at most 32 KB (or the image).
+        what it needs: one image is one inner chunk of at most 128 KB (or the image).
     cache : bool, optional
         Keep the chunks read from a remote store in the local disk cache, so reading them
         again makes no request (default: ``NEST_DATA_CACHE``, then off; see

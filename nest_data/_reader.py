@@ -1,15 +1,16 @@
 """The direct read path of ``responses`` (and of the labels): checked, and fast.
 
 Stores of format 2 keep ``responses`` in Zarr shards (one object of about 8 MB per block of
-images) that hold inner chunks of at most 512 KB, each holding raw values (or Blosc-compressed
-ones) followed by their CRC-32C; the shard's index of chunk offsets, with its own CRC-32C,
-ends the object (``sharding_indexed``, index at the end).  zarr reads this layout correctly
-but slowly (every inner chunk takes a trip through its event loop and a copy);
-:class:`ShardReader` reads it the way a scan needs:
+images) that hold inner chunks of at most 128 KB (or one image), each holding raw values (or
+Blosc-compressed ones) followed by their CRC-32C; the shard's index of chunk offsets, with its
+own CRC-32C, ends the object (``sharding_indexed``, index at the end).  zarr reads this
+layout correctly but slowly (every inner chunk takes a trip through its event loop and a
+copy); :class:`ShardReader` reads it the way a scan needs:
 
-- locally, one read per inner chunk into a reused buffer, so the check, the decoding and a
-  fused reduction (:func:`weighted_sums`) work on bytes still in the CPU cache; remotely,
-  one request per shard, all of a task's shards at once;
+- locally, one read per run of back-to-back inner chunks (up to 512 KB) into a reused
+  buffer, so the check, the decoding and a fused reduction (:func:`weighted_sums`) work on
+  bytes still in the CPU cache; remotely, one request per shard, all of a task's shards at
+  once;
 - a few images cost two requests to a remote store: the index, then the byte range of the
   inner chunks that hold them;
 - every inner chunk and every index is checked against its CRC-32C on every read, so damage

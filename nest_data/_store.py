@@ -2,7 +2,7 @@
 
 A store is a Zarr v3 group holding one entry: the ``responses`` array (in shards of about
 8 MB along ``image``, and for cortical-surface entries along ``vertex`` too, each holding
-inner chunks of at most 32 KB or one image: raw values and their CRC-32C), one array per
+inner chunks of at most 128 KB or one image: raw values and their CRC-32C), one array per
 coordinate, an ``encoder/`` sub-group with the encoder's own metadata (training splits, a
 surface store's ROI vertex positions), and consolidated metadata.  The group's ``nest_data``
 attribute records the entry's keys, the source fingerprint, and a SHA-256 checksum per
@@ -53,7 +53,7 @@ DATA_VAR = "responses"
 AUX_GROUP = "encoder"
 STAGING_DIR = ".nest-data-staging"
 TARGET_CHUNK_BYTES = 8 * 2**20  # design: 4-16 MB per chunk (a shard: one stored object)
-INNER_CHUNK_BYTES = 32 * 2**10  # the least a selection of one image reads (and checks)
+INNER_CHUNK_BYTES = 128 * 2**10  # the least a selection of one image reads (and checks)
 ZSTD_LEVEL = 3  # coordinates and metadata arrays
 
 
@@ -75,10 +75,10 @@ def inner_rows(shard_rows: int, row_nbytes: int, target: int | None = None) -> i
 
     Examples
     --------
-    >>> inner_rows(1554, 1350 * 4)
-    6
-    >>> inner_rows(269, 7799 * 4)
-    1
+    >>> inner_rows(1560, 1350 * 4)
+    24
+    >>> inner_rows(268, 7799 * 4)
+    4
     >>> inner_rows(4, 1350 * 4)
     4
     """
@@ -153,9 +153,9 @@ def chunk_rows(row_nbytes: int, n_rows: int, target: int = TARGET_CHUNK_BYTES) -
     Examples
     --------
     >>> chunk_rows(1350 * 4, 73000)
-    1554
+    1560
     >>> chunk_rows(7799 * 4, 26107)
-    269
+    268
     """
     rows = int(max(1, min(n_rows, round(target / max(row_nbytes, 1)))))
     inner = max(1, min(rows, INNER_CHUNK_BYTES // max(row_nbytes, 1)))

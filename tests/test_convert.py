@@ -199,8 +199,9 @@ def test_store_layout(collection: Path) -> None:
     group = zarr.open_group(path, mode="r")
     array = group["responses"]
     assert group.metadata.zarr_format == 3
-    assert array.shards == (30, 1350)  # one shard (one object) for 30 images, all voxels
-    assert array.chunks == (6, 1350)  # inner chunks: up to 32 KiB (6 rows), dividing 30
+    # shards (one object each) of 24 images, all voxels: about 8 MB, rounded to whole inner
+    # chunks of up to 128 KiB (24 rows of 1,350 float32)
+    assert array.shards == array.chunks == (24, 1350)
     (crc,) = array.compressors  # raw values and their CRC-32C (see benchmarks/codecs.py)
     assert type(crc).__name__ == "Crc32cCodec"
     assert array.metadata.codecs[0].index_location.value == "end"
@@ -372,7 +373,7 @@ def test_verify_names_tampered_chunk_and_cli_exit_codes(
     chunk.write_bytes(b"garbage")
     problems = nest_data.verify(dest).problems
     assert [p.array for p in problems] == ["ncsnr", "responses"]
-    assert problems[1].detail.startswith("object responses/c/0/0 (images 0-29) has checksum")
+    assert problems[1].detail.startswith("object responses/c/0/0 (images 0-23) has checksum")
     assert cli(["verify", str(dest)]) == 1
     out = capsys.readouterr().out
     assert "MISMATCH" in out and "responses/c/0/0" in out and "2 problem(s)" in out

@@ -216,7 +216,7 @@ def test_one_image_from_http_is_two_requests_of_one_inner_chunk(tmp_path: Path) 
     values = np.random.default_rng(3).standard_normal((600, LATERAL_VOXELS)).astype("f4")
     url = _write(tmp_path, values, ("image", "voxel"), 8 * 2**20)
     layout = shard_reader(make_store(url), url, DATA_VAR).layout  # type: ignore[union-attr]
-    assert (layout.shard[0], layout.inner_rows) == (269, 1)  # 8.4 MB shards, 31 KB chunks
+    assert (layout.shard[0], layout.inner_rows) == (268, 4)  # 8.4 MB shards, 125 KB chunks
     with HTTPServer() as server:
         server.upload(tmp_path)
         da = _open(f"{server.url}/x.zarr")
@@ -224,8 +224,8 @@ def test_one_image_from_http_is_two_requests_of_one_inner_chunk(tmp_path: Path) 
         np.testing.assert_array_equal(da.isel(image=300).values, values[300])
         gets = [r for r in server.requests if "/responses/c/" in r.path]
         assert len(gets) == 2 and all(r.status == 206 for r in gets)
-        # the index (269 x 16 bytes and its CRC) and the one image's inner chunk
-        assert sum(r.bytes_sent for r in gets) == 269 * 16 + 4 + LATERAL_VOXELS * 4 + 4
+        # the index (67 x 16 bytes and its CRC) and the inner chunk of 4 images holding it
+        assert sum(r.bytes_sent for r in gets) == 67 * 16 + 4 + 4 * LATERAL_VOXELS * 4 + 4
         server.reset()
         np.testing.assert_array_equal(da.values, values)  # a full scan: one GET per shard
         gets = [r for r in server.requests if "/responses/c/" in r.path]
