@@ -561,8 +561,9 @@ class ShardReader:
         bad = np.flatnonzero(~empty & wrong)
         if bad.size:
             i = int(chunks[bad[0]])
+            want = f"{expected}" if not lay.compressed else f"at least {_CRC}"
             raise self._damaged(piece, f"its index gives inner chunk {i} {int(length[bad[0]])} "
-                                       f"bytes, not {expected}", i, i)
+                                       f"bytes, not {want}", i, i)
         per = max(1, _RUN_BYTES // expected)
         joined = ((chunks[1:] == chunks[:-1] + 1) & (off[1:] == off[:-1] + length[:-1])
                   & ~empty[1:] & ~empty[:-1])

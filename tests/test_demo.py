@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import xarray as xr
 
 import nest_data
 from nest_data._cli import main as cli
@@ -99,18 +100,30 @@ def test_demo_fsaverage_store_and_figure(demo: Path, tmp_path: Path) -> None:
 def test_commands_take_location_names_and_fit_80_columns(demo: Path,
                                                          capsys: pytest.CaptureFixture[str]
                                                          ) -> None:
-    from nest_data._cli import main
 
-    assert main(["--no-progress", "verify", "demo"]) == 0
+
+    assert cli(["--no-progress", "verify", "demo"]) == 0
     out = capsys.readouterr().out
     assert out.startswith(f"{nest_data.verify(demo, show_progress=False).stores} store(s) "
                           "checked under demo: all checksums match")
-    assert main(["verify", "demmo"]) == 2
+    assert cli(["verify", "demmo"]) == 2
     assert "unknown location 'demmo'" in capsys.readouterr().err
-    assert main(["catalog"]) == 0
+    assert cli(["catalog"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].split() == ["modality", "train_dataset", "model", "imageset", "subject",
                                 "roi", "n_images"]
     assert max(map(len, lines)) <= 80 and lines[-1].startswith("1350 entries")
-    assert main(["catalog", "--roi", "FFA-1", "--subject", "2", "--all-columns"]) == 0
+    assert cli(["catalog", "--roi", "FFA-1", "--subject", "2", "--all-columns"]) == 0
     assert "path" in capsys.readouterr().out.splitlines()[0]
+
+
+def test_readme_quickstart_runs_and_selects_something(demo: Path) -> None:
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    block = readme.split("## Quickstart", 1)[1].split("```python\n", 1)[1].split("```", 1)[0]
+    namespace: dict[str, object] = {}
+    exec(compile(block, "README.md (Quickstart)", "exec"), namespace)
+    da = namespace["da"]
+    assert isinstance(da, xr.DataArray)
+    assert da.groupby("concept").mean("image").sizes["concept"] > 1
+    assert da.sel(image=da.concept == da.concept.values[0]).sizes["image"] >= 1
+    assert da.where(da.ncsnr > 0.5, drop=True).sizes["voxel"] > 0

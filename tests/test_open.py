@@ -27,7 +27,7 @@ def test_open_is_lazy(collection: Path, tmp_path: Path) -> None:
     # zarr would return the fill value (NaN) for the missing chunk; the manifest makes it an
     # error naming the chunk instead
     with pytest.raises(nest_data.MissingObjectError, match=r"object responses/c/0/0 of .* "
-                                                           r"\(images 0-29\) is missing"):
+                                                           r"\(images 0-23\) is missing"):
         _ = da.isel(image=0).values
 
 
