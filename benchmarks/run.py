@@ -46,7 +46,7 @@ import xarray as xr
 import zarr
 
 import nest_data
-import nest_data._reader
+import nest_data._shards
 from nest_data.testing import ned_file_paths, write_ned
 
 logger = logging.getLogger("nest_data.benchmarks")
@@ -326,13 +326,13 @@ def measure_scans(h5_path: Path, dest: Path, raw_path: Path,
     def roi_mean_unchecked() -> np.ndarray:
         # What the always-on CRC-32C check costs: the same scan with the check skipped
         # (only here; the library has no switch for it).
-        reader = nest_data._reader
-        checked = reader._crc_failures
-        reader._crc_failures = lambda data, starts, lengths: []
+        shards = nest_data._shards
+        checked = shards.crc_failures
+        shards.crc_failures = lambda data, starts, lengths: []
         try:
             return np.asarray(nest_data.roi_mean(da).compute().values)
         finally:
-            reader._crc_failures = checked
+            shards.crc_failures = checked
 
     # xarray's default mean of floats skips NaN: dask's nanmean, whose per-chunk NumPy work
     # (nansum copies the chunk, then counts non-NaN) bounds any store; measured here on the

@@ -19,7 +19,8 @@ from nest_data import _config
 from nest_data._cache import ChunkCache
 from nest_data._catalog import Catalog, Entry, Root
 from nest_data._catalog import catalog as default_catalog
-from nest_data._reader import ShardReader, consolidated, dask_array, read_labels, shard_reader
+from nest_data._labels import consolidated, read_labels
+from nest_data._reader import ShardReader, dask_array, shard_reader
 from nest_data._storage import (
     NestStore,
     check_storage_options,
@@ -304,7 +305,7 @@ def _dataset(store: NestStore, url: str, metadata: Mapping[str, Any], reader: Sh
              ) -> xr.Dataset | None:
     """The entry's Dataset built from its consolidated metadata, without xarray's backend.
 
-    Labels are read in one batch (:func:`~nest_data._reader.read_labels`) and indexed like
+    Labels are read in one batch (:func:`~nest_data._labels.read_labels`) and indexed like
     xarray's backend does (dimension coordinates only); None if a label's layout asks for
     zarr's general read path.
     """

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import json
 import os
 import threading
 import weakref
@@ -34,131 +33,21 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, cast
 
-import crc32c
 import numpy as np
-from numcodecs import Blosc, VLenUTF8, Zstd
-from xarray.backends import BackendArray
-from xarray.core import indexing
+from numcodecs import Blosc
 from zarr.abc.store import RangeByteRequest, SuffixByteRequest
 from zarr.core.buffer import default_buffer_prototype
 from zarr.core.sync import sync
 
+from nest_data import _shards
+from nest_data._labels import consolidated
+from nest_data._shards import Layout, layout_of
 from nest_data._storage import NestStore, is_local, local_path
 from nest_data.errors import ChecksumError, MissingObjectError, StoreFormatError
 
-__all__ = ["Layout", "ShardReader", "dask_array", "encode_shard", "layout_of", "read_labels",
-           "shard_reader", "take_images", "weighted_sums"]
+__all__ = ["ShardReader", "dask_array", "shard_reader", "take_images", "weighted_sums"]
 
-_EMPTY = np.uint64(2**64 - 1)  # offset and length of an inner chunk that was never written
-_INDEX_ENTRY = 16  # bytes per inner chunk in a shard index: offset and length, uint64 each
-_CRC = 4
 _RUN_BYTES = 512 * 2**10  # read and checked at once locally: fits the CPU's L2 cache
-
-
-@dataclass(frozen=True)
-class Layout:
-    """Geometry of a sharded array whose shards split only along the first axis."""
-
-    shape: tuple[int, ...]
-    dtype: np.dtype[Any]
-    shard: tuple[int, ...]  # shape of one shard (one stored object)
-    inner_rows: int  # images per inner chunk (inner chunks span the shard's other axes)
-    fill_value: float
-    compressed: bool  # Blosc-compressed inner chunks (else raw little-endian bytes)
-
-    @property
-    def n_inner(self) -> int:
-        return self.shard[0] // self.inner_rows
-
-    @property
-    def index_bytes(self) -> int:
-        return self.n_inner * _INDEX_ENTRY + _CRC
-
-
-def layout_of(array_meta: Mapping[str, Any]) -> Layout | None:
-    """The layout of a ``responses`` array's metadata, or None if the direct path cannot read it.
-
-    Readable: ``sharding_indexed`` with the index at the end, inner chunks spanning the shard
-    along every axis but the first, codecs ``bytes`` (little-endian), ``blosc``, ``crc32c``,
-    index codecs ``bytes`` (little-endian), ``crc32c``, and the default chunk key encoding.
-    """
-    try:
-        (codec,) = array_meta["codecs"]
-        config = codec["configuration"]
-        shard = tuple(int(n) for n in array_meta["chunk_grid"]["configuration"]["chunk_shape"])
-        inner = tuple(int(n) for n in config["chunk_shape"])
-        names = [c["name"] for c in config["codecs"]]
-        index_names = [c["name"] for c in config["index_codecs"]]
-        little = all(c.get("configuration", {}).get("endian", "little") == "little"
-                     for c in (*config["codecs"], *config["index_codecs"])
-                     if c["name"] == "bytes")
-        encoding = array_meta.get("chunk_key_encoding", {"name": "default"})
-        readable = (codec["name"] == "sharding_indexed"
-                    and config.get("index_location", "end") == "end"
-                    and names in (["bytes", "blosc", "crc32c"], ["bytes", "crc32c"])
-                    and index_names == ["bytes", "crc32c"] and little
-                    and inner[1:] == shard[1:] and shard[0] % inner[0] == 0
-                    and encoding.get("name") == "default"
-                    and encoding.get("configuration", {}).get("separator", "/") == "/")
-    except (KeyError, TypeError, ValueError):
-        return None
-    if not readable:
-        return None
-    fill = array_meta.get("fill_value")
-    return Layout(shape=tuple(int(n) for n in array_meta["shape"]),
-                  dtype=np.dtype(array_meta["data_type"]).newbyteorder("<"), shard=shard,
-                  inner_rows=inner[0],
-                  fill_value=float("nan") if fill in (None, "NaN") else float(fill),
-                  compressed="blosc" in names)
-
-
-def encode_shard(layout: Layout, block: np.ndarray, rows: int) -> np.ndarray:
-    """One shard object of ``responses`` (as bytes, ``uint8``), exactly as zarr writes it.
-
-    ``block`` holds the shard's values (its full shape, padded with the fill value past the
-    array's end); ``rows`` of them are inside the array.  Each inner chunk is its raw
-    little-endian values followed by their CRC-32C; inner chunks wholly past the array's end
-    are not written (their index entry is empty), as zarr does.  Compressed layouts are
-    written by zarr.
-
-    Examples
-    --------
-    >>> lay = Layout(shape=(3, 2), dtype=np.dtype("<f4"), shard=(4, 2), inner_rows=2,
-    ...              fill_value=float("nan"), compressed=False)
-    >>> len(encode_shard(lay, np.zeros((4, 2), "<f4"), 3))  # 2 chunks of 16 + 4, index
-    76
-    """
-    if layout.compressed or block.shape != layout.shard:
-        raise ValueError(f"encode_shard writes raw shards of shape {layout.shard}; got "
-                         f"{block.shape} ({'compressed' if layout.compressed else 'raw'})")
-    n_inner, r = layout.n_inner, layout.inner_rows
-    written = -(-rows // r)
-    values = np.ascontiguousarray(block, dtype=layout.dtype)
-    size = values.nbytes // n_inner  # bytes of one inner chunk's values
-    out = np.empty(written * (size + _CRC) + layout.index_bytes, dtype=np.uint8)
-    body = out[:written * (size + _CRC)].reshape(written, size + _CRC)
-    body[:, :size] = values.view(np.uint8).reshape(n_inner, size)[:written]
-    crc = crc32c.crc32c
-    sums = np.array([crc(body[k, :size].data) for k in range(written)], dtype="<u4")
-    body[:, size:] = sums.view(np.uint8).reshape(written, _CRC)
-    index = np.full((n_inner, 2), _EMPTY, dtype="<u8")
-    index[:written, 0] = np.arange(written, dtype=np.uint64) * np.uint64(size + _CRC)
-    index[:written, 1] = size + _CRC
-    tail = out[written * (size + _CRC):]
-    tail[:-_CRC] = index.view(np.uint8).reshape(-1)
-    tail[-_CRC:] = np.array([crc(tail[:-_CRC].data)], dtype="<u4").view(np.uint8)
-    return out
-
-
-def consolidated(store: NestStore) -> dict[str, Any]:
-    """The metadata of every node of a store (its consolidated ``zarr.json``), or ``{}``."""
-    root = sync(store.get("zarr.json", default_buffer_prototype()))
-    if root is None:
-        return {}
-    try:
-        return dict(json.loads(root.to_bytes())["consolidated_metadata"]["metadata"])
-    except (KeyError, TypeError, ValueError):
-        return {}
 
 
 def shard_reader(store: NestStore, url: str, array_path: str,
@@ -169,110 +58,6 @@ def shard_reader(store: NestStore, url: str, array_path: str,
     if layout is None:
         return None
     return ShardReader(store, url, array_path, layout)
-
-
-def read_labels(store: NestStore, url: str, metadata: Mapping[str, Any], names: Sequence[str]
-                ) -> dict[str, Any] | None:
-    """Whole small arrays (the labels), read at once without zarr's event loop; or None.
-
-    Each must be one chunk encoded as nest-data writes labels (``bytes`` or ``vlen-utf8``,
-    then ``zstd``); otherwise None, and the caller reads through zarr.  Local files are read
-    directly; remote ones (and any with ``verify`` or ``cache``) through the store, all
-    requests at once.  A chunk that the manifest lists and the storage lacks is
-    :class:`~nest_data.errors.MissingObjectError`; one that was never written (all fill
-    value) is the fill value.
-
-    Numbers come back as NumPy arrays.  Strings are read now but decoded on first use (a
-    lazily indexed array for xarray): making Python strings of three labels of 26,107
-    images costs 20 ms, more than the rest of ``open``.
-    """
-    plan: dict[str, tuple[str, Mapping[str, Any]]] = {}
-    for name in names:
-        meta = metadata.get(name)
-        if not isinstance(meta, Mapping) or not _is_label_layout(meta):
-            return None
-        plan[name] = (f"{name}/c" + "/0" * len(meta["shape"]), meta)
-    keys = [key for key, _ in plan.values()]
-    if is_local(url) and not (store.verify or store.cache is not None):
-        folder = local_path(url)
-        blobs = [_read_file(os.path.join(folder, key)) for key in keys]
-    else:
-        blobs = sync(_get_all(store, keys))
-    out = {}
-    for (name, (key, meta)), blob in zip(plan.items(), blobs, strict=True):
-        if blob is None and key in store.manifest:
-            raise MissingObjectError(store._missing(key))
-        out[name] = (indexing.LazilyIndexedArray(_Strings(meta, blob))
-                     if meta["data_type"] == "string" else _decode_label(meta, blob))
-    return out
-
-
-class _Strings(BackendArray):
-    """A string label whose bytes are in memory, decoded (once) when first indexed."""
-
-    def __init__(self, meta: Mapping[str, Any], blob: bytes | None) -> None:
-        self.meta, self.blob = meta, blob
-        self.shape = tuple(int(n) for n in meta["shape"])
-        self.dtype = np.dtypes.StringDType()
-        self._values: np.ndarray | None = None
-
-    def __deepcopy__(self, memo: dict[int, Any]) -> _Strings:
-        return self  # read-only: copies share the one decoding
-
-    def __getitem__(self, key: indexing.ExplicitIndexer) -> np.ndarray:
-        return indexing.explicit_indexing_adapter(key, self.shape,
-                                                  indexing.IndexingSupport.BASIC, self._get)
-
-    def _get(self, key: tuple[Any, ...]) -> np.ndarray:
-        if self._values is None:
-            self._values = _decode_label(self.meta, self.blob)
-        return self._values[key]
-
-
-def _is_label_layout(meta: Mapping[str, Any]) -> bool:
-    try:
-        codecs = meta["codecs"]
-        names = [c["name"] for c in codecs]
-        shape = list(meta["shape"])
-        chunk = list(meta["chunk_grid"]["configuration"]["chunk_shape"])
-        encoding = meta.get("chunk_key_encoding", {"name": "default"})
-        return (names in (["bytes", "zstd"], ["vlen-utf8", "zstd"])
-                and codecs[0].get("configuration", {}).get("endian", "little") == "little"
-                and (chunk == shape or (not shape and chunk == [1]))
-                and encoding.get("name") == "default"
-                and encoding.get("configuration", {}).get("separator", "/") == "/"
-                and (meta["data_type"] == "string") == (names[0] == "vlen-utf8"))
-    except (KeyError, TypeError, AttributeError):
-        return False
-
-
-def _read_file(path: str) -> bytes | None:
-    try:
-        with open(path, "rb") as f:
-            return f.read()
-    except FileNotFoundError:
-        return None
-
-
-async def _get_all(store: NestStore, keys: Sequence[str]) -> list[bytes | None]:
-    proto = default_buffer_prototype()
-    buffers = await asyncio.gather(*(store.get(key, proto) for key in keys))
-    return [None if b is None else b.to_bytes() for b in buffers]
-
-
-def _decode_label(meta: Mapping[str, Any], blob: bytes | None) -> np.ndarray:
-    shape = tuple(int(n) for n in meta["shape"])
-    if meta["data_type"] == "string":
-        if blob is None:
-            return np.full(shape, meta.get("fill_value") or "", dtype=np.dtypes.StringDType())
-        strings = _VLEN_UTF8.decode(_ZSTD.decode(blob))
-        return np.asarray(strings, dtype=np.dtypes.StringDType()).reshape(shape)
-    dtype = np.dtype(meta["data_type"]).newbyteorder("<")
-    if blob is None:
-        return np.full(shape, meta.get("fill_value") or 0, dtype=dtype)
-    out = np.empty(shape, dtype=dtype)
-    _ZSTD.decode(blob, out=out)
-    return out
 
 
 @dataclass
@@ -341,7 +126,7 @@ class ShardReader:
     # -- planning ------------------------------------------------------------------------
 
     def __getitem__(self, key: Any) -> np.ndarray:
-        box, then = _bounding_box(key, self.shape)
+        box, then = _shards.bounding_box(key, self.shape)
         out = np.empty(tuple(s.stop - s.start for s in box), dtype=self.dtype)
         if out.size:
             self._read(self._plan(box), functools.partial(self._decode, out=out))
@@ -445,10 +230,10 @@ class ShardReader:
         lay = self.layout
         pieces: list[_Piece] = []
         rows = box[0]
-        col_ranges = [_shard_ranges(s, lay.shard[d + 1]) for d, s in enumerate(box[1:])]
-        for s_row, r_lo, r_hi in _shard_ranges(rows, lay.shard[0]):
+        col_ranges = [_shards.shard_ranges(s, lay.shard[d + 1]) for d, s in enumerate(box[1:])]
+        for s_row, r_lo, r_hi in _shards.shard_ranges(rows, lay.shard[0]):
             first, last = r_lo // lay.inner_rows, (r_hi - 1) // lay.inner_rows
-            for combo in _product(col_ranges):
+            for combo in _shards.product(col_ranges):
                 key = "/".join([self.array_path, "c", str(s_row),
                                 *(str(c[0]) for c in combo)])
                 cols = tuple(slice(lo, hi) for _, lo, hi in combo)
@@ -525,15 +310,15 @@ class ShardReader:
         if len(tail) != self.layout.index_bytes:
             raise self._damaged(piece, f"it is too short to hold its index ({len(tail)} "
                                        f"bytes at its end, {self.layout.index_bytes} needed)")
-        body = tail[:-_CRC]
-        if not _crc_ok(tail):
+        body = tail[:-_shards.CRC_BYTES]
+        if not _shards.crc_ok(tail):
             raise self._damaged(piece, "its index of inner chunks fails its CRC-32C check")
         return np.frombuffer(body, dtype="<u8").reshape(n, 2)
 
     def _span(self, piece: _Piece, index: np.ndarray, size: int | None) -> tuple[int, int]:
         """The byte range holding inner chunks ``first..last`` of a piece."""
         used = index[piece.first:piece.last + 1]
-        used = used[used[:, 0] != _EMPTY]
+        used = used[used[:, 0] != _shards.EMPTY]
         if not len(used):
             return 0, 0
         lo, hi = int(used[:, 0].min()), int((used[:, 0] + used[:, 1]).max())
@@ -556,12 +341,12 @@ class ShardReader:
         off = index[chunks, 0].astype(np.int64)  # a never-written chunk: -1
         length = index[chunks, 1].astype(np.int64)
         empty = off < 0
-        expected = self._inner_nbytes + _CRC
-        wrong = length != expected if not lay.compressed else length < _CRC
+        expected = self._inner_nbytes + _shards.CRC_BYTES
+        wrong = length != expected if not lay.compressed else length < _shards.CRC_BYTES
         bad = np.flatnonzero(~empty & wrong)
         if bad.size:
             i = int(chunks[bad[0]])
-            want = f"{expected}" if not lay.compressed else f"at least {_CRC}"
+            want = f"{expected}" if not lay.compressed else f"at least {_shards.CRC_BYTES}"
             raise self._damaged(piece, f"its index gives inner chunk {i} {int(length[bad[0]])} "
                                        f"bytes, not {want}", i, i)
         per = max(1, _RUN_BYTES // expected)
@@ -598,12 +383,12 @@ class ShardReader:
         """Strides of a run of raw inner chunks: chunk to chunk, then C order within one."""
         shape = self._inner_shape
         within = [self.dtype.itemsize * int(np.prod(shape[k + 1:])) for k in range(len(shape))]
-        return (self._inner_nbytes + _CRC, *within)
+        return (self._inner_nbytes + _shards.CRC_BYTES, *within)
 
     def _check(self, piece: _Piece, data: memoryview, first: int, starts: list[int],
                lengths: list[int]) -> np.ndarray:
         """Inner chunks ``first, first+1, ...`` at ``starts`` in ``data``: checked, decoded."""
-        bad = _crc_failures(data, starts, lengths)
+        bad = _shards.crc_failures(data, starts, lengths)
         if bad:
             i = first + bad[0]
             raise self._damaged(piece, f"inner chunk {i} fails its CRC-32C check", i, i)
@@ -614,7 +399,7 @@ class ShardReader:
         out = self._scratch(len(starts))
         for k, (s, n) in enumerate(zip(starts, lengths, strict=True)):
             try:
-                _BLOSC.decode(data[s:s + n - _CRC], out=out[k])
+                _BLOSC.decode(data[s:s + n - _shards.CRC_BYTES], out=out[k])
             except Exception as exc:  # a chunk that passed its CRC but is no Blosc frame
                 i = first + k
                 raise StoreFormatError(
@@ -696,8 +481,6 @@ def _put(dest: np.ndarray, values: np.ndarray, rows: slice, cols: tuple[slice, .
 
 
 _BLOSC = Blosc()
-_ZSTD = Zstd()
-_VLEN_UTF8 = VLenUTF8()
 
 
 class _Source(Protocol):
@@ -802,36 +585,6 @@ def _weighted_block(index: np.ndarray, *, reader: ShardReader, weights: np.ndarr
     return reader.weighted_sum(slice(int(index[0]), int(index[-1]) + 1), weights)
 
 
-def _crc_ok(data: memoryview) -> bool:
-    """Whether ``data`` ends with the CRC-32C (little-endian) of the bytes before it."""
-    # the crc32c package releases the GIL on large buffers, so threads check in parallel
-    return int(crc32c.crc32c(data[:-_CRC])).to_bytes(_CRC, "little") == data[-_CRC:]
-
-
-def _crc_failures(data: memoryview, starts: list[int], lengths: list[int]) -> list[int]:
-    """Which of the pieces ``data[s:s+n]`` do not end with the CRC-32C of their other bytes.
-
-    Pieces of one length that fill ``data`` back to back are checked with one CRC over all
-    of them: the CRC-32C of intact pieces (each followed by its own CRC) depends only on
-    their lengths (:func:`_intact_crc`), and one call over half a megabyte runs without the
-    GIL where thousands of small calls would hold it.  Any damage changes that CRC (missed
-    with probability 2**-32, as for one piece); the damaged piece is then found one by one.
-    """
-    crc = crc32c.crc32c  # looked up once: the loop below runs once per piece
-    if (len(set(lengths)) == 1 and starts[0] == 0 and len(data) == len(starts) * lengths[0]
-            and crc(data) == _intact_crc(len(starts), lengths[0])):
-        return []
-    return [k for k, (s, n) in enumerate(zip(starts, lengths, strict=True))
-            if crc(data[s:s + n - _CRC]) != int.from_bytes(data[s + n - _CRC:s + n], "little")]
-
-
-@functools.lru_cache(maxsize=64)
-def _intact_crc(count: int, length: int) -> int:
-    """The CRC-32C of ``count`` intact pieces of ``length`` bytes, each ending in its CRC."""
-    zeros = bytes(length - _CRC)
-    return int(crc32c.crc32c((zeros + crc32c.crc32c(zeros).to_bytes(_CRC, "little")) * count))
-
-
 def _pread(fd: int, lo: int, hi: int, key: str) -> memoryview:
     data = memoryview(bytearray(hi - lo))
     _pread_into(fd, data, lo, key)
@@ -846,73 +599,3 @@ def _pread_into(fd: int, data: memoryview, offset: int, key: str) -> None:
             raise ChecksumError(f"object {key} ended after {offset + done} bytes while "
                                 f"{offset + len(data)} were expected; it was truncated")
         done += n
-
-
-def _bounding_box(key: Any, shape: tuple[int, ...]) -> tuple[tuple[slice, ...], tuple[Any, ...]]:
-    """The box of values a NumPy-style key touches, and the key to apply to that box.
-
-    Slices (any positive step), integers and integer arrays are accepted: what dask passes
-    (``from_array`` fuses a selection such as ``da[3]`` into a task as ``(3, slice(...))``).
-
-    Examples
-    --------
-    >>> _bounding_box((3, slice(2, 9, 3)), (10, 10))
-    ((slice(3, 4, None), slice(2, 9, None)), (0, slice(None, None, 3)))
-    """
-    key = key if isinstance(key, tuple) else (key,)
-    if any(k is Ellipsis for k in key):
-        i = next(n for n, k in enumerate(key) if k is Ellipsis)
-        key = key[:i] + (slice(None),) * (len(shape) - len(key) + 1) + key[i + 1:]
-    key = key + (slice(None),) * (len(shape) - len(key))
-    if len(key) != len(shape):
-        raise IndexError(f"too many indices for an array of shape {shape}: {key!r}")
-    box: list[slice] = []
-    then: list[Any] = []
-    for k, n in zip(key, shape, strict=True):
-        if isinstance(k, slice):
-            if (k.step or 1) < 0:
-                raise IndexError(f"negative steps are not supported here: {k!r}")
-            lo, hi, step = k.indices(n)
-            hi = max(lo, hi)
-            box.append(slice(lo, hi))
-            then.append(slice(None, None, step if step != 1 else None))
-        elif isinstance(k, (int, np.integer)):
-            i = int(k) + n if k < 0 else int(k)
-            if not 0 <= i < n:
-                raise IndexError(f"index {k} is out of bounds for an axis of size {n}")
-            box.append(slice(i, i + 1))
-            then.append(0)
-        else:
-            picks = np.asarray(k)
-            if picks.dtype == bool:
-                picks = np.flatnonzero(picks)
-            picks = np.where(picks < 0, picks + n, picks).astype(np.int64)
-            if picks.size and not (0 <= picks.min() and picks.max() < n):
-                raise IndexError(f"indices {k!r} are out of bounds for an axis of size {n}")
-            lo = int(picks.min()) if picks.size else 0
-            box.append(slice(lo, int(picks.max()) + 1 if picks.size else 0))
-            then.append(picks - lo)
-    arrays = [t for t in then if isinstance(t, np.ndarray)]
-    if len(arrays) > 1:  # NumPy would broadcast several index arrays: take them one by one
-        raise IndexError("one integer-array index at a time is supported here")
-    return tuple(box), tuple(then)
-
-
-def _shard_ranges(sel: slice, size: int) -> list[tuple[int, int, int]]:
-    """``(shard, lo, hi)`` per shard that ``sel`` (step 1) touches, in shard coordinates."""
-    out = []
-    start, stop = sel.start, sel.stop
-    shard = start // size
-    while start < stop:
-        hi = min(stop, (shard + 1) * size)
-        out.append((shard, start - shard * size, hi - shard * size))
-        start, shard = hi, shard + 1
-    return out
-
-
-def _product(ranges: list[list[tuple[int, int, int]]]) -> list[tuple[tuple[int, int, int], ...]]:
-    combos: list[tuple[tuple[int, int, int], ...]] = [()]
-    for options in ranges:
-        combos = [(*c, o) for c in combos for o in options]
-    return combos
-

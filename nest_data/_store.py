@@ -41,7 +41,7 @@ from zarr.storage import LocalStore, MemoryStore
 
 from nest_data import _config
 from nest_data._digest import bytes_digest, file_digest
-from nest_data._reader import encode_shard, layout_of
+from nest_data._shards import encode_shard, layout_of
 from nest_data._storage import is_local, join, local_path, make_store, quiet_consolidated
 from nest_data.errors import StoreNotFoundError, TargetExistsError
 
@@ -565,7 +565,7 @@ def write_rows(stage: Path, start: int, values: np.ndarray) -> None:
     """Write ``values`` as rows ``start...`` of a staged store's ``responses``, whole shards.
 
     Each shard object of the raw layout is encoded directly
-    (:func:`~nest_data._reader.encode_shard`, the bytes zarr would write; zarr-python spends
+    (:func:`~nest_data._shards.encode_shard`, the bytes zarr would write; zarr-python spends
     about 0.4 ms on each inner chunk it encodes); other layouts are written through zarr.
     ``start`` is the first row of a shard, and ``values`` ends on a shard boundary or at
     the array's end.  Every shard is written, even one holding only NaN.

@@ -13,7 +13,8 @@ import zarr
 
 import nest_data
 from nest_data._open import _open_url
-from nest_data._reader import ShardReader, layout_of, shard_reader, take_images, weighted_sums
+from nest_data._reader import ShardReader, shard_reader, take_images, weighted_sums
+from nest_data._shards import layout_of
 from nest_data._storage import make_store, quiet_consolidated
 from nest_data._store import DATA_VAR, EntryData, object_digests, write_entry
 from nest_data.errors import ChecksumError, MissingObjectError
@@ -368,13 +369,13 @@ def test_shards_are_the_bytes_zarr_writes(tmp_path: Path, layout: str,
 
 
 def test_one_crc_over_a_run_finds_the_damaged_chunk() -> None:
-    from nest_data._reader import _crc_failures
+    from nest_data._shards import crc_failures
 
     rng = np.random.default_rng(9)
     pieces = [rng.bytes(60) for _ in range(5)]
     run = bytearray(b"".join(p + crc32c.crc32c(p).to_bytes(4, "little") for p in pieces))
     starts, lengths = [64 * k for k in range(5)], [64] * 5
-    assert _crc_failures(memoryview(run), starts, lengths) == []
+    assert crc_failures(memoryview(run), starts, lengths) == []
     run[2 * 64 + 7] ^= 0x10  # a value byte of piece 2
     run[4 * 64 + 62] ^= 0x01  # the stored CRC of piece 4
-    assert _crc_failures(memoryview(run), starts, lengths) == [2, 4]
+    assert crc_failures(memoryview(run), starts, lengths) == [2, 4]
