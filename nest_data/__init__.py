@@ -13,15 +13,6 @@ from __future__ import annotations
 import logging
 from importlib.metadata import PackageNotFoundError, version
 
-from nest_data._analysis import (
-    roi_mean,
-    roi_means,
-    rsa,
-    rsa_matrix,
-    rsm,
-    top_images,
-    univariate_rnc,
-)
 from nest_data._cache import ChunkCache
 from nest_data._catalog import Catalog, Entry, Location, Root, catalog
 from nest_data._demo import build_demo, plot_roi_summary, plot_surface_map, run_demo
@@ -30,6 +21,15 @@ from nest_data._generate import generate
 from nest_data._mirror import mirror
 from nest_data._open import open, open_many, open_metadata, open_store
 from nest_data._verify import verify
+from nest_data.analysis import (
+    roi_mean,
+    roi_means,
+    rsa,
+    rsa_matrix,
+    rsm,
+    top_images,
+    univariate_rnc,
+)
 from nest_data.errors import (
     AmbiguousKeyError,
     CatalogError,

@@ -14,9 +14,9 @@ import numpy as np
 import xarray as xr
 
 from nest_data import _config
-from nest_data._analysis import top_images
 from nest_data._open import open as open_entry
 from nest_data._store import FORMAT_VERSION
+from nest_data.analysis import top_images
 from nest_data.errors import NestDataError
 
 logger = logging.getLogger("nest_data")

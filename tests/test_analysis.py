@@ -23,8 +23,8 @@ import xarray as xr
 from distributed import Client, LocalCluster, get_task_stream
 
 import nest_data
-from nest_data import _analysis
-from nest_data._analysis import _average_ranks, random_batches
+from nest_data.analysis import random_batches, rnc
+from nest_data.analysis.similarity import _average_ranks
 from nest_data.errors import NestDataError
 from nest_data.testing import ned_file_paths
 
@@ -214,9 +214,9 @@ def test_random_batches_are_distinct_uniform_and_seeded() -> None:
 
 
 def test_null_distribution_in_blocks(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(_analysis, "_BATCH_BLOCK", 64)  # 1000 batches in 16 blocks
+    monkeypatch.setattr(rnc, "_BATCH_BLOCK", 64)  # 1000 batches in 16 blocks
     values = np.random.default_rng(0).standard_normal((2, 500))
-    null, chosen = _analysis._null_distribution(values, 10, 1000, seed=5)
+    null, chosen = rnc._null_distribution(values, 10, 1000, seed=5)
     batches = random_batches(500, 10, 1000, seed=5)
     assert batches.shape == (1000, 10)
     expected = np.stack([v[batches].mean(axis=1) for v in values])

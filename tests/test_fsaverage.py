@@ -235,7 +235,7 @@ def test_analyses_accept_surface_entries(generated: Path) -> None:
                                    batch_size=2, seed=0)
     assert rnc.roi.values.tolist() == ["FFA-1", "PPA"]
     # The null distribution is the mean of random batches of the subject-averaged ROI means.
-    from nest_data._analysis import random_batches
+    from nest_data.analysis import random_batches
 
     batches = random_batches(6, 2, 20, seed=0)
     scores = nest_data.roi_means(tree, min_ncsnr=0.5).mean("subject").values  # RNC default

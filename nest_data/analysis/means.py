@@ -1,0 +1,254 @@
+"""ROI means per image, for one entry or for subjects x ROIs of different sizes."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Hashable, Iterable, Mapping, Sequence
+from typing import Any
+
+import dask
+import dask.array
+import numpy as np
+import xarray as xr
+
+from nest_data._reader import weighted_sums
+from nest_data._store import DATA_VAR
+from nest_data.errors import InputError
+
+logger = logging.getLogger("nest_data")
+
+__all__ = ["roi_mean", "roi_means"]
+
+#: Entries for the functions that take several: a DataTree from :func:`nest_data.open_many`,
+#: a mapping of DataArrays, or a sequence of DataArrays.
+Entries = xr.DataTree | Mapping[Hashable, xr.DataArray] | Sequence[xr.DataArray]
+
+
+#: The dims over which fMRI entries hold their units: voxels (fwRF) or surface vertices.
+SPACE_DIMS = ("voxel", "vertex")
+
+
+def _space(da: Any) -> str | None:
+    """``"voxel"`` or ``"vertex"`` when ``da`` is an fMRI entry, else None."""
+    if not isinstance(da, xr.DataArray):
+        return None
+    return next((d for d in SPACE_DIMS if d in da.dims), None)
+
+
+def _require_fmri(da: xr.DataArray, what: str) -> str:
+    space = _space(da)
+    if space is None:
+        raise InputError(f"{what} needs an fMRI entry with a 'voxel' or 'vertex' dimension; "
+                         f"got dims {da.dims}. Open one with nest_data.open(..., roi='V1').")
+    return space
+
+
+def _keep(da: xr.DataArray, min_ncsnr: float | None) -> np.ndarray:
+    """Boolean mask of the voxels with ``ncsnr > min_ncsnr`` (all of them if None)."""
+    if min_ncsnr is None:
+        return np.ones(da.sizes[_require_fmri(da, "min_ncsnr")], dtype=bool)
+    if "ncsnr" not in da.coords:
+        raise InputError("min_ncsnr= needs the 'ncsnr' voxel coordinate, which this "
+                         f"entry ({_label(da)}) lacks; pass min_ncsnr=None to use every "
+                         "voxel")
+    keep = np.asarray(da["ncsnr"].values > min_ncsnr)
+    if not keep.any():
+        raise InputError(f"no voxel has ncsnr > {min_ncsnr} in {_label(da)} (its max is "
+                         f"{float(da['ncsnr'].max()):.3f}); lower min_ncsnr or pass "
+                         "min_ncsnr=None")
+    return keep
+
+
+def _reliable(da: xr.DataArray, min_ncsnr: float | None) -> xr.DataArray:
+    """``da`` restricted to the voxels with ``ncsnr > min_ncsnr`` (all if None)."""
+    keep = _keep(da, min_ncsnr)
+    return da if keep.all() else da.isel({_require_fmri(da, "min_ncsnr"): np.flatnonzero(keep)})
+
+
+def _label(da: xr.DataArray) -> str:
+    a = da.attrs
+    if "subject" in a:
+        return (f"{a.get('imageset', '?')} sub-{int(a['subject']):02d}"
+                + (f" {a['roi']}" if a.get("roi") else ""))
+    return str(da.name)
+
+
+def roi_mean(da: xr.DataArray, *, min_ncsnr: float | None = None) -> xr.DataArray:
+    """Mean response over an ROI's voxels for every image (lazy).
+
+    Parameters
+    ----------
+    da : xarray.DataArray
+        An fMRI entry from :func:`nest_data.open`.
+    min_ncsnr : float, optional
+        Keep only voxels with ``ncsnr > min_ncsnr`` (RNC uses 0.5).
+
+    Returns
+    -------
+    xarray.DataArray
+        Dims ``(image,)``, float64, with the image coordinates of ``da``; dask-backed.
+        NaN responses are skipped (as ``numpy.nanmean`` does) in entries that hold any;
+        entries that record none (``nan_count == 0``, every converted store) are reduced
+        as one weighted sum per image, without copying the selected voxels.
+
+    Examples
+    --------
+    >>> import nest_data
+    >>> da = nest_data.open(imageset="things", subject=1, roi="V1", location="demo")
+    >>> nest_data.roi_mean(da, min_ncsnr=0.5).dims
+    ('image',)
+    """
+    space = _require_fmri(da, "roi_mean")
+    keep = _keep(da, min_ncsnr)
+    n = int(keep.sum())
+    fused = (weighted_sums(da.data, keep / n) if da.attrs.get("nan_count", 1) == 0
+             and da.dims == (da.dims[0], space) else None)
+    if fused is not None:
+        # The stored values, with no NaN: every task decodes its images one inner chunk at
+        # a time into a reused buffer and reduces them there (float32 BLAS, float64 result).
+        out = xr.DataArray(fused, dims=da.dims[:1],
+                           coords={k: v for k, v in da.coords.items() if space not in v.dims})
+    elif da.attrs.get("nan_count", 1) == 0:
+        # The store records that it holds no NaN: one weighted sum per image reads each
+        # chunk once, copies nothing and accumulates in float64.
+        weights = xr.DataArray(keep / n, dims=space)
+        out = xr.dot(da, weights, dim=space)
+    else:
+        out = _reliable(da, min_ncsnr).astype(np.float64).mean(space, skipna=True)
+    out.attrs = {**{k: v for k, v in da.attrs.items() if k not in ("sha256", "nan_count")},
+                 "analysis": f"mean over {n} {space}s"
+                 + (f" with ncsnr > {min_ncsnr}" if min_ncsnr is not None else "")}
+    return out.rename("roi_mean")
+
+
+def _entry_list(entries: Entries | xr.DataArray, what: str) -> list[xr.DataArray]:
+    """The DataArrays of a DataTree, a mapping or a sequence (or one DataArray)."""
+    out: list[Any]
+    if isinstance(entries, xr.DataArray):
+        out = [entries]
+    elif isinstance(entries, xr.DataTree):
+        out = [node[DATA_VAR] for node in entries.subtree if DATA_VAR in node.data_vars]
+    elif isinstance(entries, Mapping):
+        out = list(entries.values())
+    elif isinstance(entries, Iterable) and not isinstance(entries, (str, bytes)):
+        out = list(entries)
+    else:
+        raise InputError(f"{what} takes entries as an xarray.DataTree from "
+                         "nest_data.open_many, a dict or a list of DataArrays from "
+                         f"nest_data.open; got {type(entries).__name__}")
+    bad = [type(x).__name__ for x in out if not isinstance(x, xr.DataArray)]
+    if bad or not out:
+        raise InputError(f"{what} needs at least one fMRI entry (DataArray); got "
+                         f"{len(out)} item(s){', of types ' + ', '.join(bad) if bad else ''}"
+                         ". Pass nest_data.open_many(imageset=..., subject=[...], "
+                         "roi=[...]).")
+    return out
+
+
+def _shared_image_coords(das: Sequence[xr.DataArray], what: str) -> dict[str, Any]:
+    """Image coordinates equal in every entry (``split`` of nsd differs by subject)."""
+    first = das[0]
+    for da in das[1:]:
+        if (da.sizes.get("image") != first.sizes.get("image")
+                or da.attrs.get("imageset") != first.attrs.get("imageset")
+                or ("image" in da.coords and "image" in first.coords
+                    and not np.array_equal(da["image"].values, first["image"].values))):
+            raise InputError(
+                f"{what} needs entries of the same images; {_label(first)} has "
+                f"{first.sizes.get('image')} images and {_label(da)} has "
+                f"{da.sizes.get('image')}. Open every entry with the same imageset= (and the "
+                "same image selection).")
+    shared: dict[str, Any] = {}
+    for name, coord in first.coords.items():
+        if coord.dims != ("image",):
+            continue
+        values = coord.values
+        if all(name in da.coords and np.array_equal(da[name].values, values) for da in das):
+            shared[str(name)] = ("image", values, coord.attrs)
+    return shared
+
+
+def roi_means(entries: Entries, *, min_ncsnr: float | None = None) -> xr.DataArray:
+    """ROI mean per image of every subject and ROI, stacked (lazy).
+
+    Each entry is averaged over its own (reliable) voxels first, so entries whose voxel
+    counts differ (every subject has its own) stack into one array;
+    ``roi_means(...).mean("subject")`` is then the cross-subject average RNC uses (mean over
+    subjects of the mean over each subject's voxels).
+
+    Parameters
+    ----------
+    entries : xarray.DataTree, dict or list of xarray.DataArray
+        fMRI entries of the same images, e.g. from :func:`nest_data.open_many`.
+    min_ncsnr : float, optional
+        Keep only voxels with ``ncsnr > min_ncsnr`` in every entry.
+
+    Returns
+    -------
+    xarray.DataArray
+        ``roi_mean``, dims ``(subject, roi, image)``, dask-backed, with the image
+        coordinates that are equal in every entry (nsd's per-subject ``split`` is dropped)
+        and ``n_voxels`` (subject, roi): how many voxels each mean is over.
+
+    Raises
+    ------
+    InputError
+        Entries of different images, a (subject, ROI) pair given twice or missing from the
+        grid, or an entry without the ``subject``/``roi`` attributes.
+
+    Examples
+    --------
+    >>> import nest_data
+    >>> tree = nest_data.open_many(imageset="nsd", subject=[1, 2], roi=["V1", "FFA-1"],
+    ...                            location="demo")
+    >>> means = nest_data.roi_means(tree, min_ncsnr=0.5)
+    >>> means.sizes
+    Frozen({'subject': 2, 'roi': 2, 'image': 24})
+    >>> means.mean("subject").dims
+    ('roi', 'image')
+    """
+    das = _entry_list(entries, "roi_means")
+    image_coords = _shared_image_coords(das, "roi_means")
+    cells: dict[tuple[int, str], xr.DataArray] = {}
+    counts: dict[tuple[int, str], int] = {}
+    for da in das:
+        _require_fmri(da, "roi_means")
+        if "subject" not in da.attrs or not da.attrs.get("roi"):
+            raise InputError(f"roi_means needs the 'subject' and 'roi' attributes that "
+                             f"nest_data.open sets; {_label(da)} has attrs "
+                             f"{sorted(da.attrs)}. Open entries with nest_data.open.")
+        key = (int(da.attrs["subject"]), str(da.attrs["roi"]))
+        if key in cells:
+            raise InputError(f"sub-{key[0]:02d} {key[1]} is given twice; pass each "
+                             "subject and ROI once")
+        cells[key] = roi_mean(da, min_ncsnr=min_ncsnr)
+        counts[key] = int(_keep(da, min_ncsnr).sum())
+    subjects = sorted({s for s, _ in cells})
+    rois = list(dict.fromkeys(r for _, r in cells))
+    missing = [f"sub-{s:02d} {r}" for s in subjects for r in rois if (s, r) not in cells]
+    if missing:
+        raise InputError(f"roi_means needs every ROI for every subject; missing: "
+                         f"{', '.join(missing)}. Open them too, or compute roi_mean per "
+                         "entry.")
+    # One chunk per entry's means (8 bytes per image): entries are chunked differently
+    # (by their voxel counts), and stacking them as they are would cut every entry at
+    # every other entry's chunk boundaries.
+    data = dask.array.stack([dask.array.stack([_as_dask(cells[s, r]).rechunk(-1)
+                                               for r in rois]) for s in subjects])
+    first = das[0].attrs
+    attrs = {k: first[k] for k in ("modality", "train_dataset", "model", "imageset", "units")
+             if k in first}
+    attrs["analysis"] = ("mean over each entry's voxels"
+                         + (f" with ncsnr > {min_ncsnr}" if min_ncsnr is not None else ""))
+    if min_ncsnr is not None:
+        attrs["min_ncsnr"] = min_ncsnr
+    return xr.DataArray(
+        data, dims=("subject", "roi", "image"), name="roi_mean", attrs=attrs,
+        coords={"subject": subjects, "roi": rois, **image_coords,
+                "n_voxels": (("subject", "roi"), np.array([[counts[s, r] for r in rois]
+                                                          for s in subjects], dtype=np.int64))})
+
+
+def _as_dask(da: xr.DataArray) -> dask.array.Array:
+    data = da.data
+    return data if isinstance(data, dask.array.Array) else dask.array.from_array(data)
