@@ -1,8 +1,9 @@
 """The ``nest`` engine for xarray: ``xr.open_dataset(url, engine="nest")``.
 
-Any xarray tooling (``open_mfdataset``, intake-esm, ...) then reads nest-data stores through
+xarray's own API (``open_dataset``, ``open_mfdataset``) then reads nest-data stores through
 nest-data's read path: CRC-32C checks on every read, missing objects as errors naming them,
-``verify`` and the chunk cache, retries on flaky servers.
+``verify`` and the chunk cache, retries on flaky servers.  (intake-esm hands a store's URL
+only to its ``zarr`` engine, so its collections read through zarr.)
 """
 
 from __future__ import annotations

@@ -125,21 +125,21 @@ def _cmd_generate(args: argparse.Namespace) -> int:
 def _cmd_encode(args: argparse.Namespace) -> int:
     from nest_data._encode import encode
 
+    out = args.out.rstrip("/") if args.out else None
+    if out is not None and not out.endswith((".zarr", ".nc")):  # before any encoding
+        raise NestDataError(f"--out {args.out!r}: give a file ending in .nc (NetCDF) or "
+                            "a folder ending in .zarr")
     da = encode(list(args.images), subject=args.subject, roi=args.roi,
                 modality=args.modality, train_dataset=args.train_dataset,
                 location=args.location, storage_options=_options(args.storage_option),
                 batch_size=args.batch_size, device=args.device,
                 show_progress=_progress(args))
-    if args.out:
-        out = args.out.rstrip("/")
+    if out is not None:
         if out.endswith(".zarr"):
             da.to_dataset(name="responses").to_zarr(out, mode="w-", zarr_format=3,
                                                     consolidated=True)
-        elif out.endswith(".nc"):
-            da.assign_attrs({k: _netcdf_attr(v) for k, v in da.attrs.items()}).to_netcdf(out)
         else:
-            raise NestDataError(f"--out {args.out!r}: give a file ending in .nc (NetCDF) or "
-                                "a folder ending in .zarr")
+            da.assign_attrs({k: _netcdf_attr(v) for k, v in da.attrs.items()}).to_netcdf(out)
         print(f"{out}: {da.dims} {da.shape}")
         return 0
     reduce = [d for d in da.dims if d != "image"]
@@ -184,8 +184,6 @@ def _cmd_cache(args: argparse.Namespace) -> int:
 
 
 def _cmd_catalog(args: argparse.Namespace) -> int:
-    import pandas as pd
-
     from nest_data._catalog import KEYS, catalog
 
     cat = catalog(*args.catalog).search(modality=args.modality, imageset=args.imageset,
@@ -195,9 +193,7 @@ def _cmd_catalog(args: argparse.Namespace) -> int:
         print(f"wrote {path} and {path.with_suffix('.csv')}")
         return 0
     columns = [*KEYS, "n_images"] if not args.all_columns else list(cat.df.columns)
-    with pd.option_context("display.max_rows", args.max_rows,
-                           "display.width", 80 if not args.all_columns else 200):
-        print(cat.df[columns].to_string(max_rows=args.max_rows, index=False))
+    print(cat.df[columns].to_string(max_rows=args.max_rows, index=False))
     print(f"{len(cat)} entries; locations: {', '.join(sorted(cat.locations))}")
     return 0
 
