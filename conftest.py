@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from nest_data.converters import convert_ned
-from nest_data.testing import write_ned
+from nest_data.synthetic import write_ned
 
 # Modules that need the optional `encode` extra are not collected (for doctests) without it.
 collect_ignore: list[str] = []

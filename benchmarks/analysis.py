@@ -5,7 +5,7 @@ Usage::
     python benchmarks/analysis.py            # 73,000 images, 2 ROIs x 8 subjects (~10 min)
     python benchmarks/analysis.py --quick    # 7,300 images, for trying the script out
 
-Data: :func:`nest_data.testing.write_ned` writes NED's exact files (synthetic values) for
+Data: :func:`nest_data.synthetic.write_ned` writes NED's exact files (synthetic values) for
 the ``nsd`` image set, subjects 1-8, ROIs V1 and FFA-1 (sub-01's published voxel counts,
 fixed variations for the others), and :func:`nest_data.converters.convert_ned` converts them,
 into a temporary folder that is removed at the end (peak disk use about 9 GB).  Measured:
@@ -49,7 +49,7 @@ from run import environment, run_with_peak_rss, tree_bytes
 
 import nest_data
 from nest_data.converters import convert_ned
-from nest_data.testing import ned_file_paths, write_ned
+from nest_data.synthetic import ned_file_paths, write_ned
 
 logger = logging.getLogger("nest_data.benchmarks")
 

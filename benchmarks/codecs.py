@@ -35,7 +35,7 @@ import nest_data
 import nest_data._store as store_module
 from nest_data._open import _open_url
 from nest_data._store import DATA_VAR, EntryData, write_entry
-from nest_data.testing import ned_file_paths, write_ned
+from nest_data.synthetic import ned_file_paths, write_ned
 
 CODECS: dict[str, Callable[[Any], tuple[Any, ...]]] = {
     "none + CRC-32C (chosen)": lambda dtype: (Crc32cCodec(),),

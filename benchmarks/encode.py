@@ -59,7 +59,7 @@ def main() -> None:
     import torch
 
     from nest_data.converters.weights import convert_vit_b_32, convert_weights
-    from nest_data.testing import (
+    from nest_data.synthetic import (
         VIT_B_32_FILE,
         write_eeg_weights,
         write_fwrf_weights,

@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import nest_data
 from nest_data.converters import convert_ned
-from nest_data.testing import ned_file_paths, write_ned
+from nest_data.synthetic import ned_file_paths, write_ned
 from tests.servers import HTTPServer
 
 KEYS = {"imageset": "things", "subject": 1, "roi": "lateral"}

@@ -15,7 +15,7 @@ against a baseline measured in the same run, because benchmark machines are nois
 3. open latency of ``nest_data.open`` against opening the HDF5 dataset with h5py;
 4. size on disk of the Zarr store against the HDF5 source.
 
-The data are written by :func:`nest_data.testing.write_ned` (NED's exact file format with
+The data are written by :func:`nest_data.synthetic.write_ned` (NED's exact file format with
 synthetic values) into a temporary folder that is removed at the end.  A Markdown table is
 printed and written, with the raw measurements as JSON, to ``benchmarks/results/``.
 """
@@ -47,7 +47,7 @@ import zarr
 
 import nest_data
 import nest_data._shards
-from nest_data.testing import ned_file_paths, write_ned
+from nest_data.synthetic import ned_file_paths, write_ned
 
 logger = logging.getLogger("nest_data.benchmarks")
 

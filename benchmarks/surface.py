@@ -27,7 +27,7 @@ import zarr
 import nest_data
 from nest_data._surface import N_FSAVERAGE_VERTICES
 from nest_data.converters.weights import convert_weights
-from nest_data.testing import (
+from nest_data.synthetic import (
     FSAVERAGE_ROI_LAYOUT,
     VIT_B_32_FILE,
     test_images,

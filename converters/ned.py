@@ -51,7 +51,7 @@ from nest_data.errors import (
     SourceFormatError,
     StoreNotFoundError,
 )
-from nest_data.testing import NED_ROOT_NAMES
+from nest_data.synthetic import NED_ROOT_NAMES
 
 logger = logging.getLogger("nest_data")
 
@@ -131,7 +131,7 @@ def discover_ned(
     Examples
     --------
     >>> import tempfile
-    >>> from nest_data.testing import write_ned
+    >>> from nest_data.synthetic import write_ned
     >>> from nest_data.converters import discover_ned
     >>> ned = write_ned(tempfile.mkdtemp(), modalities=["eeg"], subjects=[1, 2],
     ...                 imagesets=["things"], n_images=4, show_progress=False)
@@ -270,7 +270,7 @@ def convert_ned(
     Examples
     --------
     >>> import tempfile
-    >>> from nest_data.testing import write_ned
+    >>> from nest_data.synthetic import write_ned
     >>> from nest_data.converters import convert_ned
     >>> src = tempfile.mkdtemp()
     >>> _ = write_ned(src, modalities=["fmri"], subjects=[1], rois=["V1"], imagesets=["nsd"],

@@ -477,7 +477,7 @@ def convert_eeg_weights(
     Examples
     --------
     >>> import tempfile
-    >>> from nest_data.testing import write_eeg_weights
+    >>> from nest_data.synthetic import write_eeg_weights
     >>> src, dest = tempfile.mkdtemp(), tempfile.mkdtemp()
     >>> _ = write_eeg_weights(src, 3, n_components=2)
     >>> convert_eeg_weights(src, dest)
@@ -617,7 +617,7 @@ def convert_fsaverage_weights(
     Examples
     --------
     >>> import tempfile
-    >>> from nest_data.testing import write_fsaverage_weights
+    >>> from nest_data.synthetic import write_fsaverage_weights
     >>> src, dest = tempfile.mkdtemp(), tempfile.mkdtemp()
     >>> _ = write_fsaverage_weights(src, 2, n_components=2, n_vertices=642)
     >>> convert_fsaverage_weights(src, dest)
@@ -856,7 +856,7 @@ def convert_weights(
     Examples
     --------
     >>> import tempfile
-    >>> from nest_data.testing import write_eeg_weights, write_fwrf_weights
+    >>> from nest_data.synthetic import write_eeg_weights, write_fwrf_weights
     >>> src, dest = tempfile.mkdtemp(), tempfile.mkdtemp()
     >>> _ = write_eeg_weights(src, 1, n_components=2)
     >>> _ = write_fwrf_weights(src, 1, "V1", n_voxels=4)

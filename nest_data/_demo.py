@@ -51,7 +51,7 @@ def build_demo(
 ) -> Path | str:
     """Build the demo collection (every fMRI subject x ROI and EEG subject, synthetic).
 
-    Writes a miniature NED folder with :func:`nest_data.testing.write_ned` and converts it
+    Writes a miniature NED folder with :func:`nest_data.synthetic.write_ned` and converts it
     with the NED converter, so the demo exercises the same path as real data.  With torch
     installed (``nest-data[encode]``), it also converts a synthetic fsaverage encoder of
     subject 1 and a random ViT-B/32 written in BERG's and torchvision's formats, and
@@ -89,7 +89,7 @@ def build_demo(
     'demo'
     """
     from nest_data.converters.ned import convert_ned
-    from nest_data.testing import write_ned
+    from nest_data.synthetic import write_ned
 
     if dest is not None:
         with tempfile.TemporaryDirectory(prefix="ned-") as tmp:
@@ -134,7 +134,7 @@ def _build_surface(dest: str, n_images: int, show_progress: bool | None,
         return
     from nest_data._generate import generate
     from nest_data.converters.weights import convert_weights
-    from nest_data.testing import (
+    from nest_data.synthetic import (
         VIT_B_32_FILE,
         test_images,
         write_fsaverage_weights,

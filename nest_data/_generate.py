@@ -281,7 +281,7 @@ def generate(
     --------
     >>> import tempfile, nest_data
     >>> from nest_data.converters.weights import convert_weights
-    >>> from nest_data.testing import test_images, write_fwrf_weights, write_image_folder
+    >>> from nest_data.synthetic import test_images, write_fwrf_weights, write_image_folder
     >>> nest, root, folder = tempfile.mkdtemp(), tempfile.mkdtemp(), tempfile.mkdtemp()
     >>> _ = write_fwrf_weights(nest, 1, "V1", n_voxels=5)   # NEST's files, miniature
     >>> _ = convert_weights(nest, root, trust_pickles=True)

@@ -26,7 +26,7 @@ import nest_data
 from nest_data.analysis import random_batches, rnc
 from nest_data.analysis.similarity import _average_ranks
 from nest_data.errors import NestDataError
-from nest_data.testing import ned_file_paths
+from nest_data.synthetic import ned_file_paths
 
 SUBJECTS = [1, 2]
 ROIS = ["V1", "FFA-1", "lateral"]

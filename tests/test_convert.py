@@ -25,7 +25,7 @@ from nest_data._store import STAGING_DIR, chunk_rows
 from nest_data.converters import convert_ned, discover_ned
 from nest_data.converters._pickle import load_npy_dict
 from nest_data.errors import ConversionError, UnknownKeyError
-from nest_data.testing import CHANNELS, TIMES, ned_file_paths, write_ned
+from nest_data.synthetic import CHANNELS, TIMES, ned_file_paths, write_ned
 
 
 def _source(ned: Path, modality: str, imageset: str, subject: int, roi: str | None = None

@@ -10,7 +10,7 @@ import xarray as xr
 
 import nest_data
 from nest_data._cli import main as cli
-from nest_data.testing import ROI_VOXELS_SUB01, roi_voxel_count
+from nest_data.synthetic import ROI_VOXELS_SUB01, roi_voxel_count
 
 
 def test_demo_collection_is_complete(demo: Path) -> None:

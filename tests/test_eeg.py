@@ -22,7 +22,7 @@ import nest_data  # noqa: E402
 from nest_data.converters import convert_ned  # noqa: E402
 from nest_data.converters.weights import convert_eeg_weights, convert_weights  # noqa: E402
 from nest_data.errors import SourceFormatError  # noqa: E402
-from nest_data.testing import (  # noqa: E402
+from nest_data.synthetic import (  # noqa: E402
     CHANNELS,
     TIMES,
     VIT_B_32_FILE,
@@ -231,7 +231,7 @@ def test_cli_converts_eeg_weights_without_trust_flag(tmp_path: Path) -> None:
 
 def test_generate_an_eeg_store(eeg_root: Path, images: np.ndarray,
                                expected: dict[int, np.ndarray], tmp_path: Path) -> None:
-    from nest_data.testing import write_image_zarr
+    from nest_data.synthetic import write_image_zarr
 
     write_image_zarr(tmp_path / "imgs.zarr", images, ["a", "b", "c"], chunk_images=2)
     url = nest_data.generate(tmp_path / "imgs.zarr", tmp_path / "out", imageset="mine",

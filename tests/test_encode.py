@@ -12,7 +12,7 @@ torch = pytest.importorskip("torch")
 import nest_data  # noqa: E402
 from nest_data.converters.weights import convert_fwrf_weights  # noqa: E402
 from nest_data.encoders.fwrf import preprocess  # noqa: E402
-from nest_data.testing import write_fwrf_weights  # noqa: E402
+from nest_data.synthetic import write_fwrf_weights  # noqa: E402
 
 from .test_fwrf import random_weights, reference_responses  # noqa: E402
 
@@ -141,7 +141,7 @@ def test_encode_reproduces_pregenerated_responses(weights_root: Path, tmp_path: 
     The images are 227 px, so NEST's resize is the identity and the reference needs only /255.
     """
     from nest_data.converters import convert_ned
-    from nest_data.testing import test_images, write_ned
+    from nest_data.synthetic import test_images, write_ned
 
     images = test_images(4, 227, seed=9)
     x = images.transpose(0, 3, 1, 2) / 255.0

@@ -21,7 +21,7 @@ from nest_data._storage import make_store
 from nest_data.converters import convert_ned, discover_ned
 from nest_data.converters._pickle import load_npy_dict
 from nest_data.errors import ConversionError, SourceFormatError
-from nest_data.testing import ned_file_paths, write_ned
+from nest_data.synthetic import ned_file_paths, write_ned
 
 
 def test_exception_hierarchy(demo: Path) -> None:

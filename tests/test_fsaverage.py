@@ -24,7 +24,7 @@ import nest_data  # noqa: E402
 from nest_data._surface import N_FSAVERAGE_VERTICES  # noqa: E402
 from nest_data.converters.weights import convert_fsaverage_weights, convert_weights  # noqa: E402
 from nest_data.errors import InputError, SourceFormatError  # noqa: E402
-from nest_data.testing import (  # noqa: E402
+from nest_data.synthetic import (  # noqa: E402
     VIT_B_32_FILE,
     fsaverage_arrays,
     fsaverage_paths,
@@ -314,7 +314,7 @@ def test_convert_weights_reads_berg_bucket_anonymously(tmp_path: Path,
     """``nest-data convert weights s3://... --source-option anon=true`` on BERG's layout."""
     pytest.importorskip("s3fs")
     from nest_data._cli import main as cli
-    from nest_data.testing import write_eeg_weights, write_fwrf_weights
+    from nest_data.synthetic import write_eeg_weights, write_fwrf_weights
 
     from .servers import S3Server
 

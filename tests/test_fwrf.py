@@ -11,7 +11,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from nest_data.encoders.fwrf import FwrfModel, preprocess  # noqa: E402
-from nest_data.testing import fwrf_state_dicts  # noqa: E402
+from nest_data.synthetic import fwrf_state_dicts  # noqa: E402
 
 # ------------------------------------------------------------------- reference (NumPy)
 
@@ -169,7 +169,7 @@ def test_weights_convert_and_load_without_pickle(tmp_path: Path,
     from nest_data._encode import EncoderSource, _load_cached
     from nest_data.converters.weights import convert_fwrf_weights
     from nest_data.errors import ChecksumError, ConversionError
-    from nest_data.testing import write_fwrf_weights
+    from nest_data.synthetic import write_fwrf_weights
 
     src, dest = tmp_path / "nest", tmp_path / "converted"
     write_fwrf_weights(src, 1, "V1", n_voxels=6)
@@ -235,7 +235,7 @@ def test_ned_era_metadata_keeps_accuracies(tmp_path: Path,
     """NED's metadata nests the accuracies in encoding_accuracy; BERG's are flat."""
     from nest_data.converters._pickle import load_npy_dict
     from nest_data.converters.weights import convert_fwrf_weights
-    from nest_data.testing import fwrf_metadata_path, write_fwrf_weights
+    from nest_data.synthetic import fwrf_metadata_path, write_fwrf_weights
 
     for layout in ("berg", "ned"):
         write_fwrf_weights(tmp_path / layout, 1, "V1", n_voxels=6, metadata=layout)
@@ -262,7 +262,7 @@ def test_betas_info_gives_voxel_labels_without_metadata(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     from nest_data.converters.weights import convert_fwrf_weights
-    from nest_data.testing import fwrf_metadata_path, fwrf_weight_paths, write_fwrf_weights
+    from nest_data.synthetic import fwrf_metadata_path, fwrf_weight_paths, write_fwrf_weights
 
     write_fwrf_weights(tmp_path / "berg", 2, "lateral", n_voxels=7)
     pt = write_fwrf_weights(tmp_path / "pt", 2, "lateral", n_voxels=7, metadata="none",
@@ -307,7 +307,7 @@ def test_training_outputs_are_not_weights(tmp_path: Path,
     from safetensors.numpy import load_file
 
     from nest_data.converters.weights import convert_fwrf_weights, convert_weights
-    from nest_data.testing import fwrf_weight_paths, write_fwrf_weights
+    from nest_data.synthetic import fwrf_weight_paths, write_fwrf_weights
 
     for extra in (False, True):
         write_fwrf_weights(tmp_path / f"extra-{extra}", 1, "V1", n_voxels=6, extra_files=extra)
@@ -345,7 +345,7 @@ def test_training_outputs_are_not_weights(tmp_path: Path,
 def test_half_of_a_split_pair_is_refused(tmp_path: Path) -> None:
     from nest_data.converters.weights import convert_fwrf_weights
     from nest_data.errors import SourceFormatError
-    from nest_data.testing import write_fwrf_weights
+    from nest_data.synthetic import write_fwrf_weights
 
     first, second = write_fwrf_weights(tmp_path, 2, "lateral", n_voxels=7, metadata="none")
     second.unlink()

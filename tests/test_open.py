@@ -43,7 +43,7 @@ def test_selection_by_labels(collection: Path) -> None:
 def test_location_from_environment(collection: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("NEST_DATA_ROOT", str(collection))
     da = nest_data.open(imageset="nsd", subject=2, roi="lateral")
-    assert da.sizes["voxel"] == nest_data.testing.roi_voxel_count(2, "lateral")
+    assert da.sizes["voxel"] == nest_data.synthetic.roi_voxel_count(2, "lateral")
 
 
 @pytest.mark.filterwarnings("ignore:The specified chunks separate the stored chunks")

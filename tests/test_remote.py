@@ -256,7 +256,7 @@ def test_weights_and_generated_stores_on_s3(tmp_path: Path) -> None:
     """Weights converted straight to S3 encode like local ones; generate writes to S3 too."""
     pytest.importorskip("torch")
     from nest_data.converters.weights import convert_weights
-    from nest_data.testing import test_images, write_fwrf_weights, write_image_folder
+    from nest_data.synthetic import test_images, write_fwrf_weights, write_image_folder
 
     write_fwrf_weights(tmp_path / "nest", 1, "V1", n_voxels=12)
     convert_weights(tmp_path / "nest", tmp_path / "local", trust_pickles=True)

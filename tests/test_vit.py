@@ -9,7 +9,7 @@ torch = pytest.importorskip("torch")
 special = pytest.importorskip("scipy.special")
 
 from nest_data.encoders.vit import EegHead, VitB32, VitModel, preprocess_imagenet  # noqa: E402
-from nest_data.testing import vit_b_32_state_dict  # noqa: E402
+from nest_data.synthetic import vit_b_32_state_dict  # noqa: E402
 
 LAYERS = 12
 

@@ -116,7 +116,7 @@ def load_eeg_folder(url: str, storage_options: Mapping[str, Any] | None = None
     --------
     >>> import tempfile
     >>> from nest_data.converters.weights import convert_eeg_weights
-    >>> from nest_data.testing import write_eeg_weights
+    >>> from nest_data.synthetic import write_eeg_weights
     >>> src, dest = tempfile.mkdtemp(), tempfile.mkdtemp()
     >>> _ = write_eeg_weights(src, 2, n_components=3)
     >>> (rel,) = convert_eeg_weights(src, dest)
@@ -153,7 +153,7 @@ def load_surface_folder(url: str, storage_options: Mapping[str, Any] | None = No
     --------
     >>> import tempfile
     >>> from nest_data.converters.weights import convert_fsaverage_weights
-    >>> from nest_data.testing import write_fsaverage_weights
+    >>> from nest_data.synthetic import write_fsaverage_weights
     >>> src, dest = tempfile.mkdtemp(), tempfile.mkdtemp()
     >>> _ = write_fsaverage_weights(src, 1, n_components=2, n_vertices=642)
     >>> (rel,) = convert_fsaverage_weights(src, dest)

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from nest_data.converters._pickle import load_npy_dict
-from nest_data.testing import (
+from nest_data.synthetic import (
     CHANNELS,
     NED_ROOT_NAMES,
     ROI_VOXELS_SUB01,
@@ -160,12 +160,12 @@ def test_values_have_low_rank_structure_and_ignore_block_size(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A few latent image features drive all voxels; rows do not depend on how they are written."""
-    import nest_data.testing as testing
+    import nest_data.synthetic.ned as ned_writer
 
     kw = {"modalities": ["fmri"], "subjects": [1], "rois": ["V1"], "imagesets": ["nsd"],
           "n_images": 300, "show_progress": False}
     write_ned(tmp_path / "big", **kw)
-    monkeypatch.setattr(testing, "_BLOCK_BYTES", 7 * 1350 * 4)  # 7 rows per block
+    monkeypatch.setattr(ned_writer, "_BLOCK_BYTES", 7 * 1350 * 4)  # 7 rows per block
     write_ned(tmp_path / "small", **kw)
     loaded = []
     for name in ("big", "small"):
