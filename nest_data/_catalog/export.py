@@ -1,0 +1,65 @@
+"""The catalog as tables: a pandas listing and an intake-esm collection."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from nest_data._catalog.schema import KEYS, Entry, ModelSpec, Root
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping, Sequence
+
+    import pandas as pd
+
+
+def listing(models: Sequence[ModelSpec], imagesets: Mapping[str, Mapping[str, object]],
+            entries: Sequence[Entry]) -> pd.DataFrame:
+    """One row per entry: its keys, path, dims, image and voxel counts."""
+    import pandas as pd
+
+    specs = {(m.modality, m.train_dataset, m.model): m for m in models}
+    rows = []
+    for e in entries:
+        spec = specs[(e.modality, e.train_dataset, e.model)]
+        n_voxels = spec.n_voxels.get(e.subject, {}).get(e.roi or "") if e.roi else None
+        rows.append({**e.key, "path": e.path, "dims": ",".join(e.dims),
+                     "n_images": imagesets.get(e.imageset, {}).get("n_images"),
+                     "n_voxels": n_voxels})
+    df = pd.DataFrame(rows, columns=[*KEYS, "path", "dims", "n_images", "n_voxels"])
+    return df.astype({"n_voxels": "Int64", "n_images": "Int64"})
+
+
+def write_intake_esm(df: pd.DataFrame, where: Root, directory: str | os.PathLike[str],
+                     stem: str, description: str) -> Path:
+    """Write an intake-esm collection (``stem.json`` and ``stem.csv``) of a listing."""
+    root = where.url
+    out = Path(directory)
+    out.mkdir(parents=True, exist_ok=True)
+    df = df.drop(columns=["dims", "n_images", "n_voxels"])
+    df["roi"] = df["roi"].fillna("none")
+    df["variable"] = "responses"
+    if "://" not in root:  # intake-esm always passes storage_options, which zarr
+        root = Path(root).absolute().as_uri()  # accepts for URLs only
+    df["path"] = [root.rstrip("/") + "/" + p for p in df["path"]]
+    df.to_csv(out / f"{stem}.csv", index=False)
+    spec = {
+        "esmcat_version": "0.1.0",
+        "id": stem,
+        "description": f"{description}, location {root}",
+        "catalog_file": f"{stem}.csv",
+        "attributes": [{"column_name": k, "vocabulary": ""} for k in KEYS],
+        "assets": {"column_name": "path", "format": "zarr"},
+        "aggregation_control": {
+            "variable_column_name": "variable",
+            "groupby_attrs": list(KEYS),
+            "aggregations": [],
+        },
+    }
+    if where.storage_options:
+        spec["storage_options"] = dict(where.storage_options)
+    path = out / f"{stem}.json"
+    path.write_text(json.dumps(spec, indent=2))
+    return path
