@@ -32,9 +32,10 @@ import zarr
 from zarr.codecs import BloscCodec, Crc32cCodec, ZstdCodec
 
 import nest_data
-import nest_data._store as store_module
+import nest_data._write as store_module
+from nest_data._format import DATA_VAR, EntryData
 from nest_data._open import _open_url
-from nest_data._store import DATA_VAR, EntryData, write_entry
+from nest_data._write import write_entry
 from nest_data.synthetic import ned_file_paths, write_ned
 
 CODECS: dict[str, Callable[[Any], tuple[Any, ...]]] = {

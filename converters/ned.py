@@ -19,7 +19,9 @@ import numpy as np
 from nest_data._catalog import Catalog, Entry
 from nest_data._catalog import catalog as default_catalog
 from nest_data._digest import file_digest
+from nest_data._format import EntryData, read_store_attrs
 from nest_data._parallel import run_jobs
+from nest_data._staging import clean_staging, make_root, store_exists
 from nest_data._storage import (
     is_local,
     join,
@@ -27,15 +29,8 @@ from nest_data._storage import (
     make_store,
     validate_storage_options,
 )
-from nest_data._store import (
-    EntryData,
-    clean_staging,
-    make_root,
-    read_store_attrs,
-    store_exists,
-    verify_store,
-    write_entry,
-)
+from nest_data._verify import verify_store
+from nest_data._write import write_entry
 from nest_data.converters._meta import (
     eeg_labels,
     fmri_voxel_labels,

@@ -47,8 +47,8 @@ from nest_data import _config
 from nest_data._catalog import Catalog
 from nest_data._catalog import catalog as default_catalog
 from nest_data._digest import file_digest
+from nest_data._staging import commit, staging
 from nest_data._storage import is_local, local_path
-from nest_data._store import commit, staging
 from nest_data.converters._meta import eeg_labels, fmri_voxel_labels, meta_block
 from nest_data.converters._pickle import load_npy_dict
 from nest_data.encoders.weights import MODEL_FILE, WEIGHTS_FILE

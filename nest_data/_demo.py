@@ -14,8 +14,8 @@ import numpy as np
 import xarray as xr
 
 from nest_data import _config
+from nest_data._format import FORMAT_VERSION
 from nest_data._open import open as open_entry
-from nest_data._store import FORMAT_VERSION
 from nest_data.analysis import top_images
 from nest_data.errors import NestDataError
 

@@ -2,14 +2,10 @@
 
 from __future__ import annotations
 
-import functools
-import hashlib
-import json
 import logging
 import os
 import uuid
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -19,79 +15,13 @@ from tqdm.auto import tqdm
 
 from nest_data import _config
 from nest_data._catalog import Catalog
-from nest_data._catalog import catalog as default_catalog
-from nest_data._digest import bytes_digest
+from nest_data._images import as_images, content_hash
+from nest_data._models import EncoderSource, LoadedEncoder, torch_device
 from nest_data.errors import InputError
 
 logger = logging.getLogger("nest_data")
 
-__all__ = ["ENV_BACKBONE", "Encoder", "EncoderSource", "ResponseCache", "as_images", "encode",
-           "load_encoder"]
-
-#: Environment variable naming the converted ViT-B/32 backbone (folder or .safetensors).
-ENV_BACKBONE = "NEST_DATA_VIT_B_32"
-
-
-def _image_error(index: int, what: str) -> InputError:
-    return InputError(
-        f"image {index}: {what}. Give uint8 RGB images as an array (B, 3, H, W) or "
-        "(B, H, W, 3), a list of such (H, W, 3) arrays, PIL images, or image file paths; "
-        "float images in [0, 1] can be converted with (x * 255).round().astype('uint8')."
-    )
-
-
-def _one_image(image: Any, index: int) -> np.ndarray:
-    """One image as a square uint8 (3, S, S) array (non-square images are center-cropped)."""
-    if isinstance(image, (str, os.PathLike)):
-        from PIL import Image
-
-        try:
-            with Image.open(image) as img:
-                image = np.asarray(img.convert("RGB"))
-        except Image.DecompressionBombError as exc:
-            raise _image_error(index, f"{os.fspath(image)!r} is too large to decode safely "
-                                      f"({exc}); resize it first") from exc
-        except (OSError, ValueError) as exc:
-            raise _image_error(index, f"cannot read {os.fspath(image)!r} ({exc})") from exc
-    elif type(image).__module__.startswith("PIL."):
-        image = np.asarray(image.convert("RGB"))
-    array = np.asarray(image)
-    if array.dtype != np.uint8:
-        raise _image_error(index, f"dtype is {array.dtype}, not uint8")
-    if array.ndim != 3 or 3 not in (array.shape[0], array.shape[-1]):
-        raise _image_error(index, f"shape {array.shape} is not (3, H, W) or (H, W, 3)")
-    if array.shape[0] != 3:
-        array = array.transpose(2, 0, 1)
-    height, width = array.shape[1:]
-    side = min(height, width)
-    if side < 8:
-        raise _image_error(index, f"{height}x{width} pixels is too small")
-    top, left = (height - side) // 2, (width - side) // 2
-    return np.ascontiguousarray(array[:, top:top + side, left:left + side])
-
-
-def as_images(images: Any) -> list[np.ndarray]:
-    """Normalise the image inputs :func:`encode` accepts to square uint8 (3, S, S) arrays.
-
-    Non-square images are center-cropped to their shorter side (NEST's encoders take square
-    images).
-
-    Examples
-    --------
-    >>> import numpy as np
-    >>> [a.shape for a in as_images(np.zeros((2, 40, 60, 3), "uint8"))]
-    [(3, 40, 40), (3, 40, 40)]
-    """
-    if isinstance(images, np.ndarray) and images.ndim == 4:
-        return [_one_image(image, i) for i, image in enumerate(images)]
-    if isinstance(images, (list, tuple)):
-        return [_one_image(image, i) for i, image in enumerate(images)]
-    return [_one_image(images, 0)]
-
-
-def _content_hash(image: np.ndarray) -> str:
-    """SHA-256 of an image's shape and pixels (after the center crop)."""
-    return hashlib.sha256(str(image.shape).encode() + image.tobytes()).hexdigest()
+__all__ = ["ResponseCache", "encode", "selection_indices"]
 
 
 class ResponseCache:
@@ -122,216 +52,7 @@ class ResponseCache:
         os.replace(tmp, self.folder / f"{image_hash}.npy")
 
 
-def _device(device: str) -> Any:
-    import torch
-
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        target = torch.device(device)
-    except (RuntimeError, TypeError) as exc:
-        raise InputError(f"unknown device {device!r}; use 'auto', 'cpu' or 'cuda'") from exc
-    if target.type == "cuda" and not torch.cuda.is_available():
-        raise InputError(f"device={device!r}, but torch sees no CUDA device here; use "
-                         "device='auto' (CUDA when present, else the CPU) or device='cpu'")
-    return target
-
-
-@dataclass
-class Encoder:
-    """A loaded NEST encoder with everything needed to label its output.
-
-    Built by :func:`load_encoder`; :func:`encode` and ``nest-data generate`` use it.
-    """
-
-    model: Any  # torch.nn.Module, in eval mode
-    preprocess: Callable[[Any], Any]
-    dims: tuple[str, ...]  # dims of the output, "image" first
-    row_shape: tuple[int, ...]
-    coords: dict[str, tuple[tuple[str, ...], np.ndarray]]
-    attrs: dict[str, Any]
-    digest: str  # SHA-256 of everything the output depends on (cache key)
-    keys: dict[str, Any] = field(default_factory=dict)
-    rois: dict[str, np.ndarray] = field(default_factory=dict)  # surface: ROI -> vertices
-    order: np.ndarray | None = None  # surface: vertex order in stores (see nest_data._surface)
-
-    def to(self, device: Any) -> Encoder:
-        """Move the model to a torch device (in place); return self."""
-        self.model = self.model.to(device)
-        return self
-
-    def __call__(self, images: Sequence[np.ndarray], device: Any) -> np.ndarray:
-        """Responses ``(B, *row_shape)`` float32 of square uint8 ``(3, S, S)`` images."""
-        import torch
-
-        with torch.inference_mode():
-            batch = torch.cat([self.preprocess(torch.from_numpy(a)[None].to(device))
-                               for a in images])
-            return np.asarray(self.model(batch).float().cpu().numpy(), dtype=np.float32)
-
-
-@dataclass(frozen=True)
-class EncoderSource:
-    """Where one encoder's converted weights are: resolved once, loadable in any process.
-
-    Built by :meth:`resolve` from catalog keys; :meth:`load` reads the weights (and is
-    cached per process, so dask tasks on one worker share one loaded model).
-    """
-
-    modality: str
-    train_dataset: str
-    model: str
-    units: str
-    weights_url: str
-    backbone_url: str = ""
-    options_json: str = "{}"
-    surface: bool = False
-
-    @classmethod
-    def resolve(
-        cls, *, subject: int | str, roi: str | None = None, modality: str | None = "fmri",
-        train_dataset: str | None = None, model: str | None = None,
-        location: str | None = None, storage_options: Mapping[str, Any] | None = None,
-        backbone: str | os.PathLike[str] | None = None, catalog: Catalog | None = None,
-    ) -> EncoderSource:
-        """Find the weights of one subject's (and ROI's) encoder through the catalog."""
-        cat = catalog or default_catalog()
-        spec, rel = cat.resolve_weights(modality=modality, train_dataset=train_dataset,
-                                        model=model, subject=subject, roi=roi)
-        root = cat.location(location, storage_options)
-        backbone_url = ""
-        if spec.backbone_path:
-            backbone_url = os.fspath(backbone) if backbone is not None else (
-                os.environ.get(ENV_BACKBONE) or root.join(spec.backbone_path))
-        return cls(spec.modality, spec.train_dataset, spec.model, spec.units, root.join(rel),
-                   backbone_url, json.dumps(dict(root.storage_options), sort_keys=True,
-                                            default=str), spec.surface)
-
-    def load(self) -> Encoder:
-        """The encoder, loaded once per process and version of the weights.
-
-        Each call reads the small ``model.json`` of the weights (and of the backbone) to
-        learn their SHA-256, so weights converted again are loaded again; the model itself
-        is shared with the process's cache (``Encoder.to`` moves it).
-        """
-        from nest_data.encoders.weights import recorded_digest
-
-        options = json.loads(self.options_json)
-        digests = (recorded_digest(self.weights_url, options),
-                   recorded_digest(self.backbone_url, options) if self.backbone_url else "")
-        return _load_cached(self, digests)
-
-
-@functools.lru_cache(maxsize=2)
-def _load_cached(source: EncoderSource, digests: tuple[str, str]) -> Encoder:
-    options = json.loads(source.options_json)
-    keys = {"modality": source.modality, "train_dataset": source.train_dataset,
-            "model": source.model}
-    attrs: dict[str, Any] = {**keys, "units": source.units}
-    if source.surface:
-        return _load_surface(source, options, keys, attrs)
-    if source.modality == "fmri":
-        from nest_data.encoders.fwrf import preprocess
-        from nest_data.encoders.weights import load_fwrf_folder
-
-        model, doc, voxels = load_fwrf_folder(source.weights_url, options)
-        keys.update({"subject": doc["subject"], "roi": doc["roi"]})
-        attrs.update({"subject": doc["subject"], "roi": doc["roi"],
-                      **doc.get("voxel_attrs", {}),
-                      "source": "computed by nest-data's fwRF encoder (plain torch) from "
-                                "converted NEST weights",
-                      "weights_sha256": doc["weights_sha256"]})
-        return Encoder(model.eval(), preprocess, ("image", "voxel"), (model.n_voxels,),
-                       {name: (("voxel",), values) for name, values in voxels.items()},
-                       attrs, doc["weights_sha256"], keys)
-    from nest_data.encoders.vit import VitModel, preprocess_imagenet
-    from nest_data.encoders.weights import load_backbone, load_eeg_folder
-
-    head, doc, maps = load_eeg_folder(source.weights_url, options)
-    vit, vit_digest = load_backbone(source.backbone_url, options)
-    n_rep, n_ch, n_t = doc["shape"]
-    coords: dict[str, tuple[tuple[str, ...], np.ndarray]] = {
-        "repetition": (("repetition",), np.arange(1, n_rep + 1, dtype=np.int64)),
-        "channel": (("channel",), np.asarray(doc["channels"], dtype=object)),
-        "time": (("time",), np.asarray(doc["times"], dtype=np.float64))}
-    coords.update({name: (tuple(doc["coords"][name]), values) for name, values in maps.items()})
-    digest = bytes_digest(f"{doc['weights_sha256']}+{vit_digest}".encode())
-    keys["subject"] = doc["subject"]
-    attrs.update({"subject": doc["subject"],
-                  "source": "computed by nest-data's ViT-B/32 EEG encoder (plain torch) from "
-                            "converted NEST weights",
-                  "weights_sha256": doc["weights_sha256"], "backbone_sha256": vit_digest})
-    return Encoder(VitModel(vit, head).eval(), preprocess_imagenet,
-                   ("image", "repetition", "channel", "time"), (n_rep, n_ch, n_t), coords,
-                   attrs, digest, keys)
-
-
-def _load_surface(source: EncoderSource, options: Mapping[str, Any], keys: dict[str, Any],
-                  attrs: dict[str, Any]) -> Encoder:
-    """BERG's fsaverage encoder: ViT-B/32 features, scaler, PCA, both hemispheres."""
-    from nest_data._surface import store_order, surface_labels
-    from nest_data.encoders.vit import VitModel, preprocess_imagenet
-    from nest_data.encoders.weights import load_backbone, load_surface_folder
-
-    head, doc, labels = load_surface_folder(source.weights_url, options)
-    vit, vit_digest = load_backbone(source.backbone_url, options)
-    n_lh, n_rh = int(doc["n_vertices"]["lh"]), int(doc["n_vertices"]["rh"])
-    coords: dict[str, tuple[tuple[str, ...], np.ndarray]] = {
-        name: (("vertex",), values) for name, values in surface_labels(n_lh, n_rh).items()}
-    coords.update({name.split(".", 1)[1]: (("vertex",), values)
-                   for name, values in labels.items() if name.startswith("vertex.")})
-    keys["subject"] = doc["subject"]
-    attrs.update({"subject": doc["subject"], "space": "fsaverage surface (163,842 vertices "
-                  "per hemisphere); vertex = global index, left hemisphere first",
-                  "n_vertices": doc["n_vertices"],
-                  "source": "computed by nest-data's ViT-B/32 fsaverage encoder (plain torch) "
-                            "from converted BERG weights",
-                  "weights_sha256": doc["weights_sha256"], "backbone_sha256": vit_digest})
-    rois = {name.split(".", 1)[1]: values for name, values in labels.items()
-            if name.startswith("roi.")}
-    digest = bytes_digest(f"{doc['weights_sha256']}+{vit_digest}".encode())
-    return Encoder(VitModel(vit, head).eval(), preprocess_imagenet, ("image", "vertex"),
-                   (n_lh + n_rh,), coords, attrs, digest, keys, rois,
-                   store_order(rois, n_lh + n_rh))
-
-
-def load_encoder(
-    *,
-    subject: int | str,
-    roi: str | None = None,
-    modality: str | None = "fmri",
-    train_dataset: str | None = None,
-    model: str | None = None,
-    location: str | None = None,
-    storage_options: Mapping[str, Any] | None = None,
-    backbone: str | os.PathLike[str] | None = None,
-    catalog: Catalog | None = None,
-) -> Encoder:
-    """Load one subject's (and ROI's) NEST encoder from converted weights (no pickle).
-
-    Parameters are those of :func:`encode`.  Loaded weights are kept per process (two
-    encoders at most), so asking again reads nothing; the weights' checksums are checked
-    when they are read.
-
-    Returns
-    -------
-    Encoder
-        The model in eval mode, its preprocessing and its output's labels.
-
-    Examples
-    --------
-    >>> load_encoder(subject=1, roi="V1", location="/nowhere")
-    Traceback (most recent call last):
-    ...
-    nest_data.errors.StoreNotFoundError: no converted weights at /nowhere/weights/...
-    """
-    return EncoderSource.resolve(subject=subject, roi=roi, modality=modality,
-                                 train_dataset=train_dataset, model=model, location=location,
-                                 storage_options=storage_options, backbone=backbone,
-                                 catalog=catalog).load()
-
-
-def _eeg_selection(encoder: Encoder, channels: Sequence[str] | None, timepoints: Any
+def _eeg_selection(encoder: LoadedEncoder, channels: Sequence[str] | None, timepoints: Any
                    ) -> dict[str, np.ndarray]:
     """Indices for BERG's ``selection`` (channel names, a 140-long one-hot time mask)."""
     if "channel" not in encoder.dims:
@@ -353,7 +74,7 @@ def _eeg_selection(encoder: Encoder, channels: Sequence[str] | None, timepoints:
     return out
 
 
-def _surface_selection(encoder: Encoder, roi: str | None, lh_vertices: Any, rh_vertices: Any
+def _surface_selection(encoder: LoadedEncoder, roi: str | None, lh_vertices: Any, rh_vertices: Any
                        ) -> dict[str, np.ndarray]:
     """Global vertex indices for ``roi=`` or BERG's ``lh_vertices``/``rh_vertices``."""
     if "vertex" not in encoder.dims:
@@ -521,7 +242,7 @@ def encode(
         raise InputError(f"modality={modality!r}; encoders exist for 'fmri' (fwRF, with "
                          "roi=) and 'eeg' (ViT-B/32)")
     arrays = as_images(images)
-    hashes = [_content_hash(a) for a in arrays]
+    hashes = [content_hash(a) for a in arrays]
     ids = list(image_ids) if image_ids is not None else [h[:16] for h in hashes]
     if len(ids) != len(arrays):
         raise InputError(f"{len(ids)} image_ids for {len(arrays)} images; give one id per "
@@ -545,7 +266,7 @@ def encode(
             out[index] = cached
         else:
             todo.append(index)
-    target = _device(device)
+    target = torch_device(device)
     encoder.to(target)
     for start in tqdm(range(0, len(todo), batch_size), desc="encoding", unit="batch",
                       disable=not _config.show_progress(show_progress)):

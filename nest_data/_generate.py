@@ -31,27 +31,14 @@ from nest_data import _config
 from nest_data._catalog import Catalog, Entry
 from nest_data._catalog import catalog as default_catalog
 from nest_data._digest import bytes_digest
-from nest_data._encode import EncoderSource, _device, as_images
+from nest_data._format import DATA_VAR, EntryData, array_digest, chunk_rows, read_store_attrs
+from nest_data._images import as_images
+from nest_data._models import EncoderSource, torch_device
 from nest_data._progress import compute
+from nest_data._staging import STAGING_DIR, check_replaceable, commit, make_root, store_exists
 from nest_data._storage import is_local, join, local_path
-from nest_data._store import (
-    DATA_VAR,
-    STAGING_DIR,
-    EntryData,
-    array_digest,
-    begin_stage,
-    check_replaceable,
-    chunk_rows,
-    commit,
-    finish_stage,
-    make_root,
-    read_store_attrs,
-    row_nbytes,
-    scan_rows,
-    store_exists,
-    write_rows,
-)
 from nest_data._surface import ROI_AUX_PREFIX, roi_positions
+from nest_data._write import begin_stage, finish_stage, row_nbytes, scan_rows, write_rows
 from nest_data.errors import InputError
 
 logger = logging.getLogger("nest_data")
@@ -177,7 +164,7 @@ def _encode_chunk(job: _Job, index: int) -> dict[str, Any]:
     """Encode stored chunk ``index`` into the staging folder; then mark it done."""
     start, stop = index * job.rows, min((index + 1) * job.rows, job.n_images)
     encoder = job.source.load()
-    device = _device(job.device)
+    device = torch_device(job.device)
     encoder.to(device)
     images = job.images.read(start, stop)
     values = np.empty((stop - start, *encoder.row_shape), dtype=np.float32)

@@ -19,9 +19,10 @@ from zarr.core.sync import sync
 from nest_data._catalog import Catalog, Entry
 from nest_data._catalog import catalog as default_catalog
 from nest_data._digest import bytes_digest, file_digest
+from nest_data._format import ATTR
 from nest_data._parallel import run_jobs
+from nest_data._staging import STAGING_DIR, commit
 from nest_data._storage import NestStore, is_local, local_path, make_store
-from nest_data._store import ATTR, STAGING_DIR, commit
 from nest_data.errors import ChecksumError, NestDataError, StoreNotFoundError
 
 logger = logging.getLogger("nest_data")

@@ -19,8 +19,10 @@ from nest_data import _config
 from nest_data._cache import ChunkCache
 from nest_data._catalog import Catalog, Entry, Root
 from nest_data._catalog import catalog as default_catalog
+from nest_data._dask import dask_array
+from nest_data._format import AUX_GROUP, DATA_VAR, read_store_attrs
 from nest_data._labels import consolidated, read_labels
-from nest_data._reader import ShardReader, dask_array, shard_reader
+from nest_data._reader import ShardReader, shard_reader
 from nest_data._storage import (
     NestStore,
     check_storage_options,
@@ -28,7 +30,6 @@ from nest_data._storage import (
     make_store,
     quiet_consolidated,
 )
-from nest_data._store import AUX_GROUP, DATA_VAR, read_store_attrs
 from nest_data._surface import ROI_AUX_PREFIX
 from nest_data.errors import InputError, StoreFormatError, StoreNotFoundError
 

@@ -8,9 +8,9 @@ layout correctly but slowly (every inner chunk takes a trip through its event lo
 copy); :class:`ShardReader` reads it the way a scan needs:
 
 - locally, one read per run of back-to-back inner chunks (up to 512 KB) into a reused
-  buffer, so the check, the decoding and a fused reduction (:func:`weighted_sums`) work on
-  bytes still in the CPU cache; remotely, one request per shard, all of a task's shards at
-  once;
+  buffer, so the check, the decoding and a fused reduction
+  (:func:`nest_data._dask.weighted_sums`) work on bytes still in the CPU cache; remotely,
+  one request per shard, all of a task's shards at once;
 - a few images cost two requests to a remote store: the index, then the byte range of the
   inner chunks that hold them;
 - every inner chunk and every index is checked against its CRC-32C on every read, so damage
@@ -28,10 +28,9 @@ import asyncio
 import functools
 import os
 import threading
-import weakref
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol, cast
+from typing import Any, cast
 
 import numpy as np
 from numcodecs import Blosc
@@ -42,10 +41,11 @@ from zarr.core.sync import sync
 from nest_data import _shards
 from nest_data._labels import consolidated
 from nest_data._shards import Layout, layout_of
+from nest_data._sources import InMemory, LocalFile, Source, pread
 from nest_data._storage import NestStore, is_local, local_path
 from nest_data.errors import ChecksumError, MissingObjectError, StoreFormatError
 
-__all__ = ["ShardReader", "dask_array", "shard_reader", "take_images", "weighted_sums"]
+__all__ = ["ShardReader", "shard_reader"]
 
 _RUN_BYTES = 512 * 2**10  # read and checked at once locally: fits the CPU's L2 cache
 
@@ -216,15 +216,15 @@ class ShardReader:
                     raise MissingObjectError(self.store._missing(piece.key)) from None
                 try:
                     size = os.fstat(fd).st_size
-                    tail = _pread(fd, max(0, size - self.layout.index_bytes), size, piece.key)
-                    sink(piece, _LocalFile(fd, size, piece.key, self._buffer),
+                    tail = pread(fd, max(0, size - self.layout.index_bytes), size, piece.key)
+                    sink(piece, LocalFile(fd, size, piece.key, self._buffer),
                          self._index(piece, tail))
                 finally:
                     os.close(fd)
             return
         for piece, (data, base, index) in zip(pieces, sync(self._fetch_all(pieces)),
                                               strict=True):
-            sink(piece, _InMemory(data, base), index)
+            sink(piece, InMemory(data, base), index)
 
     def _plan(self, box: tuple[slice, ...]) -> list[_Piece]:
         lay = self.layout
@@ -326,7 +326,7 @@ class ShardReader:
             raise self._damaged(piece, f"its index points past its end ({hi} > {size} bytes)")
         return lo, hi
 
-    def _runs(self, piece: _Piece, source: _Source, index: np.ndarray, chunks: np.ndarray
+    def _runs(self, piece: _Piece, source: Source, index: np.ndarray, chunks: np.ndarray
               ) -> Iterator[tuple[int, np.ndarray | None]]:
         """The inner chunks ``chunks`` (sorted, unique) of a piece, checked, in runs.
 
@@ -416,7 +416,7 @@ class ShardReader:
         shift = piece.out[0].start - piece.rows.start
         return slice(lo - first, hi - first), slice(lo + shift, hi + shift)
 
-    def _decode(self, piece: _Piece, source: _Source, index: np.ndarray, *,
+    def _decode(self, piece: _Piece, source: Source, index: np.ndarray, *,
                 out: np.ndarray) -> None:
         """Decode inner chunks ``first..last`` of a piece into their place in ``out``."""
         for i, values in self._runs(piece, source, index,
@@ -428,7 +428,7 @@ class ShardReader:
             else:
                 _put(dest, values, rows, piece.cols)
 
-    def _pick(self, piece: _Piece, source: _Source, index: np.ndarray, *, out: np.ndarray
+    def _pick(self, piece: _Piece, source: Source, index: np.ndarray, *, out: np.ndarray
               ) -> None:
         """Copy the picked rows of the inner chunks a piece needs into ``out``."""
         chunk, row, where = cast(tuple[np.ndarray, np.ndarray, np.ndarray], piece.picks)
@@ -446,7 +446,7 @@ class ShardReader:
                     out[(places[k], *cols)] = values[(chunks[k] - i, rows[k], *piece.cols)]
             a = b
 
-    def _weigh(self, piece: _Piece, source: _Source, index: np.ndarray, *,
+    def _weigh(self, piece: _Piece, source: Source, index: np.ndarray, *,
                out: np.ndarray, weights: np.ndarray) -> None:
         """Add each needed row of a piece, dotted with its weights, to ``out``."""
         w = weights[piece.out[1:]].reshape(-1)
@@ -481,121 +481,3 @@ def _put(dest: np.ndarray, values: np.ndarray, rows: slice, cols: tuple[slice, .
 
 
 _BLOSC = Blosc()
-
-
-class _Source(Protocol):
-    def bytes(self, offset: int, length: int) -> memoryview | None:
-        """Bytes ``offset..offset+length`` of the object, or None if it has no such bytes."""
-
-
-class _InMemory:
-    """Bytes of an object fetched into memory, from byte ``base`` of the object on."""
-
-    def __init__(self, data: memoryview, base: int) -> None:
-        self.data, self.base = data, base
-
-    def bytes(self, offset: int, length: int) -> memoryview | None:
-        start = offset - self.base
-        if start < 0 or start + length > len(self.data):
-            return None
-        return self.data[start:start + length]
-
-
-class _LocalFile:
-    """An open local object, read one range at a time into a reused per-thread buffer."""
-
-    def __init__(self, fd: int, size: int, key: str,
-                 buffer: Callable[[str, int], memoryview]) -> None:
-        self.fd, self.size, self.key, self.buffer = fd, size, key, buffer
-
-    def bytes(self, offset: int, length: int) -> memoryview | None:
-        if offset < 0 or offset + length > self.size:
-            return None
-        data = self.buffer("chunk", length)
-        _pread_into(self.fd, data, offset, self.key)
-        return data
-# The reader behind each dask array that ``dask_array`` made, by the array's name: any
-# operation on the array makes a new name, so a hit means the array is the stored values.
-_READERS: weakref.WeakValueDictionary[str, ShardReader] = weakref.WeakValueDictionary()
-
-
-def dask_array(reader: ShardReader, chunks: tuple[int, ...], token: str) -> Any:
-    """The stored array as a dask array whose tasks read through ``reader``.
-
-    A selection fused into a task (``da.isel(image=3)``) reaches ``reader`` as a narrow
-    slice, so it reads only the inner chunks it needs.
-    """
-    import dask.array
-
-    name = f"{reader.array_path}-{token}"
-    # fancy=True: dask then fuses a selection into the reading task (with fancy=False it
-    # reads whole blocks and selects after)
-    array = dask.array.from_array(reader, chunks=chunks, name=name, asarray=False, lock=False,
-                                  fancy=True,
-                                  meta=np.empty((0,) * reader.ndim, dtype=reader.dtype))
-    _READERS[array.name] = reader
-    return array
-
-
-def weighted_sums(array: Any, weights: np.ndarray) -> Any | None:
-    """``array @ weights`` over all axes but the first, fused with the reads; or None.
-
-    None unless ``array`` is exactly a dask array made by :func:`dask_array` (no selection
-    or other operation applied): each task then decodes its images one inner chunk at a
-    time into a reused buffer and reduces it there (:meth:`ShardReader.weighted_sum`).
-    """
-    reader = _READERS.get(getattr(array, "name", ""))
-    if reader is None or tuple(array.shape) != reader.shape:
-        return None
-    import dask.array
-
-    index = dask.array.arange(reader.shape[0], chunks=(array.chunks[0],))
-    return index.map_blocks(_weighted_block, reader=reader, weights=weights, dtype=np.float64,
-                            meta=np.empty((0,), dtype=np.float64))
-
-
-def take_images(array: Any, positions: np.ndarray) -> Any | None:
-    """``array[positions]`` along the first axis as a dask array reading only what it needs;
-    or None.
-
-    None unless ``array`` is exactly a dask array made by :func:`dask_array`.  One task reads
-    the inner chunks that hold the positions (:meth:`ShardReader.take`: locally one read per
-    run of chunks, remotely every shard's requests at once); a dask selection would read
-    every block whole.
-    """
-    reader = _READERS.get(getattr(array, "name", ""))
-    if reader is None or tuple(array.shape) != reader.shape:
-        return None
-    import dask.array
-    from dask.base import tokenize
-    from dask.highlevelgraph import HighLevelGraph
-
-    pos = np.asarray(positions, dtype=np.int64).reshape(-1)
-    name = f"take-{tokenize(array.name, pos)}"
-    layer: dict[Any, Any] = {(name, *(0,) * reader.ndim): (reader.take, pos)}
-    graph = HighLevelGraph.from_collections(name, layer, dependencies=())
-    return dask.array.Array(graph, name, chunks=tuple((n,) for n in (pos.size, *reader.shape[1:])),
-                            dtype=reader.dtype)
-
-
-def _weighted_block(index: np.ndarray, *, reader: ShardReader, weights: np.ndarray
-                    ) -> np.ndarray:
-    if not index.size:
-        return np.zeros(0, dtype=np.float64)
-    return reader.weighted_sum(slice(int(index[0]), int(index[-1]) + 1), weights)
-
-
-def _pread(fd: int, lo: int, hi: int, key: str) -> memoryview:
-    data = memoryview(bytearray(hi - lo))
-    _pread_into(fd, data, lo, key)
-    return data
-
-
-def _pread_into(fd: int, data: memoryview, offset: int, key: str) -> None:
-    done = 0
-    while done < len(data):
-        n = os.preadv(fd, [data[done:]], offset + done)
-        if n == 0:
-            raise ChecksumError(f"object {key} ended after {offset + done} bytes while "
-                                f"{offset + len(data)} were expected; it was truncated")
-        done += n

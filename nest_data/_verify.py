@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import os
@@ -11,25 +12,34 @@ from pathlib import Path
 from typing import Any
 
 import fsspec
+import numpy as np
+import zarr
 from fsspec.implementations.http import HTTPFileSystem
 from tqdm.auto import tqdm
+from zarr.abc.store import Store
+from zarr.core.buffer import default_buffer_prototype
+from zarr.core.sync import sync
+from zarr.storage import LocalStore
 
 from nest_data import _config
 from nest_data._catalog import Catalog
 from nest_data._catalog import catalog as default_catalog
+from nest_data._digest import bytes_digest
+from nest_data._format import ATTR, DATA_VAR, array_digest, read_store_attrs
+from nest_data._staging import STAGING_DIR, store_exists
 from nest_data._storage import (
     is_local,
     join,
     local_path,
     make_store,
+    quiet_consolidated,
     validate_storage_options,
 )
-from nest_data._store import ATTR, STAGING_DIR, Problem, store_exists, verify_store
 from nest_data.errors import RemoteReadError, StoreNotFoundError
 
 logger = logging.getLogger("nest_data")
 
-__all__ = ["VerifyReport", "find_stores", "verify"]
+__all__ = ["Problem", "VerifyReport", "find_stores", "verify", "verify_store"]
 
 
 def find_stores(root: str | os.PathLike[str]) -> list[Path]:
@@ -156,3 +166,85 @@ def _remote_stores(root: str, options: Mapping[str, Any]) -> list[str] | None:
         if rel.endswith(".zarr/zarr.json") and STAGING_DIR not in rel:
             found.append(rel.removesuffix("/zarr.json"))
     return sorted(found)
+
+
+@dataclass
+class Problem:
+    """One checksum mismatch found by :func:`verify_store`."""
+
+    store: str
+    array: str
+    detail: str
+
+    def __str__(self) -> str:
+        return f"{self.store}: {self.array}: {self.detail}"
+
+
+def verify_store(store: Any, *, label: str | None = None) -> list[Problem]:
+    """Re-read a store and compare it with the checksums recorded when it was written.
+
+    Every object (chunk) is checked against its SHA-256, and every array whose objects all
+    match is decoded and checked against the SHA-256 of its values.
+
+    Parameters
+    ----------
+    store : zarr store or path
+        The entry's store.
+    label : str, optional
+        How to name the store in problems (defaults to ``str(store)``).
+
+    Returns
+    -------
+    list of Problem
+        Empty when every object and array matches; otherwise one per mismatch, naming the
+        object (e.g. ``responses/c/3/0``, images 807-1075) or the array.
+    """
+    name = label or str(store)
+    meta = read_store_attrs(store)
+    rows = int(meta.get("chunk_rows", 0))
+    with quiet_consolidated():
+        group = zarr.open_group(store, mode="r", zarr_format=3)
+    responses = group.get(DATA_VAR)
+    n_images = int(responses.shape[0]) if isinstance(responses, zarr.Array) else 0
+    problems: list[Problem] = []
+    damaged: set[str] = set()
+    for key, got in sync(_object_digests(store, list(meta["objects"]))).items():
+        recorded = meta["objects"][key]
+        if got == recorded:
+            continue
+        array = key.split("/c/", 1)[0] if "/c/" in key else key.rsplit("/c", 1)[0]
+        damaged.add(array)
+        where = ""
+        if array == DATA_VAR and rows:
+            start = int(key.split("/c/", 1)[1].split("/")[0]) * rows
+            where = f" (images {start}-{min(start + rows, n_images) - 1})"
+        detail = "is missing" if got is None else f"has checksum {got}, recorded {recorded}"
+        problems.append(Problem(name, array, f"object {key}{where} {detail}"))
+    for array_name, expected in meta["checksums"].items():
+        if array_name in damaged:
+            continue
+        try:
+            got_values = array_digest(np.asarray(group[array_name][...]))  # type: ignore[index]
+        except Exception as exc:  # undecodable bytes, missing array
+            problems.append(Problem(name, array_name, f"cannot be read ({exc})"))
+            continue
+        if got_values != expected:
+            problems.append(Problem(name, array_name,
+                                    f"values checksum {got_values} != recorded {expected}"))
+    return problems
+
+
+async def _object_digests(store: Any, keys: list[str]) -> dict[str, str | None]:
+    """SHA-256 of the raw bytes of each object (None when missing), read concurrently."""
+    if not isinstance(store, Store):
+        store = LocalStore(os.fspath(store), read_only=True)
+    prototype = default_buffer_prototype()
+    semaphore = asyncio.Semaphore(16)
+
+    async def one(key: str) -> str | None:
+        async with semaphore:
+            buffer = await store.get(key, prototype)
+        return None if buffer is None else (
+            bytes_digest(buffer.to_bytes()))
+
+    return dict(zip(keys, await asyncio.gather(*(one(k) for k in keys)), strict=True))

@@ -12,7 +12,7 @@ from typing import Any
 import fsspec
 
 import nest_data
-from nest_data._store import DATA_VAR
+from nest_data._format import DATA_VAR
 
 KEYS = {"imageset": "things", "subject": 1, "roi": "V1"}
 ROWS = 4  # images per chunk in the test store: 30 images -> 8 chunks

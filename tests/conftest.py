@@ -9,7 +9,7 @@ from pathlib import Path
 import fsspec
 import pytest
 
-from nest_data._store import write_entry
+from nest_data._write import write_entry
 from nest_data.converters._pickle import load_npy_dict
 from nest_data.converters.ned import discover_ned, entry_data
 

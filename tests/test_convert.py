@@ -21,7 +21,8 @@ import zarr
 
 import nest_data
 from nest_data._cli import main as cli
-from nest_data._store import STAGING_DIR, chunk_rows
+from nest_data._format import chunk_rows
+from nest_data._staging import STAGING_DIR
 from nest_data.converters import convert_ned, discover_ned
 from nest_data.converters._pickle import load_npy_dict
 from nest_data.errors import ConversionError, UnknownKeyError

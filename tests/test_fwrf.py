@@ -166,7 +166,7 @@ def test_weights_convert_and_load_without_pickle(tmp_path: Path,
     import pickle
 
     from nest_data._cli import main
-    from nest_data._encode import EncoderSource, _load_cached
+    from nest_data._models import EncoderSource, _load_cached
     from nest_data.converters.weights import convert_fwrf_weights
     from nest_data.errors import ChecksumError, ConversionError
     from nest_data.synthetic import write_fwrf_weights

@@ -18,7 +18,7 @@ torch = pytest.importorskip("torch")
 
 import nest_data  # noqa: E402
 from nest_data._catalog import Entry  # noqa: E402
-from nest_data._store import verify_store  # noqa: E402
+from nest_data._verify import verify_store  # noqa: E402
 from nest_data.converters.weights import convert_fwrf_weights  # noqa: E402
 from nest_data.synthetic import (  # noqa: E402
     test_images,

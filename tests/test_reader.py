@@ -12,11 +12,14 @@ import pytest
 import zarr
 
 import nest_data
+from nest_data._dask import take_images, weighted_sums
+from nest_data._format import DATA_VAR, EntryData
 from nest_data._open import _open_url
-from nest_data._reader import ShardReader, shard_reader, take_images, weighted_sums
+from nest_data._reader import ShardReader, shard_reader
 from nest_data._shards import layout_of
+from nest_data._staging import object_digests
 from nest_data._storage import make_store, quiet_consolidated
-from nest_data._store import DATA_VAR, EntryData, object_digests, write_entry
+from nest_data._write import write_entry
 from nest_data.errors import ChecksumError, MissingObjectError
 
 from .backends import KEYS
@@ -69,9 +72,9 @@ def stored(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.M
     """A store in each layout, with raw inner chunks (the default) or Blosc LZ4 ones."""
     layout, codec = request.param
     values, dims, chunk_bytes, inner_bytes, chunks = LAYOUTS[layout]
-    monkeypatch.setattr("nest_data._store.INNER_CHUNK_BYTES", inner_bytes)
+    monkeypatch.setattr("nest_data._format.INNER_CHUNK_BYTES", inner_bytes)
     if codec == "lz4":
-        monkeypatch.setattr("nest_data._store.response_codecs", lambda dtype: LZ4)
+        monkeypatch.setattr("nest_data._write.response_codecs", lambda dtype: LZ4)
     return _write(tmp_path, values, dims, chunk_bytes, chunks), values
 
 
@@ -134,7 +137,7 @@ def test_take_images_equals_numpy_in_any_order(stored: tuple[str, np.ndarray]) -
 def test_rsm_reads_only_needed_chunks_and_equals_generic(tmp_path: Path,
                                                           monkeypatch: pytest.MonkeyPatch
                                                           ) -> None:
-    monkeypatch.setattr("nest_data._store.INNER_CHUNK_BYTES", 4 * 300 * 4)
+    monkeypatch.setattr("nest_data._format.INNER_CHUNK_BYTES", 4 * 300 * 4)
     values = np.random.default_rng(6).standard_normal((200, 300)).astype("f4")
     url = _write(tmp_path, values, ("image", "voxel"), 40 * 300 * 4)  # 5 shards, 10 chunks each
     da = _open(url)
@@ -182,7 +185,7 @@ def _flip(path: Path, offset: int) -> bytes:
 def test_flipped_byte_is_an_error_even_without_verify(tmp_path: Path, verify: bool, codec: str,
                                                       monkeypatch: pytest.MonkeyPatch) -> None:
     if codec == "lz4":
-        monkeypatch.setattr("nest_data._store.response_codecs", lambda dtype: LZ4)
+        monkeypatch.setattr("nest_data._write.response_codecs", lambda dtype: LZ4)
     values = np.arange(40 * 125, dtype="f4").reshape(40, 125)
     url = _write(tmp_path, values, ("image", "voxel"), 20 * 125 * 4)
     shard = Path(url) / DATA_VAR / "c" / "1" / "0"
@@ -197,7 +200,7 @@ def test_flipped_byte_is_an_error_even_without_verify(tmp_path: Path, verify: bo
 
 def test_damaged_index_and_truncated_shard(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
                                            ) -> None:
-    monkeypatch.setattr("nest_data._store.INNER_CHUNK_BYTES", 2048)
+    monkeypatch.setattr("nest_data._format.INNER_CHUNK_BYTES", 2048)
     values = np.arange(40 * 125, dtype="f4").reshape(40, 125)
     url = _write(tmp_path, values, ("image", "voxel"), 20 * 125 * 4)
     shard = Path(url) / DATA_VAR / "c" / "0" / "0"
@@ -266,7 +269,7 @@ def test_store_ranges_of_checked_objects_come_from_the_whole_object(
     from zarr.core.sync import sync
 
     from nest_data._cache import ChunkCache
-    from nest_data._store import read_store_attrs
+    from nest_data._format import read_store_attrs
 
     values = np.arange(40 * 125, dtype="f4").reshape(40, 125)
     url = _write(tmp_path, values, ("image", "voxel"), 20 * 125 * 4)
@@ -349,7 +352,7 @@ def test_shards_are_the_bytes_zarr_writes(tmp_path: Path, layout: str,
     values, dims, chunk_bytes, inner_bytes, chunks = LAYOUTS[layout]
     values = values.copy()
     values[3:9] = np.nan  # NaN rows, and in the voxel layout a shard's whole inner chunk
-    monkeypatch.setattr("nest_data._store.INNER_CHUNK_BYTES", inner_bytes)
+    monkeypatch.setattr("nest_data._format.INNER_CHUNK_BYTES", inner_bytes)
     ours = Path(_write(tmp_path / "ours", values, dims, chunk_bytes, chunks))
     meta = json.loads((ours / DATA_VAR / "zarr.json").read_text())
     theirs = zarr.create_array(tmp_path / "zarr", shape=values.shape, dtype="f4",

@@ -11,8 +11,8 @@ import dask.array
 import numpy as np
 import xarray as xr
 
-from nest_data._reader import weighted_sums
-from nest_data._store import DATA_VAR
+from nest_data._dask import weighted_sums
+from nest_data._format import DATA_VAR
 from nest_data.errors import InputError
 
 logger = logging.getLogger("nest_data")

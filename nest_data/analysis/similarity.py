@@ -12,7 +12,7 @@ import numpy as np
 import xarray as xr
 from dask.array.core import PerformanceWarning
 
-from nest_data._reader import take_images
+from nest_data._dask import take_images
 from nest_data.analysis.means import (
     Entries,
     _as_dask,

@@ -1,12 +1,12 @@
 """The NEST fMRI encoder: a feature-weighted receptive field model (fwRF), in plain torch.
 
 St-Yves & Naselaris (2018), the ``gnet8x`` variant NEST trained on NSD.  The modules and
-their ``state_dict`` keys are exactly those of NEST's ``Encoder`` (54 keys, ~1.37 M
-parameters) and ``LayerwiseFWRF`` readout, so the original weights load unchanged once a
-converter has turned NEST's pickles into safetensors:
+their ``state_dict`` keys are exactly those of NEST's ``Encoder`` (here
+:class:`FeatureExtractor`, 54 keys, ~1.37 M parameters) and ``LayerwiseFWRF`` readout, so the
+original weights load unchanged once a converter has turned NEST's pickles into safetensors:
 
-- ``Encoder(mu)``: ``pre.conv1`` (Conv 11x11/4 -> ReLU -> MaxPool 3/2) and ``pre.conv2``
-  (Conv 5x5 -> ReLU); ``enc.bn1`` -> Dropout2d -> ``enc.conv3`` (3x3) -> ReLU; six trunk
+- ``FeatureExtractor(mu)``: ``pre.conv1`` (Conv 11x11/4 -> ReLU -> MaxPool 3/2) and
+  ``pre.conv2`` (Conv 5x5 -> ReLU); ``enc.bn1`` -> Dropout2d -> ``enc.conv3`` (3x3) -> ReLU; six trunk
   blocks ``enc.conv{4,5,6}{a,b}`` (BN -> Dropout2d -> Conv 3x3 -> ReLU), with a 3/2 max pool
   before ``conv5a``.  It returns three 256-channel maps: (27, 27), (25, 25), (13, 13) for a
   227-pixel input.
@@ -26,7 +26,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-__all__ = ["INPUT_SIZE", "Encoder", "FwrfModel", "LayerwiseFWRF", "nl", "preprocess"]
+__all__ = ["INPUT_SIZE", "FeatureExtractor", "FwrfModel", "LayerwiseFWRF", "nl", "preprocess"]
 
 INPUT_SIZE = 227
 FEATURE_SIZES = (27, 25, 13)
@@ -91,8 +91,8 @@ class _EncStage(nn.Module):
                 torch.cat([c5a[:, :half], c5b[:, :half], c6a[:, :half], c6b], dim=1))
 
 
-class Encoder(nn.Module):
-    """NEST's shared feature extractor (``best_params['enc']``).
+class FeatureExtractor(nn.Module):
+    """NEST's shared feature extractor (``best_params['enc']``; ``Encoder`` in NEST's code).
 
     Parameters
     ----------
@@ -163,20 +163,20 @@ class FwrfModel(nn.Module):
 
     Parameters
     ----------
-    parts : sequence of (Encoder, LayerwiseFWRF)
+    parts : sequence of (FeatureExtractor, LayerwiseFWRF)
         The encoders, whose outputs are concatenated along voxels (NEST split the voxels of
         ``lateral`` and ``ventral`` at ``ceil(n / 2)`` and trained one encoder per half).
 
     Examples
     --------
     >>> import torch
-    >>> enc = Encoder(torch.zeros(3))
+    >>> enc = FeatureExtractor(torch.zeros(3))
     >>> model = FwrfModel([(enc, LayerwiseFWRF(5))]).eval()
     >>> model(torch.zeros(2, 3, 227, 227)).shape
     torch.Size([2, 5])
     """
 
-    def __init__(self, parts: Sequence[tuple[Encoder, LayerwiseFWRF]]) -> None:
+    def __init__(self, parts: Sequence[tuple[FeatureExtractor, LayerwiseFWRF]]) -> None:
         super().__init__()
         self.encoders = nn.ModuleList(e for e, _ in parts)
         self.readouts = nn.ModuleList(r for _, r in parts)
@@ -195,7 +195,7 @@ class FwrfModel(nn.Module):
         """
         modules = []
         for enc_sd, fwrf_sd in parts:
-            encoder = Encoder(enc_sd["mu"])
+            encoder = FeatureExtractor(enc_sd["mu"])
             readout = LayerwiseFWRF(int(fwrf_sd["w"].shape[0]))
             for module, state in ((encoder, enc_sd), (readout, fwrf_sd)):
                 try:
