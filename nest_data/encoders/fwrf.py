@@ -6,10 +6,10 @@ their ``state_dict`` keys are exactly those of NEST's ``Encoder`` (here
 original weights load unchanged once a converter has turned NEST's pickles into safetensors:
 
 - ``FeatureExtractor(mu)``: ``pre.conv1`` (Conv 11x11/4 -> ReLU -> MaxPool 3/2) and
-  ``pre.conv2`` (Conv 5x5 -> ReLU); ``enc.bn1`` -> Dropout2d -> ``enc.conv3`` (3x3) -> ReLU; six trunk
-  blocks ``enc.conv{4,5,6}{a,b}`` (BN -> Dropout2d -> Conv 3x3 -> ReLU), with a 3/2 max pool
-  before ``conv5a``.  It returns three 256-channel maps: (27, 27), (25, 25), (13, 13) for a
-  227-pixel input.
+  ``pre.conv2`` (Conv 5x5 -> ReLU); ``enc.bn1`` -> Dropout2d -> ``enc.conv3`` (3x3) -> ReLU;
+  six trunk blocks ``enc.conv{4,5,6}{a,b}`` (BN -> Dropout2d -> Conv 3x3 -> ReLU), with a 3/2
+  max pool before ``conv5a``.  It returns three 256-channel maps: (27, 27), (25, 25), (13, 13)
+  for a 227-pixel input.
 - ``LayerwiseFWRF``: per voxel a softmax receptive field over each map's space pools the
   nonlinearly transformed features; the pooled 768 features, transformed again, are
   weighted and summed.
