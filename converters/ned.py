@@ -16,6 +16,7 @@ from typing import Any
 import h5py
 import numpy as np
 
+from nest_data import _config
 from nest_data._catalog import Catalog, Entry
 from nest_data._catalog import catalog as default_catalog
 from nest_data._digest import file_digest
@@ -204,6 +205,7 @@ def _ned_roots(src: Path) -> list[Path]:
     return [src / name for name in NED_ROOT_NAMES if (src / name).is_dir()]
 
 
+@_config.progress_option
 def convert_ned(
     src: str | os.PathLike[str],
     dest: str | os.PathLike[str],
@@ -294,7 +296,7 @@ def convert_ned(
         jobs = [(s, dest_text, options, cat.model_spec(s.entry).units, overwrite,
                  verify_existing) for s in sources]
         for job, outcome in run_jobs(_attempt, jobs, workers=n_workers, desc="converting NED",
-                                     unit="entry", show_progress=show_progress):
+                                     unit="entry"):
             label = job[0].entry.label
             if isinstance(outcome, BaseException):
                 report.failed[label] = (str(outcome) if isinstance(outcome, NestDataError)

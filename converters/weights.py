@@ -163,6 +163,7 @@ def _part_tensors(path: Path, obj: Mapping[str, Any], subject: int, prefix: str
     return tensors
 
 
+@_config.progress_option
 def convert_fwrf_weights(
     src: str | os.PathLike[str],
     dest: str | os.PathLike[str],
@@ -224,7 +225,7 @@ def convert_fwrf_weights(
     written = []
     for (subj, region), paths in tqdm(sorted(selected.items()), desc="converting fwRF weights",
                                       unit="encoder",
-                                      disable=not _config.show_progress(show_progress)):
+                                      disable=not _config.show_progress()):
         _, rel = cat.resolve_weights(modality="fmri", subject=subj, roi=region)
         _write_one(paths, subj, region, dest, rel, storage_options)
         written.append(rel)
@@ -438,6 +439,7 @@ def _scaler_pca(scaler_doc: Mapping[str, Any], scaler_path: Path, pca_doc: Mappi
     return head
 
 
+@_config.progress_option
 def convert_eeg_weights(
     src: str | os.PathLike[str],
     dest: str | os.PathLike[str],
@@ -496,7 +498,7 @@ def convert_eeg_weights(
                               "model-vit_b_32/encoding_models_weights/weights_subject-01.npy")
     written = []
     for subj, path in tqdm(sorted(selected.items()), desc="converting EEG weights",
-                           unit="subject", disable=not _config.show_progress(show_progress)):
+                           unit="subject", disable=not _config.show_progress()):
         head, files, layout = _eeg_head(path)
         n_rep, n_out, n_components = head["reg.coef_"].shape
         tensors = {k: torch.from_numpy(np.ascontiguousarray(v, dtype=np.float32))
@@ -576,6 +578,7 @@ def _discover_fsaverage(src: Path) -> dict[int, Path]:
     return found
 
 
+@_config.progress_option
 def convert_fsaverage_weights(
     src: str | os.PathLike[str],
     dest: str | os.PathLike[str],
@@ -636,7 +639,7 @@ def convert_fsaverage_weights(
                               "model-vit_b_32/encoding_models_weights/weights_subject-01.npy")
     written = []
     for subj, path in tqdm(sorted(selected.items()), desc="converting fsaverage weights",
-                           unit="subject", disable=not _config.show_progress(show_progress)):
+                           unit="subject", disable=not _config.show_progress()):
         spec, rel = cat.resolve_weights(train_dataset="nsd_fsaverage", model="vit_b_32",
                                         subject=subj)
         doc = load_npy_dict(path)
@@ -803,6 +806,7 @@ def convert_vit_b_32(
     return rel
 
 
+@_config.progress_option
 def convert_weights(
     src: str | os.PathLike[str] | None,
     dest: str | os.PathLike[str],
@@ -887,8 +891,7 @@ def convert_weights(
                                         pickles=trust_pickles):
             written += convert_weights(local, dest, modality=modality,
                                        trust_pickles=trust_pickles, roi=roi,
-                                       storage_options=storage_options, catalog=catalog,
-                                       show_progress=show_progress)
+                                       storage_options=storage_options, catalog=catalog)
         return written
     if source_options:
         raise ConversionError(f"source_options={dict(source_options)!r} given, but SRC {src} is "
@@ -907,14 +910,12 @@ def convert_weights(
                               "encoding_models/modality-eeg/... (.npy) folders")
     if has_surface:
         written += convert_fsaverage_weights(src, dest, subject=subject,
-                                             storage_options=storage_options, catalog=catalog,
-                                             show_progress=show_progress)
+                                             storage_options=storage_options, catalog=catalog)
     if has_fmri:
         written += convert_fwrf_weights(src, dest, trust_pickles=trust_pickles, subject=subject,
                                         roi=roi, storage_options=storage_options,
-                                        catalog=catalog, show_progress=show_progress)
+                                        catalog=catalog)
     if has_eeg:
         written += convert_eeg_weights(src, dest, subject=subject,
-                                       storage_options=storage_options, catalog=catalog,
-                                       show_progress=show_progress)
+                                       storage_options=storage_options, catalog=catalog)
     return written

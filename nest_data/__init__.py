@@ -15,6 +15,7 @@ from importlib.metadata import PackageNotFoundError, version
 
 from nest_data._cache import ChunkCache
 from nest_data._catalog import Catalog, Entry, Location, Root, catalog
+from nest_data._config import set_options
 from nest_data._demo import build_demo, plot_roi_summary, plot_surface_map, run_demo
 from nest_data._encode import encode
 from nest_data._generate import generate
@@ -92,6 +93,7 @@ __all__ = [
     "rsa_matrix",
     "rsm",
     "run_demo",
+    "set_options",
     "top_images",
     "univariate_rnc",
     "verify",

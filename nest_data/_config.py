@@ -2,7 +2,9 @@
 
 Lookup order, documented once (README "Configuration"):
 
-1. the function argument (``location=``, ``cache_dir=``, ``show_progress=``);
+1. the function argument (``location=``, ``cache_dir=``, ``show_progress=``); a public
+   function's ``show_progress=`` holds for everything it calls, and
+   :func:`nest_data.set_options` sets it for a block or for the session;
 2. the environment variable (``NEST_DATA_LOCATION``, ``NEST_DATA_ROOT``,
    ``NEST_DATA_CACHE_DIR``, ``NEST_DATA_PROGRESS``);
 3. the default: ``platformdirs.user_cache_dir("nest-data")`` for the cache, progress bars on.
@@ -10,11 +12,18 @@ Lookup order, documented once (README "Configuration"):
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
+import functools
 import logging
 import os
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import ParamSpec, TypeVar, cast
 
 import platformdirs
+
+from nest_data.errors import InputError
 
 logger = logging.getLogger("nest_data")
 
@@ -24,6 +33,13 @@ ENV_CACHE_DIR = "NEST_DATA_CACHE_DIR"
 ENV_PROGRESS = "NEST_DATA_PROGRESS"
 ENV_CACHE = "NEST_DATA_CACHE"
 ENV_VERIFY = "NEST_DATA_VERIFY"
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+# Progress bars on or off for the current context (None: not set here; see show_progress).
+_PROGRESS: contextvars.ContextVar[bool | None] = contextvars.ContextVar(
+    "nest_data_progress", default=None)
 
 
 def cache_dir(path: str | os.PathLike[str] | None = None) -> Path:
@@ -46,6 +62,74 @@ def flag(value: bool | None, env: str, default: bool = False) -> bool:
     return text.strip().lower() not in {"0", "false", "no", "off"}
 
 
-def show_progress(value: bool | None) -> bool:
-    """Resolve whether to show progress bars (argument, then ``NEST_DATA_PROGRESS``, then on)."""
-    return flag(value, ENV_PROGRESS, default=True)
+def show_progress(value: bool | None = None) -> bool:
+    """Whether to show progress bars: the argument, then the setting of the current context
+    (:func:`progress`, a public function's ``show_progress=``, :func:`nest_data.set_options`),
+    then ``NEST_DATA_PROGRESS``, then on."""
+    return flag(_PROGRESS.get() if value is None else value, ENV_PROGRESS, default=True)
+
+
+@contextlib.contextmanager
+def progress(value: bool | None) -> Iterator[None]:
+    """Progress bars on or off (None: as they were) for everything inside the block."""
+    if value is None:
+        yield
+        return
+    token = _PROGRESS.set(value)
+    try:
+        yield
+    finally:
+        _PROGRESS.reset(token)
+
+
+def progress_option(func: Callable[P, R]) -> Callable[P, R]:
+    """Make a public function's ``show_progress=`` hold for everything the call does.
+
+    Lower layers never take the option: they ask :func:`show_progress`.
+    """
+    @functools.wraps(func)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        with progress(cast("bool | None", kwargs.get("show_progress"))):
+            return func(*args, **kwargs)
+
+    return wrapper
+
+
+def set_progress(value: bool | None) -> bool | None:
+    """Set progress bars on or off (None: back to ``NEST_DATA_PROGRESS``) in the current
+    context; return the previous setting."""
+    previous = _PROGRESS.get()
+    _PROGRESS.set(value)
+    return previous
+
+
+
+class set_options:
+    """Set nest-data's options for the rest of the session, or for a ``with`` block.
+
+    Parameters
+    ----------
+    progress : bool, optional
+        Show progress bars (``True``/``False``), or follow ``NEST_DATA_PROGRESS`` again
+        (``None``).  A function's own ``show_progress=`` still wins for its call.
+
+    Examples
+    --------
+    >>> import nest_data
+    >>> with nest_data.set_options(progress=False):
+    ...     report = nest_data.verify("demo")  # no progress bar
+    >>> report.ok
+    True
+    """
+
+    def __init__(self, *, progress: bool | None = None) -> None:
+        if progress is not None and not isinstance(progress, bool):
+            raise InputError(f"progress={progress!r}: give True (bars on), False (off) or None "
+                             "(follow NEST_DATA_PROGRESS)")
+        self._previous = set_progress(progress)
+
+    def __enter__(self) -> set_options:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        set_progress(self._previous)

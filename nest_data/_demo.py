@@ -39,6 +39,7 @@ def demo_root(cache_dir: str | Path | None = None) -> Path:
     return _config.cache_dir(cache_dir) / "demo"
 
 
+@_config.progress_option
 def build_demo(
     *,
     n_images: int = DEMO_IMAGES,
@@ -93,11 +94,11 @@ def build_demo(
 
     if dest is not None:
         with tempfile.TemporaryDirectory(prefix="ned-") as tmp:
-            write_ned(tmp, n_images=n_images, seed=DEMO_SEED, show_progress=show_progress,
+            write_ned(tmp, n_images=n_images, seed=DEMO_SEED,
                       workers=workers or min(os.cpu_count() or 1, 4))
             convert_ned(tmp, dest, workers=workers, overwrite=rebuild,
-                        storage_options=storage_options, show_progress=show_progress)
-        _build_surface(dest, n_images, show_progress, storage_options)
+                        storage_options=storage_options)
+        _build_surface(dest, n_images, storage_options)
         return dest
     root = demo_root(cache_dir)
     stamp = {"n_images": n_images, "seed": DEMO_SEED, "format_version": FORMAT_VERSION,
@@ -109,10 +110,10 @@ def build_demo(
     root.parent.mkdir(parents=True, exist_ok=True)
     marker.unlink(missing_ok=True)
     with tempfile.TemporaryDirectory(prefix="ned-", dir=root.parent) as tmp:
-        write_ned(tmp, n_images=n_images, seed=DEMO_SEED, show_progress=show_progress,
+        write_ned(tmp, n_images=n_images, seed=DEMO_SEED,
                   workers=workers or min(os.cpu_count() or 1, 4))
-        convert_ned(tmp, root, workers=workers, overwrite=rebuild, show_progress=show_progress)
-    _build_surface(str(root), n_images, show_progress, None)
+        convert_ned(tmp, root, workers=workers, overwrite=rebuild)
+    _build_surface(str(root), n_images, None)
     marker.write_text(json.dumps(stamp))
     logger.info("demo collection built at %s", root)
     return root
@@ -124,8 +125,7 @@ def _has_torch() -> bool:
     return importlib.util.find_spec("torch") is not None
 
 
-def _build_surface(dest: str, n_images: int, show_progress: bool | None,
-                   storage_options: dict[str, Any] | None) -> None:
+def _build_surface(dest: str, n_images: int, storage_options: dict[str, Any] | None) -> None:
     """Convert a synthetic fsaverage encoder + backbone into ``dest`` and generate a store."""
     if not _has_torch():
         logger.warning("the demo's fsaverage store needs torch: pip install "
@@ -146,14 +146,12 @@ def _build_surface(dest: str, n_images: int, show_progress: bool | None,
         write_fsaverage_weights(tmp, SURFACE_SUBJECT, seed=DEMO_SEED,
                                 coordinates=_fsaverage5_coordinates())
         pth = write_vit_b_32(Path(tmp) / VIT_B_32_FILE, seed=DEMO_SEED)
-        convert_weights(tmp, dest, vit_b_32=pth, storage_options=storage_options,
-                        show_progress=show_progress)
+        convert_weights(tmp, dest, vit_b_32=pth, storage_options=storage_options)
         pth.unlink()
         folder = Path(tmp) / "images"
         write_image_folder(folder, test_images(n_images, 256, seed=DEMO_SEED))
         generate(folder, dest, imageset="things", subject=SURFACE_SUBJECT,
-                 train_dataset="nsd_fsaverage", location=dest, storage_options=storage_options,
-                 show_progress=show_progress)
+                 train_dataset="nsd_fsaverage", location=dest, storage_options=storage_options)
 
 
 def _fsaverage5_coordinates() -> dict[str, np.ndarray] | None:
@@ -177,6 +175,7 @@ class DemoResult:
     surface_figure: Path | None = None
 
 
+@_config.progress_option
 def run_demo(
     out_dir: str | Path = ".",
     *,
@@ -205,7 +204,7 @@ def run_demo(
     >>> "SYNTHETIC" in result.summary
     True
     """
-    root = Path(build_demo(show_progress=show_progress, cache_dir=cache_dir))
+    root = Path(build_demo(cache_dir=cache_dir))
     da = open_entry(imageset=imageset, subject=subject, roi=roi, location=str(root))
     reliable = 0.5
     n_reliable = int((da["ncsnr"] > reliable).sum())

@@ -137,6 +137,7 @@ def selection_indices(value: Any, n: int, what: str) -> np.ndarray:
     return np.unique(index)
 
 
+@_config.progress_option
 def encode(
     images: Any,
     *,
@@ -269,7 +270,7 @@ def encode(
     target = torch_device(device)
     encoder.to(target)
     for start in tqdm(range(0, len(todo), batch_size), desc="encoding", unit="batch",
-                      disable=not _config.show_progress(show_progress)):
+                      disable=not _config.show_progress()):
         rows = todo[start:start + batch_size]
         out[rows] = encoder([arrays[i] for i in rows], target)
         if store is not None:

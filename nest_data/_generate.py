@@ -181,14 +181,15 @@ def _encode_chunk(job: _Job, index: int) -> dict[str, Any]:
     return marker
 
 
-def _run(job: _Job, todo: list[int], show_progress: bool | None, client: Any) -> None:
+def _run(job: _Job, todo: list[int], client: Any) -> None:
     tasks = [dask.delayed(_encode_chunk, pure=False)(job, i) for i in todo]
     # Without a cluster, tasks run one after another: torch already uses every core, and
     # threads would run several models at once on the same cores.
-    compute(*tasks, show_progress=show_progress, desc="generating", client=client,
+    compute(*tasks, desc="generating", client=client,
             scheduler="threads", num_workers=1)
 
 
+@_config.progress_option
 def generate(
     images: str | os.PathLike[str],
     dest: str | os.PathLike[str],
@@ -339,7 +340,7 @@ def generate(
                 n_chunks, len(done))
     job = _Job(source, reader, stage.as_posix(), progress.as_posix(), rows, n, batch_size,
                device)
-    _run(job, todo, show_progress, client)
+    _run(job, todo, client)
     responses = zarr.open_array(stage, path=DATA_VAR, mode="r", zarr_format=3)
     digest, nan_count = scan_rows(responses, rows)
     finish_stage(memory, stage, data, rows, digest, nan_count)

@@ -16,6 +16,7 @@ from typing import Any
 from zarr.core.buffer import default_buffer_prototype
 from zarr.core.sync import sync
 
+from nest_data import _config
 from nest_data._catalog import Catalog, Entry
 from nest_data._catalog import catalog as default_catalog
 from nest_data._digest import bytes_digest, file_digest
@@ -46,6 +47,7 @@ class MirrorReport:
                 f"already up to date, {len(self.failed)} failed")
 
 
+@_config.progress_option
 def mirror(
     dest: str | os.PathLike[str],
     *,
@@ -107,7 +109,7 @@ def mirror(
                      local_path(os.fspath(dest))))
     report = MirrorReport()
     for job, outcome in run_jobs(_mirror_entry, jobs, workers=workers,
-                                 desc="mirroring", unit="entry", show_progress=show_progress):
+                                 desc="mirroring", unit="entry"):
         label = job[0].label
         if isinstance(outcome, BaseException):
             report.failed[label] = str(outcome)

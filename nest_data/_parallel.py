@@ -27,7 +27,6 @@ def run_jobs(
     workers: int,
     desc: str,
     unit: str,
-    show_progress: bool | None,
     chunksize: int = 1,
 ) -> Iterator[tuple[T, Any]]:
     """Yield ``(job, fn(job))`` as jobs finish; exceptions are yielded, not raised.
@@ -39,7 +38,7 @@ def run_jobs(
     what they had not committed stays in staging, invisible.
     """
     bar = tqdm(total=len(jobs), desc=desc, unit=unit,
-               disable=not _config.show_progress(show_progress))
+               disable=not _config.show_progress())
     with bar:
         if workers <= 1 or len(jobs) <= 1:
             for job in jobs:

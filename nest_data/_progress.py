@@ -28,16 +28,16 @@ def active_client() -> Any:
     return client if scheduler is not None and scheduler == client.get else None
 
 
-def compute(*objects: Any, show_progress: bool | None = None, desc: str = "computing",
-            client: Any = None, **local: Any) -> tuple[Any, ...]:
-    """``dask.compute`` with a tqdm progress bar (``show_progress``, ``NEST_DATA_PROGRESS``).
+def compute(*objects: Any, desc: str = "computing", client: Any = None, **local: Any
+            ) -> tuple[Any, ...]:
+    """``dask.compute`` with a tqdm progress bar, when :func:`nest_data._config.show_progress`.
 
     Runs on ``client`` if given, else on the active ``distributed.Client`` (the bar then
     counts the output chunks finished on the cluster), else on the local scheduler with
     the keyword arguments ``local`` (the bar counts tasks).  A task's error is raised here.
     """
     client = client if client is not None else active_client()
-    show = _config.show_progress(show_progress)
+    show = _config.show_progress()
     if client is not None:
         from distributed import as_completed, futures_of
 

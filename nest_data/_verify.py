@@ -80,6 +80,7 @@ class VerifyReport:
         return not self.problems
 
 
+@_config.progress_option
 def verify(
     root: str | os.PathLike[str],
     *,
@@ -136,7 +137,7 @@ def verify(
                                  "collection written by `nest-data convert` or `nest-data demo`")
     problems: list[Problem] = []
     for label in tqdm(labels, desc="verifying", unit="store",
-                      disable=not _config.show_progress(show_progress)):
+                      disable=not _config.show_progress()):
         store = make_store(join(root_text, label), options)
         problems.extend(verify_store(store, label=label))
     logger.info("verified %d stores under %s: %d problem(s)", len(labels), root_text,

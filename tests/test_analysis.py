@@ -26,7 +26,7 @@ import nest_data
 from nest_data.analysis import random_batches, rnc
 from nest_data.analysis.similarity import _average_ranks
 from nest_data.errors import NestDataError
-from nest_data.synthetic import ned_file_paths
+from nest_data.synthetic import ned_file_paths, write_ned
 
 SUBJECTS = [1, 2]
 ROIS = ["V1", "FFA-1", "lateral"]
@@ -306,6 +306,29 @@ def test_progress_bars_can_be_turned_off(client: Client, collection: Path,
         nest_data.top_images(da, k=2, show_progress=False)
     nest_data.top_images(da, k=2)  # NEST_DATA_PROGRESS=0 in the tests
     assert capsys.readouterr().err == ""
+
+
+
+def test_progress_follows_the_call_and_set_options(tmp_path: Path,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    """A public call's show_progress= holds for the layers below it, which take no option."""
+    kw = {"modalities": ["eeg"], "subjects": [1], "imagesets": ["things"], "n_images": 2}
+    done = "writing NED files: 100%"  # drawn by run_jobs, which has no show_progress=
+    write_ned(tmp_path / "a", **kw, show_progress=True)
+    assert done in capsys.readouterr().err
+    with nest_data.set_options(progress=True):
+        write_ned(tmp_path / "b", **kw)
+        write_ned(tmp_path / "c", **kw, show_progress=False)  # the call's own option wins
+    assert capsys.readouterr().err.count(done) == 1
+    write_ned(tmp_path / "d", **kw)  # the block is over: NEST_DATA_PROGRESS=0 again
+    nest_data.set_options(progress=True)  # for the rest of the session
+    try:
+        write_ned(tmp_path / "e", **kw)
+    finally:
+        nest_data.set_options(progress=None)
+    assert capsys.readouterr().err.count(done) == 1
+    with pytest.raises(nest_data.InputError, match="progress='yes': give True"):
+        nest_data.set_options(progress="yes")  # type: ignore[arg-type]
 
 
 # ------------------------------------------------------------------------- errors

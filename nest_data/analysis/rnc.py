@@ -10,6 +10,7 @@ from typing import Any, cast
 import numpy as np
 import xarray as xr
 
+from nest_data import _config
 from nest_data.analysis.means import Entries, _entry_list, _space
 from nest_data.analysis.top import _scores
 from nest_data.errors import InputError
@@ -25,6 +26,7 @@ RNC_CONDITIONS = (("up_up", "align", 1, 1), ("down_down", "align", -1, -1),
 _BATCH_BLOCK = 65536  # random batches drawn at a time (bounded memory for 10^6 batches)
 
 
+@_config.progress_option
 def univariate_rnc(
     data: Entries | xr.DataArray,
     rois: Sequence[str] | None = None,
@@ -152,7 +154,7 @@ def univariate_rnc(
     if batch_size > n_total:
         raise InputError(f"batch_size={batch_size} is more than the {n_total} images; use "
                          f"batch_size <= {n_total}")
-    scores, subjects = _scores(source, "univariate_rnc", min_ncsnr, show_progress)
+    scores, subjects = _scores(source, "univariate_rnc", min_ncsnr)
     scores = scores.sel(roi=pair).transpose("roi", "image")
     values = np.asarray(scores.values, dtype=np.float64)
 

@@ -8,6 +8,7 @@ from typing import Any, cast
 import numpy as np
 import xarray as xr
 
+from nest_data import _config
 from nest_data._progress import compute
 from nest_data.analysis.means import Entries, _entry_list, _space, roi_mean, roi_means
 from nest_data.errors import InputError
@@ -17,8 +18,7 @@ logger = logging.getLogger("nest_data")
 __all__ = ["top_images"]
 
 
-def _scores(data: Any, what: str, min_ncsnr: float | None, show_progress: bool | None
-            ) -> tuple[xr.DataArray, list[int]]:
+def _scores(data: Any, what: str, min_ncsnr: float | None) -> tuple[xr.DataArray, list[int]]:
     """Computed subject-averaged ROI scores from entries (or given scores), and the subjects.
 
     Entries are reduced with :func:`roi_means` and computed before the average over
@@ -30,7 +30,7 @@ def _scores(data: Any, what: str, min_ncsnr: float | None, show_progress: bool |
                              f"entries; got dims {data.dims}")
     else:
         data = roi_means(_entry_list(data, what), min_ncsnr=min_ncsnr)
-    (data,) = compute(data, show_progress=show_progress, desc=what)
+    (data,) = compute(data, desc=what)
     subjects = ([int(s) for s in np.atleast_1d(data["subject"].values)]
                 if "subject" in data.coords else [])
     if "subject" in data.dims:
@@ -38,6 +38,7 @@ def _scores(data: Any, what: str, min_ncsnr: float | None, show_progress: bool |
     return data, subjects
 
 
+@_config.progress_option
 def top_images(
     da: xr.DataArray | Entries, k: int = 10, *, min_ncsnr: float | None = None,
     largest: bool = True, show_progress: bool | None = None,
@@ -86,9 +87,9 @@ def top_images(
         raise InputError(f"k must be a positive number of images, got {k!r}")
     if _space(da) is not None:
         (scores,) = compute(roi_mean(cast(xr.DataArray, da), min_ncsnr=min_ncsnr),
-                            show_progress=show_progress, desc="top_images")
+                            desc="top_images")
     else:
-        scores, _ = _scores(da, "top_images", min_ncsnr, show_progress)
+        scores, _ = _scores(da, "top_images", min_ncsnr)
         if "roi" in scores.dims:
             if scores.sizes["roi"] != 1:
                 raise InputError(

@@ -12,6 +12,7 @@ from typing import Any, cast
 import h5py
 import numpy as np
 
+from nest_data import _config
 from nest_data._parallel import run_jobs
 from nest_data.synthetic.responses import (
     ROI_VOXELS_SUB01,
@@ -65,6 +66,7 @@ def ned_file_paths(
             folder / f"synthetic_neural_responses_metadata_{suffix}.npy")
 
 
+@_config.progress_option
 def write_ned(
     root: str | os.PathLike[str],
     *,
@@ -156,7 +158,7 @@ def write_ned(
     work = [(str(root), root_name, names, seed, job, counts[job[1]], n_voxels, given.get(job))
             for job in jobs]
     for _, outcome in run_jobs(_write_entry, work, workers=workers, desc="writing NED files",
-                               unit="file", show_progress=show_progress,
+                               unit="file",
                                chunksize=len(imagesets)):
         if isinstance(outcome, BaseException):
             raise outcome
