@@ -27,8 +27,12 @@ _MARKER = ".nest-data-demo.json"
 SYNTHETIC_NOTE = ("The demo's numbers are SYNTHETIC: made by nest-data's miniature NED writer "
                   "in NED's exact file formats, not NEST encoder outputs; the fsaverage store "
                   "is generated from random weights in BERG's formats.")
-#: The subject whose fsaverage surface store the demo generates (on its 'things' images).
+#: The subject whose encoders the demo holds, and whose fsaverage surface store it generates
+#: (on its 'things' images).
 SURFACE_SUBJECT = 1
+#: The ROIs of subject 1 whose (random) fwRF weights the demo holds, for ``encode``,
+#: ``generate`` and the optimisation of images on ``location="demo"``.
+DEMO_FWRF_ROIS = ("V1", "FFA-1", "PPA")
 
 __all__ = ["DemoResult", "build_demo", "demo_root", "plot_roi_summary", "plot_surface_map",
            "run_demo"]
@@ -57,8 +61,10 @@ def build_demo(
     installed (``nest-data[encode]``), it also converts a synthetic fsaverage encoder of
     subject 1 and a random ViT-B/32 written in BERG's and torchvision's formats, and
     generates that subject's whole-surface store on synthetic images (the ``things`` image
-    set of the demo), as ``nest-data generate`` does.  Does nothing when the demo is already
-    built (unless ``rebuild``).
+    set of the demo), as ``nest-data generate`` does; and converts random fwRF weights of
+    subject 1 in NEST's ``.pt`` format for :data:`DEMO_FWRF_ROIS`, so :func:`nest_data.encode`
+    and ``nest-data generate`` answer for new images on ``location="demo"``.  Does nothing
+    when the demo is already built (unless ``rebuild``).
 
     Parameters
     ----------
@@ -98,11 +104,11 @@ def build_demo(
                       workers=workers or min(os.cpu_count() or 1, 4))
             convert_ned(tmp, dest, workers=workers, overwrite=rebuild,
                         storage_options=storage_options)
-        _build_surface(dest, n_images, storage_options)
+        _build_encoders(dest, n_images, storage_options)
         return dest
     root = demo_root(cache_dir)
     stamp = {"n_images": n_images, "seed": DEMO_SEED, "format_version": FORMAT_VERSION,
-             "surface": _has_torch()}
+             "encoders": _has_torch(), "fwrf_rois": list(DEMO_FWRF_ROIS)}
     marker = root / _MARKER
     if not rebuild and marker.is_file() and json.loads(marker.read_text()) == stamp:
         logger.info("demo collection already built at %s", root)
@@ -113,7 +119,7 @@ def build_demo(
         write_ned(tmp, n_images=n_images, seed=DEMO_SEED,
                   workers=workers or min(os.cpu_count() or 1, 4))
         convert_ned(tmp, root, workers=workers, overwrite=rebuild)
-    _build_surface(str(root), n_images, None)
+    _build_encoders(str(root), n_images, None)
     marker.write_text(json.dumps(stamp))
     logger.info("demo collection built at %s", root)
     return root
@@ -125,10 +131,11 @@ def _has_torch() -> bool:
     return importlib.util.find_spec("torch") is not None
 
 
-def _build_surface(dest: str, n_images: int, storage_options: dict[str, Any] | None) -> None:
-    """Convert a synthetic fsaverage encoder + backbone into ``dest`` and generate a store."""
+def _build_encoders(dest: str, n_images: int, storage_options: dict[str, Any] | None) -> None:
+    """Convert synthetic fwRF and fsaverage encoders (and a ViT-B/32) into ``dest``, and
+    generate subject 1's fsaverage store with them."""
     if not _has_torch():
-        logger.warning("the demo's fsaverage store needs torch: pip install "
+        logger.warning("the demo's encoders and fsaverage store need torch: pip install "
                        "'nest-data[encode]' (which pins torch==2.13.0), then `nest-data demo "
                        "--rebuild`")
         return
@@ -138,15 +145,20 @@ def _build_surface(dest: str, n_images: int, storage_options: dict[str, Any] | N
         VIT_B_32_FILE,
         test_images,
         write_fsaverage_weights,
+        write_fwrf_weights,
         write_image_folder,
         write_vit_b_32,
     )
 
     with tempfile.TemporaryDirectory(prefix="berg-") as tmp:
+        for roi in DEMO_FWRF_ROIS:  # voxels and labels as write_ned's, same seed
+            write_fwrf_weights(tmp, SURFACE_SUBJECT, roi, seed=DEMO_SEED)
         write_fsaverage_weights(tmp, SURFACE_SUBJECT, seed=DEMO_SEED,
                                 coordinates=_fsaverage5_coordinates())
         pth = write_vit_b_32(Path(tmp) / VIT_B_32_FILE, seed=DEMO_SEED)
-        convert_weights(tmp, dest, vit_b_32=pth, storage_options=storage_options)
+        # the pickles are the ones just written here, so trusting them is safe
+        convert_weights(tmp, dest, vit_b_32=pth, storage_options=storage_options,
+                        trust_pickles=True)
         pth.unlink()
         folder = Path(tmp) / "images"
         write_image_folder(folder, test_images(n_images, 256, seed=DEMO_SEED))

@@ -29,6 +29,28 @@ def test_demo_collection_is_complete(demo: Path) -> None:
     assert eeg.shape == (24, 4, 63, 140)
 
 
+def test_demo_encodes_and_generates_for_new_images(demo: Path, tmp_path: Path) -> None:
+    """The demo holds subject 1's fwRF weights: encode and generate answer on location="demo"."""
+    from nest_data._demo import DEMO_FWRF_ROIS
+    from nest_data.synthetic import test_images, write_image_folder
+
+    images = test_images(4, 96, seed=3)
+    for roi in DEMO_FWRF_ROIS:
+        computed = nest_data.encode(images, subject=1, roi=roi, location="demo")
+        stored = nest_data.open(imageset="things", subject=1, roi=roi, location="demo")
+        assert computed.shape == (4, roi_voxel_count(1, roi))
+        # the weights' voxels are the stored entry's voxels, labels and all
+        np.testing.assert_array_equal(computed.ncsnr.values, stored.ncsnr.values)
+        assert np.isfinite(computed.values).all() and computed.std("image").min() > 0
+    folder = tmp_path / "images"
+    write_image_folder(folder, images)
+    url = nest_data.generate(folder, tmp_path / "out", imageset="mine", subject=1, roi="V1",
+                             location="demo", device="cpu")
+    generated = nest_data.open_store(url)
+    v1 = nest_data.encode(images, subject=1, roi="V1", location="demo")
+    np.testing.assert_allclose(generated.values, v1.values, rtol=1e-5, atol=1e-6)
+
+
 def test_demo_build_is_idempotent(demo: Path) -> None:
     marker = demo / ".nest-data-demo.json"
     before = marker.stat().st_mtime_ns
