@@ -11,7 +11,8 @@ import pytest
 
 from nest_data._write import write_entry
 from nest_data.converters._pickle import load_npy_dict
-from nest_data.converters.ned import discover_ned, entry_data
+from nest_data.converters.ned import discover_ned
+from nest_data.converters.ned_entry import entry_data
 
 from .backends import KEYS, ROWS, Backend
 from .servers import GCSServer, HTTPServer, S3Server
