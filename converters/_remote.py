@@ -19,7 +19,7 @@ from typing import Any
 
 import fsspec
 
-from nest_data._storage import validate_storage_options
+from nest_data._urls import validate_storage_options
 from nest_data.errors import ConversionError
 
 logger = logging.getLogger("nest_data")

@@ -17,12 +17,8 @@ from nest_data._catalog import Catalog
 from nest_data._catalog import catalog as default_catalog
 from nest_data._parallel import run_jobs
 from nest_data._staging import clean_staging, make_root
-from nest_data._storage import (
-    is_local,
-    local_path,
-    make_store,
-    validate_storage_options,
-)
+from nest_data._storage import make_store
+from nest_data._urls import is_local, local_path, validate_storage_options
 from nest_data.converters.ned_entry import DATASET, SourceEntry, convert_entry
 from nest_data.errors import (
     ConversionError,

@@ -17,10 +17,8 @@ from nest_data._catalog import Entry
 from nest_data._digest import file_digest
 from nest_data._format import EntryData, read_store_attrs
 from nest_data._staging import store_exists
-from nest_data._storage import (
-    join,
-    make_store,
-)
+from nest_data._storage import make_store
+from nest_data._urls import join
 from nest_data._verify import verify_store
 from nest_data._write import write_entry
 from nest_data.converters._meta import (

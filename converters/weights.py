@@ -39,7 +39,7 @@ from typing import Any
 
 from nest_data import _config
 from nest_data._catalog import Catalog
-from nest_data._storage import is_local, local_path
+from nest_data._urls import is_local, local_path
 from nest_data.converters._common import (
     as_set,
 )

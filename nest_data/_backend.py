@@ -52,7 +52,7 @@ class NestBackendEntrypoint(BackendEntrypoint):
         group: str | None = None,
     ) -> xr.Dataset:
         from nest_data._open import _open_url
-        from nest_data._storage import check_storage_options
+        from nest_data._urls import check_storage_options
 
         check_storage_options(storage_options)
         ds = _open_url(os.fspath(filename_or_obj), dict(storage_options or {}), None, group,

@@ -25,8 +25,8 @@ DEMO_IMAGES = 24
 DEMO_SEED = 0
 _MARKER = ".nest-data-demo.json"
 SYNTHETIC_NOTE = ("The demo's numbers are SYNTHETIC: made by nest-data's miniature NED writer "
-                  "in NED's exact file formats, not NEST encoder outputs; the fsaverage store "
-                  "is generated from random weights in BERG's formats.")
+                  "in NED's exact file formats, not NEST encoder outputs; its encoders (fwRF, "
+                  "fsaverage) are random weights in NEST's and BERG's formats.")
 #: The subject whose encoders the demo holds, and whose fsaverage surface store it generates
 #: (on its 'things' images).
 SURFACE_SUBJECT = 1
@@ -249,7 +249,24 @@ def run_demo(
         lines.append(f"Figure skipped: {exc}")
         figure = None
     surface_png = _surface_summary(root, Path(out_dir), lines)
+    _encode_summary(root, roi if roi in DEMO_FWRF_ROIS else DEMO_FWRF_ROIS[0], lines)
     return DemoResult("\n".join(lines), top, figure, surface_png)
+
+
+def _encode_summary(root: Path, roi: str, lines: list[str]) -> None:
+    """Encode a few new images with the demo's fwRF encoder of ``roi`` and report it."""
+    if not _has_torch():
+        lines.append("Encoding new images skipped: pip install 'nest-data[encode]'")
+        return
+    from nest_data._encode import encode
+    from nest_data.synthetic import test_images
+
+    images = test_images(4, 227, seed=DEMO_SEED + 1)
+    new = encode(images, subject=SURFACE_SUBJECT, roi=roi, location=str(root))
+    lines.append(f"Encoded 4 new images with sub-{SURFACE_SUBJECT:02d}'s {roi} fwRF encoder: "
+                 f"{new.sizes['image']} x {new.sizes['voxel']} voxels, mean response "
+                 f"{float(new.mean()):+.3f} (nest_data.encode(images, subject=1, roi='FFA-1', "
+                 "location='demo'); ROIs " + ", ".join(DEMO_FWRF_ROIS) + ")")
 
 
 def _surface_summary(root: Path, out_dir: Path, lines: list[str]) -> Path | None:

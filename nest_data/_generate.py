@@ -36,8 +36,8 @@ from nest_data._images import as_images
 from nest_data._models import EncoderSource, torch_device
 from nest_data._progress import compute
 from nest_data._staging import STAGING_DIR, check_replaceable, commit, make_root, store_exists
-from nest_data._storage import is_local, join, local_path
 from nest_data._surface import ROI_AUX_PREFIX, roi_positions
+from nest_data._urls import is_local, join, local_path
 from nest_data._write import begin_stage, finish_stage, row_nbytes, scan_rows, write_rows
 from nest_data.errors import InputError
 

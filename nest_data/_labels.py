@@ -15,7 +15,8 @@ from xarray.core import indexing
 from zarr.core.buffer import default_buffer_prototype
 from zarr.core.sync import sync
 
-from nest_data._storage import NestStore, is_local, local_path
+from nest_data._storage import NestStore
+from nest_data._urls import is_local, local_path
 from nest_data.errors import MissingObjectError
 
 __all__ = ["consolidated", "read_labels"]

@@ -23,7 +23,8 @@ from nest_data._digest import bytes_digest, file_digest
 from nest_data._format import ATTR
 from nest_data._parallel import run_jobs
 from nest_data._staging import STAGING_DIR, commit
-from nest_data._storage import NestStore, is_local, local_path, make_store
+from nest_data._storage import NestStore, make_store
+from nest_data._urls import is_local, local_path
 from nest_data.errors import ChecksumError, NestDataError, StoreNotFoundError
 
 logger = logging.getLogger("nest_data")

@@ -23,14 +23,9 @@ from nest_data._dask import dask_array
 from nest_data._format import AUX_GROUP, DATA_VAR, read_store_attrs
 from nest_data._labels import consolidated, read_labels
 from nest_data._reader import ShardReader, shard_reader
-from nest_data._storage import (
-    NestStore,
-    check_storage_options,
-    is_local,
-    make_store,
-    quiet_consolidated,
-)
+from nest_data._storage import NestStore, make_store, quiet_consolidated
 from nest_data._surface import ROI_AUX_PREFIX
+from nest_data._urls import check_storage_options, is_local
 from nest_data.errors import InputError, StoreFormatError, StoreNotFoundError
 
 logger = logging.getLogger("nest_data")

@@ -42,7 +42,8 @@ from nest_data import _shards
 from nest_data._labels import consolidated
 from nest_data._shards import Layout, layout_of
 from nest_data._sources import InMemory, LocalFile, Source, pread
-from nest_data._storage import NestStore, is_local, local_path
+from nest_data._storage import NestStore
+from nest_data._urls import is_local, local_path
 from nest_data.errors import ChecksumError, MissingObjectError, StoreFormatError
 
 __all__ = ["ShardReader", "shard_reader"]

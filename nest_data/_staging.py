@@ -22,7 +22,7 @@ import fsspec
 from nest_data import _config
 from nest_data._digest import file_digest
 from nest_data._format import ATTR
-from nest_data._storage import is_local, join, local_path
+from nest_data._urls import is_local, join, local_path
 from nest_data.errors import TargetExistsError
 
 logger = logging.getLogger("nest_data")

@@ -27,14 +27,8 @@ from nest_data._catalog import catalog as default_catalog
 from nest_data._digest import bytes_digest
 from nest_data._format import ATTR, DATA_VAR, array_digest, read_store_attrs
 from nest_data._staging import STAGING_DIR, store_exists
-from nest_data._storage import (
-    is_local,
-    join,
-    local_path,
-    make_store,
-    quiet_consolidated,
-    validate_storage_options,
-)
+from nest_data._storage import make_store, quiet_consolidated
+from nest_data._urls import is_local, join, local_path, validate_storage_options
 from nest_data.errors import RemoteReadError, StoreNotFoundError
 
 logger = logging.getLogger("nest_data")

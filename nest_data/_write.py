@@ -39,7 +39,8 @@ from nest_data._format import (
 )
 from nest_data._shards import encode_shard, layout_of
 from nest_data._staging import commit, object_digests, staging
-from nest_data._storage import join, quiet_consolidated
+from nest_data._storage import quiet_consolidated
+from nest_data._urls import join
 
 logger = logging.getLogger("nest_data")
 

@@ -71,6 +71,7 @@ def test_cli_demo_runs_main_job(demo: Path, tmp_path: Path,
         assert f"{rank}. image {int(image):>5}  {concept:<12}" in out
     png = tmp_path / "nest-data-demo_things_sub-01_V1.png"
     assert f"Figure: {png}" in out
+    assert "Encoded 4 new images with sub-01's V1 fwRF encoder: 4 x 1350 voxels" in out
     data = png.read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 20_000
 

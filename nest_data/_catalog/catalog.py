@@ -22,7 +22,7 @@ from nest_data._catalog.schema import (
     location_from_doc,
     model_from_doc,
 )
-from nest_data._storage import check_storage_options
+from nest_data._urls import check_storage_options
 from nest_data.catalogs import catalog_path
 from nest_data.errors import CatalogError, UnknownKeyError
 

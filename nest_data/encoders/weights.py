@@ -13,7 +13,7 @@ import torch
 from safetensors.torch import load as load_safetensors
 
 from nest_data._digest import bytes_digest
-from nest_data._storage import is_local, join, local_path, validate_storage_options
+from nest_data._urls import is_local, join, local_path, validate_storage_options
 from nest_data.encoders.fwrf import FwrfModel
 from nest_data.encoders.vit import EegHead, SurfaceHead, VitB32
 from nest_data.errors import ChecksumError, InputError, StoreNotFoundError
