@@ -47,6 +47,7 @@ from nest_data.errors import (
     TargetExistsError,
     UnknownKeyError,
 )
+from nest_data.gradients import dream, objectives, saliency
 
 try:
     __version__ = version("nest-data")
@@ -78,9 +79,11 @@ __all__ = [
     "__version__",
     "build_demo",
     "catalog",
+    "dream",
     "encode",
     "generate",
     "mirror",
+    "objectives",
     "open",
     "open_many",
     "open_metadata",
@@ -93,6 +96,7 @@ __all__ = [
     "rsa_matrix",
     "rsm",
     "run_demo",
+    "saliency",
     "set_options",
     "top_images",
     "univariate_rnc",

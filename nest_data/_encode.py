@@ -279,11 +279,8 @@ def encode(
     logger.info("encoded %d images with %s sub-%02d %s on %s (%d from the cache)",
                 len(arrays), encoder.attrs["model"], encoder.attrs["subject"],
                 encoder.attrs.get("roi", ""), target, len(arrays) - len(todo))
-    coords: dict[str, Any] = {"image": ("image", np.asarray(ids, dtype=object))}
-    coords.update(encoder.coords)
-    attrs = dict(encoder.attrs)
+    da = encoder.labelled(out, ids)
     if "vertex" in encoder.dims:
-        attrs["roi"] = roi if roi is not None else (
+        da.attrs["roi"] = roi if roi is not None else (
             "selected vertices" if selection else "whole surface")
-    da = xr.DataArray(out, dims=encoder.dims, coords=coords, attrs=attrs, name="responses")
     return da.isel(selection) if selection else da

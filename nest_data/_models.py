@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import xarray as xr
 
 from nest_data._catalog import Catalog
 from nest_data._catalog import catalog as default_catalog
@@ -44,11 +45,15 @@ def torch_device(device: str) -> Any:
 class LoadedEncoder:
     """A loaded NEST encoder with everything needed to label its output.
 
-    Built by :func:`load_encoder`; :func:`encode` and ``nest-data generate`` use it.
+    Built by :func:`load_encoder`; :func:`encode` and ``nest-data generate`` call it on uint8
+    images, :func:`nest_data.dream` and :func:`nest_data.saliency` differentiate through
+    :meth:`float_responses`.  The model's own parameters never need gradients (they are
+    off), so gradients flow to the images only.
     """
 
     model: Any  # torch.nn.Module, in eval mode
-    preprocess: Callable[[Any], Any]
+    preprocess: Callable[[Any], Any]  # uint8 (B, 3, S, S) -> the model's input
+    preprocess_float: Callable[[Any], Any]  # the same for float images in [0, 1]
     dims: tuple[str, ...]  # dims of the output, "image" first
     row_shape: tuple[int, ...]
     coords: dict[str, tuple[tuple[str, ...], np.ndarray]]
@@ -71,6 +76,22 @@ class LoadedEncoder:
             batch = torch.cat([self.preprocess(torch.from_numpy(a)[None].to(device))
                                for a in images])
             return np.asarray(self.model(batch).float().cpu().numpy(), dtype=np.float32)
+
+    def labelled(self, values: np.ndarray, image_ids: Sequence[str]) -> xr.DataArray:
+        """Responses ``(B, *row_shape)`` as a stored entry's labelled ``responses``."""
+        coords: dict[str, Any] = {"image": ("image", np.asarray(image_ids, dtype=object))}
+        coords.update(self.coords)
+        return xr.DataArray(values, dims=self.dims, coords=coords, attrs=dict(self.attrs),
+                            name="responses")
+
+    def float_responses(self, images: Any) -> Any:
+        """Responses ``(B, *row_shape)`` of float images ``(B, 3, S, S)`` in [0, 1], as a
+        tensor with gradients to the images.
+
+        The arithmetic of :meth:`__call__` on the images' uint8 values, less the rounding of
+        the resized image to uint8.
+        """
+        return self.model(self.preprocess_float(images))
 
 
 @dataclass(frozen=True)
@@ -134,7 +155,7 @@ def _load_cached(source: EncoderSource, digests: tuple[str, str]) -> LoadedEncod
     if source.surface:
         return _load_surface(source, options, keys, attrs)
     if source.modality == "fmri":
-        from nest_data.encoders.fwrf import preprocess
+        from nest_data.encoders.fwrf import preprocess, preprocess_float
         from nest_data.encoders.weights import load_fwrf_folder
 
         model, doc, voxels = load_fwrf_folder(source.weights_url, options)
@@ -144,10 +165,11 @@ def _load_cached(source: EncoderSource, digests: tuple[str, str]) -> LoadedEncod
                       "source": "computed by nest-data's fwRF encoder (plain torch) from "
                                 "converted NEST weights",
                       "weights_sha256": doc["weights_sha256"]})
-        return LoadedEncoder(model.eval(), preprocess, ("image", "voxel"), (model.n_voxels,),
-                       {name: (("voxel",), values) for name, values in voxels.items()},
-                       attrs, doc["weights_sha256"], keys)
-    from nest_data.encoders.vit import VitModel, preprocess_imagenet
+        return LoadedEncoder(_frozen(model), preprocess, preprocess_float, ("image", "voxel"),
+                             (model.n_voxels,),
+                             {name: (("voxel",), values) for name, values in voxels.items()},
+                             attrs, doc["weights_sha256"], keys)
+    from nest_data.encoders.vit import VitModel, preprocess_imagenet, preprocess_imagenet_float
     from nest_data.encoders.weights import load_backbone, load_eeg_folder
 
     head, doc, maps = load_eeg_folder(source.weights_url, options)
@@ -164,16 +186,16 @@ def _load_cached(source: EncoderSource, digests: tuple[str, str]) -> LoadedEncod
                   "source": "computed by nest-data's ViT-B/32 EEG encoder (plain torch) from "
                             "converted NEST weights",
                   "weights_sha256": doc["weights_sha256"], "backbone_sha256": vit_digest})
-    return LoadedEncoder(VitModel(vit, head).eval(), preprocess_imagenet,
-                   ("image", "repetition", "channel", "time"), (n_rep, n_ch, n_t), coords,
-                   attrs, digest, keys)
+    return LoadedEncoder(_frozen(VitModel(vit, head)), preprocess_imagenet,
+                         preprocess_imagenet_float, ("image", "repetition", "channel", "time"),
+                         (n_rep, n_ch, n_t), coords, attrs, digest, keys)
 
 
 def _load_surface(source: EncoderSource, options: Mapping[str, Any], keys: dict[str, Any],
                   attrs: dict[str, Any]) -> LoadedEncoder:
     """BERG's fsaverage encoder: ViT-B/32 features, scaler, PCA, both hemispheres."""
     from nest_data._surface import store_order, surface_labels
-    from nest_data.encoders.vit import VitModel, preprocess_imagenet
+    from nest_data.encoders.vit import VitModel, preprocess_imagenet, preprocess_imagenet_float
     from nest_data.encoders.weights import load_backbone, load_surface_folder
 
     head, doc, labels = load_surface_folder(source.weights_url, options)
@@ -193,9 +215,14 @@ def _load_surface(source: EncoderSource, options: Mapping[str, Any], keys: dict[
     rois = {name.split(".", 1)[1]: values for name, values in labels.items()
             if name.startswith("roi.")}
     digest = bytes_digest(f"{doc['weights_sha256']}+{vit_digest}".encode())
-    return LoadedEncoder(VitModel(vit, head).eval(), preprocess_imagenet, ("image", "vertex"),
-                   (n_lh + n_rh,), coords, attrs, digest, keys, rois,
-                   store_order(rois, n_lh + n_rh))
+    return LoadedEncoder(_frozen(VitModel(vit, head)), preprocess_imagenet,
+                         preprocess_imagenet_float, ("image", "vertex"), (n_lh + n_rh,), coords,
+                         attrs, digest, keys, rois, store_order(rois, n_lh + n_rh))
+
+
+def _frozen(model: Any) -> Any:
+    """The model in eval mode, its parameters without gradients (they are never trained)."""
+    return model.eval().requires_grad_(False)
 
 
 def load_encoder(

@@ -26,7 +26,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-__all__ = ["INPUT_SIZE", "FeatureExtractor", "FwrfModel", "LayerwiseFWRF", "nl", "preprocess"]
+__all__ = ["INPUT_SIZE", "FeatureExtractor", "FwrfModel", "LayerwiseFWRF", "nl", "preprocess",
+           "preprocess_float"]
 
 INPUT_SIZE = 227
 FEATURE_SIZES = (27, 25, 13)
@@ -237,7 +238,37 @@ def preprocess(images: torch.Tensor) -> torch.Tensor:
                          f"{images.shape[-1]}; crop them first")
     x = images
     if images.shape[-1] != INPUT_SIZE:
-        x = F.interpolate(images.float(), size=(INPUT_SIZE, INPUT_SIZE), mode="bilinear",
-                          align_corners=False, antialias=True)
-        x = x.round_().clamp_(0, 255)
+        x = _resize(images.float()).round_().clamp_(0, 255)
     return x.float() / 255.0
+
+
+def preprocess_float(images: torch.Tensor) -> torch.Tensor:
+    """:func:`preprocess` for float images in [0, 1], differentiable: no rounding to uint8.
+
+    The same resize of the same arithmetic, so for images already at 227 pixels it returns
+    what :func:`preprocess` returns for their uint8 values; otherwise the two differ by the
+    rounding only (at most 0.5/255 per pixel).
+
+    Examples
+    --------
+    >>> import torch
+    >>> x = torch.rand(1, 3, 64, 64, requires_grad=True)
+    >>> preprocess_float(x).sum().backward()
+    >>> x.grad.shape
+    torch.Size([1, 3, 64, 64])
+    """
+    if not images.is_floating_point() or images.ndim != 4 or images.shape[1] != 3:
+        raise ValueError(f"expected float images of shape (B, 3, H, W) in [0, 1], got "
+                         f"{images.dtype} {tuple(images.shape)}")
+    if images.shape[-1] != images.shape[-2]:
+        raise ValueError(f"fwRF images must be square, got {images.shape[-2]}x"
+                         f"{images.shape[-1]}; crop them first")
+    if images.shape[-1] == INPUT_SIZE:
+        return images
+    return _resize(images * 255.0) / 255.0
+
+
+def _resize(x: torch.Tensor) -> torch.Tensor:
+    """Bilinear resize with antialiasing to 227 x 227 (torchvision's tensor ``Resize``)."""
+    return F.interpolate(x, size=(INPUT_SIZE, INPUT_SIZE), mode="bilinear",
+                         align_corners=False, antialias=True)

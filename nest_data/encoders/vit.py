@@ -25,7 +25,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-__all__ = ["EegHead", "PcaReadout", "SurfaceHead", "VitB32", "VitModel", "preprocess_imagenet"]
+__all__ = ["EegHead", "PcaReadout", "SurfaceHead", "VitB32", "VitModel", "preprocess_imagenet",
+           "preprocess_imagenet_float"]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -203,15 +204,43 @@ def preprocess_imagenet(images: torch.Tensor) -> torch.Tensor:
     if images.dtype != torch.uint8 or images.ndim != 4 or images.shape[1] != 3:
         raise ValueError(f"expected uint8 images of shape (B, 3, H, W), got {images.dtype} "
                          f"{tuple(images.shape)}")
-    height, width = (int(v) for v in images.shape[-2:])
+    x = _resize_256(images.float()).round_().clamp_(0, 255)
+    return _crop_normalise(x / 255.0)
+
+
+def preprocess_imagenet_float(images: torch.Tensor) -> torch.Tensor:
+    """:func:`preprocess_imagenet` for float images in [0, 1], differentiable (no rounding).
+
+    The same resize, crop and normalisation; the two differ by the uint8 rounding of the
+    resized image only (at most 0.5/255 per pixel before normalisation).
+
+    Examples
+    --------
+    >>> import torch
+    >>> x = torch.rand(1, 3, 300, 300, requires_grad=True)
+    >>> preprocess_imagenet_float(x).shape
+    torch.Size([1, 3, 224, 224])
+    """
+    if not images.is_floating_point() or images.ndim != 4 or images.shape[1] != 3:
+        raise ValueError(f"expected float images of shape (B, 3, H, W) in [0, 1], got "
+                         f"{images.dtype} {tuple(images.shape)}")
+    return _crop_normalise(_resize_256(images * 255.0) / 255.0)
+
+
+def _resize_256(x: torch.Tensor) -> torch.Tensor:
+    """Resize the shorter side to 256 (bilinear, antialias), torchvision's arithmetic."""
+    height, width = (int(v) for v in x.shape[-2:])
     short, long = min(height, width), max(height, width)
     new_long = int(256 * long / short)  # torchvision's arithmetic, truncation included
     size = (256, new_long) if height <= width else (new_long, 256)
-    x = F.interpolate(images.float(), size=size, mode="bilinear", align_corners=False,
-                      antialias=True).round_().clamp_(0, 255)
+    return F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=True)
+
+
+def _crop_normalise(x: torch.Tensor) -> torch.Tensor:
+    """Center crop 224 (torchvision's rounding) and ImageNet's normalisation."""
     top = round((x.shape[-2] - 224) / 2.0)  # torchvision's center_crop rounds
     left = round((x.shape[-1] - 224) / 2.0)
-    x = x[..., top:top + 224, left:left + 224] / 255.0
-    mean = torch.tensor(IMAGENET_MEAN, device=x.device).reshape(1, 3, 1, 1)
-    std = torch.tensor(IMAGENET_STD, device=x.device).reshape(1, 3, 1, 1)
+    x = x[..., top:top + 224, left:left + 224]
+    mean = torch.tensor(IMAGENET_MEAN, device=x.device, dtype=x.dtype).reshape(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, device=x.device, dtype=x.dtype).reshape(1, 3, 1, 1)
     return (x - mean) / std

@@ -1,0 +1,188 @@
+"""Which pixels of an image drive an ROI: integrated gradients through the encoders."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import xarray as xr
+from tqdm.auto import tqdm
+
+from nest_data import _config
+from nest_data._catalog import Catalog
+from nest_data._images import as_images, content_hash
+from nest_data.errors import InputError
+from nest_data.gradients.objectives import Objective, as_objective
+
+logger = logging.getLogger("nest_data")
+
+__all__ = ["METHODS", "saliency"]
+
+#: Attribution methods :func:`saliency` knows.
+METHODS = ("integrated_gradients",)
+#: Baselines by name: black, mid-grey, white images.
+BASELINES = {"black": 0.0, "grey": 0.5, "white": 1.0}
+
+
+@_config.progress_option
+def saliency(
+    images: Any,
+    *,
+    subject: int | str,
+    roi: str | None = None,
+    objective: str | Objective = "mean",
+    modality: str = "fmri",
+    train_dataset: str | None = None,
+    method: str = "integrated_gradients",
+    baseline: str | float | np.ndarray = "black",
+    steps: int = 64,
+    batch_size: int = 16,
+    image_ids: Sequence[str] | None = None,
+    location: str | None = None,
+    storage_options: Mapping[str, Any] | None = None,
+    backbone: str | os.PathLike[str] | None = None,
+    device: str = "cpu",
+    show_progress: bool | None = None,
+    catalog: Catalog | None = None,
+) -> xr.DataArray:
+    """Per-pixel attributions of an objective (by default an ROI's mean response).
+
+    Integrated gradients (Sundararajan et al., 2017): the gradient of the objective along
+    the straight path from a baseline image to the image, averaged (trapezoidal rule over
+    ``steps`` intervals) and multiplied by the image's difference from the baseline.  The
+    attributions of an image add up to its objective minus the baseline's (completeness),
+    up to the quadrature error, which falls as ``1 / steps**2``.
+
+    Parameters
+    ----------
+    images : array, PIL image, path, or a list of them
+        As for :func:`nest_data.encode` (uint8 RGB; non-square images are center-cropped).
+    subject, roi, modality, train_dataset
+        The encoder, as for :func:`nest_data.encode`.
+    objective : "mean" or Objective
+        What to explain: ``"mean"`` (the ROI's mean response), or any
+        :class:`~nest_data.objectives.Objective` (then leave ``roi`` out).
+    method : {"integrated_gradients"}
+    baseline : {"black", "grey", "white"}, float or array
+        The image that attributions are relative to: a name, one value in [0, 1] for every
+        pixel, or an array ``(3, S, S)`` in [0, 1] of the images' size.
+    steps : int
+        Intervals of the path integral.
+    batch_size : int
+        Path points per forward pass.
+    image_ids : sequence of str, optional
+        Labels of the images (default: a content hash, as :func:`nest_data.encode`).
+    location, storage_options, backbone, device
+        As for :func:`nest_data.encode`.
+    show_progress : bool, optional
+        Progress bar over images.
+
+    Returns
+    -------
+    xarray.DataArray
+        ``saliency`` ``(image, channel, y, x)`` float32 in the objective's units per pixel
+        and channel (``.sum("channel")`` for one map per image), with ``score`` (the
+        objective of each image) and ``baseline_score`` along ``image``; its attrs record
+        the method, baseline, steps and objective.
+
+    Examples
+    --------
+    >>> import nest_data
+    >>> from nest_data.synthetic import test_images
+    >>> maps = nest_data.saliency(test_images(1, 64), subject=1, roi="V1", steps=8,
+    ...                           location="demo", show_progress=False)
+    >>> maps.dims
+    ('image', 'channel', 'y', 'x')
+    >>> total = float(maps.sum())
+    >>> expected = float(maps.score[0] - maps.baseline_score[0])
+    >>> abs(total - expected) < 0.05 * abs(expected)
+    True
+    """
+    import torch
+
+    from nest_data._models import torch_device
+    from nest_data.gradients import _targets
+
+    goal = as_objective(objective, roi, modality, train_dataset)
+    if method not in METHODS:
+        raise InputError(f"method={method!r}; valid: {', '.join(METHODS)}")
+    if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 1:
+        raise InputError(f"steps={steps!r}: give a positive number of path intervals")
+    if batch_size < 1:
+        raise InputError(f"batch_size must be a positive number of images, got {batch_size}")
+    arrays = as_images(images)
+    ids = (list(image_ids) if image_ids is not None
+           else [content_hash(a)[:16] for a in arrays])
+    if len(ids) != len(arrays):
+        raise InputError(f"{len(ids)} image_ids for {len(arrays)} images; give one id per "
+                         "image, or none to use content hashes")
+    target = torch_device(device)
+    encoders = _targets.load_targets(goal, subject=subject, location=location,
+                                     storage_options=storage_options, backbone=backbone,
+                                     catalog=catalog, device=target)
+    sizes = {a.shape[-1] for a in arrays}
+    if len(sizes) > 1:
+        raise InputError(f"images of several sizes ({sorted(sizes)} pixels after the center "
+                         "crop); give images of one size, or call saliency once per size")
+    alphas = torch.linspace(0.0, 1.0, steps + 1, dtype=torch.float64)
+    weights = torch.full((steps + 1,), 1.0 / steps, dtype=torch.float64)
+    weights[0] = weights[-1] = 0.5 / steps  # the trapezoidal rule
+    out = np.empty((len(arrays), *arrays[0].shape), dtype=np.float32)
+    scores = np.empty((len(arrays), 2), dtype=np.float64)  # image, baseline
+    for index in tqdm(range(len(arrays)), desc="saliency", unit="image",
+                      disable=not _config.show_progress()):
+        x = torch.from_numpy(arrays[index]).to(target, torch.float32)[None] / 255.0
+        x0 = _baseline(baseline, x)
+        with torch.no_grad():
+            reference = _targets.run(encoders, x0)
+        total = torch.zeros_like(x, dtype=torch.float64)
+        ends = {}
+        for start in range(0, steps + 1, batch_size):
+            a = alphas[start:start + batch_size].to(target, torch.float32)
+            path = (x0 + a[:, None, None, None] * (x - x0)).requires_grad_(True)
+            value = goal(_targets.run(encoders, path), encoders, reference)
+            (grad,) = torch.autograd.grad(value.sum(), path)
+            w = weights[start:start + batch_size].to(target)
+            total += (grad.double() * w[:, None, None, None]).sum(dim=0, keepdim=True)
+            for k in range(len(a)):
+                if start + k in (0, steps):
+                    ends[start + k] = float(value[k].detach())
+        out[index] = ((x - x0).double() * total)[0].cpu().numpy()
+        scores[index] = ends[steps], ends[0]
+    logger.info("saliency of %r for %d images, sub-%s: %s with %d steps", goal, len(arrays),
+                subject, method, steps)
+    side = out.shape[-1]
+    return xr.DataArray(
+        out, dims=("image", "channel", "y", "x"), name="saliency",
+        coords={"image": np.asarray(ids, dtype=object), "channel": ["R", "G", "B"],
+                "y": np.arange(side), "x": np.arange(side),
+                "score": ("image", scores[:, 0].astype(np.float32)),
+                "baseline_score": ("image", scores[:, 1].astype(np.float32))},
+        attrs={"method": method, "steps": steps, "objective": repr(goal),
+               "subject": str(subject),
+               "baseline": baseline if isinstance(baseline, (str, float, int)) else "array",
+               "units": "objective units per pixel and channel; they add up to score - "
+                        "baseline_score"})
+
+
+def _baseline(baseline: str | float | np.ndarray, x: Any) -> Any:
+    """The baseline image as a tensor shaped like ``x`` (1, 3, S, S)."""
+    import torch
+
+    if isinstance(baseline, str):
+        if baseline not in BASELINES:
+            raise InputError(f"baseline={baseline!r}; give one of {', '.join(BASELINES)}, a "
+                             "value in [0, 1], or an array (3, S, S) in [0, 1]")
+        return torch.full_like(x, BASELINES[baseline])
+    if isinstance(baseline, (int, float)) and not isinstance(baseline, bool):
+        if not 0.0 <= float(baseline) <= 1.0:
+            raise InputError(f"baseline={baseline!r} is outside [0, 1]")
+        return torch.full_like(x, float(baseline))
+    values = np.asarray(baseline, dtype=np.float32)
+    if values.shape != tuple(x.shape[1:]):
+        raise InputError(f"baseline array of shape {values.shape}; the images are "
+                         f"{tuple(x.shape[1:])} after the center crop")
+    return torch.from_numpy(values).to(x.device)[None]
