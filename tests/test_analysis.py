@@ -387,11 +387,15 @@ def test_error_messages(collection: Path) -> None:
 # ------------------------------------------------------------------------- examples
 
 
-@pytest.mark.parametrize("script", ["top_images", "rnc", "rsa"])
-def test_example_writes_its_figure(demo: Path, tmp_path: Path, script: str) -> None:
+@pytest.mark.parametrize(("script", "extra"), [
+    ("top_images", []), ("rnc", []), ("rsa", []),
+    ("dreams", ["--steps", "6", "--size", "96"]),  # few steps: the figure, not the dreams
+])
+def test_example_writes_its_figure(demo: Path, tmp_path: Path, script: str,
+                                   extra: list[str]) -> None:
     proc = subprocess.run([sys.executable, str(EXAMPLES / f"{script}.py"), "--out",
-                           str(tmp_path)], capture_output=True, text=True, timeout=120,
-                          check=False)
+                           str(tmp_path), *extra], capture_output=True, text=True,
+                          timeout=300, check=False)
     assert proc.returncode == 0, proc.stderr
     png = tmp_path / f"{script}.png"
     assert f"wrote {png}" in proc.stderr

@@ -147,7 +147,7 @@ def dream(
         score = goal(responses, encoders, reference).float().cpu().numpy()
     ids = [f"dream-{i}" for i in range(n)]
     logger.info("dreamed %d images for %r, sub-%s, %d steps: objective %s", n, goal, subject,
-                steps, np.round(score, 4).tolist())
+                steps, np.round(score.astype(float), 4).tolist())
     attrs = {"objective": repr(goal), "subject": str(subject), "n": n, "steps": steps,
              "size": size, "lr": lr, "seed": seed, "parametrisation": parametrisation,
              "decorrelate": int(decorrelate), "jitter": jitter, "scale": list(scale),
