@@ -77,7 +77,7 @@ def main(argv: list[str] | None = None) -> Path:
     ffa_scores = nest_data.encode(images, roi="FFA-1", **keys).mean("voxel")
     chosen = images[int(np.argmax(ffa_scores.values))]
     maps = nest_data.saliency(chosen, roi="FFA-1", steps=32, device=args.device, **keys)
-    per_pixel = maps.sum("channel").values[0]
+    per_pixel = maps.sum("rgb").values[0]
     limit = float(np.percentile(np.abs(per_pixel), 99))  # a few pixels would wash it out
     last[1].imshow(chosen)
     last[1].set_title("best FFA-1 image", fontsize=8)

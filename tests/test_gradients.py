@@ -106,7 +106,7 @@ def test_dreams_drive_the_roi_above_every_stored_image(demo: Path) -> None:
     top = nest_data.top_images(both, k=2)
     assert sorted(top.image.values.tolist()) == ["dream-0", "dream-1"]
     images = tree["images"]
-    assert images.dims == ("image", "channel", "y", "x") and images.shape == (2, 3, 227, 227)
+    assert images.dims == ("image", "rgb", "y", "x") and images.shape == (2, 3, 227, 227)
     assert 0 <= float(images.min()) and float(images.max()) <= 1
     for name in ("steps", "lr", "seed", "jitter", "scale", "rotate", "parametrisation"):
         assert name in tree.attrs
@@ -167,6 +167,30 @@ def test_dream_refuses_what_it_cannot_use(demo: Path) -> None:
             nest_data.dream(**{"subject": 1, "roi": "V1", "location": "demo", **kwargs})
     with pytest.raises(InputError, match="an fMRI objective needs roi="):
         nest_data.dream(subject=1, location="demo")
+
+
+def test_eeg_dreams_through_the_vit(demo: Path, tmp_path: Path) -> None:
+    """The EEG model's float path is its encode path, and a channel/time window can rise."""
+    from nest_data.converters.weights import convert_weights
+    from nest_data.synthetic import write_eeg_weights
+
+    write_eeg_weights(tmp_path / "src", 1, n_components=8)
+    convert_weights(tmp_path / "src", tmp_path / "weights")
+    keys = {"subject": 1, "location": str(tmp_path / "weights"),
+            "backbone": demo / "weights" / "backbones" / "vit_b_32-imagenet1k_v1"}
+    images = test_images(2, 256, seed=11)
+    expected = nest_data.encode(images, modality="eeg", cache=False, **keys).values
+    encoder = EncoderSource.resolve(modality="eeg", **keys).load()
+    with torch.no_grad():
+        got = encoder.float_responses(_float(images)).numpy()
+    assert np.abs(got - expected).max() < 0.02 * expected.std(axis=0).mean()
+    goal = obj.eeg(["O1", "Oz", "O2"], times=(0.1, 0.2))
+    tree = nest_data.dream(goal, n=1, steps=8, size=64, lr=0.1, **keys)
+    assert tree["eeg"]["responses"].dims == ("image", "repetition", "channel", "time")
+    window = tree["eeg"].to_dataset()["responses"].sel(channel=["O1", "Oz", "O2"]).sel(
+        time=slice(0.1, 0.2))
+    np.testing.assert_allclose(float(window.mean()), float(tree["score"][0]), rtol=1e-4)
+    assert tree["objective"].values[-1, 0] > tree["objective"].values[0, 0]
 
 
 # ------------------------------------------------------------------------- objectives
@@ -262,17 +286,17 @@ def test_diversity_rewards_different_patterns() -> None:
 def test_saliency_is_complete_and_points_at_the_pixels(demo: Path) -> None:
     images = test_images(2, 227, seed=9)
     maps = nest_data.saliency(images, subject=1, roi="FFA-1", steps=32, location="demo")
-    assert maps.dims == ("image", "channel", "y", "x") and maps.shape == (2, 3, 227, 227)
+    assert maps.dims == ("image", "rgb", "y", "x") and maps.shape == (2, 3, 227, 227)
     expected = nest_data.encode(images, subject=1, roi="FFA-1", location="demo", cache=False)
     np.testing.assert_allclose(maps.score.values, expected.mean("voxel").values, rtol=1e-4)
     difference = (maps.score - maps.baseline_score).values
-    total = maps.sum(("channel", "y", "x")).values
+    total = maps.sum(("rgb", "y", "x")).values
     np.testing.assert_allclose(total, difference, rtol=0.02)  # completeness
     # deletion: blanking (to the black baseline) the tenth of the pixels with the largest
     # positive attributions lowers the score more than a random tenth, and blanking those
     # with the most negative ones raises it above that
     for index in range(2):
-        per_pixel = maps.sum("channel").values[index].ravel()
+        per_pixel = maps.sum("rgb").values[index].ravel()
         tenth = per_pixel.size // 10
         order = np.argsort(per_pixel)
         change = []

@@ -97,7 +97,8 @@ def dream(
     Returns
     -------
     xarray.DataTree
-        The root holds ``images`` ``(image, channel, y, x)`` float32 in [0, 1], ``score``
+        The root holds ``images`` ``(image, rgb, y, x)`` float32 in [0, 1] (``rgb``, as in
+        image arrays for ``generate``: ``channel`` is the EEG model's), ``score``
         ``(image)`` (the objective of the final images, untransformed) and ``objective``
         ``(step, image)`` (its value at every step, on that step's transformed images);
         its attrs record the objective and every parameter.  One child per target (``FFA-1``,
@@ -110,7 +111,7 @@ def dream(
     >>> tree = nest_data.dream(subject=1, roi="FFA-1", n=2, steps=3, size=64,
     ...                        location="demo", show_progress=False)
     >>> tree["images"].dims, tree["FFA-1"]["responses"].dims
-    (('image', 'channel', 'y', 'x'), ('image', 'voxel'))
+    (('image', 'rgb', 'y', 'x'), ('image', 'voxel'))
     """
     import torch
 
@@ -154,10 +155,10 @@ def dream(
              "rotate": rotate, "optimiser": "Adam", "device": str(target_device),
              "targets": [t.label for t in encoders]}
     root = xr.Dataset(
-        {"images": (("image", "channel", "y", "x"), final.float().cpu().numpy()),
+        {"images": (("image", "rgb", "y", "x"), final.float().cpu().numpy()),
          "score": ("image", score.astype(np.float32)),
          "objective": (("step", "image"), trajectory)},
-        coords={"image": np.asarray(ids, dtype=object), "channel": ["R", "G", "B"],
+        coords={"image": np.asarray(ids, dtype=object), "rgb": ["R", "G", "B"],
                 "step": np.arange(steps)},
         attrs=attrs)
     children = {label: xr.Dataset({"responses": da})

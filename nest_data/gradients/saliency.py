@@ -83,8 +83,8 @@ def saliency(
     Returns
     -------
     xarray.DataArray
-        ``saliency`` ``(image, channel, y, x)`` float32 in the objective's units per pixel
-        and channel (``.sum("channel")`` for one map per image), with ``score`` (the
+        ``saliency`` ``(image, rgb, y, x)`` float32 in the objective's units per pixel and
+        colour (``.sum("rgb")`` for one map per image), with ``score`` (the
         objective of each image) and ``baseline_score`` along ``image``; its attrs record
         the method, baseline, steps and objective.
 
@@ -95,7 +95,7 @@ def saliency(
     >>> maps = nest_data.saliency(test_images(1, 64), subject=1, roi="V1", steps=8,
     ...                           location="demo", show_progress=False)
     >>> maps.dims
-    ('image', 'channel', 'y', 'x')
+    ('image', 'rgb', 'y', 'x')
     >>> total = float(maps.sum())
     >>> expected = float(maps.score[0] - maps.baseline_score[0])
     >>> abs(total - expected) < 0.05 * abs(expected)
@@ -156,15 +156,15 @@ def saliency(
                 subject, method, steps)
     side = out.shape[-1]
     return xr.DataArray(
-        out, dims=("image", "channel", "y", "x"), name="saliency",
-        coords={"image": np.asarray(ids, dtype=object), "channel": ["R", "G", "B"],
+        out, dims=("image", "rgb", "y", "x"), name="saliency",
+        coords={"image": np.asarray(ids, dtype=object), "rgb": ["R", "G", "B"],
                 "y": np.arange(side), "x": np.arange(side),
                 "score": ("image", scores[:, 0].astype(np.float32)),
                 "baseline_score": ("image", scores[:, 1].astype(np.float32))},
         attrs={"method": method, "steps": steps, "objective": repr(goal),
                "subject": str(subject),
                "baseline": baseline if isinstance(baseline, (str, float, int)) else "array",
-               "units": "objective units per pixel and channel; they add up to score - "
+               "units": "objective units per pixel and colour; they add up to score - "
                         "baseline_score"})
 
 
