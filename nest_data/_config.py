@@ -103,8 +103,7 @@ def set_progress(value: bool | None) -> bool | None:
     return previous
 
 
-
-class set_options:
+class set_options:  # a function-like name, as xarray.set_options
     """Set nest-data's options for the rest of the session, or for a ``with`` block.
 
     Parameters
