@@ -266,12 +266,11 @@ def unit(roi: str | None, index: int, *, modality: str = "fmri",
 
     def score(values: torch.Tensor, encoder: LoadedEncoder, _: torch.Tensor) -> torch.Tensor:
         units = target.units(encoder)
-        flat = values.reshape(values.shape[0], -1)
-        n = flat.shape[1] if units is None else len(units)
-        if index >= n:
-            raise InputError(f"unit {index} of {target.label}, which has {n} units "
-                             f"(0..{n - 1})")
-        return flat[:, int(index if units is None else units[index])]
+        chosen = np.arange(values[0].numel()) if units is None else units
+        if index >= len(chosen):
+            raise InputError(f"unit {index} of {target.label}, which has {len(chosen)} units "
+                             f"(0..{len(chosen) - 1})")
+        return _flat(values, chosen[[index]])[:, 0]
 
     return _term(target, score, f"unit({roi!r}, {int(index)})")
 
@@ -328,7 +327,7 @@ def eeg(channels: str | Sequence[str] | None = None,
     if times is not None and (len(times) != 2 or times[0] > times[1]):
         raise InputError(f"times={times!r}: give a window (start, stop) in seconds, start <= "
                          "stop, e.g. (0.1, 0.2)")
-    target = Target(None, "eeg", None)
+    target = _target(None, "eeg", None)
 
     def score(values: torch.Tensor, encoder: LoadedEncoder, _: torch.Tensor) -> torch.Tensor:
         names = [str(c) for c in encoder.coords["channel"][1]]
@@ -336,15 +335,13 @@ def eeg(channels: str | Sequence[str] | None = None,
         if unknown or wanted == []:
             raise InputError(f"unknown channel(s) {unknown or wanted}; valid: "
                              + ", ".join(names))
+        import torch
+
         chosen = values  # (B, repetition, channel, time)
         if wanted is not None:
-            import torch
-
             index = torch.as_tensor([names.index(c) for c in wanted], device=values.device)
             chosen = chosen.index_select(2, index)
         if times is not None:
-            import torch
-
             t = np.asarray(encoder.coords["time"][1], dtype=float)
             inside = np.flatnonzero((t >= times[0] - 1e-9) & (t <= times[1] + 1e-9))
             if not inside.size:

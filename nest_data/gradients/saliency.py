@@ -139,7 +139,7 @@ def saliency(
         with torch.no_grad():
             reference = _targets.run(encoders, x0)
         total = torch.zeros_like(x, dtype=torch.float64)
-        ends = {}
+        values = []  # the objective at every path point: [0] the baseline, [-1] the image
         for start in range(0, steps + 1, batch_size):
             a = alphas[start:start + batch_size].to(target, torch.float32)
             path = (x0 + a[:, None, None, None] * (x - x0)).requires_grad_(True)
@@ -147,11 +147,9 @@ def saliency(
             (grad,) = torch.autograd.grad(value.sum(), path)
             w = weights[start:start + batch_size].to(target)
             total += (grad.double() * w[:, None, None, None]).sum(dim=0, keepdim=True)
-            for k in range(len(a)):
-                if start + k in (0, steps):
-                    ends[start + k] = float(value[k].detach())
+            values += value.detach().cpu().tolist()
         out[index] = ((x - x0).double() * total)[0].cpu().numpy()
-        scores[index] = ends[steps], ends[0]
+        scores[index] = values[-1], values[0]
     logger.info("saliency of %r for %d images, sub-%s: %s with %d steps", goal, len(arrays),
                 subject, method, steps)
     side = out.shape[-1]
