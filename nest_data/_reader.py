@@ -201,31 +201,34 @@ class ShardReader:
         return out
 
     def _read(self, pieces: Sequence[_Piece], sink: Callable[..., None]) -> None:
-        """Hand ``(piece, source, index)`` of every piece to ``sink``, in turn.
+        """Hand ``(piece, source, index)`` of every piece to ``sink``.
 
-        Local files are read one inner chunk at a time into a reused buffer, so checking,
-        decoding and reducing a chunk work on bytes still in the CPU cache; remote objects
-        (and any read with ``verify`` or ``cache``) are fetched through the store,
+        Local files are read one run of inner chunks at a time into a reused buffer, so
+        checking, decoding and reducing a chunk work on bytes still in the CPU cache; remote
+        objects (and any read with ``verify`` or ``cache``) are fetched through the store,
         concurrently.
         """
         if self._folder is not None and not (self.store.verify or self.store.cache is not None):
             for piece in pieces:
-                path = os.path.join(self._folder, piece.key)
-                try:
-                    fd = os.open(path, os.O_RDONLY)
-                except FileNotFoundError:
-                    raise MissingObjectError(self.store._missing(piece.key)) from None
-                try:
-                    size = os.fstat(fd).st_size
-                    tail = pread(fd, max(0, size - self.layout.index_bytes), size, piece.key)
-                    sink(piece, LocalFile(fd, size, piece.key, self._buffer),
-                         self._index(piece, tail))
-                finally:
-                    os.close(fd)
+                self._read_local(piece, sink)
             return
         for piece, (data, base, index) in zip(pieces, sync(self._fetch_all(pieces)),
                                               strict=True):
             sink(piece, InMemory(data, base), index)
+
+    def _read_local(self, piece: _Piece, sink: Callable[..., None]) -> None:
+        """Read one piece from its local shard file and hand it to ``sink``."""
+        path = os.path.join(cast(str, self._folder), piece.key)
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except FileNotFoundError:
+            raise MissingObjectError(self.store._missing(piece.key)) from None
+        try:
+            size = os.fstat(fd).st_size
+            tail = pread(fd, max(0, size - self.layout.index_bytes), size, piece.key)
+            sink(piece, LocalFile(fd, size, piece.key, self._buffer), self._index(piece, tail))
+        finally:
+            os.close(fd)
 
     def _plan(self, box: tuple[slice, ...]) -> list[_Piece]:
         lay = self.layout
@@ -327,6 +330,34 @@ class ShardReader:
             raise self._damaged(piece, f"its index points past its end ({hi} > {size} bytes)")
         return lo, hi
 
+    def _located(self, piece: _Piece, index: np.ndarray, chunks: np.ndarray
+                 ) -> tuple[list[int], list[int], list[int], list[int]]:
+        """Where inner chunks ``chunks`` (sorted, unique) of a piece are: ``(ids, offsets,
+        lengths, starts)``, as plain lists, with ``starts`` the positions in ``chunks`` that
+        begin a run of chunks stored back to back (a never-written chunk, offset -1, is a
+        run of its own).  Lengths the layout cannot have are damage, and raise."""
+        off = index[chunks, 0].astype(np.int64)  # a never-written chunk: -1
+        length = index[chunks, 1].astype(np.int64)
+        empty = off < 0
+        expected = self._inner_nbytes + _shards.CRC_BYTES
+        compressed = self.layout.compressed
+        wrong = length != expected if not compressed else length < _shards.CRC_BYTES
+        bad = np.flatnonzero(~empty & wrong)
+        if bad.size:
+            i = int(chunks[bad[0]])
+            want = f"{expected}" if not compressed else f"at least {_shards.CRC_BYTES}"
+            raise self._damaged(piece, f"its index gives inner chunk {i} {int(length[bad[0]])} "
+                                       f"bytes, not {want}", i, i)
+        joined = ((chunks[1:] == chunks[:-1] + 1) & (off[1:] == off[:-1] + length[:-1])
+                  & ~empty[1:] & ~empty[:-1])
+        # plain lists from here: the callers loop once per run, often of one chunk
+        return (chunks.tolist(), off.tolist(), length.tolist(),
+                np.flatnonzero(np.concatenate(([True], ~joined))).tolist())
+
+    def _outside(self, piece: _Piece, first: int, last: int) -> ChecksumError:
+        return self._damaged(piece, f"its index places inner chunks {first}-{last} outside "
+                                    "the object", first, last)
+
     def _runs(self, piece: _Piece, source: Source, index: np.ndarray, chunks: np.ndarray
               ) -> Iterator[tuple[int, np.ndarray | None]]:
         """The inner chunks ``chunks`` (sorted, unique) of a piece, checked, in runs.
@@ -338,24 +369,8 @@ class ShardReader:
         the bytes read, no copy), or is None for a chunk that was never written.  The values
         live in reused buffers: use them before asking for the next run.
         """
-        lay = self.layout
-        off = index[chunks, 0].astype(np.int64)  # a never-written chunk: -1
-        length = index[chunks, 1].astype(np.int64)
-        empty = off < 0
-        expected = self._inner_nbytes + _shards.CRC_BYTES
-        wrong = length != expected if not lay.compressed else length < _shards.CRC_BYTES
-        bad = np.flatnonzero(~empty & wrong)
-        if bad.size:
-            i = int(chunks[bad[0]])
-            want = f"{expected}" if not lay.compressed else f"at least {_shards.CRC_BYTES}"
-            raise self._damaged(piece, f"its index gives inner chunk {i} {int(length[bad[0]])} "
-                                       f"bytes, not {want}", i, i)
-        per = max(1, _RUN_BYTES // expected)
-        joined = ((chunks[1:] == chunks[:-1] + 1) & (off[1:] == off[:-1] + length[:-1])
-                  & ~empty[1:] & ~empty[:-1])
-        starts = np.flatnonzero(np.r_[True, ~joined]).tolist()
-        # plain lists from here: this loop runs once per run, often of one chunk
-        ids, offs, lens = chunks.tolist(), off.tolist(), length.tolist()
+        ids, offs, lens, starts = self._located(piece, index, chunks)
+        per = max(1, _RUN_BYTES // (self._inner_nbytes + _shards.CRC_BYTES))
         for s, e in zip(starts, [*starts[1:], len(ids)], strict=True):
             if offs[s] < 0:
                 yield ids[s], None
@@ -365,11 +380,49 @@ class ShardReader:
                 lo, hi = offs[a], offs[b - 1] + lens[b - 1]
                 data = source.bytes(lo, hi - lo)
                 if data is None:
-                    raise self._damaged(piece, f"its index places inner chunks {ids[a]}-"
-                                               f"{ids[b - 1]} outside the object",
-                                        ids[a], ids[b - 1])
+                    raise self._outside(piece, ids[a], ids[b - 1])
                 yield ids[a], self._check(piece, data, ids[a], [o - lo for o in offs[a:b]],
                                           lens[a:b])
+
+    def _gather(self, piece: _Piece, source: Source, index: np.ndarray, chunks: np.ndarray
+                ) -> np.ndarray:
+        """The inner chunks ``chunks`` (sorted, unique) of a piece, checked, as one array
+        ``(len(chunks), inner_rows, *shard[1:])`` in a reused buffer; a never-written chunk
+        holds the fill value.
+
+        Raw chunks are read straight into place, back to back, each still followed by its
+        CRC-32C, so one CRC over the whole buffer checks them all (:func:`crc_failures`):
+        a selection scattered over a shard costs one system call per run and one check.
+        """
+        n = len(chunks)
+        fill = self.layout.fill_value
+        if self.layout.compressed:  # decoded run by run into a reused buffer: copied out
+            values = np.empty((n, *self._inner_shape), dtype=self.dtype)
+            k = 0
+            for _, run in self._runs(piece, source, index, chunks):
+                m = 1 if run is None else len(run)
+                values[k:k + m] = fill if run is None else run
+                k += m
+            return values
+        ids, offs, _, starts = self._located(piece, index, chunks)
+        size = self._inner_nbytes + _shards.CRC_BYTES
+        raw = self._buffer("gather", n * size)
+        written = []
+        for s, e in zip(starts, [*starts[1:], n], strict=True):
+            if offs[s] < 0:
+                continue
+            if source.bytes(offs[s], (e - s) * size, raw[s * size:e * size]) is None:
+                raise self._outside(piece, ids[s], ids[e - 1])
+            written.extend(range(s, e))
+        bad = _shards.crc_failures(raw, [k * size for k in written], [size] * len(written))
+        if bad:
+            i = ids[written[bad[0]]]
+            raise self._damaged(piece, f"inner chunk {i} fails its CRC-32C check", i, i)
+        values = np.ndarray((n, *self._inner_shape), dtype=self.dtype, buffer=raw,
+                            strides=self._run_strides)
+        if len(written) < n:
+            values[sorted(set(range(n)) - set(written))] = fill
+        return values
 
     @functools.cached_property
     def _inner_nbytes(self) -> int:
@@ -431,21 +484,13 @@ class ShardReader:
 
     def _pick(self, piece: _Piece, source: Source, index: np.ndarray, *, out: np.ndarray
               ) -> None:
-        """Copy the picked rows of the inner chunks a piece needs into ``out``."""
+        """Copy the picked rows of the inner chunks a piece needs into ``out``: the chunks
+        are read and checked into one buffer, then the rows are copied out at once."""
         chunk, row, where = cast(tuple[np.ndarray, np.ndarray, np.ndarray], piece.picks)
-        chunks, rows, places = chunk.tolist(), row.tolist(), where.tolist()
-        cols = piece.out[1:]
-        a = 0
-        for i, values in self._runs(piece, source, index, np.unique(chunk)):
-            b = a
-            while b < len(chunks) and chunks[b] < i + (1 if values is None else len(values)):
-                b += 1
-            for k in range(a, b):  # one image at a time: plain indexing, no index arrays
-                if values is None:
-                    out[(places[k], *cols)] = self.layout.fill_value
-                else:
-                    out[(places[k], *cols)] = values[(chunks[k] - i, rows[k], *piece.cols)]
-            a = b
+        needed = np.unique(chunk)
+        values = self._gather(piece, source, index, needed)
+        out[(where, *piece.out[1:])] = values[(np.searchsorted(needed, chunk), row,
+                                               *piece.cols)]
 
     def _weigh(self, piece: _Piece, source: Source, index: np.ndarray, *,
                out: np.ndarray, weights: np.ndarray) -> None:

@@ -11,6 +11,7 @@ NumPy-style selection onto shards.  :mod:`nest_data._reader` reads with it.
 from __future__ import annotations
 
 import functools
+import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -145,11 +146,29 @@ def crc_failures(data: memoryview, starts: list[int], lengths: list[int]) -> lis
             != int.from_bytes(data[s + n - CRC_BYTES:s + n], "little")]
 
 
-@functools.lru_cache(maxsize=64)
 def intact_crc(count: int, length: int) -> int:
     """The CRC-32C of ``count`` intact pieces of ``length`` bytes, each ending in its CRC."""
+    known = _intact_crcs(length)
+    if len(known) <= count:
+        with _INTACT_LOCK:  # reader threads extend the list: one at a time
+            while len(known) <= count:  # one piece more at a time, on from the last
+                known.append(int(crc32c.crc32c(_intact_piece(length), known[-1])))
+    return known[count]
+
+
+_INTACT_LOCK = threading.Lock()
+
+
+@functools.lru_cache(maxsize=16)
+def _intact_crcs(length: int) -> list[int]:
+    """``intact_crc(k, length)`` for ``k = 0, 1, ...`` as far as asked so far."""
+    return [0]
+
+
+@functools.lru_cache(maxsize=16)
+def _intact_piece(length: int) -> bytes:
     zeros = bytes(length - CRC_BYTES)
-    return int(crc32c.crc32c((zeros + crc32c.crc32c(zeros).to_bytes(CRC_BYTES, "little")) * count))
+    return zeros + int(crc32c.crc32c(zeros)).to_bytes(CRC_BYTES, "little")
 
 
 def bounding_box(key: Any, shape: tuple[int, ...]) -> tuple[tuple[slice, ...], tuple[Any, ...]]:

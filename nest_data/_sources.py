@@ -12,8 +12,10 @@ __all__ = ["InMemory", "LocalFile", "Source", "pread"]
 
 
 class Source(Protocol):
-    def bytes(self, offset: int, length: int) -> memoryview | None:
-        """Bytes ``offset..offset+length`` of the object, or None if it has no such bytes."""
+    def bytes(self, offset: int, length: int, into: memoryview | None = None
+              ) -> memoryview | None:
+        """Bytes ``offset..offset+length`` of the object (copied into ``into`` if given), or
+        None if it has no such bytes."""
 
 
 class InMemory:
@@ -22,11 +24,15 @@ class InMemory:
     def __init__(self, data: memoryview, base: int) -> None:
         self.data, self.base = data, base
 
-    def bytes(self, offset: int, length: int) -> memoryview | None:
+    def bytes(self, offset: int, length: int, into: memoryview | None = None
+              ) -> memoryview | None:
         start = offset - self.base
         if start < 0 or start + length > len(self.data):
             return None
-        return self.data[start:start + length]
+        if into is None:
+            return self.data[start:start + length]
+        into[:] = self.data[start:start + length]
+        return into
 
 
 class LocalFile:
@@ -36,10 +42,11 @@ class LocalFile:
                  buffer: Callable[[str, int], memoryview]) -> None:
         self.fd, self.size, self.key, self.buffer = fd, size, key, buffer
 
-    def bytes(self, offset: int, length: int) -> memoryview | None:
+    def bytes(self, offset: int, length: int, into: memoryview | None = None
+              ) -> memoryview | None:
         if offset < 0 or offset + length > self.size:
             return None
-        data = self.buffer("chunk", length)
+        data = self.buffer("chunk", length) if into is None else into
         pread_into(self.fd, data, offset, self.key)
         return data
 

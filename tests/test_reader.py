@@ -147,7 +147,8 @@ def test_rsm_reads_only_needed_chunks_and_equals_generic(tmp_path: Path,
                                atol=1e-12)
     hashed: list[int] = []  # bytes of each CRC-32C computed, when computed again
     real = crc32c.crc32c
-    monkeypatch.setattr(crc32c, "crc32c", lambda data: hashed.append(len(data)) or real(data))
+    monkeypatch.setattr(crc32c, "crc32c",
+                        lambda data, *more: hashed.append(len(data)) or real(data, *more))
     _ = fused.values
     chunk, index = 4 * 300 * 4 + 4, 10 * 16  # an inner chunk with its CRC; a shard's index
     # their 3 shards' indexes, and the 4 chunks: images 3 and 5 are in chunks 0 and 1, back
@@ -196,6 +197,52 @@ def test_flipped_byte_is_an_error_even_without_verify(tmp_path: Path, verify: bo
     with pytest.raises(ChecksumError, match=message):
         _ = _open(url, verify=verify).values
     np.testing.assert_array_equal(_open(url).isel(image=slice(0, 20)).values, values[:20])
+
+
+def test_take_checks_every_chunk_it_gathers(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+                                            ) -> None:
+    """A take reads a shard's scattered chunks into one buffer and checks them with one CRC:
+    damage in any of them is still found and named."""
+    monkeypatch.setattr("nest_data._format.INNER_CHUNK_BYTES", 4 * 125 * 4)
+    values = np.arange(40 * 125, dtype="f4").reshape(40, 125)
+    url = _write(tmp_path, values, ("image", "voxel"), 20 * 125 * 4)  # 5 chunks of 4 images
+    picks = np.array([17, 1, 9, 2])  # chunks 4, 0 and 2 of shard 0: three separate runs
+    da = _open(url)
+    np.testing.assert_array_equal(take_images(da.data, picks).compute(), values[picks])
+    chunk = 4 * 125 * 4 + 4
+    _flip(Path(url) / DATA_VAR / "c" / "0" / "0", 2 * chunk + 7)  # inside chunk 2
+    with pytest.raises(ChecksumError, match=r"object responses/c/0/0 of .* \(images 8-11\): "
+                                            r"inner chunk 2 fails its CRC-32C check"):
+        take_images(da.data, picks).compute()
+    np.testing.assert_array_equal(take_images(da.data, np.array([17, 1])).compute(),
+                                  values[[17, 1]])
+
+
+@pytest.mark.parametrize("codec", ["raw", "lz4"])
+def test_never_written_chunks_read_as_the_fill_value_like_zarr(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, codec: str) -> None:
+    """An inner chunk that a shard's index marks as never written (what zarr leaves for a
+    chunk of fill values) reads as the fill value, by every read path, as zarr reads it."""
+    monkeypatch.setattr("nest_data._format.INNER_CHUNK_BYTES", 4 * 125 * 4)
+    if codec == "lz4":
+        monkeypatch.setattr("nest_data._write.response_codecs", lambda dtype: LZ4)
+    values = np.arange(40 * 125, dtype="f4").reshape(40, 125)
+    url = _write(tmp_path, values, ("image", "voxel"), 20 * 125 * 4)
+    shard = Path(url) / DATA_VAR / "c" / "1" / "0"
+    data = bytearray(shard.read_bytes())
+    index_bytes = 5 * 16 + 4
+    index = np.frombuffer(data[-index_bytes:-4], dtype="<u8").reshape(5, 2).copy()
+    index[1] = 2**64 - 1  # images 24-27: never written
+    data[-index_bytes:] = index.tobytes() + crc32c.crc32c(index.tobytes()).to_bytes(4, "little")
+    shard.write_bytes(bytes(data))
+    expected = values.copy()
+    expected[24:28] = np.nan
+    np.testing.assert_array_equal(zarr.open_array(url, path=DATA_VAR, mode="r")[:], expected)
+    da = _open(url)
+    np.testing.assert_array_equal(da.values, expected)
+    picks = np.array([25, 3, 31, 24])
+    np.testing.assert_array_equal(take_images(da.data, picks).compute(), expected[picks])
+    np.testing.assert_array_equal(da.isel(image=26).values, expected[26])
 
 
 def test_damaged_index_and_truncated_shard(tmp_path: Path, monkeypatch: pytest.MonkeyPatch

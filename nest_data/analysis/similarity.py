@@ -27,7 +27,7 @@ logger = logging.getLogger("nest_data")
 
 __all__ = ["rsa", "rsa_matrix", "rsm"]
 
-_RSM_BLOCK_BYTES = 64 * 2**20  # rows of the z-scored subset per dask chunk (float64)
+_RSM_BLOCK_BYTES = 64 * 2**20  # rows of the scaled subset per dask chunk (float64)
 _LARGE_RSM_IMAGES = 20000  # above this many images an RSM is more than 3 GB
 
 
@@ -62,8 +62,9 @@ def _images(da: xr.DataArray, positions: np.ndarray) -> xr.DataArray:
     taken = take_images(da.data, positions) if da.dims[0] == "image" else None
     if taken is None:
         return da.isel(image=positions)
-    coords = {name: coord.isel(image=positions) if "image" in coord.dims else coord
-              for name, coord in da.coords.items()}
+    # coordinate Variables, not DataArrays: xarray builds a DataArray per coordinate read
+    coords = {name: var.isel(image=positions) if "image" in var.dims else var
+              for name, var in da.coords.variables.items()}
     return xr.DataArray(taken, dims=da.dims, coords=coords, attrs=da.attrs, name=da.name)
 
 
@@ -74,7 +75,8 @@ def _features(da: xr.DataArray, min_ncsnr: float | None) -> xr.DataArray:
                          f"{da.dims}")
     space = _space(da)
     if space is not None:
-        return _reliable(da, min_ncsnr).transpose("image", space)
+        kept = _reliable(da, min_ncsnr)
+        return kept if kept.dims == ("image", space) else kept.transpose("image", space)
     if min_ncsnr is not None:
         raise InputError("min_ncsnr= selects fMRI voxels; this entry has dims "
                          f"{da.dims}. Pass min_ncsnr=None.")
@@ -87,9 +89,9 @@ def rsm(
 ) -> xr.DataArray:
     """Representational similarity matrix of an image subset, computed from the responses.
 
-    The responses of the chosen images (rows: images, columns: voxels) are z-scored per
-    image across voxels (mean 0, SD 1 with ``ddof=0``) and multiplied by their own
-    transpose once: ``R = Z @ Z.T / n_voxels``, the Pearson correlation between every two
+    The responses of the chosen images (rows: images, columns: voxels) are centred per image
+    across voxels, scaled to unit length (z-scores over ``sqrt(n_voxels)``) and multiplied
+    by their own transpose once: ``R = Z @ Z.T``, the Pearson correlation between every two
     images' response patterns.  Only the chosen images are read (the stored chunks that
     hold them) and nothing of size ``n_images_total ** 2`` is ever made.
 
@@ -134,17 +136,17 @@ def rsm(
     subset = feats
     n_features = subset.shape[1]
     rows = max(1, _RSM_BLOCK_BYTES // (8 * n_features))
-    z = _as_dask(subset).rechunk({0: rows, 1: -1}).map_blocks(_zscored, dtype=np.float64)
+    z = _as_dask(subset).rechunk({0: rows, 1: -1}).map_blocks(_unit_rows, dtype=np.float64)
     if z.numblocks[0] == 1:  # one task: the product of the one block with itself
-        data = z.map_blocks(_correlations, chunks=(z.chunks[0], z.chunks[0]),
+        data = z.map_blocks(_self_product, chunks=(z.chunks[0], z.chunks[0]),
                             dtype=np.float64)
     else:
-        data = _gram(z) / n_features
+        data = _gram(z)
     coords: dict[str, Any] = {}
-    for name, coord in subset.coords.items():
-        if coord.dims == ("image",):
-            coords[str(name)] = ("image", coord.values, coord.attrs)
-            coords[f"{name}_2"] = ("image_2", coord.values, coord.attrs)
+    for name, var in subset.coords.variables.items():
+        if var.dims == ("image",):
+            coords[str(name)] = ("image", var.values, var.attrs)
+            coords[f"{name}_2"] = ("image_2", var.values, var.attrs)
     attrs = {k: v for k, v in da.attrs.items()
              if k in ("modality", "train_dataset", "model", "imageset", "subject", "roi")}
     attrs["analysis"] = (f"Pearson correlation of z-scored responses over {n_features} "
@@ -183,23 +185,22 @@ def _row_correlations(vectors: dask.array.Array, method: str) -> dask.array.Arra
     vectors = vectors.rechunk({0: 1, 1: -1})
     if method == "spearman":
         vectors = dask.array.map_blocks(_average_ranks, vectors, dtype=np.float64)
-    z = vectors - vectors.mean(axis=1, keepdims=True)
-    z = z / dask.array.sqrt((z**2).sum(axis=1, keepdims=True))
-    return _gram(z)
+    return _gram(vectors.map_blocks(_unit_rows, dtype=np.float64))
 
 
-def _zscored(block: np.ndarray) -> np.ndarray:
-    """Rows z-scored across columns (mean 0, SD 1, ``ddof=0``), in float64."""
+def _unit_rows(block: np.ndarray) -> np.ndarray:
+    """Rows centred and scaled to unit length, in float64: the product of two such rows is
+    the Pearson correlation of the originals (a constant row becomes NaN, documented)."""
     x = block.astype(np.float64)
     x -= x.mean(axis=1, keepdims=True)
-    with np.errstate(divide="ignore", invalid="ignore"):  # a constant row: NaN, documented
-        x /= np.sqrt(np.mean(x * x, axis=1, keepdims=True))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        x *= (1.0 / np.sqrt(np.einsum("ij,ij->i", x, x)))[:, None]
     return x
 
 
-def _correlations(z: np.ndarray) -> np.ndarray:
-    """``z @ z.T / n_columns`` of z-scored rows: their Pearson correlations."""
-    return (z @ z.T) / z.shape[1]
+def _self_product(z: np.ndarray) -> np.ndarray:
+    """``z @ z.T`` (NumPy computes it with one symmetric rank-k update)."""
+    return z @ z.T
 
 
 def _gram(z: dask.array.Array) -> dask.array.Array:
