@@ -407,7 +407,7 @@ class ShardReader:
         ids, offs, _, starts = self._located(piece, index, chunks)
         size = self._inner_nbytes + _shards.CRC_BYTES
         raw = self._buffer("gather", n * size)
-        written = []
+        written: list[int] = []
         for s, e in zip(starts, [*starts[1:], n], strict=True):
             if offs[s] < 0:
                 continue
@@ -489,8 +489,8 @@ class ShardReader:
         chunk, row, where = cast(tuple[np.ndarray, np.ndarray, np.ndarray], piece.picks)
         needed = np.unique(chunk)
         values = self._gather(piece, source, index, needed)
-        out[(where, *piece.out[1:])] = values[(np.searchsorted(needed, chunk), row,
-                                               *piece.cols)]
+        gathered: tuple[Any, ...] = (np.searchsorted(needed, chunk), row, *piece.cols)
+        out[(where, *piece.out[1:])] = values[gathered]
 
     def _weigh(self, piece: _Piece, source: Source, index: np.ndarray, *,
                out: np.ndarray, weights: np.ndarray) -> None:

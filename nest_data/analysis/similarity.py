@@ -185,7 +185,7 @@ def _row_correlations(vectors: dask.array.Array, method: str) -> dask.array.Arra
     vectors = vectors.rechunk({0: 1, 1: -1})
     if method == "spearman":
         vectors = dask.array.map_blocks(_average_ranks, vectors, dtype=np.float64)
-    return _gram(vectors.map_blocks(_unit_rows, dtype=np.float64))
+    return _gram(dask.array.map_blocks(_unit_rows, vectors, dtype=np.float64))
 
 
 def _unit_rows(block: np.ndarray) -> np.ndarray:
