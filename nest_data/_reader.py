@@ -489,8 +489,9 @@ class ShardReader:
         chunk, row, where = cast(tuple[np.ndarray, np.ndarray, np.ndarray], piece.picks)
         needed = np.unique(chunk)
         values = self._gather(piece, source, index, needed)
-        gathered: tuple[Any, ...] = (np.searchsorted(needed, chunk), row, *piece.cols)
-        out[(where, *piece.out[1:])] = values[gathered]
+        source_rows: tuple[Any, ...] = (np.searchsorted(needed, chunk), row, *piece.cols)
+        dest_rows: tuple[Any, ...] = (where, *piece.out[1:])
+        out[dest_rows] = values[source_rows]
 
     def _weigh(self, piece: _Piece, source: Source, index: np.ndarray, *,
                out: np.ndarray, weights: np.ndarray) -> None:
