@@ -4,6 +4,7 @@ Usage::
 
     python benchmarks/run.py            # realistic size: 26107 x 7799 float32 (814 MB)
     python benchmarks/run.py --quick    # 4000 images, finishes in well under a minute
+    python benchmarks/run.py --all      # then analysis.py, remote.py and codecs.py in turn
 
 Everything is measured in one run, and every figure that matters is reported as a ratio
 against a baseline measured in the same run, because benchmark machines are noisy:
@@ -653,6 +654,26 @@ def run_benchmark(n_images: int, mode: str) -> dict[str, Any]:
     }
 
 
+#: The other benchmarks that ``--all`` runs: script and arguments (full, quick).
+OTHER_BENCHMARKS: list[tuple[str, list[str], list[str]]] = [
+    ("analysis.py", ["--out", str(RESULTS_DIR)], ["--quick", "--out", str(RESULTS_DIR)]),
+    ("remote.py", [], ["--quick"]),
+    ("codecs.py", [], ["--images", str(N_IMAGES_QUICK)]),
+]
+
+
+def run_script(benchmark: tuple[str, list[str], list[str]], quick: bool) -> str:
+    """Run one benchmark script in a child process; return the tables it printed."""
+    script, full, fast = benchmark
+    path = Path(__file__).resolve().parent / script
+    logger.info("running %s", script)
+    proc = subprocess.run([sys.executable, str(path), *(fast if quick else full)],
+                          capture_output=True, text=True, cwd=path.parent, check=False)
+    if proc.returncode:
+        raise RuntimeError(f"{script} failed (exit {proc.returncode}):\n{proc.stderr[-4000:]}")
+    return f"# {script}\n\n{proc.stdout.strip()}\n"
+
+
 def main(argv: list[str] | None = None) -> int:
     """Command-line entry point: run the benchmark, print and save the table.
 
@@ -671,6 +692,9 @@ def main(argv: list[str] | None = None) -> int:
                         help=f"use {N_IMAGES_QUICK} images instead of {N_IMAGES_FULL}")
     parser.add_argument("--out", type=Path, default=RESULTS_DIR,
                         help="folder for the .md and .json results (default: %(default)s)")
+    parser.add_argument("--all", action="store_true",
+                        help="then run the analysis, remote and codec benchmarks, each in a "
+                             "process of its own, and write all tables to one file")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     mode = "quick" if args.quick else "full"
@@ -679,6 +703,11 @@ def main(argv: list[str] | None = None) -> int:
     md_path, json_path = write_results(res, table, args.out)
     print(table)
     logger.info("wrote %s and %s (total %.0f s)", md_path, json_path, res["total_seconds"])
+    if args.all:
+        tables = [table, *(run_script(argv, args.quick) for argv in OTHER_BENCHMARKS)]
+        all_path = md_path.with_name(md_path.name.replace("bench-", "all-", 1))
+        all_path.write_text("\n\n".join(tables))
+        logger.info("wrote %s", all_path)
     return 0
 
 

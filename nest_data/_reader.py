@@ -128,6 +128,8 @@ class ShardReader:
 
     def __getitem__(self, key: Any) -> np.ndarray:
         box, then = _shards.bounding_box(key, self.shape)
+        if isinstance(then[0], np.ndarray):  # picked images: only the chunks holding them
+            return self.take(then[0] + box[0].start, box[1:])[(slice(None), *then[1:])]
         out = np.empty(tuple(s.stop - s.start for s in box), dtype=self.dtype)
         if out.size:
             self._read(self._plan(box), functools.partial(self._decode, out=out))
@@ -161,7 +163,8 @@ class ShardReader:
             self._read(self._plan(box), functools.partial(self._weigh, out=out, weights=w))
         return out
 
-    def take(self, positions: np.ndarray) -> np.ndarray:
+    def take(self, positions: np.ndarray, cols: tuple[slice, ...] | None = None
+             ) -> np.ndarray:
         """The images at ``positions`` (in that order), reading only the inner chunks
         that hold them (each still checked whole against its CRC-32C).
 
@@ -169,19 +172,21 @@ class ShardReader:
         ----------
         positions : numpy.ndarray
             Integer positions along the first axis (any order, repeats allowed).
+        cols : tuple of slice, optional
+            Part of the other axes (step 1); default all.
 
         Returns
         -------
         numpy.ndarray
-            ``(len(positions), *shape[1:])``.
+            ``(len(positions), *shape[1:])``, or the sizes of ``cols``.
         """
         pos = np.asarray(positions, dtype=np.int64).reshape(-1)
         if pos.size and (pos.min() < 0 or pos.max() >= self.shape[0]):
             raise IndexError(f"positions {pos.min()}..{pos.max()} are out of range for "
                              f"{self.shape[0]} images")
-        out = np.empty((pos.size, *self.shape[1:]), dtype=self.dtype)
         lay = self.layout
-        full = tuple(slice(0, n) for n in self.shape[1:])
+        full = tuple(slice(0, n) for n in self.shape[1:]) if cols is None else cols
+        out = np.empty((pos.size, *(s.stop - s.start for s in full)), dtype=self.dtype)
         pieces: list[_Piece] = []
         order = np.argsort(pos, kind="stable")
         chunk = pos[order] // lay.inner_rows
@@ -203,10 +208,10 @@ class ShardReader:
     def _read(self, pieces: Sequence[_Piece], sink: Callable[..., None]) -> None:
         """Hand ``(piece, source, index)`` of every piece to ``sink``.
 
-        Local files are read one run of inner chunks at a time into a reused buffer, so
-        checking, decoding and reducing a chunk work on bytes still in the CPU cache; remote
-        objects (and any read with ``verify`` or ``cache``) are fetched through the store,
-        concurrently.
+        Local files are read run by run of inner chunks into reused buffers (a scan: one run
+        at a time, so checking, decoding and reducing work on bytes still in the CPU cache; a
+        ``take``: a shard's scattered chunks side by side); remote objects (and any read with
+        ``verify`` or ``cache``) are fetched through the store, concurrently.
         """
         if self._folder is not None and not (self.store.verify or self.store.cache is not None):
             for piece in pieces:

@@ -361,6 +361,25 @@ def test_format_1_stores_still_open(tmp_path: Path) -> None:
     np.testing.assert_allclose(nest_data.roi_mean(da).values, values.mean(axis=1), rtol=1e-6)
 
 
+def test_reader_takes_picked_images_with_the_other_axes_cut(stored: tuple[str, np.ndarray]
+                                                            ) -> None:
+    """An integer array along ``image`` (what a fused dask selection passes) reads only the
+    inner chunks holding those images, with any cut of the other axes."""
+    url, values = stored
+    reader = shard_reader(make_store(url), url, DATA_VAR)
+    assert isinstance(reader, ShardReader)
+    n = values.shape[0]
+    picks = np.array([n - 1, 2, 0, 2, n // 2])
+    tail = tuple(slice(1, None, 2) for _ in values.shape[1:])
+    np.testing.assert_array_equal(reader[(picks, *tail)], values[(picks, *tail)])
+    np.testing.assert_array_equal(reader[picks], values[picks])
+    np.testing.assert_array_equal(reader[(picks, *(0 for _ in values.shape[1:]))],
+                                  values[(picks, *(0 for _ in values.shape[1:]))])
+    mask = np.zeros(n, dtype=bool)
+    mask[[1, n - 2]] = True
+    np.testing.assert_array_equal(reader[mask], values[mask])
+
+
 def test_reader_pickles_for_dask_workers(stored: tuple[str, np.ndarray]) -> None:
     import pickle
 
