@@ -3,7 +3,7 @@
 Run: ``python benchmarks/codecs.py [--images 10000]``.  Writes the same fMRI responses
 (sub-01 ``lateral`` on ``things`` from the miniature NED writer, 7,799 voxels) with nest-data's
 writer and each inner-chunk codec, in nest-data's layout (shards of about 8 MB, inner chunks
-of at most 512 KB, each with its CRC-32C), and times full scans (mean over voxels per image)
+of at most 128 KB, each with its CRC-32C), and times full scans (mean over voxels per image)
 through:
 
 - nest-data's direct reader (``nest_data.roi_mean`` on dask threads), where it reads the codec;
