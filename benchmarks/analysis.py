@@ -254,6 +254,37 @@ def measure_rsm(root: Path, dest: Path, n_total: int, k: int, rounds: int = 7
             "h5py_read_mb": k * row_bytes / 1e6}
 
 
+def measure_top(root: Path, dest: Path, k: int = 10, rounds: int = 5) -> dict[str, Any]:
+    """``top_images`` of sub-01 V1 (voxels with ncsnr > 0.5) against the same with h5py on
+    NED's file (blocks of rows, NaN-aware mean, argsort), best of ``rounds`` interleaved."""
+    da = nest_data.open(imageset=IMAGESET, subject=1, roi="V1", location=str(dest))
+    h5, npy = ned_file_paths(root / "ned", "fmri", IMAGESET, 1, "V1")
+    keep = np.load(npy, allow_pickle=True).item()["fmri"]["ncsnr"] > 0.5
+
+    def h5py_way() -> np.ndarray:
+        with h5py.File(h5, "r") as f:
+            ds = f[DATASET]
+            scores = np.concatenate([np.nanmean(ds[i:i + 4096][:, keep], axis=1)
+                                     for i in range(0, ds.shape[0], 4096)])
+        return np.argsort(-scores, kind="stable")[:k]
+
+    def ours() -> np.ndarray:
+        top = nest_data.top_images(da, k=k, min_ncsnr=0.5, show_progress=False)
+        return np.asarray(top["image"].values)
+
+    times: dict[str, list[float]] = {"nest_data": [], "h5py": []}
+    for _ in range(rounds):
+        for key, way in (("nest_data", ours), ("h5py", h5py_way)):
+            start = time.perf_counter()
+            way()
+            times[key].append(time.perf_counter() - start)
+    same = int(np.isin(ours(), h5py_way()).sum())
+    logger.info("top_images: nest-data %.3f s, h5py %.3f s; %d of %d images the same",
+                min(times["nest_data"]), min(times["h5py"]), same, k)
+    return {"k": k, "nest_data_s": min(times["nest_data"]), "h5py_s": min(times["h5py"]),
+            "same_images": same, "mb": float(da.nbytes) / 1e6}
+
+
 def _inner_rows(dest: Path) -> int:
     """Images per inner chunk of sub-01 V1's store."""
     entry = nest_data.catalog().resolve(imageset=IMAGESET, subject=1, roi="V1")
@@ -334,6 +365,7 @@ def _monitored_peak_rss(dask_worker: Any) -> int:
 def markdown(res: dict[str, Any]) -> str:
     """The results as a Markdown section."""
     rnc, rsm, workers, ooc = res["rnc"], res["rsm"], res["workers"], res["out_of_core"]
+    top = res["top"]
     env = res["environment"]
     nest = rnc["nest_data"]
     lines = [
@@ -382,6 +414,11 @@ def markdown(res: dict[str, Any]) -> str:
         f"length, one product | {rsm['nest_data_arithmetic_s']:.3f} | 1.00 |",
         f"| | `numpy.corrcoef` | {rsm['numpy_arithmetic_s']:.3f} | "
         f"{rsm['numpy_arithmetic_s'] / rsm['nest_data_arithmetic_s']:.2f} |",
+        f"| Top {top['k']} images of sub-01 V1 ({top['mb']:.0f} MB, ncsnr > 0.5) | nest-data "
+        f"`top_images` | {top['nest_data_s']:.3f} | 1.00 |",
+        f"| | h5py on NED's file: blocks of rows, `np.nanmean`, `argsort` | "
+        f"{top['h5py_s']:.3f} | {top['h5py_s'] / top['nest_data_s']:.2f} (the same "
+        f"{top['same_images']} of {top['k']} images) |",
         f"| ROI means of {len(SUBJECTS) * len(ROIS)} entries, LocalCluster | 1 worker process "
         f"| {workers['1_workers_s']:.2f} | 1.00 |",
         f"| | 2 worker processes | {workers['2_workers_s']:.2f} | "
@@ -425,6 +462,7 @@ def main(argv: list[str] | None = None) -> int:
                                "timestamp": dt.datetime.now().isoformat(timespec="seconds")}
         res["rnc"] = measure_rnc(root, dest, n_images, n_batches)
         res["rsm"] = measure_rsm(root, dest, n_images, RSM_IMAGES[mode])
+        res["top"] = measure_top(root, dest)
         res["workers"] = measure_workers(dest)
         shutil.rmtree(root / "ned")  # keep the disk use down before the big store
         res["out_of_core"] = measure_out_of_core(root, n_images)
