@@ -12,7 +12,9 @@ copy); :class:`ShardReader` reads it the way a scan needs:
   (:func:`nest_data._dask.weighted_sums`) work on bytes still in the CPU cache; remotely,
   one request per shard, all of a task's shards at once;
 - a few images cost two requests to a remote store: the index, then the byte range of the
-  inner chunks that hold them;
+  inner chunks that hold them; scattered images (:meth:`ShardReader.take`, what ``rsm``
+  reads) cost, per shard, the inner chunks holding them, read side by side into one buffer
+  and checked with one CRC-32C;
 - every inner chunk and every index is checked against its CRC-32C on every read, so damage
   is an error naming the object and the images, never a plausible value;
 - the store's other checks stay in force: an object the manifest lists but the storage lacks
