@@ -34,7 +34,6 @@ import zarr
 import nest_data
 import nest_data._format
 from nest_data._format import DATA_VAR
-from nest_data.analysis.similarity import _images
 from nest_data.converters import convert_ned
 from nest_data.synthetic import ned_file_paths, write_ned
 
@@ -81,7 +80,7 @@ def main() -> None:
             store = root / f"inner-{kb}" / nest_data.catalog().resolve(**keys).path
             array = zarr.open_array(store, path=DATA_VAR, mode="r")
             ways[f"rsm|{kb}"] = lambda da=da: nest_data.rsm(da, images).values
-            ways[f"read|{kb}"] = lambda da=da: _images(da, images).values
+            ways[f"read|{kb}"] = lambda da=da: nest_data.select_images(da, images).values
             ways[f"scan|{kb}"] = lambda da=da: nest_data.roi_mean(da).values
             ways[f"zarr|{kb}"] = lambda a=array: dsa.from_zarr(
                 a, chunks=a.shards or a.chunks).mean(axis=1).compute()

@@ -28,6 +28,7 @@ from nest_data.analysis import (
     rsa,
     rsa_matrix,
     rsm,
+    select_images,
     top_images,
     univariate_rnc,
 )
@@ -97,6 +98,7 @@ __all__ = [
     "rsm",
     "run_demo",
     "saliency",
+    "select_images",
     "set_options",
     "top_images",
     "univariate_rnc",

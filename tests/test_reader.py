@@ -199,6 +199,43 @@ def test_flipped_byte_is_an_error_even_without_verify(tmp_path: Path, verify: bo
     np.testing.assert_array_equal(_open(url).isel(image=slice(0, 20)).values, values[:20])
 
 
+def test_select_images_reads_only_the_chunks_holding_them(tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch
+                                                          ) -> None:
+    """``select_images`` is ``da.isel(image=...)``, labels included, reading per shard only
+    the index and the inner chunks that hold the images, where dask reads whole shards."""
+    import xarray as xr
+
+    import nest_data._sources
+
+    monkeypatch.setattr("nest_data._format.INNER_CHUNK_BYTES", 4 * 125 * 4)
+    values = np.random.default_rng(8).standard_normal((200, 125)).astype("f4")
+    url = _write(tmp_path, values, ("image", "voxel"), 40 * 125 * 4)  # 5 shards x 10 chunks
+    da = _open(url)
+    read: list[int] = []
+    real = nest_data._sources.pread_into
+    monkeypatch.setattr(nest_data._sources, "pread_into",
+                        lambda fd, data, *rest: read.append(len(data)) or real(fd, data, *rest))
+    picks = [150, 3, -1, 3]  # shards 3, 0 and 4: one inner chunk each
+    chosen = nest_data.select_images(da, picks)
+    np.testing.assert_array_equal(chosen.values, values[picks])
+    chunk, index = 4 * 125 * 4 + 4, 10 * 16 + 4
+    assert sorted(read) == [index] * 3 + [chunk] * 3
+    read.clear()
+    generic = da.isel(image=picks)
+    xr.testing.assert_identical(chosen, generic.compute())
+    assert sum(read) >= 3 * 10 * chunk  # dask: every shard holding an image, whole
+    mask = np.zeros(200, dtype=bool)
+    mask[[0, 77, 199]] = True
+    for images in (mask, slice(190, 10, -7), np.array([], dtype=int)):
+        xr.testing.assert_identical(nest_data.select_images(da, images).compute(),
+                                    da.isel(image=images).compute())
+    with pytest.raises(nest_data.InputError, match="positions out of range: valid are 0 to 199"):
+        nest_data.select_images(da, [200])
+    with pytest.raises(nest_data.InputError, match="needs an entry with an 'image' dimension"):
+        nest_data.select_images(da.isel(image=0), [1])
+
+
 def test_take_checks_every_chunk_it_gathers(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
                                             ) -> None:
     """A take reads a shard's scattered chunks into one buffer and checks them with one CRC:

@@ -8,7 +8,9 @@ returns labelled xarray objects:
 - :func:`top_images`: the images that drive an ROI (or a subject-averaged ROI) most or least;
 - :func:`univariate_rnc`: univariate relational neural control for a pair of ROIs;
 - :func:`rsm`, :func:`rsa` and :func:`rsa_matrix`: representational similarity of an image
-  subset computed on the fly from the responses, and its comparison between entries.
+  subset computed on the fly from the responses, and its comparison between entries;
+- :func:`select_images`: ``da.isel(image=...)`` reading only the stored chunks that hold
+  the chosen images.
 
 Functions that return values of the responses return them dask-backed: nothing is read
 until you compute, and then it runs on whatever dask scheduler is active (a
@@ -19,8 +21,9 @@ only pass over the responses, with a progress bar) and work on those few numbers
 
 from nest_data.analysis.means import roi_mean, roi_means
 from nest_data.analysis.rnc import RNC_CONDITIONS, random_batches, univariate_rnc
+from nest_data.analysis.selection import select_images
 from nest_data.analysis.similarity import rsa, rsa_matrix, rsm
 from nest_data.analysis.top import top_images
 
 __all__ = ["RNC_CONDITIONS", "random_batches", "roi_mean", "roi_means", "rsa", "rsa_matrix",
-           "rsm", "top_images", "univariate_rnc"]
+           "rsm", "select_images", "top_images", "univariate_rnc"]

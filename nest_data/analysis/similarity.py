@@ -12,7 +12,6 @@ import numpy as np
 import xarray as xr
 from dask.array.core import PerformanceWarning
 
-from nest_data._dask import take_images
 from nest_data.analysis.means import (
     Entries,
     _as_dask,
@@ -21,6 +20,7 @@ from nest_data.analysis.means import (
     _shared_image_coords,
     _space,
 )
+from nest_data.analysis.selection import image_positions, select_images
 from nest_data.errors import InputError
 
 logger = logging.getLogger("nest_data")
@@ -29,43 +29,6 @@ __all__ = ["rsa", "rsa_matrix", "rsm"]
 
 _RSM_BLOCK_BYTES = 64 * 2**20  # rows of the scaled subset per dask chunk (float64)
 _LARGE_RSM_IMAGES = 20000  # above this many images an RSM is more than 3 GB
-
-
-def _image_positions(da: xr.DataArray, images: Any) -> np.ndarray:
-    """Integer positions along ``image`` for ``images`` (None, slice, ints or booleans)."""
-    n = da.sizes["image"]
-    if images is None:
-        return np.arange(n)
-    if isinstance(images, slice):
-        return np.arange(n)[images]
-    values = np.asarray(images.values if isinstance(images, xr.DataArray) else images)
-    if values.ndim != 1:
-        raise InputError(f"images= must be one-dimensional, got shape {values.shape}")
-    if values.dtype == bool:
-        if values.size != n:
-            raise InputError(f"a boolean images= mask needs one value per image ({n}), got "
-                             f"{values.size}")
-        return np.flatnonzero(values)
-    if values.size and not np.issubdtype(values.dtype, np.integer):
-        raise InputError(f"images= takes integer positions along 'image' (0 to {n - 1}), "
-                         f"a boolean mask or a slice; got dtype {values.dtype}")
-    values = values.astype(np.int64)
-    if values.size and (values.min() < -n or values.max() >= n):
-        raise InputError(f"images= holds positions out of range: valid are 0 to {n - 1} "
-                         f"(or negative from the end); got {values.min()} to "
-                         f"{values.max()}")
-    return np.where(values < 0, values + n, values)
-
-
-def _images(da: xr.DataArray, positions: np.ndarray) -> xr.DataArray:
-    """``da.isel(image=positions)``; for stored values, reading only the inner chunks needed."""
-    taken = take_images(da.data, positions) if da.dims[0] == "image" else None
-    if taken is None:
-        return da.isel(image=positions)
-    # coordinate Variables, not DataArrays: xarray builds a DataArray per coordinate read
-    coords = {name: var.isel(image=positions) if "image" in var.dims else var
-              for name, var in da.coords.variables.items()}
-    return xr.DataArray(taken, dims=da.dims, coords=coords, attrs=da.attrs, name=da.name)
 
 
 def _features(da: xr.DataArray, min_ncsnr: float | None) -> xr.DataArray:
@@ -125,8 +88,8 @@ def rsm(
     >>> bool(np.allclose(np.diag(r.values), 1.0))
     True
     """
-    positions = _image_positions(da, images) if "image" in da.dims else np.arange(0)
-    feats = _features(_images(da, positions), min_ncsnr)
+    positions = image_positions(da, images) if "image" in da.dims else np.arange(0)
+    feats = _features(select_images(da, positions), min_ncsnr)
     if positions.size < 2:
         raise InputError(f"an RSM needs at least 2 images; images= selects "
                          f"{positions.size}")
