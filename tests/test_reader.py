@@ -327,6 +327,22 @@ def test_one_image_from_http_is_two_requests_of_one_inner_chunk(tmp_path: Path) 
         assert [r.status for r in gets] == [200, 200]  # (and a HEAD each, for the size)
 
 
+def test_select_images_over_http_is_two_requests_per_shard(tmp_path: Path) -> None:
+    values = np.random.default_rng(9).standard_normal((600, LATERAL_VOXELS)).astype("f4")
+    _write(tmp_path, values, ("image", "voxel"), 8 * 2**20)  # shards of 268, chunks of 4
+    with HTTPServer() as server:
+        server.upload(tmp_path)
+        da = _open(f"{server.url}/x.zarr")
+        server.reset()
+        picks = [301, 9, 5, 590]  # shard 1 chunk 8; shard 0 chunks 1-2; shard 2 chunk 13
+        np.testing.assert_array_equal(nest_data.select_images(da, picks).values,
+                                      values[picks])
+        gets = [r for r in server.requests if "/responses/c/" in r.path]
+        assert len(gets) == 6 and all(r.status == 206 for r in gets)
+        index, chunk = 67 * 16 + 4, 4 * LATERAL_VOXELS * 4 + 4
+        assert sum(r.bytes_sent for r in gets) == 3 * index + 4 * chunk
+
+
 def test_verify_and_cache_read_whole_objects(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
                                              ) -> None:
     monkeypatch.setenv("NEST_DATA_CACHE_DIR", str(tmp_path / "cache"))
