@@ -49,6 +49,7 @@ import scipy.stats
 from run import environment, run_with_peak_rss, tree_bytes
 
 import nest_data
+from nest_data._shards import layout_of
 from nest_data.converters import convert_ned
 from nest_data.synthetic import ned_file_paths, write_ned
 
@@ -290,7 +291,10 @@ def _inner_rows(dest: Path) -> int:
     """Images per inner chunk of sub-01 V1's store."""
     entry = nest_data.catalog().resolve(imageset=IMAGESET, subject=1, roi="V1")
     meta = json.loads((dest / entry.path / "responses" / "zarr.json").read_text())
-    return int(meta["codecs"][0]["configuration"]["chunk_shape"][0])
+    layout = layout_of(meta)
+    if layout is None:
+        raise RuntimeError(f"{entry.path} is not in nest-data's sharded layout")
+    return layout.inner_rows
 
 
 def measure_workers(dest: Path, repeats: int = 2) -> dict[str, Any]:
