@@ -415,8 +415,10 @@ class ShardReader:
         size = self._inner_nbytes + _shards.CRC_BYTES
         raw = self._buffer("gather", n * size)
         written: list[int] = []
+        never: list[int] = []  # a never-written chunk is a run of its own
         for s, e in zip(starts, [*starts[1:], n], strict=True):
             if offs[s] < 0:
+                never.append(s)
                 continue
             if source.bytes(offs[s], (e - s) * size, raw[s * size:e * size]) is None:
                 raise self._outside(piece, ids[s], ids[e - 1])
@@ -427,8 +429,7 @@ class ShardReader:
             raise self._damaged(piece, f"inner chunk {i} fails its CRC-32C check", i, i)
         values = np.ndarray((n, *self._inner_shape), dtype=self.dtype, buffer=raw,
                             strides=self._run_strides)
-        if len(written) < n:
-            values[sorted(set(range(n)) - set(written))] = fill
+        values[never] = fill
         return values
 
     @functools.cached_property

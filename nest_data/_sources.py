@@ -36,7 +36,8 @@ class InMemory:
 
 
 class LocalFile:
-    """An open local object, read one range at a time into a reused per-thread buffer."""
+    """An open local object, read one range at a time into a reused per-thread buffer
+    (or into the caller's)."""
 
     def __init__(self, fd: int, size: int, key: str,
                  buffer: Callable[[str, int], memoryview]) -> None:
