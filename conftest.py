@@ -5,6 +5,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import socket
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -40,15 +41,24 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 @pytest.fixture(scope="session", autouse=True)
 def _session_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
-    """Point every cache at a session temp dir and hide the user's own configuration."""
+    """Point every cache at a session temp dir and hide the user's own configuration.
+
+    ``tempfile`` is pointed at the session's base temp dir too, so the directories that
+    docstring examples make with ``tempfile.mkdtemp()`` go with pytest's own clean-up
+    instead of piling up in the system temp dir run after run (``TMPDIR`` for the
+    commands that tests start).
+    """
     saved = {k: os.environ.get(k) for k in ("NEST_DATA_CACHE_DIR", "NEST_DATA_ROOT",
                                             "NEST_DATA_LOCATION", "NEST_DATA_CATALOGS",
-                                            "NEST_DATA_PROGRESS")}
+                                            "NEST_DATA_PROGRESS", "TMPDIR")}
+    saved_tempdir = tempfile.tempdir
+    tempfile.tempdir = os.environ["TMPDIR"] = str(tmp_path_factory.mktemp("tempfile"))
     os.environ["NEST_DATA_CACHE_DIR"] = str(tmp_path_factory.mktemp("cache"))
     os.environ["NEST_DATA_PROGRESS"] = "0"
     for k in ("NEST_DATA_ROOT", "NEST_DATA_LOCATION", "NEST_DATA_CATALOGS"):
         os.environ.pop(k, None)
     yield
+    tempfile.tempdir = saved_tempdir
     for k, v in saved.items():
         if v is None:
             os.environ.pop(k, None)
