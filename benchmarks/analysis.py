@@ -46,7 +46,7 @@ from typing import Any
 import h5py
 import numpy as np
 import scipy.stats
-from run import environment, run_with_peak_rss, tree_bytes
+from run import environment, exit_on_sigterm, run_with_peak_rss, tree_bytes
 
 import nest_data
 from nest_data._shards import layout_of
@@ -455,6 +455,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tmp", type=Path, default=None, help="folder for the data")
     parser.add_argument("--out", type=Path, default=RESULTS_DIR)
     args = parser.parse_args(argv)
+    exit_on_sigterm()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     mode = "quick" if args.quick else "full"
     n_images, n_batches = N_IMAGES[mode], N_BATCHES[mode]

@@ -29,6 +29,7 @@ import dask.array as dsa
 import h5py
 import numpy as np
 import zarr
+from run import exit_on_sigterm
 from zarr.codecs import BloscCodec, Crc32cCodec, ZstdCodec
 
 import nest_data
@@ -66,6 +67,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--images", type=int, default=10000)
     args = parser.parse_args()
+    exit_on_sigterm()
     try:
         import zarrs  # noqa: F401
         pipelines: list[tuple[str, str | None]] = [("zarr", None),

@@ -20,6 +20,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from run import exit_on_sigterm
+
 CHILD = r"""
 import json, resource, sys, time
 import torch
@@ -62,6 +64,7 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--steps", type=int, help="timed steps per configuration")
     args = parser.parse_args()
+    exit_on_sigterm()
     import torch
 
     from nest_data.converters.weights import convert_weights

@@ -20,6 +20,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from run import exit_on_sigterm
+
 CHILD = r"""
 import json, resource, sys, time
 import numpy as np, torch
@@ -56,6 +58,7 @@ def main() -> None:
     parser.add_argument("--batches", type=int, nargs="+", help="batch sizes")
     parser.add_argument("--model", nargs="+", default=["fwrf", "eeg"], choices=["fwrf", "eeg"])
     args = parser.parse_args()
+    exit_on_sigterm()
     import torch
 
     from nest_data.converters.weights import convert_vit_b_32, convert_weights

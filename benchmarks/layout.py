@@ -30,6 +30,7 @@ import dask.array as dsa
 import h5py
 import numpy as np
 import zarr
+from run import exit_on_sigterm
 
 import nest_data
 import nest_data._format
@@ -48,6 +49,7 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=73000)
     parser.add_argument("--rsm", type=int, default=1000)
     args = parser.parse_args()
+    exit_on_sigterm()
     keys = {"imageset": "nsd", "subject": 1, "roi": "V1"}
     with tempfile.TemporaryDirectory(prefix="nest-data-layout-") as tmp:
         root = Path(tmp)

@@ -23,6 +23,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from run import exit_on_sigterm
+
 import nest_data
 from nest_data.converters import convert_ned
 from nest_data.synthetic import ned_file_paths, write_ned
@@ -58,6 +60,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--latency", type=float, default=0.05)
     args = parser.parse_args()
+    exit_on_sigterm()
     n_images = 4000 if args.quick else 26107
     with tempfile.TemporaryDirectory() as tmp:
         write_ned(tmp, modalities=["fmri"], subjects=[1], rois=["lateral"],

@@ -29,6 +29,7 @@ import json
 import logging
 import os
 import platform
+import signal
 import statistics
 import subprocess
 import sys
@@ -150,6 +151,15 @@ def time_repeats(func: Callable[[], Any], repeats: int) -> tuple[Timing, Any]:
         result = func()
         timing.seconds.append(time.perf_counter() - start)
     return timing, result
+
+
+def exit_on_sigterm() -> None:
+    """Turn SIGTERM (``timeout``, a killed job) into a normal exit.
+
+    The benchmarks write gigabytes into temporary directories; a normal exit runs their
+    clean-up, where the default SIGTERM handler would leave them on disk.
+    """
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
 
 
 def tree_bytes(path: Path) -> int:
@@ -668,11 +678,18 @@ def run_script(benchmark: tuple[str, list[str], list[str]], quick: bool) -> str:
     script, full, fast = benchmark
     path = Path(__file__).resolve().parent / script
     logger.info("running %s", script)
-    proc = subprocess.run([sys.executable, str(path), *(fast if quick else full)],
-                          capture_output=True, text=True, cwd=path.parent, check=False)
+    with subprocess.Popen([sys.executable, str(path), *(fast if quick else full)],
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                          cwd=path.parent) as proc:
+        try:
+            stdout, stderr = proc.communicate()
+        except BaseException:
+            proc.terminate()  # the script then removes its temporary data
+            proc.wait()
+            raise
     if proc.returncode:
-        raise RuntimeError(f"{script} failed (exit {proc.returncode}):\n{proc.stderr[-4000:]}")
-    return f"# {script}\n\n{proc.stdout.strip()}\n"
+        raise RuntimeError(f"{script} failed (exit {proc.returncode}):\n{stderr[-4000:]}")
+    return f"# {script}\n\n{stdout.strip()}\n"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -697,6 +714,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="then run the analysis, remote, codec and layout benchmarks, "
                              "each in a process of its own, and write all tables to one file")
     args = parser.parse_args(argv)
+    exit_on_sigterm()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     mode = "quick" if args.quick else "full"
     res = run_benchmark(N_IMAGES_QUICK if args.quick else N_IMAGES_FULL, mode)

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 import zarr
+from run import exit_on_sigterm
 
 import nest_data
 from nest_data._surface import N_FSAVERAGE_VERTICES
@@ -44,6 +45,7 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=64)
     parser.add_argument("--quick", action="store_true", help="16 images")
     args = parser.parse_args()
+    exit_on_sigterm()
     n_images = 16 if args.quick else args.images
     with tempfile.TemporaryDirectory() as tmp:
         src, root = Path(tmp) / "berg", Path(tmp) / "root"
