@@ -107,7 +107,8 @@ def roi_mean(da: xr.DataArray, *, min_ncsnr: float | None = None) -> xr.DataArra
         # The stored values, with no NaN: every task decodes its images one inner chunk at
         # a time into a reused buffer and reduces them there (float32 BLAS, float64 result).
         out = xr.DataArray(fused, dims=da.dims[:1],
-                           coords={k: v for k, v in da.coords.items() if space not in v.dims})
+                           coords={k: v for k, v in da.coords.variables.items()
+                                   if space not in v.dims})
     elif da.attrs.get("nan_count", 1) == 0:
         # The store records that it holds no NaN: one weighted sum per image reads each
         # chunk once, copies nothing and accumulates in float64.
@@ -152,19 +153,21 @@ def _shared_image_coords(das: Sequence[xr.DataArray], what: str) -> dict[str, An
         if (da.sizes.get("image") != first.sizes.get("image")
                 or da.attrs.get("imageset") != first.attrs.get("imageset")
                 or ("image" in da.coords and "image" in first.coords
-                    and not np.array_equal(da["image"].values, first["image"].values))):
+                    and not np.array_equal(da.coords.variables["image"].values,
+                                           first.coords.variables["image"].values))):
             raise InputError(
                 f"{what} needs entries of the same images; {_label(first)} has "
                 f"{first.sizes.get('image')} images and {_label(da)} has "
                 f"{da.sizes.get('image')}. Open every entry with the same imageset= (and the "
                 "same image selection).")
+    # coordinate Variables, not DataArrays: xarray builds a DataArray per coordinate read
     shared: dict[str, Any] = {}
-    for name, coord in first.coords.items():
-        if coord.dims != ("image",):
+    for name, var in first.coords.variables.items():
+        if var.dims != ("image",):
             continue
-        values = coord.values
-        if all(name in da.coords and np.array_equal(da[name].values, values) for da in das):
-            shared[str(name)] = ("image", values, coord.attrs)
+        if all(name in da.coords and np.array_equal(da.coords.variables[name].values,
+                                                    var.values) for da in das[1:]):
+            shared[str(name)] = var
     return shared
 
 
