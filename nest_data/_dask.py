@@ -57,10 +57,12 @@ def take_images(array: Any, positions: np.ndarray) -> Any | None:
     """``array[positions]`` along the first axis as a dask array reading only what it needs;
     or None.
 
-    None unless ``array`` is exactly a dask array made by :func:`dask_array`.  One task reads
-    the inner chunks that hold the positions (:meth:`ShardReader.take`: locally one read per
-    run of chunks, remotely every shard's requests at once); a dask selection would read
-    every block whole.
+    None unless ``array`` is exactly a dask array made by :func:`dask_array`.  The tasks read
+    the inner chunks that hold the positions (:meth:`ShardReader.take`).  Local files are
+    read by several tasks, each over whole shards and about ``_TAKE_TASK_BYTES`` of inner
+    chunks, which the scheduler runs side by side; positions out of order are then put in
+    order by one last task.  A remote store is read by one task, which sends every shard's
+    requests at once.  A dask selection would read every block whole.
     """
     reader = _READERS.get(getattr(array, "name", ""))
     if reader is None or tuple(array.shape) != reader.shape:
@@ -70,11 +72,56 @@ def take_images(array: Any, positions: np.ndarray) -> Any | None:
     from dask.highlevelgraph import HighLevelGraph
 
     pos = np.asarray(positions, dtype=np.int64).reshape(-1)
-    name = f"take-{tokenize(array.name, pos)}"
-    layer: dict[Any, Any] = {(name, *(0,) * reader.ndim): (reader.take, pos)}
+    name = f"take-{tokenize(array.name, pos, _TAKE_TASK_BYTES)}"
+    rest = (0,) * (reader.ndim - 1)
+    in_order = bool(np.all(pos[1:] >= pos[:-1]))
+    order = np.arange(pos.size) if in_order else np.argsort(pos, kind="stable")
+    parts = [pos]
+    if reader.reads_files:
+        parts = np.split(pos[order], _task_bounds(reader, pos[order]))
+    layer: dict[Any, Any]
+    sizes: tuple[int, ...]
+    if len(parts) < 2:
+        layer, sizes = {(name, 0, *rest): (reader.take, pos)}, (pos.size,)
+    elif in_order:
+        layer = {(name, i, *rest): (reader.take, part) for i, part in enumerate(parts)}
+        sizes = tuple(part.size for part in parts)
+    else:
+        keys = [(f"{name}-part", i, *rest) for i in range(len(parts))]
+        layer = {key: (reader.take, part) for key, part in zip(keys, parts, strict=True)}
+        layer[(name, 0, *rest)] = (_reorder, keys, np.argsort(order))
+        sizes = (pos.size,)
     graph = HighLevelGraph.from_collections(name, layer, dependencies=())
-    return dask.array.Array(graph, name, chunks=tuple((n,) for n in (pos.size, *reader.shape[1:])),
+    return dask.array.Array(graph, name, chunks=(sizes, *((n,) for n in reader.shape[1:])),
                             dtype=reader.dtype)
+
+
+# About how many bytes of inner chunks one task of a local take reads: enough that the
+# task's own cost (~0.1 ms) is small beside the reading, small enough to spread the work.
+_TAKE_TASK_BYTES = 16 * 2**20
+
+
+def _task_bounds(reader: ShardReader, ordered: np.ndarray) -> list[int]:
+    """Where to cut the sorted ``ordered`` positions into tasks: at shard boundaries, once
+    a task holds ``_TAKE_TASK_BYTES`` of inner chunks."""
+    lay = reader.layout
+    chunk = ordered // lay.inner_rows
+    # inner chunks read before each position (a chunk counted at its first position)
+    before = np.cumsum(np.r_[True, chunk[1:] != chunk[:-1]]) - 1 if ordered.size else chunk
+    chunk_bytes = lay.inner_rows * int(np.prod(reader.shape[1:])) * reader.dtype.itemsize
+    shard = ordered // lay.shard[0]
+    bounds: list[int] = []
+    start = 0
+    for cut in (np.flatnonzero(shard[1:] != shard[:-1]) + 1).tolist():
+        if (before[cut] - before[start]) * chunk_bytes >= _TAKE_TASK_BYTES:
+            bounds.append(cut)
+            start = cut
+    return bounds
+
+
+def _reorder(parts: list[np.ndarray], inverse: np.ndarray) -> np.ndarray:
+    """The parts read in sorted order, back in the order the positions were given."""
+    return np.concatenate(parts)[inverse]
 
 
 def _weighted_block(index: np.ndarray, *, reader: ShardReader, weights: np.ndarray

@@ -207,6 +207,13 @@ class ShardReader:
             self._read(pieces, functools.partial(self._pick, out=out))
         return out
 
+    @property
+    def reads_files(self) -> bool:
+        """Whether reads go straight to local files (not through the store: a remote one,
+        or one that verifies against the manifest or caches)."""
+        return self._folder is not None and not (self.store.verify
+                                                 or self.store.cache is not None)
+
     def _read(self, pieces: Sequence[_Piece], sink: Callable[..., None]) -> None:
         """Hand ``(piece, source, index)`` of every piece to ``sink``.
 
@@ -215,7 +222,7 @@ class ShardReader:
         ``take``: a shard's scattered chunks side by side); remote objects (and any read with
         ``verify`` or ``cache``) are fetched through the store, concurrently.
         """
-        if self._folder is not None and not (self.store.verify or self.store.cache is not None):
+        if self.reads_files:
             for piece in pieces:
                 self._read_local(piece, sink)
             return

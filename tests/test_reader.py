@@ -9,6 +9,7 @@ from typing import Any
 import crc32c
 import numpy as np
 import pytest
+import xarray as xr
 import zarr
 
 import nest_data
@@ -236,6 +237,38 @@ def test_select_images_reads_only_the_chunks_holding_them(tmp_path: Path,
         nest_data.select_images(da.isel(image=0), [1])
 
 
+def test_local_take_is_split_into_tasks_over_whole_shards(tmp_path: Path,
+                                                           monkeypatch: pytest.MonkeyPatch
+                                                           ) -> None:
+    """A local take of many chunks runs as several tasks (each over whole shards, which the
+    scheduler runs side by side); positions given out of order come back in their order."""
+    import nest_data._sources
+
+    monkeypatch.setattr("nest_data._format.INNER_CHUNK_BYTES", 4 * 125 * 4)
+    monkeypatch.setattr("nest_data._dask._TAKE_TASK_BYTES", 2 * 4 * 125 * 4)  # 2 chunks
+    values = np.random.default_rng(10).standard_normal((200, 125)).astype("f4")
+    url = _write(tmp_path, values, ("image", "voxel"), 40 * 125 * 4)  # 5 shards x 10 chunks
+    da = _open(url)
+    read: list[int] = []
+    real = nest_data._sources.pread_into
+    monkeypatch.setattr(nest_data._sources, "pread_into",
+                        lambda fd, data, *rest: read.append(len(data)) or real(fd, data, *rest))
+    # shard 0: chunks 0, 1 (a task); shard 1: chunk 10 (under 2 chunks, so on with shard 2:
+    # chunk 20, a task); shard 4: chunk 49 (a task of its own)
+    picks = np.array([0, 1, 5, 41, 80, 199, 199])
+    taken = take_images(da.data, picks)
+    assert taken.chunks[0] == (3, 2, 2)
+    np.testing.assert_array_equal(taken.compute(), values[picks])
+    chunk, index = 4 * 125 * 4 + 4, 10 * 16 + 4
+    assert sorted(read) == [index] * 4 + [chunk] * 3 + [2 * chunk]  # chunks 0-1: one read
+    shuffled = np.array([199, 5, 80, 0, 41, 199, 1, -200])
+    chosen = nest_data.select_images(da, shuffled)
+    assert chosen.data.chunks[0] == (8,)  # read in tasks, then put back in the given order
+    xr.testing.assert_identical(chosen.compute(), da.isel(image=shuffled).compute())
+    for empty in (np.array([], dtype=int), []):
+        assert nest_data.select_images(da, empty).shape == (0, 125)
+
+
 def test_take_checks_every_chunk_it_gathers(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
                                             ) -> None:
     """A take reads a shard's scattered chunks into one buffer and checks them with one CRC:
@@ -327,7 +360,10 @@ def test_one_image_from_http_is_two_requests_of_one_inner_chunk(tmp_path: Path) 
         assert [r.status for r in gets] == [200, 200]  # (and a HEAD each, for the size)
 
 
-def test_select_images_over_http_is_two_requests_per_shard(tmp_path: Path) -> None:
+def test_select_images_over_http_is_two_requests_per_shard(tmp_path: Path,
+                                                            monkeypatch: pytest.MonkeyPatch
+                                                            ) -> None:
+    monkeypatch.setattr("nest_data._dask._TAKE_TASK_BYTES", 1)  # would split a local take
     values = np.random.default_rng(9).standard_normal((600, LATERAL_VOXELS)).astype("f4")
     _write(tmp_path, values, ("image", "voxel"), 8 * 2**20)  # shards of 268, chunks of 4
     with HTTPServer() as server:
@@ -335,8 +371,9 @@ def test_select_images_over_http_is_two_requests_per_shard(tmp_path: Path) -> No
         da = _open(f"{server.url}/x.zarr")
         server.reset()
         picks = [301, 9, 5, 590]  # shard 1 chunk 8; shard 0 chunks 1-2; shard 2 chunk 13
-        np.testing.assert_array_equal(nest_data.select_images(da, picks).values,
-                                      values[picks])
+        chosen = nest_data.select_images(da, picks)
+        assert chosen.data.npartitions == 1  # one task: every shard's requests at once
+        np.testing.assert_array_equal(chosen.values, values[picks])
         gets = [r for r in server.requests if "/responses/c/" in r.path]
         assert len(gets) == 6 and all(r.status == 206 for r in gets)
         index, chunk = 67 * 16 + 4, 4 * LATERAL_VOXELS * 4 + 4

@@ -44,9 +44,11 @@ def select_images(da: xr.DataArray, images: Any) -> xr.DataArray:
 
     dask answers ``da.isel(image=[...])`` by reading every block that holds a chosen image
     whole (a shard of about 8 MB) and selecting after; this reads, per shard, only the
-    inner chunks that hold the images (each still checked against its CRC-32C), in one
-    task.  The result is the same, lazy, with the same labels.  Anything that is not the
-    stored values of an entry (a computed or rechunked array) is selected with ``isel``.
+    inner chunks that hold the images (each still checked against its CRC-32C): from local
+    files in tasks over whole shards that run side by side, from a remote store in one task
+    that sends every shard's requests at once.  The result is the same, lazy, with the same
+    labels.  Anything that is not the stored values of an entry (a computed or rechunked
+    array) is selected with ``isel``.
 
     Parameters
     ----------
