@@ -62,6 +62,7 @@ BIG_ROI = "lateral"
 N_IMAGES = {"full": 73000, "quick": 7300}
 N_BATCHES = {"full": 1_000_000, "quick": 100_000}
 RSM_IMAGES = {"full": 1000, "quick": 300}
+SELECT_IMAGES = {"full": 10000, "quick": 1000}
 WORKER_MEMORY = "512MiB"
 DATASET = "synthetic_neural_responses"
 SEED = 20200220
@@ -256,6 +257,49 @@ def measure_rsm(root: Path, dest: Path, n_total: int, k: int, rounds: int = 7
             "h5py_read_mb": k * row_bytes / 1e6}
 
 
+def measure_select(root: Path, dest: Path, n_total: int, k: int, rounds: int = 7
+                   ) -> dict[str, Any]:
+    """``select_images`` of ``k`` random images of sub-01 V1, its tasks run side by side
+    and all in one task, against h5py reading the same rows, best of ``rounds``
+    interleaved."""
+    import nest_data._dask
+
+    images = np.sort(np.random.default_rng(1).choice(n_total, k, replace=False))
+    da = nest_data.open(imageset=IMAGESET, subject=1, roi="V1", location=str(dest))
+    h5, _ = ned_file_paths(root / "ned", "fmri", IMAGESET, 1, "V1")
+    split = nest_data._dask._TAKE_TASK_BYTES
+
+    def one_task() -> np.ndarray:
+        nest_data._dask._TAKE_TASK_BYTES = 2**62
+        try:
+            return nest_data.select_images(da, images).values
+        finally:
+            nest_data._dask._TAKE_TASK_BYTES = split
+
+    def h5_rows() -> np.ndarray:
+        with h5py.File(h5, "r") as f:
+            return f[DATASET][images]
+
+    ways: dict[str, Callable[[], Any]] = {
+        "nest_data": lambda: nest_data.select_images(da, images).values,
+        "one_task": one_task, "h5py": h5_rows}
+    times: dict[str, list[float]] = {key: [] for key in ways}
+    for _ in range(rounds):
+        for key, way in ways.items():
+            start = time.perf_counter()
+            way()
+            times[key].append(time.perf_counter() - start)
+    expected = h5_rows()
+    for key in ("nest_data", "one_task"):
+        np.testing.assert_array_equal(ways[key](), expected)
+    tasks = nest_data.select_images(da, images).data.npartitions
+    best = {f"{key}_s": min(t) for key, t in times.items()}
+    logger.info("select_images of %d images in %d tasks: %s", k, tasks,
+                ", ".join(f"{key} {v * 1e3:.1f} ms" for key, v in best.items()))
+    return {"images": k, "rounds": rounds, "tasks": tasks,
+            "task_mb": split / 2**20, **best}
+
+
 def measure_top(root: Path, dest: Path, k: int = 10, rounds: int = 5) -> dict[str, Any]:
     """``top_images`` of sub-01 V1 (voxels with ncsnr > 0.5) against the same with h5py on
     NED's file (blocks of rows, NaN-aware mean, argsort), best of ``rounds`` interleaved."""
@@ -370,7 +414,7 @@ def _monitored_peak_rss(dask_worker: Any) -> int:
 def markdown(res: dict[str, Any]) -> str:
     """The results as a Markdown section."""
     rnc, rsm, workers, ooc = res["rnc"], res["rsm"], res["workers"], res["out_of_core"]
-    top = res["top"]
+    top, sel = res["top"], res["select"]
     env = res["environment"]
     nest = rnc["nest_data"]
     lines = [
@@ -417,6 +461,14 @@ def markdown(res: dict[str, Any]) -> str:
         f"{rsm['h5py_read_s']:.3f} | {rsm['h5py_read_s'] / rsm['nest_data_read_s']:.2f} |",
         f"| | `da.isel(image=images)`: dask reads every shard holding an image whole | "
         f"{rsm['isel_read_s']:.3f} | {rsm['isel_read_s'] / rsm['nest_data_read_s']:.2f} |",
+        f"| {sel['images']:,} random images of V1, the reading alone | "
+        f"`nest_data.select_images`, in {sel['tasks']} task(s) (up to about "
+        f"{sel['task_mb']:.0f} MB of inner chunks each) run side by side | "
+        f"{sel['nest_data_s']:.3f} | 1.00 |",
+        f"| | the same in one task | {sel['one_task_s']:.3f} | "
+        f"{sel['one_task_s'] / sel['nest_data_s']:.2f} |",
+        f"| | h5py: the {sel['images']:,} rows, unchecked | {sel['h5py_s']:.3f} | "
+        f"{sel['h5py_s'] / sel['nest_data_s']:.2f} |",
         f"| RSM, the arithmetic alone (rows in memory) | nest-data: centre, scale to unit "
         f"length, one product | {rsm['nest_data_arithmetic_s']:.3f} | 1.00 |",
         f"| | `numpy.corrcoef` | {rsm['numpy_arithmetic_s']:.3f} | "
@@ -470,6 +522,7 @@ def main(argv: list[str] | None = None) -> int:
                                "timestamp": dt.datetime.now().isoformat(timespec="seconds")}
         res["rnc"] = measure_rnc(root, dest, n_images, n_batches)
         res["rsm"] = measure_rsm(root, dest, n_images, RSM_IMAGES[mode])
+        res["select"] = measure_select(root, dest, n_images, SELECT_IMAGES[mode])
         res["top"] = measure_top(root, dest)
         res["workers"] = measure_workers(dest)
         shutil.rmtree(root / "ned")  # keep the disk use down before the big store
