@@ -96,11 +96,11 @@ def take_images(array: Any, positions: np.ndarray) -> Any | None:
                             dtype=reader.dtype)
 
 
-# About how many bytes of inner chunks one task of a local take reads: enough that a
-# take of a few hundred chunks (an RSM of 1,000 images) stays in one or two tasks, whose
-# own cost is then small beside the reading; larger takes spread over the threads
-# (benchmarks/analysis.py: 10,000 images of V1).
-_TAKE_TASK_BYTES = 64 * 2**20
+# About how many bytes of inner chunks one task of a local take reads.  Splitting costs a
+# few ms (more tasks, and joining their parts), which reading 100 MB (an RSM of 1,000
+# images of V1) on two threads does not win back; from a few hundred MB on, the tasks run
+# side by side at up to 1.5x (benchmarks/analysis.py: 10,000 images of V1).
+_TAKE_TASK_BYTES = 128 * 2**20
 
 
 def _task_bounds(reader: ShardReader, ordered: np.ndarray) -> list[int]:
