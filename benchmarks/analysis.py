@@ -46,7 +46,7 @@ from typing import Any
 import h5py
 import numpy as np
 import scipy.stats
-from run import environment, exit_on_sigterm, run_with_peak_rss, tree_bytes
+from run import environment, exit_on_sigterm, run_with_peak_rss, time_interleaved, tree_bytes
 
 import nest_data
 from nest_data._shards import layout_of
@@ -225,12 +225,7 @@ def measure_rsm(root: Path, dest: Path, n_total: int, k: int, rounds: int = 7
         "nest_data_arithmetic": lambda: _self_product(_unit_rows(x)),
         "numpy_arithmetic": lambda: np.corrcoef(x),
     }
-    times: dict[str, list[float]] = {key: [] for key in ways}
-    for _ in range(rounds):
-        for key, way in ways.items():
-            start = time.perf_counter()
-            way()
-            times[key].append(time.perf_counter() - start)
+    times = time_interleaved(ways, rounds)
     ours, corr = ways["nest_data"](), ways["numpy"]()
     np.testing.assert_array_equal(ways["nest_data_read"](), x)
 
@@ -283,12 +278,7 @@ def measure_select(root: Path, dest: Path, n_total: int, k: int, rounds: int = 7
     ways: dict[str, Callable[[], Any]] = {
         "nest_data": lambda: nest_data.select_images(da, images).values,
         "one_task": one_task, "h5py": h5_rows}
-    times: dict[str, list[float]] = {key: [] for key in ways}
-    for _ in range(rounds):
-        for key, way in ways.items():
-            start = time.perf_counter()
-            way()
-            times[key].append(time.perf_counter() - start)
+    times = time_interleaved(ways, rounds)
     expected = h5_rows()
     for key in ("nest_data", "one_task"):
         np.testing.assert_array_equal(ways[key](), expected)
@@ -318,12 +308,7 @@ def measure_top(root: Path, dest: Path, k: int = 10, rounds: int = 5) -> dict[st
         top = nest_data.top_images(da, k=k, min_ncsnr=0.5, show_progress=False)
         return np.asarray(top["image"].values)
 
-    times: dict[str, list[float]] = {"nest_data": [], "h5py": []}
-    for _ in range(rounds):
-        for key, way in (("nest_data", ours), ("h5py", h5py_way)):
-            start = time.perf_counter()
-            way()
-            times[key].append(time.perf_counter() - start)
+    times = time_interleaved({"nest_data": ours, "h5py": h5py_way}, rounds)
     same = int(np.isin(ours(), h5py_way()).sum())
     logger.info("top_images: nest-data %.3f s, h5py %.3f s; %d of %d images the same",
                 min(times["nest_data"]), min(times["h5py"]), same, k)

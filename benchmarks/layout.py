@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import platform
 import tempfile
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -30,7 +29,7 @@ import dask.array as dsa
 import h5py
 import numpy as np
 import zarr
-from run import exit_on_sigterm
+from run import exit_on_sigterm, time_interleaved
 
 import nest_data
 import nest_data._format
@@ -86,12 +85,7 @@ def main() -> None:
             ways[f"scan|{kb}"] = lambda da=da: nest_data.roi_mean(da).values
             ways[f"zarr|{kb}"] = lambda a=array: dsa.from_zarr(
                 a, chunks=a.shards or a.chunks).mean(axis=1).compute()
-        best = {key: np.inf for key in ways}
-        for _ in range(ROUNDS):
-            for key, way in ways.items():
-                start = time.perf_counter()
-                way()
-                best[key] = min(best[key], time.perf_counter() - start)
+        best = {key: min(t) for key, t in time_interleaved(ways, ROUNDS).items()}
         reference = np.corrcoef(h5_rows())
         for da in opened.values():
             np.testing.assert_allclose(nest_data.rsm(da, images).values, reference, atol=1e-6)

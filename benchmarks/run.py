@@ -153,6 +153,32 @@ def time_repeats(func: Callable[[], Any], repeats: int) -> tuple[Timing, Any]:
     return timing, result
 
 
+def time_interleaved(ways: dict[str, Callable[[], Any]], rounds: int
+                     ) -> dict[str, list[float]]:
+    """Time every way once per round, the ways interleaved, so that all run warm and share
+    whatever the machine is doing.
+
+    Parameters
+    ----------
+    ways : dict of str to callable
+        The operations, taking no arguments, by name.
+    rounds : int
+        Number of rounds.
+
+    Returns
+    -------
+    dict of str to list of float
+        Wall-clock seconds of every call, by name, in round order.
+    """
+    times: dict[str, list[float]] = {key: [] for key in ways}
+    for _ in range(rounds):
+        for key, way in ways.items():
+            start = time.perf_counter()
+            way()
+            times[key].append(time.perf_counter() - start)
+    return times
+
+
 def exit_on_sigterm() -> None:
     """Turn SIGTERM (``timeout``, a killed job) into a normal exit.
 

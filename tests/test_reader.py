@@ -200,23 +200,28 @@ def test_flipped_byte_is_an_error_even_without_verify(tmp_path: Path, verify: bo
     np.testing.assert_array_equal(_open(url).isel(image=slice(0, 20)).values, values[:20])
 
 
+def _scattered(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, seed: int
+               ) -> tuple[np.ndarray, Any, list[int]]:
+    """200 x 125 values stored in 5 shards of 10 inner chunks (4 images each); the entry
+    opened, and a list that records the size of every local read from then on."""
+    import nest_data._sources
+
+    monkeypatch.setattr("nest_data._format.INNER_CHUNK_BYTES", 4 * 125 * 4)
+    values = np.random.default_rng(seed).standard_normal((200, 125)).astype("f4")
+    da = _open(_write(tmp_path, values, ("image", "voxel"), 40 * 125 * 4))
+    read: list[int] = []
+    real = nest_data._sources.pread_into
+    monkeypatch.setattr(nest_data._sources, "pread_into",
+                        lambda fd, data, *rest: read.append(len(data)) or real(fd, data, *rest))
+    return values, da, read
+
+
 def test_select_images_reads_only_the_chunks_holding_them(tmp_path: Path,
                                                           monkeypatch: pytest.MonkeyPatch
                                                           ) -> None:
     """``select_images`` is ``da.isel(image=...)``, labels included, reading per shard only
     the index and the inner chunks that hold the images, where dask reads whole shards."""
-    import xarray as xr
-
-    import nest_data._sources
-
-    monkeypatch.setattr("nest_data._format.INNER_CHUNK_BYTES", 4 * 125 * 4)
-    values = np.random.default_rng(8).standard_normal((200, 125)).astype("f4")
-    url = _write(tmp_path, values, ("image", "voxel"), 40 * 125 * 4)  # 5 shards x 10 chunks
-    da = _open(url)
-    read: list[int] = []
-    real = nest_data._sources.pread_into
-    monkeypatch.setattr(nest_data._sources, "pread_into",
-                        lambda fd, data, *rest: read.append(len(data)) or real(fd, data, *rest))
+    values, da, read = _scattered(tmp_path, monkeypatch, 8)
     picks = [150, 3, -1, 3]  # shards 3, 0 and 4: one inner chunk each
     chosen = nest_data.select_images(da, picks)
     np.testing.assert_array_equal(chosen.values, values[picks])
@@ -242,17 +247,8 @@ def test_local_take_is_split_into_tasks_over_whole_shards(tmp_path: Path,
                                                            ) -> None:
     """A local take of many chunks runs as several tasks (each over whole shards, which the
     scheduler runs side by side); positions given out of order come back in their order."""
-    import nest_data._sources
-
-    monkeypatch.setattr("nest_data._format.INNER_CHUNK_BYTES", 4 * 125 * 4)
     monkeypatch.setattr("nest_data._dask._TAKE_TASK_BYTES", 2 * 4 * 125 * 4)  # 2 chunks
-    values = np.random.default_rng(10).standard_normal((200, 125)).astype("f4")
-    url = _write(tmp_path, values, ("image", "voxel"), 40 * 125 * 4)  # 5 shards x 10 chunks
-    da = _open(url)
-    read: list[int] = []
-    real = nest_data._sources.pread_into
-    monkeypatch.setattr(nest_data._sources, "pread_into",
-                        lambda fd, data, *rest: read.append(len(data)) or real(fd, data, *rest))
+    values, da, read = _scattered(tmp_path, monkeypatch, 10)
     # shard 0: chunks 0, 1 (a task); shard 1: chunk 10 (under 2 chunks, so on with shard 2:
     # chunk 20, a task); shard 4: chunk 49 (a task of its own)
     picks = np.array([0, 1, 5, 41, 80, 199, 199])
