@@ -161,7 +161,16 @@ class _Job:
 
 
 def _encode_chunk(job: _Job, index: int) -> dict[str, Any]:
-    """Encode stored chunk ``index`` into the staging folder; then mark it done."""
+    """Encode stored chunk ``index`` into the staging folder; then mark it done.
+
+    A chunk already marked done is left as it is: dask runs a task again when the worker
+    holding its result is lost, and rewriting a finished chunk would open a window in which
+    a marked chunk is incomplete on disk (a client killed then would leave it so).
+    """
+    done = Path(job.progress) / f"{index}.json"
+    if done.is_file():
+        marker: dict[str, Any] = json.loads(done.read_text())
+        return marker
     start, stop = index * job.rows, min((index + 1) * job.rows, job.n_images)
     encoder = job.source.load()
     device = torch_device(job.device)
@@ -177,7 +186,7 @@ def _encode_chunk(job: _Job, index: int) -> dict[str, Any]:
               "nan_count": int(np.count_nonzero(np.isnan(values)))}
     tmp = Path(job.progress) / f".tmp-{uuid.uuid4().hex}"
     tmp.write_text(json.dumps(marker))
-    os.replace(tmp, Path(job.progress) / f"{index}.json")  # the chunk is complete on disk
+    os.replace(tmp, done)  # the chunk is complete on disk
     return marker
 
 
