@@ -21,7 +21,7 @@ from nest_data._encode import encode
 from nest_data._generate import generate
 from nest_data._mirror import mirror
 from nest_data._open import open, open_many, open_metadata, open_store
-from nest_data._verify import verify
+from nest_data._verify import build_index, verify
 from nest_data.analysis import (
     roi_mean,
     roi_means,
@@ -37,6 +37,9 @@ from nest_data.errors import (
     CatalogError,
     ChecksumError,
     ConversionError,
+    IndexFormatError,
+    IndexLockError,
+    IndexVersionError,
     InputError,
     LocationError,
     MissingObjectError,
@@ -65,6 +68,9 @@ __all__ = [
     "ChunkCache",
     "ConversionError",
     "Entry",
+    "IndexFormatError",
+    "IndexLockError",
+    "IndexVersionError",
     "InputError",
     "Location",
     "LocationError",
@@ -79,6 +85,7 @@ __all__ = [
     "UnknownKeyError",
     "__version__",
     "build_demo",
+    "build_index",
     "catalog",
     "dream",
     "encode",

@@ -92,6 +92,16 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     return 0 if report.ok else 1
 
 
+def _cmd_index(args: argparse.Namespace) -> int:
+    from nest_data._verify import build_index
+
+    index = build_index(args.root, storage_options=_options(args.storage_option),
+                        show_progress=_progress(args))
+    total = sum(r.nbytes for r in index.stores.values())
+    print(f"{args.root}: indexed {len(index.stores)} store(s), {total / 1e6:.1f} MB")
+    return 0
+
+
 def _cmd_generate(args: argparse.Namespace) -> int:
     from nest_data._generate import generate
 
@@ -169,6 +179,8 @@ def _cmd_mirror(args: argparse.Namespace) -> int:
                     show_progress=_progress(args), modality=args.modality,
                     imageset=args.imageset, subject=args.subject, roi=args.roi)
     print(f"{args.dest}: {report}")
+    if report.absent:
+        print(f"not at the source ({len(report.absent)}): " + ", ".join(report.absent))
     return 0
 
 
@@ -186,15 +198,20 @@ def _cmd_cache(args: argparse.Namespace) -> int:
 def _cmd_catalog(args: argparse.Namespace) -> int:
     from nest_data._catalog import KEYS, catalog
 
+    options = _options(args.storage_option) or None
     cat = catalog(*args.catalog).search(modality=args.modality, imageset=args.imageset,
-                                        subject=args.subject, roi=args.roi)
+                                        subject=args.subject, roi=args.roi,
+                                        location=args.location,
+                                        storage_options=options if args.location else None)
     if args.intake_esm:
-        path = cat.to_intake_esm(args.intake_esm, location=args.location)
+        path = cat.to_intake_esm(args.intake_esm, location=args.location,
+                                 storage_options=options)
         print(f"wrote {path} and {path.with_suffix('.csv')}")
         return 0
     columns = [*KEYS, "n_images"] if not args.all_columns else list(cat.df.columns)
     print(cat.df[columns].to_string(max_rows=args.max_rows, index=False))
-    print(f"{len(cat)} entries; locations: {', '.join(sorted(cat.locations))}")
+    where = f" at {args.location}" if args.location else ""
+    print(f"{len(cat)} entries{where}; locations: {', '.join(sorted(cat.locations))}")
     return 0
 
 
@@ -265,6 +282,13 @@ def _parser() -> argparse.ArgumentParser:
     verify.add_argument("--storage-option", action="append", metavar="KEY=VALUE")
     verify.set_defaults(func=_cmd_verify)
 
+    index = sub.add_parser("index", help="rebuild the index of the stores under ROOT "
+                                         "(nest-data-index.json)")
+    index.add_argument("root", help="a location name, a local folder or a remote URL (s3://, "
+                       "gs://; not http://)")
+    index.add_argument("--storage-option", action="append", metavar="KEY=VALUE")
+    index.set_defaults(func=_cmd_index)
+
     gen = sub.add_parser("generate", help="encode a folder or Zarr array of images into a new "
                                           "store (resumable; on dask)")
     gen.add_argument("images", help="folder of images, or a Zarr array/group of uint8 images")
@@ -329,7 +353,11 @@ def _parser() -> argparse.ArgumentParser:
     cat.add_argument("--roi", nargs="+")
     cat.add_argument("--catalog", nargs="*", default=[], help="extra catalog YAML files")
     cat.add_argument("--intake-esm", metavar="DIR", help="write an intake-esm collection")
-    cat.add_argument("--location", help="location whose root the intake-esm paths use")
+    cat.add_argument("--location", help="list only the entries whose store exists at this "
+                                        "location (name, folder or URL); also the root of "
+                                        "the intake-esm paths")
+    cat.add_argument("--storage-option", action="append", metavar="KEY=VALUE",
+                     help="fsspec option for a remote --location")
     cat.add_argument("--max-rows", type=int, default=40)
     cat.add_argument("--all-columns", action="store_true",
                      help="every column (dims, voxel counts, store paths), wider than 80")

@@ -15,6 +15,7 @@ import xarray as xr
 
 from nest_data import _config
 from nest_data._format import FORMAT_VERSION
+from nest_data._index import INDEX_FILE, write_index
 from nest_data._open import open as open_entry
 from nest_data.analysis import top_images
 from nest_data.errors import NestDataError
@@ -112,6 +113,8 @@ def build_demo(
     marker = root / _MARKER
     if not rebuild and marker.is_file() and json.loads(marker.read_text()) == stamp:
         logger.info("demo collection already built at %s", root)
+        if not (root / INDEX_FILE).is_file():  # built before nest-data kept an index
+            write_index(root)
         return root
     root.parent.mkdir(parents=True, exist_ok=True)
     marker.unlink(missing_ok=True)

@@ -21,6 +21,7 @@ from nest_data._catalog import Catalog, Entry
 from nest_data._catalog import catalog as default_catalog
 from nest_data._digest import bytes_digest, file_digest
 from nest_data._format import ATTR
+from nest_data._index import existing_paths
 from nest_data._parallel import run_jobs
 from nest_data._staging import STAGING_DIR, commit
 from nest_data._storage import NestStore, make_store
@@ -36,16 +37,18 @@ __all__ = ["MirrorReport", "mirror"]
 
 @dataclass
 class MirrorReport:
-    """What :func:`mirror` did: entries copied, already up to date, failed."""
+    """What :func:`mirror` did: entries copied, already up to date, not at the source, failed."""
 
     copied: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
     failed: dict[str, str] = field(default_factory=dict)
     bytes: int = 0
+    absent: list[str] = field(default_factory=list)
 
     def __str__(self) -> str:
         return (f"{len(self.copied)} copied ({self.bytes / 1e6:.1f} MB), {len(self.skipped)} "
-                f"already up to date, {len(self.failed)} failed")
+                f"already up to date, {len(self.absent)} not at the source, "
+                f"{len(self.failed)} failed")
 
 
 @_config.progress_option
@@ -85,6 +88,13 @@ def mirror(
     Returns
     -------
     MirrorReport
+        Entries ``copied``, ``skipped`` (already up to date), ``absent`` (matching, but not
+        at the location) and ``failed``.
+
+    Raises
+    ------
+    StoreNotFoundError
+        No catalog entry matches ``keys``, or none of those that match is at the location.
 
     Examples
     --------
@@ -104,11 +114,20 @@ def mirror(
     entries = list({e.path: e for e in cat.search(**keys)}.values())
     if not entries:
         raise StoreNotFoundError(f"no catalog entries match {keys}")
+    present = existing_paths(root.url, root.storage_options, candidates=[e.path for e in entries])
+    report = MirrorReport(absent=sorted(e.label for e in entries if e.path not in present))
+    entries = [e for e in entries if e.path in present]
+    if not entries:
+        raise StoreNotFoundError(f"none of the {len(report.absent)} entries matching {keys} is "
+                                 f"at {root.url}; `nest-data catalog --location {root.url}` "
+                                 "lists what is there")
+    if report.absent:
+        logger.info("%d matching entries are not at %s: %s", len(report.absent), root.url,
+                    ", ".join(report.absent))
     jobs = []
     for entry in entries:
         jobs.append((entry, root.store(entry), dict(root.storage_options),
                      local_path(os.fspath(dest))))
-    report = MirrorReport()
     for job, outcome in run_jobs(_mirror_entry, jobs, workers=workers,
                                  desc="mirroring", unit="entry"):
         label = job[0].label

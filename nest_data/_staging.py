@@ -22,26 +22,18 @@ import fsspec
 from nest_data import _config
 from nest_data._digest import file_digest
 from nest_data._format import ATTR
+from nest_data._index import STAGING_DIR, record_of, record_store, store_exists
 from nest_data._urls import is_local, join, local_path
 from nest_data.errors import TargetExistsError
 
 logger = logging.getLogger("nest_data")
 
-STAGING_DIR = ".nest-data-staging"
+__all__ = ["STAGING_DIR", "check_replaceable", "clean_staging", "commit", "make_root",
+           "object_digests", "staging", "store_exists"]
 
 # --------------------------------------------------------------------------------------
 # Paths and atomic commit (local file systems; remote targets come with remote support)
 # --------------------------------------------------------------------------------------
-
-
-def store_exists(root: str | os.PathLike[str], path: str,
-                 storage_options: Mapping[str, Any] | None = None) -> bool:
-    """Whether a committed store (its root ``zarr.json``) exists at ``root/path``."""
-    url = join(root, path)
-    if is_local(url):
-        return (Path(local_path(url)) / "zarr.json").is_file()
-    fs, base = fsspec.core.url_to_fs(url, **dict(storage_options or {}))
-    return bool(fs.exists(f"{base}/zarr.json"))
 
 
 def _staging_parent(root: str | os.PathLike[str]) -> Path:
@@ -70,8 +62,18 @@ def commit(stage: Path, root: str | os.PathLike[str], path: str,
     Local roots: one rename (an older folder is moved aside first, then deleted).  Remote
     roots (no rename there): the old ``last`` file (the store's root ``zarr.json``) is
     deleted, which hides the old folder from readers; every other object is uploaded; the
-    ``last`` file, whose presence makes the folder exist for readers, goes last.
+    ``last`` file, whose presence makes the folder exist for readers, goes last.  A store
+    (``last="zarr.json"``) is then recorded in the root's index
+    (:func:`nest_data._index.record_store`); a weights folder is not.
     """
+    record = record_of(stage) if last == "zarr.json" else None
+    _place(stage, root, path, storage_options, last)
+    if record is not None:
+        record_store(root, path, record, storage_options)
+
+
+def _place(stage: Path, root: str | os.PathLike[str], path: str,
+           storage_options: Mapping[str, Any] | None, last: str) -> None:
     url = join(root, path)
     if is_local(url):
         final = Path(local_path(url))

@@ -3,18 +3,14 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
-import fsspec
 import numpy as np
 import zarr
-from fsspec.implementations.http import HTTPFileSystem
 from tqdm.auto import tqdm
 from zarr.abc.store import Store
 from zarr.core.buffer import default_buffer_prototype
@@ -25,40 +21,25 @@ from nest_data import _config
 from nest_data._catalog import Catalog
 from nest_data._catalog import catalog as default_catalog
 from nest_data._digest import bytes_digest
-from nest_data._format import ATTR, DATA_VAR, array_digest, read_store_attrs
-from nest_data._staging import STAGING_DIR, store_exists
+from nest_data._format import DATA_VAR, array_digest, read_store_attrs
+from nest_data._index import (
+    INDEX_FILE,
+    Index,
+    find_stores,
+    list_stores,
+    probe_stores,
+    read_index,
+    read_object,
+    record_mismatches,
+    write_index,
+)
 from nest_data._storage import make_store, quiet_consolidated
-from nest_data._urls import is_local, join, local_path, validate_storage_options
-from nest_data.errors import RemoteReadError, StoreNotFoundError
+from nest_data._urls import is_local, join, validate_storage_options
+from nest_data.errors import IndexFormatError, StoreNotFoundError
 
 logger = logging.getLogger("nest_data")
 
-__all__ = ["Problem", "VerifyReport", "find_stores", "verify", "verify_store"]
-
-
-def find_stores(root: str | os.PathLike[str]) -> list[Path]:
-    """Every nest-data store under a local root (staging folders excluded), sorted."""
-    base = Path(root)
-    if not base.is_dir():
-        raise StoreNotFoundError(f"{base} is not a folder; give the root of a collection "
-                                 "(the DEST of `nest-data convert`)")
-    return sorted(_walk(base))
-
-
-def _walk(folder: Path) -> Iterator[Path]:
-    for dirpath, dirnames, filenames in os.walk(folder):
-        dirnames[:] = sorted(d for d in dirnames if d != STAGING_DIR)
-        if "zarr.json" in filenames and _is_entry(Path(dirpath) / "zarr.json"):
-            dirnames[:] = []
-            yield Path(dirpath)
-
-
-def _is_entry(meta_file: Path) -> bool:
-    try:
-        doc = json.loads(meta_file.read_text())
-    except (OSError, ValueError):
-        return False
-    return doc.get("node_type") == "group" and ATTR in doc.get("attributes", {})
+__all__ = ["Problem", "VerifyReport", "build_index", "find_stores", "verify", "verify_store"]
 
 
 @dataclass
@@ -115,52 +96,90 @@ def verify(
     where = cat.location(root, storage_options)
     options = dict(where.storage_options)
     root_text = where.url
-    labels: list[str]
-    if is_local(root_text):
-        base = Path(local_path(root_text))
-        labels = [str(p.relative_to(base)) for p in find_stores(base)]
-    else:
+    if not is_local(root_text):
         validate_storage_options(root_text, options)
-        listed = _remote_stores(root_text, options)
-        if listed is None:  # no listing (HTTP): probe every catalog path
-            paths = dict.fromkeys(e.path for e in cat)  # surface ROIs share one store
-            listed = [p for p in paths if store_exists(root_text, p, options)]
-        labels = listed
-    if not labels:
+    problems: list[Problem] = []
+    fix = f"run `nest-data index {root_text}`"
+    try:
+        index = read_index(root_text, options)
+    except IndexFormatError as exc:
+        index = None
+        problems.append(Problem(INDEX_FILE, "index", str(exc)))
+    listed: Mapping[str, int | None] | None = list_stores(root_text, options)
+    if listed is None:  # no listing (HTTP): probe the catalog's paths and the index's
+        listed = dict.fromkeys(probe_stores(root_text, options, [
+            *(e.path for e in cat), *(index.stores if index is not None else ())]))
+    labels = sorted(listed)
+    if not labels and not (index is not None and index.stores):
         raise StoreNotFoundError(f"no nest-data stores under {root_text}; give the root of a "
                                  "collection written by `nest-data convert` or `nest-data demo`")
-    problems: list[Problem] = []
+    if index is None:
+        logger.info("%s has no index %s; `nest-data index %s` writes one", root_text,
+                    INDEX_FILE, root_text)
     for label in tqdm(labels, desc="verifying", unit="store",
                       disable=not _config.show_progress()):
         store = make_store(join(root_text, label), options)
         problems.extend(verify_store(store, label=label))
+        if index is None:
+            continue
+        record = index.stores.get(label)
+        if record is None:
+            problems.append(Problem(label, "index", f"is missing from {INDEX_FILE}; {fix}"))
+            continue
+        metadata = read_object(join(root_text, label), options, "zarr.json")
+        if metadata is not None:  # else removed since listed: verify_store said so
+            problems.extend(Problem(label, "index", f"{detail}; {fix}") for detail in
+                            record_mismatches(record, metadata, listed[label]))
+    for gone in sorted(set(index.stores if index is not None else ()) - set(labels)):
+        problems.append(Problem(gone, "index", f"is recorded in {INDEX_FILE} but no store is "
+                                f"there; {fix}"))
     logger.info("verified %d stores under %s: %d problem(s)", len(labels), root_text,
                 len(problems))
     return VerifyReport(len(labels), problems)
 
 
-def _remote_stores(root: str, options: Mapping[str, Any]) -> list[str] | None:
-    """Relative paths of the stores (``*.zarr`` with a root ``zarr.json``) under a remote root.
+@_config.progress_option
+def build_index(
+    root: str | os.PathLike[str],
+    *,
+    storage_options: Mapping[str, Any] | None = None,
+    show_progress: bool | None = None,
+    catalog: Catalog | None = None,
+) -> Index:
+    """Rebuild the index of a location (``nest-data-index.json``) from the stores there.
 
-    None when the file system cannot list (HTTP).  Staging folders are skipped.
+    Every writer keeps the index up to date; rebuild it for a root written before nest-data
+    kept one, or when :func:`verify` says it is out of date.  The stores are listed (a local
+    walk, one listing of a bucket) and each one's root ``zarr.json`` is read.
+
+    Parameters
+    ----------
+    root : str, path or URL
+        A location name or the root of a collection (a folder, ``s3://``, ``gs://``...).
+        HTTP locations cannot be written: index the folder or bucket that is served.
+    storage_options : dict, optional
+        fsspec options for a remote root.
+    show_progress : bool, optional
+        Progress bar over stores.
+
+    Returns
+    -------
+    Index
+        The index written: ``index.stores`` maps each store's path to its keys, bytes,
+        format version and metadata checksum.
+
+    Examples
+    --------
+    >>> import nest_data, shutil, tempfile
+    >>> from nest_data._demo import demo_root
+    >>> copy = shutil.copytree(demo_root() / "modality-eeg", tempfile.mkdtemp() + "/eeg")
+    >>> index = nest_data.build_index(copy, show_progress=False)
+    >>> len(index.stores), nest_data.verify(copy, show_progress=False).ok
+    (30, True)
     """
-    fs, base = fsspec.core.url_to_fs(root, **dict(options))
-    if isinstance(fs, HTTPFileSystem):
-        try:  # fs.info turns a refused connection into FileNotFoundError: ask for the bytes
-            fs.cat_file(base)
-        except FileNotFoundError:
-            pass  # the server answered: a root without an index page is normal
-        except Exception as exc:
-            raise RemoteReadError(f"cannot reach {root} ({type(exc).__name__}: {exc}); check "
-                                  "the URL, that the server runs, and your network") from exc
-        return None
-    base = base.rstrip("/")
-    found = []
-    for path in fs.find(base):
-        rel = path[len(base):].strip("/")
-        if rel.endswith(".zarr/zarr.json") and STAGING_DIR not in rel:
-            found.append(rel.removesuffix("/zarr.json"))
-    return sorted(found)
+    cat = catalog or default_catalog()
+    where = cat.location(root, storage_options)
+    return write_index(where.url, where.storage_options)
 
 
 @dataclass

@@ -13,6 +13,9 @@ __all__ = [
     "CatalogError",
     "ChecksumError",
     "ConversionError",
+    "IndexFormatError",
+    "IndexLockError",
+    "IndexVersionError",
     "InputError",
     "LocationError",
     "MissingObjectError",
@@ -83,3 +86,15 @@ class MissingObjectError(NestDataError, FileNotFoundError):
 
 class RemoteReadError(NestDataError, OSError):
     """Reading from a remote store failed (after retries, where retrying makes sense)."""
+
+
+class IndexFormatError(NestDataError, ValueError):
+    """A location's index (``nest-data-index.json``) is damaged or not a nest-data index."""
+
+
+class IndexVersionError(IndexFormatError):
+    """A location's index was written by a newer nest-data than this one reads."""
+
+
+class IndexLockError(NestDataError, TimeoutError):
+    """A location's index could not be updated: its lock stayed held, or writers collided."""

@@ -22,9 +22,10 @@ from nest_data._catalog.schema import (
     location_from_doc,
     model_from_doc,
 )
+from nest_data._index import existing_paths
 from nest_data._urls import check_storage_options
 from nest_data.catalogs import catalog_path
-from nest_data.errors import CatalogError, UnknownKeyError
+from nest_data.errors import CatalogError, InputError, UnknownKeyError
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -201,11 +202,18 @@ class Catalog:
         values = {getattr(e, key) for e in self._all_entries()} - {None}
         return sorted(values)
 
-    def search(self, **keys: Any) -> Catalog:
+    def search(self, *, location: str | os.PathLike[str] | None = None,
+               storage_options: Mapping[str, Any] | None = None, **keys: Any) -> Catalog:
         """Entries matching every given key; a key's value may be a scalar or a list.
 
         Parameters
         ----------
+        location : str or path, optional
+            Keep only the entries whose store exists at this location (a name, folder or
+            URL).  Its index answers in one request; a root without one is listed (or, over
+            HTTP, each matching entry's store is probed).
+        storage_options : dict, optional
+            fsspec options for ``location``, merged over the location's own.
         **keys
             Any of ``modality, train_dataset, model, imageset, subject, roi``.
 
@@ -224,12 +232,26 @@ class Catalog:
         >>> import nest_data
         >>> len(nest_data.catalog().search(modality="eeg", imageset=["nsd", "things"]))
         20
+        >>> len(nest_data.catalog().search(roi="FFA-1", location="demo"))  # 24 fwRF, 1 surface
+        25
         """
         wanted = {k: set(self._normalise_values(k, v)) for k, v in keys.items() if v is not None}
         entries = [e for e in self._entries
                    if all(getattr(e, k) in vals for k, vals in wanted.items())]
+        if location is not None:
+            entries = self._present(entries, self.location(location, storage_options))
+        elif storage_options is not None:
+            raise InputError("storage_options= applies to the location= of search; give "
+                             "location= too, or drop storage_options=")
         return Catalog(self.models, self.imagesets, self.locations, name=self.name,
                        version=self.version, sources=self.sources, entries=entries)
+
+    @staticmethod
+    def _present(entries: Sequence[Entry], root: Root) -> list[Entry]:
+        """The entries whose store exists at ``root``."""
+        present = existing_paths(root.url, root.storage_options,
+                                 candidates=[e.path for e in entries])
+        return [e for e in entries if e.path in present]
 
     def _normalise_values(self, key: str, value: Any) -> list[Any]:
         values = list(value) if isinstance(value, (list, tuple, set, frozenset)) else [value]
@@ -310,9 +332,10 @@ class Catalog:
     # ---------------------------------------------------------------- export
     def to_intake_esm(
         self, directory: str | os.PathLike[str], *, location: str | None = None,
-        name: str | None = None,
+        name: str | None = None, storage_options: Mapping[str, Any] | None = None,
     ) -> Path:
-        """Export the entries as an intake-esm collection (a JSON file and a CSV file).
+        """Export the entries whose stores exist at a location as an intake-esm collection
+        (a JSON file and a CSV file).
 
         Parameters
         ----------
@@ -320,9 +343,11 @@ class Catalog:
             Folder to write ``<name>.json`` and ``<name>.csv`` into.
         location : str, optional
             Location whose root prefixes the ``path`` column (default lookup as in
-            :meth:`location`).
+            :meth:`location`); only the entries whose store exists there are listed.
         name : str, optional
             File stem; defaults to the catalog's name.
+        storage_options : dict, optional
+            fsspec options for ``location``, merged over the location's own.
 
         Returns
         -------
@@ -336,9 +361,11 @@ class Catalog:
         >>> cat.to_intake_esm(tempfile.mkdtemp(), location="demo").suffix
         '.json'
         """
+        root = self.location(location, storage_options)
+        present = self._present(self._entries, root)
         return export.write_intake_esm(
-            self.df, self.location(location), directory, name or self.name,
-            f"nest-data catalog {self.name} v{self.version}")
+            export.listing(self.models, self.imagesets, present), root, directory,
+            name or self.name, f"nest-data catalog {self.name} v{self.version}")
 
 
 @functools.lru_cache(maxsize=32)
