@@ -144,10 +144,18 @@ def read_store_attrs(store: Any) -> dict[str, Any]:
         root = sync(store.get("zarr.json", default_buffer_prototype()))
     except FileNotFoundError as exc:  # a local root folder that does not exist
         raise StoreNotFoundError(f"no nest-data store at {store}") from exc
-    if root is None:
+    return store_attrs(root_document(None if root is None else root.to_bytes(), store))
+
+
+def root_document(raw: bytes | None, store: Any) -> dict[str, Any]:
+    """The parsed root ``zarr.json`` of a complete nest-data store, or StoreNotFoundError.
+
+    ``raw`` is its bytes (None: there is none); ``store`` names the store in messages.
+    """
+    if raw is None:
         raise StoreNotFoundError(f"no nest-data store at {store}")
     try:
-        doc = json.loads(root.to_bytes())
+        doc = json.loads(raw)
     except ValueError as exc:
         raise StoreNotFoundError(f"{store}: its zarr.json is not JSON, so it is not a "
                                  "nest-data store") from exc
@@ -155,4 +163,18 @@ def read_store_attrs(store: Any) -> dict[str, Any]:
     if doc.get("node_type") != "group" or not isinstance(meta, Mapping) or not meta.get(
             "complete"):
         raise StoreNotFoundError(f"{store} is a Zarr node but not a complete nest-data store")
-    return dict(meta)
+    return dict(doc)
+
+
+def store_attrs(doc: Mapping[str, Any]) -> dict[str, Any]:
+    """The ``nest_data`` attribute of a root document checked by :func:`root_document`."""
+    return dict(doc["attributes"][ATTR])
+
+
+def consolidated_of(doc: Mapping[str, Any]) -> dict[str, Any]:
+    """The metadata of every node below a root document (its consolidated metadata), or
+    ``{}``."""
+    try:
+        return dict(doc["consolidated_metadata"]["metadata"])
+    except (KeyError, TypeError, ValueError):
+        return {}

@@ -5,14 +5,18 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from collections.abc import Hashable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Hashable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
+import dask.array
 import numpy as np
 import xarray as xr
 import zarr
-import zarr.api.asynchronous
-from dask.base import is_dask_collection, tokenize
+from dask.base import tokenize
+from xarray.backends import BackendArray
+from xarray.core import indexing
+from zarr.core.buffer import default_buffer_prototype
 from zarr.core.sync import sync
 
 from nest_data import _config
@@ -20,13 +24,13 @@ from nest_data._cache import ChunkCache
 from nest_data._catalog import Catalog, Entry, Root
 from nest_data._catalog import catalog as default_catalog
 from nest_data._dask import dask_array
-from nest_data._format import AUX_GROUP, DATA_VAR, read_store_attrs
-from nest_data._labels import consolidated, read_labels
-from nest_data._reader import ShardReader, shard_reader
-from nest_data._storage import NestStore, make_store, quiet_consolidated
+from nest_data._format import AUX_GROUP, DATA_VAR, consolidated_of, root_document, store_attrs
+from nest_data._labels import read_labels, zarr_array
+from nest_data._reader import shard_reader
+from nest_data._storage import NestStore, make_store
 from nest_data._surface import ROI_AUX_PREFIX
 from nest_data._urls import check_storage_options, is_local
-from nest_data.errors import InputError, StoreFormatError, StoreNotFoundError
+from nest_data.errors import InputError, StoreNotFoundError
 
 logger = logging.getLogger("nest_data")
 
@@ -34,6 +38,8 @@ __all__ = ["open", "open_many", "open_metadata", "open_store"]
 
 #: Stored chunks per dask task for remote stores (local stores: one).
 REMOTE_CHUNKS_PER_TASK = 8
+#: Stores opened at once by :func:`open_many` (each sends its label requests together).
+OPEN_CONCURRENCY = 16
 
 
 def open(
@@ -189,6 +195,10 @@ def open_many(
     counts, so subjects and ROIs of different sizes live side by side.  Arguments are those
     of :func:`open`, with lists allowed for ``subject`` and ``roi``.
 
+    Entries open concurrently, each in two round trips (its metadata, then all its labels),
+    with at most :data:`OPEN_CONCURRENCY` stores in flight: from a bucket, opening costs
+    round trips per collection, not per entry.
+
     Examples
     --------
     >>> import nest_data
@@ -204,15 +214,12 @@ def open_many(
     subjects = list(subject) if isinstance(subject, (list, tuple)) else [subject]
     rois: list[str | None] = (list(roi) if isinstance(roi, (list, tuple))
                               else [roi])  # type: ignore[list-item]
-    nodes: dict[str, xr.Dataset] = {}
-    for s in subjects:
-        for r in rois:
-            entry = cat.resolve(modality=modality, train_dataset=train_dataset, model=model,
-                                imageset=imageset, subject=s, roi=r)
-            ds = _open_dataset(cat, entry, root, chunks, group=None, cache=cache,
-                               verify=verify, load_labels=True)
-            name = f"sub-{entry.subject:02d}" + (f"/{entry.roi}" if entry.roi else "")
-            nodes[name] = ds[[DATA_VAR]]
+    entries = [cat.resolve(modality=modality, train_dataset=train_dataset, model=model,
+                           imageset=imageset, subject=s, roi=r) for s in subjects for r in rois]
+    datasets = _open_entries(cat, entries, root, chunks, None, cache=cache, verify=verify,
+                             load_labels=True)
+    nodes = {f"sub-{e.subject:02d}" + (f"/{e.roi}" if e.roi else ""): ds[[DATA_VAR]]
+             for e, ds in zip(entries, datasets, strict=True)}
     return xr.DataTree.from_dict(nodes)
 
 
@@ -220,62 +227,186 @@ def _open_dataset(
     cat: Catalog, entry: Entry, root: Root, chunks: Mapping[str, int] | None,
     group: str | None, *, cache: bool | None, verify: bool | None, load_labels: bool,
 ) -> xr.Dataset:
-    url = root.store(entry)
-    surface_roi = entry.roi if cat.model_spec(entry).surface and group is None else None
-    try:
-        ds = _open_url(url, root.storage_options, chunks, group, cache=cache, verify=verify,
-                       load_labels=load_labels, roi=surface_roi)
-    except StoreNotFoundError as exc:
-        raise StoreNotFoundError(_missing_message(entry, url, root.name)) from exc
-    logger.debug("opened %s from %s", entry.label, url)
+    (ds,) = _open_entries(cat, [entry], root, chunks, group, cache=cache, verify=verify,
+                          load_labels=load_labels)
     return ds
+
+
+def _open_entries(
+    cat: Catalog, entries: Sequence[Entry], root: Root, chunks: Mapping[str, int] | None,
+    group: str | None, *, cache: bool | None, verify: bool | None, load_labels: bool,
+) -> list[xr.Dataset]:
+    """Open entries of one location, concurrently: each costs two round trips (its root
+    ``zarr.json``, then all its labels at once), and at most :data:`OPEN_CONCURRENCY` are
+    in flight."""
+    _check_chunks(chunks)
+    jobs = []
+    for entry in entries:
+        url = root.store(entry)
+        roi = entry.roi if cat.model_spec(entry).surface and group is None else None
+        store = _make_store(url, root.storage_options, cache=cache, verify=verify)
+        jobs.append((entry, url, roi, _read_store(store, group, load_labels=load_labels,
+                                                  roi=roi)))
+
+    async def one(entry: Entry, url: str, read: Awaitable[_Stored]) -> _Stored:
+        async with limit:
+            try:
+                return await read
+            except StoreNotFoundError as exc:
+                raise StoreNotFoundError(_missing_message(entry, url, root.name)) from exc
+
+    async def all_of() -> list[_Stored]:
+        async with asyncio.TaskGroup() as tasks:
+            running = [tasks.create_task(one(entry, url, read)) for entry, url, _, read in jobs]
+        return [task.result() for task in running]
+
+    limit = asyncio.Semaphore(OPEN_CONCURRENCY)
+    try:
+        stored = sync(all_of())
+    except ExceptionGroup as group_error:  # the first failure, as itself
+        raise group_error.exceptions[0] from None
+    out = []
+    for (entry, url, roi, _), opened in zip(jobs, stored, strict=True):
+        out.append(_dataset(opened, chunks, group, load_labels=load_labels, roi=roi))
+        logger.debug("opened %s from %s", entry.label, url)
+    return out
 
 
 def _open_url(
     url: str, options: Mapping[str, Any], chunks: Mapping[str, int] | None, group: str | None,
     *, cache: bool | None, verify: bool | None, load_labels: bool, roi: str | None = None,
 ) -> xr.Dataset:
+    """One store, by URL, as a Dataset (what :func:`open_store` and the ``nest`` engine
+    return)."""
     _check_chunks(chunks)
+    store = _make_store(url, options, cache=cache, verify=verify)
+    opened = sync(_read_store(store, group, load_labels=load_labels, roi=roi))
+    return _dataset(opened, chunks, group, load_labels=load_labels, roi=roi)
+
+
+@dataclass
+class _Stored:
+    """What opening a store reads: its checked root document, then its labels."""
+
+    store: NestStore
+    attrs: dict[str, Any]  # the ``nest_data`` attribute
+    metadata: dict[str, Any]  # consolidated metadata of every node
+    labels: dict[str, Any]  # label name -> values (the ones read now)
+
+
+def _make_store(url: str, options: Mapping[str, Any], *, cache: bool | None,
+                verify: bool | None) -> NestStore:
+    """The store to read ``url`` through, with the cache (remote stores only) and verify
+    flags resolved (argument, then environment)."""
     use_cache = _config.flag(cache, _config.ENV_CACHE) and not is_local(url)
-    store = make_store(url, options, read_only=True,
-                       cache=ChunkCache.shared() if use_cache else None,
-                       verify=_config.flag(verify, _config.ENV_VERIFY))
-    meta = read_store_attrs(store)
-    store = store.with_manifest(meta.get("objects", {}), int(meta.get("chunk_rows") or 0))
-    # One shard per dask task locally; several remotely, fetched concurrently, which hides
-    # request latency (benchmarks/remote.py: 1.9x faster full scans at 50 ms per request).
-    per_task = 1 if is_local(url) else REMOTE_CHUNKS_PER_TASK
-    metadata = consolidated(store)
-    reader = shard_reader(store, url, DATA_VAR, metadata) if group is None else None
+    return make_store(url, options, read_only=True,
+                      cache=ChunkCache.shared() if use_cache else None,
+                      verify=_config.flag(verify, _config.ENV_VERIFY))
+
+
+async def _read_store(store: NestStore, group: str | None, *, load_labels: bool,
+                      roi: str | None) -> _Stored:
+    """Read a store's root ``zarr.json`` (one request), then every label at once (one more
+    round trip; none without ``load_labels``, except a surface ROI's vertices)."""
+    raw = await store.get("zarr.json", default_buffer_prototype())
+    doc = root_document(None if raw is None else raw.to_bytes(), store)
+    attrs = store_attrs(doc)
+    store = store.with_manifest(attrs.get("objects", {}), int(attrs.get("chunk_rows") or 0))
+    metadata = consolidated_of(doc)
+    prefix = f"{group}/" if group else ""
+    wanted = [prefix + name for name in _members(metadata, group)[0]
+              if load_labels and (name != DATA_VAR or group is not None)]
+    if roi is not None and ROI_AUX_PREFIX + roi in _members(metadata, AUX_GROUP)[0]:
+        wanted.append(f"{AUX_GROUP}/{ROI_AUX_PREFIX}{roi}")
+    labels = await read_labels(store, metadata, wanted)
+    return _Stored(store, attrs, metadata, labels)
+
+
+def _members(metadata: Mapping[str, Any], group: str | None) -> tuple[list[str], set[str]]:
+    """The arrays directly in ``group`` (names relative to it), and which are coordinates:
+    dimension names, and names an array lists in its ``coordinates`` attribute."""
+    prefix = f"{group}/" if group else ""
+    arrays = [key[len(prefix):] for key, meta in metadata.items()
+              if key.startswith(prefix) and "/" not in key[len(prefix):]
+              and isinstance(meta, Mapping) and meta.get("node_type") == "array"]
+    coords: set[str] = set()
+    for name in arrays:
+        meta = metadata[prefix + name]
+        coords.update(meta.get("dimension_names") or ())
+        coords.update(str((meta.get("attributes") or {}).get("coordinates", "")).split())
+    return arrays, coords & set(arrays)
+
+
+def _dataset(stored: _Stored, chunks: Mapping[str, int] | None, group: str | None, *,
+             load_labels: bool, roi: str | None) -> xr.Dataset:
+    """The Dataset of a store's group, built from its consolidated metadata.
+
+    ``responses`` is a dask array read through :class:`ShardReader` (through zarr for a
+    layout it does not read); labels are the values read (or, without ``load_labels``,
+    read on first use, with no index built).
+    """
+    store, metadata = stored.store, stored.metadata
+    prefix = f"{group}/" if group else ""
+    arrays, coord_names = _members(metadata, group)
+    store.n_images = int(metadata.get(DATA_VAR, {}).get("shape", [0])[0] or 0)
+    variables: dict[str, xr.Variable] = {}
+    for name in arrays:
+        meta = metadata[prefix + name]
+        dims = tuple(meta.get("dimension_names") or ())
+        attrs = {k: v for k, v in (meta.get("attributes") or {}).items() if k != "coordinates"}
+        if group is None and name == DATA_VAR:
+            data = _responses(store, meta, dims, chunks, stored.attrs)
+        elif prefix + name in stored.labels:
+            data = stored.labels[prefix + name]
+        else:
+            data = indexing.LazilyIndexedArray(_LazyLabel(store, prefix + name, meta))
+        variables[name] = xr.Variable(dims, data, attrs)
+    dims_seen = {str(d) for v in variables.values() for d in v.dims}
+    _check_chunk_dims(chunks, sorted(dims_seen), store.url)
+    coords = {n: v for n, v in variables.items() if n in coord_names}
+    ds = xr.Dataset({n: v for n, v in variables.items() if n not in coord_names},
+                    coords=coords if load_labels else xr.Coordinates(coords, indexes={}))
+    return ds if roi is None else _select_roi(ds, stored, roi)
+
+
+def _responses(store: NestStore, meta: Mapping[str, Any], dims: Sequence[Hashable],
+               chunks: Mapping[str, int] | None, attrs: Mapping[str, Any]) -> Any:
+    """``responses`` as a dask array: a stored shard per task locally, eight remotely
+    (fetched concurrently, which hides request latency: benchmarks/remote.py measured 1.9x
+    faster full scans at 50 ms per request), or the ``chunks`` asked for."""
+    per_task = REMOTE_CHUNKS_PER_TASK if store.remote else 1
+    stored = [int(n) for n in meta["chunk_grid"]["configuration"]["chunk_shape"]]
+    spec = tuple((chunks or {}).get(str(dim), stored[i] * (per_task if i == 0 else 1))
+                 for i, dim in enumerate(dims))
+    digest = attrs.get("checksums", {}).get(DATA_VAR)
+    reader = shard_reader(store, store.url, DATA_VAR, {DATA_VAR: meta})
     if reader is not None:
-        store.n_images = reader.shape[0]  # for the images a missing object's message names
-    if reader is not None and load_labels:
-        ds = _dataset(store, url, metadata, reader, chunks, per_task,
-                      meta.get("checksums", {}).get(DATA_VAR))
-        if ds is not None:
-            return ds if roi is None else _select_roi(ds, store, url, roi)
-    xr_chunks = dict(chunks or {})
-    if reader is not None:
-        xr_chunks = {}  # labels in one chunk each; responses read through ``reader``, below
-    elif chunks is None and group is None and meta.get("chunk_rows") and per_task > 1:
-        xr_chunks = {"image": int(meta["chunk_rows"]) * per_task}
-    with quiet_consolidated():
-        ds = xr.open_zarr(store, group=group, consolidated=True, zarr_format=3,
-                          chunks=xr_chunks, create_default_indexes=load_labels)
-    store.n_images = int(ds.sizes.get("image", 0))
-    _check_chunk_dims(chunks, ds.dims, url)
-    if reader is not None:
-        ds[DATA_VAR] = ds[DATA_VAR].copy(data=_responses(
-            reader, ds[DATA_VAR].dims, chunks, per_task, meta.get("checksums", {}).get(DATA_VAR)))
-    # Coordinates are small (one chunk each) and needed for label-based selection
-    # (``da.where(da.ncsnr > 0.5)``, ``da.concept == "dog"``): read them all at once, in one
-    # concurrent batch (a remote store answers them in about one round trip).
-    lazy = [name for name, var in ds.coords.items() if is_dask_collection(var.data)]
-    if lazy and load_labels:
-        loaded = sync(_read_arrays(store, [f"{group}/{n}" if group else n for n in lazy]))
-        ds = ds.assign_coords({name: (ds[name].dims, values, ds[name].attrs)
-                               for name, values in zip(lazy, loaded, strict=True)})
-    return ds if roi is None else _select_roi(ds, store, url, roi)
+        return dask_array(reader, spec, tokenize(reader, spec, digest))
+    # a layout the direct path does not read (format 1, other codecs): through zarr
+    array = zarr.Array(zarr_array(store, DATA_VAR, meta))
+    return dask.array.from_array(array, chunks=spec, lock=False,
+                                 name=f"{DATA_VAR}-{tokenize(store, spec, digest)}")
+
+
+class _LazyLabel(BackendArray):
+    """A label read on first use (``load_labels=False``), then kept."""
+
+    def __init__(self, store: NestStore, name: str, meta: Mapping[str, Any]) -> None:
+        self.store, self.name, self.meta = store, name, meta
+        self.shape = tuple(int(n) for n in meta["shape"])
+        self.dtype = (np.dtypes.StringDType() if meta["data_type"] == "string"
+                      else np.dtype(meta["data_type"]))
+        self._values: np.ndarray | None = None
+
+    def __getitem__(self, key: indexing.ExplicitIndexer) -> np.ndarray:
+        return indexing.explicit_indexing_adapter(key, self.shape,
+                                                  indexing.IndexingSupport.BASIC, self._get)
+
+    def _get(self, key: tuple[Any, ...]) -> np.ndarray:
+        if self._values is None:
+            labels = sync(read_labels(self.store, {self.name: self.meta}, [self.name]))
+            self._values = np.asarray(labels[self.name])
+        return self._values[key]
 
 
 def _check_chunk_dims(chunks: Mapping[str, int] | None, dims: Iterable[Hashable],
@@ -287,58 +418,22 @@ def _check_chunk_dims(chunks: Mapping[str, int] | None, dims: Iterable[Hashable]
                          f"dimensions are {', '.join(names)}")
 
 
-def _responses(reader: ShardReader, dims: Sequence[Hashable],
-               chunks: Mapping[str, int] | None, per_task: int, digest: str | None) -> Any:
-    """``responses`` as a dask array read through ``reader``: a shard per task by default."""
-    shard = reader.layout.shard
-    spec = tuple((chunks or {}).get(str(dim), shard[i] * (per_task if i == 0 else 1))
-                 for i, dim in enumerate(dims))
-    return dask_array(reader, spec, tokenize(reader, spec, digest))
-
-
-def _dataset(store: NestStore, url: str, metadata: Mapping[str, Any], reader: ShardReader,
-             chunks: Mapping[str, int] | None, per_task: int, digest: str | None
-             ) -> xr.Dataset | None:
-    """The entry's Dataset built from its consolidated metadata, without xarray's backend.
-
-    Labels are read in one batch (:func:`~nest_data._labels.read_labels`) and indexed like
-    xarray's backend does (dimension coordinates only); None if a label's layout asks for
-    zarr's general read path.
-    """
-    meta = metadata[DATA_VAR]
-    attrs = dict(meta.get("attributes") or {})
-    dims = tuple(meta.get("dimension_names") or ())
-    listed = str(attrs.pop("coordinates", "")).split()
-    names = [*(d for d in dims if d in metadata), *listed]
-    labels = read_labels(store, url, metadata, names)
-    if labels is None or len(dims) != reader.ndim:
-        return None
-    _check_chunk_dims(chunks, dims, url)
-    coords = {name: xr.Variable(tuple(metadata[name].get("dimension_names") or ()),
-                                labels[name], dict(metadata[name].get("attributes") or {}))
-              for name in names}
-    responses = xr.Variable(dims, _responses(reader, dims, chunks, per_task, digest), attrs)
-    return xr.Dataset({DATA_VAR: responses}, coords=coords)
-
-
-def _select_roi(ds: xr.Dataset, store: NestStore, url: str, roi: str) -> xr.Dataset:
+def _select_roi(ds: xr.Dataset, stored: _Stored, roi: str) -> xr.Dataset:
     """One ROI's vertices (both hemispheres, BERG's order) of a whole-surface store."""
+    url = stored.store.url
     if "vertex" not in ds.dims:
         raise InputError(f"{url} is not a surface store (dims {tuple(ds.dims)}), so roi={roi!r} "
                          "cannot select vertices in it; open it without roi=")
-    prefix = f"{AUX_GROUP}/{ROI_AUX_PREFIX}"
-    name = prefix + roi
-    metadata = consolidated(store)
-    if name not in metadata:
-        found = sorted(k.removeprefix(prefix) for k in metadata if k.startswith(prefix))
+    name = f"{AUX_GROUP}/{ROI_AUX_PREFIX}{roi}"
+    if name not in stored.labels:
+        found = sorted(_members(stored.metadata, AUX_GROUP)[0])
+        found = [n.removeprefix(ROI_AUX_PREFIX) for n in found if n.startswith(ROI_AUX_PREFIX)]
         raise InputError(f"the surface store {url} has no vertex selection for ROI {roi!r} "
                          f"(its encoder's metadata had none); ROIs in it: "
                          f"{', '.join(found) or 'none'}. Open the whole surface without roi=, "
                          "or regenerate it from weights converted with BERG's metadata "
                          "file")
-    labels = read_labels(store, url, metadata, [name])
-    (positions,) = labels.values() if labels is not None else sync(_read_arrays(store, [name]))
-    out = ds.isel(vertex=np.asarray(positions, dtype=np.int64))
+    out = ds.isel(vertex=np.asarray(stored.labels[name], dtype=np.int64))
     out[DATA_VAR].attrs["roi"] = roi
     return out
 
@@ -402,21 +497,6 @@ def _check_chunks(chunks: Any) -> None:
                 size < 1 and size != -1):
             raise InputError(f"chunks={dict(chunks)!r}: the size for {dim!r} is {size!r}; "
                              + fix)
-
-
-async def _read_arrays(store: NestStore, names: list[str]) -> list[np.ndarray]:
-    """Read whole arrays concurrently through zarr's event loop."""
-    root = await zarr.api.asynchronous.open_group(store=store, mode="r", zarr_format=3)
-
-    async def one(name: str) -> np.ndarray:
-        array = await root.getitem(name)
-        if not isinstance(array, zarr.AsyncArray):
-            raise StoreFormatError(f"{store}: {name} is a group where the store's metadata "
-                                   "promises a label array; the store is damaged. Re-mirror "
-                                   "or re-convert this entry.")
-        return np.asarray(await array.getitem(Ellipsis))
-
-    return list(await asyncio.gather(*(one(n) for n in names)))
 
 
 def _missing_message(entry: Entry, url: str, location: str) -> str:

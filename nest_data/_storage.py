@@ -13,6 +13,12 @@ remote reading needs and zarr's ``FsspecStore`` does not do by itself:
 - an optional read-through disk cache of chunk objects, keyed by their SHA-256 (see
   :mod:`nest_data._cache`);
 - optional verification of every object read against the store's manifest of checksums.
+
+It is also the one owner of the read route: :attr:`NestStore.direct_folder` says whether an
+object may be read straight from a local file (``pread``, the fast path of
+:mod:`nest_data._reader` and :mod:`nest_data._labels`) or must come through :meth:`get`
+(remote, verified or cached), and :meth:`NestStore.get_objects` reads whole objects by
+whichever route that is.
 """
 
 from __future__ import annotations
@@ -22,7 +28,7 @@ import contextlib
 import logging
 import os
 import warnings
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 from zarr.abc.store import (
@@ -32,7 +38,7 @@ from zarr.abc.store import (
     Store,
     SuffixByteRequest,
 )
-from zarr.core.buffer import Buffer, BufferPrototype
+from zarr.core.buffer import Buffer, BufferPrototype, default_buffer_prototype
 from zarr.storage import FsspecStore, LocalStore, WrapperStore
 
 from nest_data._cache import ChunkCache
@@ -96,6 +102,7 @@ def make_store(
                 f"{text!r}, where they have no use; drop them or give a remote URL "
                 "(s3://, gs://, https://)"
             )
+        folder: str | None = local_path(text)
         inner = LocalStore(local_path(text), read_only=read_only)
         retries = 0  # a local read that fails is not transient
     else:
@@ -104,7 +111,9 @@ def make_store(
         # s3fs and gcsfs retry transient failures themselves (their ``retries``): ours would
         # multiply theirs; fsspec's HTTP file system has none, so nest-data retries there
         retries = 0 if text.split("://", 1)[0] in SELF_RETRYING else RETRIES
-    return NestStore(inner, url=text, cache=cache, verify=verify, retries=retries)
+        folder = None
+    return NestStore(inner, url=text, cache=cache, verify=verify, retries=retries,
+                     folder=folder)
 
 
 class NestStore(WrapperStore[Store]):
@@ -126,13 +135,17 @@ class NestStore(WrapperStore[Store]):
         :class:`~nest_data.errors.MissingObjectError` (zarr would read it as fill values).
     chunk_rows : int
         Images per chunk of ``responses``, to name the images a missing chunk covers.
+    folder : str, optional
+        The local folder the wrapped store reads (None for a remote one).
     """
 
     def __init__(self, store: Store, *, url: str = "", cache: ChunkCache | None = None,
                  verify: bool = False, manifest: Mapping[str, str] | None = None,
-                 retries: int = RETRIES, backoff: float = BACKOFF, chunk_rows: int = 0) -> None:
+                 retries: int = RETRIES, backoff: float = BACKOFF, chunk_rows: int = 0,
+                 folder: str | None = None) -> None:
         super().__init__(store)
         self.url = url
+        self.folder = folder
         self.cache = cache
         self.verify = verify
         self.manifest = dict(manifest or {})
@@ -145,7 +158,7 @@ class NestStore(WrapperStore[Store]):
     def _with_store(self, store: Store) -> NestStore:
         return NestStore(store, url=self.url, cache=self.cache, verify=self.verify,
                          manifest=self.manifest, retries=self.retries, backoff=self.backoff,
-                         chunk_rows=self.chunk_rows)
+                         chunk_rows=self.chunk_rows, folder=self.folder)
 
     def with_manifest(self, manifest: Mapping[str, str], chunk_rows: int = 0) -> NestStore:
         """The same store, checking, caching and requiring the objects of ``manifest``."""
@@ -161,6 +174,50 @@ class NestStore(WrapperStore[Store]):
     def __repr__(self) -> str:
         return f"NestStore({self.url!r})"
 
+    def __dask_tokenize__(self) -> tuple[Any, ...]:
+        return (type(self).__name__, self.url, self.verify, self.cache is not None,
+                self.manifest.get("responses/zarr.json"))
+
+    # -- the read route: decided here, once ----------------------------------------------
+
+    @property
+    def remote(self) -> bool:
+        """Whether objects come over the network (each read is a request)."""
+        return self.folder is None
+
+    @property
+    def reads_whole_objects(self) -> bool:
+        """Whether every object the manifest lists is read whole: its checksum
+        (``verify``) and the cache cover whole objects, so a part of one is cut from it."""
+        return self.verify or self.cache is not None
+
+    @property
+    def direct_folder(self) -> str | None:
+        """The local folder whose files may be read directly (``pread``), or None when
+        every read must come through :meth:`get` (a remote store, or one that verifies or
+        caches).  The fast paths of :mod:`nest_data._reader` and :mod:`nest_data._labels`
+        ask this, and nothing else, which route to take."""
+        return None if self.reads_whole_objects else self.folder
+
+    async def get_objects(self, keys: Sequence[str]) -> list[bytes | None]:
+        """Whole objects by key, by the store's route: local files read directly, or
+        every ``get`` at once (a remote store answers them in about one round trip).
+
+        An object the manifest lists and the storage lacks raises
+        :class:`~nest_data.errors.MissingObjectError`; one it does not list is None.
+        """
+        folder = self.direct_folder
+        if folder is not None:
+            blobs = [_read_file(os.path.join(folder, key)) for key in keys]
+        else:
+            proto = default_buffer_prototype()
+            buffers = await asyncio.gather(*(self.get(key, proto) for key in keys))
+            blobs = [None if b is None else b.to_bytes() for b in buffers]
+        for key, blob in zip(keys, blobs, strict=True):
+            if blob is None and key in self.manifest:
+                raise self.missing(key)
+        return blobs
+
     async def get(
         self, key: str, prototype: BufferPrototype, byte_range: ByteRequest | None = None
     ) -> Buffer | None:
@@ -175,7 +232,7 @@ class NestStore(WrapperStore[Store]):
             # object (verified, cached), then cut the range from it.
             whole = await self.get(key, prototype)
             if whole is None:  # pragma: no cover - get raises for listed objects
-                raise MissingObjectError(self._missing(key))
+                raise self.missing(key)
             start, stop = _range_bounds(byte_range, len(whole))
             return whole[start:stop]
         digest = self.manifest.get(key) if byte_range is None else None
@@ -194,7 +251,7 @@ class NestStore(WrapperStore[Store]):
         buffer = await self._get_with_retries(key, prototype, byte_range)
         if buffer is None:
             if key in self.manifest:
-                raise MissingObjectError(self._missing(key))
+                raise self.missing(key)
             return None
         if byte_range is not None:
             return await self._check_range(key, prototype, byte_range, buffer)
@@ -213,17 +270,19 @@ class NestStore(WrapperStore[Store]):
                 self.cache.put(digest, data)
         return buffer
 
-    def _missing(self, key: str) -> str:
+    def missing(self, key: str) -> MissingObjectError:
+        """The error for an object the manifest lists and the storage lacks."""
         where = ""
         if key.startswith("responses/c/") and self.chunk_rows:
             start = int(key.split("/")[2]) * self.chunk_rows
             stop = start + self.chunk_rows
             stop = min(stop, self.n_images) if self.n_images else stop
             where = f" (images {start}-{stop - 1})"
-        return (f"object {key} of {self.url}{where} is missing: the store's manifest lists "
-                "it, so it was written and has since been deleted or not copied completely. "
-                "Nothing is read as a fill value in its place. Re-mirror or re-convert this "
-                "entry, and run `nest-data verify` on its root to find other damage.")
+        return MissingObjectError(
+            f"object {key} of {self.url}{where} is missing: the store's manifest lists it, so "
+            "it was written and has since been deleted or not copied completely. Nothing is "
+            "read as a fill value in its place. Re-mirror or re-convert this entry, and run "
+            "`nest-data verify` on its root to find other damage.")
 
     async def get_partial_values(
         self, prototype: BufferPrototype, key_ranges: Iterable[tuple[str, ByteRequest | None]]
@@ -340,3 +399,11 @@ def _read_failure(url: str, key: str, exc: BaseException) -> str:
         hint = ("check the URL, the location's storage_options, and that the bucket or "
                 "server exists")
     return f"reading {key} from {url} failed ({text}); {hint}."
+
+
+def _read_file(path: str) -> bytes | None:
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except FileNotFoundError:
+        return None

@@ -500,6 +500,9 @@ class GCSServer(Served):
 class _QuietThreadingHTTPServer(ThreadingHTTPServer):
     daemon_threads = True
     block_on_close = False
+    # A real server accepts many connections at once; socketserver's default backlog of 5
+    # drops the rest of a burst, which the client retries a second later (TCP SYN timeout).
+    request_queue_size = 1024
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         self.connections: set[socket.socket] = set()
@@ -660,6 +663,10 @@ class HTTPServer(Served):
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
             timeout = SOCKET_TIMEOUT_S
+            # headers and body go out in separate writes: without TCP_NODELAY the body of a
+            # small answer waits for the client's delayed ACK (about 40 ms), which no real
+            # server adds
+            disable_nagle_algorithm = True
 
             def log_message(self, format: str, *args: Any) -> None:
                 pass
