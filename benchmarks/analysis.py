@@ -22,6 +22,9 @@ into a temporary folder that is removed at the end (peak disk use about 9 GB).  
    worker processes (1 thread each).
 4. **Out of core**: a reduction over one store several times larger than each worker's
    ``memory_limit`` (sub-01 ``lateral``, 73,000 x 7,799), with the workers' peak RSS.
+5. **``roi_mean`` against h5py** on mid-size entries (sub-01 ``lateral``, 7,799 voxels, of
+   12,000 and 26,107 images): ``nest_data.roi_mean`` (dask threads) against h5py reading
+   NED's file in blocks of 4,096 rows, interleaved, best of 9.
 
 Figures are ratios within one run.  The page cache is warm for every method (the files
 were just written).  A Markdown table is printed and written, with the raw JSON, to
@@ -46,7 +49,14 @@ from typing import Any
 import h5py
 import numpy as np
 import scipy.stats
-from run import environment, exit_on_sigterm, run_with_peak_rss, time_interleaved, tree_bytes
+from run import (
+    environment,
+    exit_on_sigterm,
+    run_with_peak_rss,
+    scan_h5py_blocks,
+    time_interleaved,
+    tree_bytes,
+)
 
 import nest_data
 from nest_data._shards import layout_of
@@ -63,6 +73,7 @@ N_IMAGES = {"full": 73000, "quick": 7300}
 N_BATCHES = {"full": 1_000_000, "quick": 100_000}
 RSM_IMAGES = {"full": 1000, "quick": 300}
 SELECT_IMAGES = {"full": 10000, "quick": 1000}
+ROI_MEAN_ROWS = {"full": (12000, 26107), "quick": (1200, 2611)}
 WORKER_MEMORY = "512MiB"
 DATASET = "synthetic_neural_responses"
 SEED = 20200220
@@ -388,6 +399,31 @@ def measure_out_of_core(root: Path, n_images: int) -> dict[str, Any]:
     return out
 
 
+def measure_roi_mean(root: Path, rows: tuple[int, ...], rounds: int = 9
+                     ) -> list[dict[str, Any]]:
+    """``roi_mean`` of sub-01 ``lateral`` with ``rows`` images against h5py reading NED's
+    file in blocks of rows, best of ``rounds`` interleaved; the data is removed after."""
+    out = []
+    for n in rows:
+        folder = root / f"roi-mean-{n}"
+        dest = make_data(folder, n, [BIG_ROI], [1])
+        h5, _ = ned_file_paths(folder / "ned", "fmri", IMAGESET, 1, BIG_ROI)
+        da = nest_data.open(imageset=IMAGESET, subject=1, roi=BIG_ROI, location=str(dest))
+        times = time_interleaved({"nest_data": lambda da=da: nest_data.roi_mean(da).values,
+                                  "h5py": lambda h5=h5: scan_h5py_blocks(h5)}, rounds)
+        np.testing.assert_allclose(nest_data.roi_mean(da).values, scan_h5py_blocks(h5),
+                                   rtol=1e-5, atol=1e-6)
+        best = {k: min(v) for k, v in times.items()}
+        out.append({"images": n, "voxels": da.sizes["voxel"], "mb": da.nbytes / 1e6,
+                    "tasks": nest_data.roi_mean(da).data.npartitions, "rounds": rounds,
+                    "nest_data_s": best["nest_data"], "h5py_s": best["h5py"],
+                    "ratio": best["h5py"] / best["nest_data"]})
+        logger.info("roi_mean of %d x %d: %.3f s, h5py %.3f s (%.2fx)", n, da.sizes["voxel"],
+                    best["nest_data"], best["h5py"], out[-1]["ratio"])
+        shutil.rmtree(folder)
+    return out
+
+
 def _monitored_peak_rss(dask_worker: Any) -> int:
     """Largest RSS (bytes) a worker's system monitor recorded."""
     return int(max(dask_worker.monitor.quantities["memory"]))
@@ -474,6 +510,7 @@ def markdown(res: dict[str, Any]) -> str:
         f"{ooc['values_over_limit']:.1f}x each worker's limit); worker peak RSS "
         f"{', '.join(f'{v:.0f}' for v in ooc['worker_peak_rss_mib'])} MiB | "
         f"{ooc['seconds']:.2f} | - |",
+        *roi_mean_rows(res["roi_mean"]),
         "",
         f"RNC checks: ROI scores equal to RNC's way within "
         f"{max(rnc[k]['max_score_diff'] for k in ('rnc_columns', 'rnc_whole')):.1e}; "
@@ -485,12 +522,24 @@ def markdown(res: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def roi_mean_rows(rows: list[dict[str, Any]]) -> list[str]:
+    """Table rows of :func:`measure_roi_mean`."""
+    return [f"| `roi_mean` of sub-01 {BIG_ROI}, {r['images']:,} x {r['voxels']:,} "
+            f"({r['mb']:.0f} MB), best of {r['rounds']} interleaved | nest-data `roi_mean` "
+            f"({r['tasks']} tasks, dask threads) | {r['nest_data_s']:.3f} | 1.00 |\n"
+            f"| | h5py, blocks of 4096 rows, NED HDF5 | {r['h5py_s']:.3f} | "
+            f"{r['ratio']:.2f} (nest-data at {r['ratio']:.2f}x h5py's speed) |"
+            for r in rows]
+
+
 def main(argv: list[str] | None = None) -> int:
     """Command-line entry point."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="7,300 images instead of 73,000")
     parser.add_argument("--tmp", type=Path, default=None, help="folder for the data")
     parser.add_argument("--out", type=Path, default=RESULTS_DIR)
+    parser.add_argument("--roi-mean-only", action="store_true",
+                        help="measure only roi_mean against h5py (12,000 and 26,107 images)")
     args = parser.parse_args(argv)
     exit_on_sigterm()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
@@ -498,6 +547,14 @@ def main(argv: list[str] | None = None) -> int:
     n_images, n_batches = N_IMAGES[mode], N_BATCHES[mode]
     env = environment()
     started = time.perf_counter()
+    if args.roi_mean_only:
+        with tempfile.TemporaryDirectory(prefix="nest-data-analysis-", dir=args.tmp) as tmp:
+            rows = measure_roi_mean(Path(tmp), ROI_MEAN_ROWS[mode])
+        stamp = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+        print(f"{stamp}; code {env['git']['commit']}; {env['cpus']} CPUs\n\n"
+              "| Benchmark | Method | Time (s) | Ratio (row / nest-data) |\n|---|---|---:|---:|\n"
+              + "\n".join(roi_mean_rows(rows)))
+        return 0
     with tempfile.TemporaryDirectory(prefix="nest-data-analysis-", dir=args.tmp) as tmp:
         root = Path(tmp)
         dest = make_data(root, n_images, ROIS, SUBJECTS)
@@ -509,6 +566,7 @@ def main(argv: list[str] | None = None) -> int:
         res["rsm"] = measure_rsm(root, dest, n_images, RSM_IMAGES[mode])
         res["select"] = measure_select(root, dest, n_images, SELECT_IMAGES[mode])
         res["top"] = measure_top(root, dest)
+        res["roi_mean"] = measure_roi_mean(root, ROI_MEAN_ROWS[mode])
         res["workers"] = measure_workers(dest)
         shutil.rmtree(root / "ned")  # keep the disk use down before the big store
         res["out_of_core"] = measure_out_of_core(root, n_images)

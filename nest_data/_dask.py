@@ -5,13 +5,15 @@ need."""
 from __future__ import annotations
 
 import weakref
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 
 from nest_data._reader import ShardReader
 
-__all__ = ["dask_array", "take_images", "weighted_sums"]
+__all__ = ["dask_array", "stored_reader", "sum_bounds", "take_images", "weighted_sum_grid",
+           "weighted_sums"]
 
 # The reader behind each dask array that ``dask_array`` made, by the array's name: any
 # operation on the array makes a new name, so a hit means the array is the stored values.
@@ -36,21 +38,85 @@ def dask_array(reader: ShardReader, chunks: tuple[int, ...], token: str) -> Any:
     return array
 
 
+def stored_reader(array: Any) -> ShardReader | None:
+    """The reader behind ``array`` if it is exactly a dask array made by :func:`dask_array`
+    (no selection or other operation applied), else None."""
+    reader = _READERS.get(getattr(array, "name", ""))
+    if reader is None or tuple(array.shape) != reader.shape:
+        return None
+    return reader
+
+
 def weighted_sums(array: Any, weights: np.ndarray) -> Any | None:
     """``array @ weights`` over all axes but the first, fused with the reads; or None.
 
     None unless ``array`` is exactly a dask array made by :func:`dask_array` (no selection
     or other operation applied): each task then decodes its images one inner chunk at a
     time into a reused buffer and reduces it there (:meth:`ShardReader.weighted_sum`).
+    Stored in the default chunking (one shard per dask chunk), a task reads several
+    shards, about ``_SUM_TASK_BYTES`` (:func:`sum_bounds`); other chunks are kept.
     """
-    reader = _READERS.get(getattr(array, "name", ""))
-    if reader is None or tuple(array.shape) != reader.shape:
+    reader = stored_reader(array)
+    if reader is None:
         return None
     import dask.array
+    from dask.base import tokenize
+    from dask.highlevelgraph import HighLevelGraph
 
-    index = dask.array.arange(reader.shape[0], chunks=(array.chunks[0],))
-    return index.map_blocks(_weighted_block, reader=reader, weights=weights, dtype=np.float64,
-                            meta=np.empty((0,), dtype=np.float64))
+    bounds = sum_bounds(reader, array.chunks[0])
+    name = f"_weighted_block-{tokenize(array.name, weights, bounds)}"
+    layer: dict[Any, Any] = {(name, i): (_weighted_block, reader, lo, hi, weights)
+                             for i, (lo, hi) in enumerate(bounds)}
+    graph = HighLevelGraph.from_collections(name, layer, dependencies=())
+    return dask.array.Array(graph, name, chunks=(tuple(hi - lo for lo, hi in bounds),),
+                            dtype=np.float64)
+
+
+def weighted_sum_grid(cells: Mapping[tuple[int, int], Any], shape: tuple[int, int],
+                      n_rows: int) -> Any:
+    """A ``shape + (n_rows,)`` float64 dask array, one chunk per cell, built as one layer.
+
+    Each cell is either ``(array, weights)`` (``array`` exactly a stored dask array: its
+    weighted sums are read as :func:`weighted_sums` reads them, in tasks of about
+    ``_SUM_TASK_BYTES``, joined by one more task when there are several) or any dask array
+    of ``n_rows`` values (its chunks are joined).  One layer with a task or two per cell
+    is what keeps the graph of hundreds of entries small and quick to build, where stacking
+    one dask array per entry costs several tasks and layers each.
+    """
+    import dask.array
+    from dask.base import tokenize
+    from dask.highlevelgraph import HighLevelGraph
+
+    reads: dict[tuple[int, int], list[Any]] = {}  # cell -> tasks reading it
+    joins: dict[tuple[int, int], list[Any]] = {}  # cell -> keys of another dask array
+    others: list[Any] = []
+    token: list[Any] = []
+    for (i, j), value in sorted(cells.items()):
+        if isinstance(value, tuple):
+            array, weights = value
+            reader = stored_reader(array)
+            if reader is None:
+                raise ValueError(f"cell {(i, j)} is not a stored array; pass its dask array")
+            bounds = sum_bounds(reader, array.chunks[0])
+            token.append((i, j, array.name, weights, bounds))
+            reads[i, j] = [(_weighted_block, reader, lo, hi, weights) for lo, hi in bounds]
+        else:
+            others.append(value)
+            token.append((i, j, value.name))
+            joins[i, j] = list(value.__dask_keys__())
+    name = f"roi-sums-{tokenize(token)}"
+    layer: dict[Any, Any] = {}
+    for (i, j), tasks in reads.items():
+        if len(tasks) > 1:
+            joins[i, j] = [(f"{name}-part", i, j, k) for k in range(len(tasks))]
+            layer.update(zip(joins[i, j], tasks, strict=True))
+        else:
+            layer[(name, i, j, 0)] = (_cell, tasks[0])
+    for (i, j), keys in joins.items():
+        layer[(name, i, j, 0)] = (_joined_cell, keys)
+    graph = HighLevelGraph.from_collections(name, layer, dependencies=others)
+    return dask.array.Array(graph, name, chunks=((1,) * shape[0], (1,) * shape[1], (n_rows,)),
+                            dtype=np.float64)
 
 
 def take_images(array: Any, positions: np.ndarray) -> Any | None:
@@ -64,8 +130,8 @@ def take_images(array: Any, positions: np.ndarray) -> Any | None:
     order by one last task.  A remote store is read by one task, which sends every shard's
     requests at once.  A dask selection would read every block whole.
     """
-    reader = _READERS.get(getattr(array, "name", ""))
-    if reader is None or tuple(array.shape) != reader.shape:
+    reader = stored_reader(array)
+    if reader is None:
         return None
     import dask.array
     from dask.base import tokenize
@@ -126,8 +192,42 @@ def _reorder(parts: list[np.ndarray], inverse: np.ndarray) -> np.ndarray:
     return np.concatenate(parts)[inverse]
 
 
-def _weighted_block(index: np.ndarray, *, reader: ShardReader, weights: np.ndarray
-                    ) -> np.ndarray:
-    if not index.size:
-        return np.zeros(0, dtype=np.float64)
-    return reader.weighted_sum(slice(int(index[0]), int(index[-1]) + 1), weights)
+def sum_bounds(reader: ShardReader, chunks: tuple[int, ...]) -> list[tuple[int, int]]:
+    """The image ranges of the tasks of a fused sum over an array chunked as ``chunks``.
+
+    In the default local chunking (one stored shard per dask chunk), consecutive chunks are
+    joined until a task holds at least ``_SUM_TASK_BYTES`` of values; any other chunking (a
+    remote store's, which already holds several shards, or the user's ``chunks=``) is kept.
+    """
+    ends = np.cumsum(chunks).tolist()
+    starts = [0, *ends[:-1]]
+    shard = reader.layout.shard[0]
+    if any(n != shard for n in chunks[:-1]):
+        return list(zip(starts, ends, strict=True))
+    row_bytes = int(np.prod(reader.shape[1:])) * reader.dtype.itemsize
+    per_task = max(1, _SUM_TASK_BYTES // max(1, shard * row_bytes))
+    return [(lo, min(lo + per_task * shard, reader.shape[0]))
+            for lo in range(0, reader.shape[0], per_task * shard)]
+
+
+# About how many bytes of values one task of a fused local sum reads: enough that the cost
+# of a task (scheduling it, and on a cluster sending it and unpickling its reader) is small
+# against reading it; the reads stay in a reused buffer of a few inner chunks, so a task's
+# memory does not grow with it.
+_SUM_TASK_BYTES = 32 * 2**20
+
+
+def _weighted_block(reader: ShardReader, lo: int, hi: int, weights: np.ndarray
+                   ) -> np.ndarray:
+    """Weighted sums of images ``lo:hi``."""
+    return reader.weighted_sum(slice(lo, hi), weights)
+
+
+def _cell(values: np.ndarray) -> np.ndarray:
+    """One cell of :func:`weighted_sum_grid` (a block of shape ``(1, 1, n)``)."""
+    return values.reshape(1, 1, -1)
+
+
+def _joined_cell(parts: list[np.ndarray]) -> np.ndarray:
+    """The parts of one cell of :func:`weighted_sum_grid`, joined."""
+    return np.concatenate([np.asarray(p).reshape(-1) for p in parts]).reshape(1, 1, -1)

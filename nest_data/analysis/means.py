@@ -11,7 +11,7 @@ import dask.array
 import numpy as np
 import xarray as xr
 
-from nest_data._dask import weighted_sums
+from nest_data._dask import stored_reader, weighted_sum_grid, weighted_sums
 from nest_data._format import DATA_VAR
 from nest_data.errors import InputError
 
@@ -101,25 +101,34 @@ def roi_mean(da: xr.DataArray, *, min_ncsnr: float | None = None) -> xr.DataArra
     space = _require_fmri(da, "roi_mean")
     keep = _keep(da, min_ncsnr)
     n = int(keep.sum())
-    fused = (weighted_sums(da.data, keep / n) if da.attrs.get("nan_count", 1) == 0
-             and da.dims == (da.dims[0], space) else None)
-    if fused is not None:
+    if _fusable(da, space):
         # The stored values, with no NaN: every task decodes its images one inner chunk at
         # a time into a reused buffer and reduces them there (float32 BLAS, float64 result).
-        out = xr.DataArray(fused, dims=da.dims[:1],
+        out = xr.DataArray(weighted_sums(da.data, keep / n), dims=da.dims[:1],
                            coords={k: v for k, v in da.coords.variables.items()
                                    if space not in v.dims})
-    elif da.attrs.get("nan_count", 1) == 0:
-        # The store records that it holds no NaN: one weighted sum per image reads each
-        # chunk once, copies nothing and accumulates in float64.
-        weights = xr.DataArray(keep / n, dims=space)
-        out = xr.dot(da, weights, dim=space)
     else:
-        out = _reliable(da, min_ncsnr).astype(np.float64).mean(space, skipna=True)
+        out = _unfused_mean(da, space, keep)
     out.attrs = {**{k: v for k, v in da.attrs.items() if k not in ("sha256", "nan_count")},
                  "analysis": f"mean over {n} {space}s"
                  + (f" with ncsnr > {min_ncsnr}" if min_ncsnr is not None else "")}
     return out.rename("roi_mean")
+
+
+def _fusable(da: xr.DataArray, space: str) -> bool:
+    """Whether ``da`` is the stored values of a store without NaN, ``(image, space)``: its
+    mean is then read as weighted sums fused with the reads (:mod:`nest_data._dask`)."""
+    return (da.attrs.get("nan_count", 1) == 0 and da.dims == (da.dims[0], space)
+            and stored_reader(da.data) is not None)
+
+
+def _unfused_mean(da: xr.DataArray, space: str, keep: np.ndarray) -> xr.DataArray:
+    """The mean over the kept voxels through xarray: one weighted sum per image when the
+    store records no NaN (reads each chunk once, copies nothing, float64), else NaN-aware."""
+    if da.attrs.get("nan_count", 1) == 0:
+        return xr.dot(da, xr.DataArray(keep / keep.sum(), dims=space), dim=space)
+    kept = da if keep.all() else da.isel({space: np.flatnonzero(keep)})
+    return kept.astype(np.float64).mean(space, skipna=True)
 
 
 def _entry_list(entries: Entries | xr.DataArray, what: str) -> list[xr.DataArray]:
@@ -213,7 +222,6 @@ def roi_means(entries: Entries, *, min_ncsnr: float | None = None) -> xr.DataArr
     das = _entry_list(entries, "roi_means")
     image_coords = _shared_image_coords(das, "roi_means")
     cells: dict[tuple[int, str], xr.DataArray] = {}
-    counts: dict[tuple[int, str], int] = {}
     for da in das:
         _require_fmri(da, "roi_means")
         if "subject" not in da.attrs or not da.attrs.get("roi"):
@@ -224,8 +232,7 @@ def roi_means(entries: Entries, *, min_ncsnr: float | None = None) -> xr.DataArr
         if key in cells:
             raise InputError(f"sub-{key[0]:02d} {key[1]} is given twice; pass each "
                              "subject and ROI once")
-        cells[key] = roi_mean(da, min_ncsnr=min_ncsnr)
-        counts[key] = int(_keep(da, min_ncsnr).sum())
+        cells[key] = da
     subjects = sorted({s for s, _ in cells})
     rois = list(dict.fromkeys(r for _, r in cells))
     missing = [f"sub-{s:02d} {r}" for s in subjects for r in rois if (s, r) not in cells]
@@ -233,11 +240,19 @@ def roi_means(entries: Entries, *, min_ncsnr: float | None = None) -> xr.DataArr
         raise InputError(f"roi_means needs every ROI for every subject; missing: "
                          f"{', '.join(missing)}. Open them too, or compute roi_mean per "
                          "entry.")
-    # One chunk per entry's means (8 bytes per image): entries are chunked differently
-    # (by their voxel counts), and stacking them as they are would cut every entry at
-    # every other entry's chunk boundaries.
-    data = dask.array.stack([dask.array.stack([_as_dask(cells[s, r]).rechunk(-1)
-                                               for r in rois]) for s in subjects])
+    # One chunk per entry's means (8 bytes per image), all in one graph layer: entries are
+    # chunked differently (by their voxel counts), and a layer per entry would make the
+    # graph of hundreds of entries slow to build and schedule.
+    grid: dict[tuple[int, int], Any] = {}
+    counts = np.zeros((len(subjects), len(rois)), dtype=np.int64)
+    for (s, r), da in cells.items():
+        i, j = subjects.index(s), rois.index(r)
+        space = _require_fmri(da, "roi_means")
+        keep = _keep(da, min_ncsnr)
+        counts[i, j] = int(keep.sum())
+        grid[i, j] = ((da.data, keep / counts[i, j]) if _fusable(da, space)
+                      else _as_dask(_unfused_mean(da, space, keep)))
+    data = weighted_sum_grid(grid, (len(subjects), len(rois)), das[0].sizes["image"])
     first = das[0].attrs
     attrs = {k: first[k] for k in ("modality", "train_dataset", "model", "imageset", "units")
              if k in first}
@@ -248,8 +263,7 @@ def roi_means(entries: Entries, *, min_ncsnr: float | None = None) -> xr.DataArr
     return xr.DataArray(
         data, dims=("subject", "roi", "image"), name="roi_mean", attrs=attrs,
         coords={"subject": subjects, "roi": rois, **image_coords,
-                "n_voxels": (("subject", "roi"), np.array([[counts[s, r] for r in rois]
-                                                          for s in subjects], dtype=np.int64))})
+                "n_voxels": (("subject", "roi"), counts)})
 
 
 def _as_dask(da: xr.DataArray) -> dask.array.Array:
