@@ -201,8 +201,7 @@ def _cmd_catalog(args: argparse.Namespace) -> int:
     options = _options(args.storage_option) or None
     cat = catalog(*args.catalog).search(modality=args.modality, imageset=args.imageset,
                                         subject=args.subject, roi=args.roi,
-                                        location=args.location,
-                                        storage_options=options if args.location else None)
+                                        location=args.location, storage_options=options)
     if args.intake_esm:
         path = cat.to_intake_esm(args.intake_esm, location=args.location,
                                  storage_options=options)

@@ -10,10 +10,10 @@ over HTTP, one probe per candidate path) at roots written before the index exist
 ROOT``) rebuilds it.  Opening one entry never reads the index.
 
 Writers at the same time: each read-modify-write of the index holds the root's lock
-(:mod:`nest_data._locks`: a ``flock`` on ``.nest-data-index.lock`` locally, a lock object of
-that name in a bucket).  Locally the new index replaces the old by a rename; in a bucket by
-one PUT; either way a reader sees one whole index or the other.  A remote writer reads the
-index back after writing it and writes again while its record is missing.
+(:mod:`nest_data._locks`: a ``flock`` on the root folder locally, a lock object
+``.nest-data-index.lock`` in a bucket).  Locally the new index replaces the old by a
+rename, in a bucket by one PUT: a reader sees one whole index or the other.  A remote
+writer reads the index back after writing it and writes again while its record is missing.
 """
 
 from __future__ import annotations
@@ -306,9 +306,13 @@ def read_object(root: str, options: dict[str, Any], name: str) -> bytes | None:
                               "URL, that the server runs, and your network") from exc
 
 
-def record_mismatches(record: StoreRecord, metadata: bytes, nbytes: int | None) -> list[str]:
-    """How a store (its root ``zarr.json`` bytes, its size if known) differs from its record."""
-    found = StoreRecord.of(metadata, record.nbytes if nbytes is None else nbytes)
+def record_mismatches(record: StoreRecord, metadata: bytes) -> list[str]:
+    """How a store (its root ``zarr.json`` bytes) differs from its record in the index.
+
+    Sizes are not compared: a damaged object is :func:`~nest_data._verify.verify_store`'s
+    to name, with its checksum.
+    """
+    found = StoreRecord.of(metadata, record.nbytes)
     out = []
     if found.metadata_sha256 != record.metadata_sha256:
         out.append(f"its metadata (zarr.json) has checksum {found.metadata_sha256}, the index "
@@ -316,8 +320,6 @@ def record_mismatches(record: StoreRecord, metadata: bytes, nbytes: int | None) 
     if found.format_version != record.format_version:
         out.append(f"its format version is {found.format_version}, the index records "
                    f"{record.format_version}")
-    if found.nbytes != record.nbytes:
-        out.append(f"it holds {found.nbytes} bytes, the index records {record.nbytes}")
     return out
 
 
@@ -387,7 +389,7 @@ def _update(root: str, options: dict[str, Any], changes: Mapping[str, StoreRecor
             replace: Index | None = None) -> None:
     if is_local(root):
         base = Path(local_path(root))
-        with local_lock(base / LOCK_FILE):
+        with local_lock(base):
             index = replace or _merged(root, options, changes)
             tmp = base / f".{INDEX_FILE}.{uuid.uuid4().hex}.tmp"
             tmp.write_bytes(index.to_bytes())

@@ -1,9 +1,9 @@
 """Locks for the writers of a root: a local ``flock``, or a lock object in a bucket.
 
-A local lock is an exclusive ``flock`` on a file, released by the kernel when its holder
-dies.  A remote lock is an object created only when absent (fsspec ``mode="create"``: S3
-``If-None-Match: *``, GCS ``ifGenerationMatch=0``, local and memory file systems), holding
-its owner and creation time; one older than :data:`STALE_LOCK_S` is taken as left by a dead
+A local lock is an exclusive ``flock`` on the root folder itself, released by the kernel
+when its holder dies.  A remote lock is an object created only when absent (fsspec
+``mode="create"``: S3 ``If-None-Match: *``, GCS ``ifGenerationMatch=0``), holding its
+owner and creation time; one older than :data:`STALE_LOCK_S` is taken as left by a dead
 writer and taken over.  Taking over is not atomic: two writers that find the same stale lock
 at once may both proceed, which is why :mod:`nest_data._index` reads its writes back.
 """
@@ -14,6 +14,7 @@ import contextlib
 import fcntl
 import json
 import logging
+import os
 import random
 import time
 import uuid
@@ -32,15 +33,15 @@ __all__ = ["LOCK_WAIT_S", "STALE_LOCK_S", "local_lock", "remote_lock"]
 
 
 @contextlib.contextmanager
-def local_lock(path: Path) -> Iterator[None]:
-    """Hold an exclusive ``flock`` on a local lock file (released by the kernel when the
-    holder dies)."""
-    with open(path, "a+b") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+def local_lock(folder: Path) -> Iterator[None]:
+    """Hold an exclusive ``flock`` on a local folder itself (no lock file is left behind;
+    the kernel releases the lock when its holder dies)."""
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
 
 
 @contextlib.contextmanager

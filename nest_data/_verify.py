@@ -63,7 +63,8 @@ def verify(
     show_progress: bool | None = None,
     catalog: Catalog | None = None,
 ) -> VerifyReport:
-    """Re-check every object and array of every store under ``root`` against its checksums.
+    """Re-check every object and array of every store under ``root`` against its checksums,
+    and the location's index (``nest-data-index.json``) against the stores.
 
     Parameters
     ----------
@@ -82,7 +83,10 @@ def verify(
     -------
     VerifyReport
         The number of stores checked and each mismatch, naming the store, the array and the
-        object (chunk).
+        object (chunk); and, where the root has an index, each store missing from it, each
+        record whose store is gone, each metadata checksum or format version that differs
+        (the fix, ``nest-data index ROOT``, is in the message).  A root without an index is
+        checked as before.
 
     Examples
     --------
@@ -105,11 +109,9 @@ def verify(
     except IndexFormatError as exc:
         index = None
         problems.append(Problem(INDEX_FILE, "index", str(exc)))
-    listed: Mapping[str, int | None] | None = list_stores(root_text, options)
-    if listed is None:  # no listing (HTTP): probe the catalog's paths and the index's
-        listed = dict.fromkeys(probe_stores(root_text, options, [
-            *(e.path for e in cat), *(index.stores if index is not None else ())]))
-    labels = sorted(listed)
+    listed = list_stores(root_text, options)
+    labels = sorted(listed) if listed is not None else sorted(probe_stores(  # HTTP: probe
+        root_text, options, [*(e.path for e in cat), *(index.stores if index else ())]))
     if not labels and not (index is not None and index.stores):
         raise StoreNotFoundError(f"no nest-data stores under {root_text}; give the root of a "
                                  "collection written by `nest-data convert` or `nest-data demo`")
@@ -129,7 +131,7 @@ def verify(
         metadata = read_object(join(root_text, label), options, "zarr.json")
         if metadata is not None:  # else removed since listed: verify_store said so
             problems.extend(Problem(label, "index", f"{detail}; {fix}") for detail in
-                            record_mismatches(record, metadata, listed[label]))
+                            record_mismatches(record, metadata))
     for gone in sorted(set(index.stores if index is not None else ()) - set(labels)):
         problems.append(Problem(gone, "index", f"is recorded in {INDEX_FILE} but no store is "
                                 f"there; {fix}"))
@@ -184,7 +186,9 @@ def build_index(
 
 @dataclass
 class Problem:
-    """One checksum mismatch found by :func:`verify_store`."""
+    """One mismatch: a checksum (:func:`verify_store`), or the location's index
+    (``array="index"``: a store missing from it, a record whose store is gone, a metadata
+    checksum or format version that differs, or an index that cannot be read)."""
 
     store: str
     array: str

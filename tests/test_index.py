@@ -23,7 +23,6 @@ from nest_data._index import (
     LOCK_FILE,
     existing_paths,
     find_stores,
-    folder_nbytes,
     list_stores,
     read_index,
     write_index,
@@ -38,7 +37,7 @@ V1 = "modality-fmri/train_dataset-nsd/model-fwrf/imageset-things/sub-01_roi-V1.z
 
 
 def _copy(root: Path, dest: Path) -> Path:
-    return Path(shutil.copytree(root, dest, ignore=shutil.ignore_patterns(LOCK_FILE)))
+    return Path(shutil.copytree(root, dest))
 
 
 def _expected(root: Path) -> dict[str, dict]:
@@ -172,7 +171,7 @@ def test_verify_names_each_index_problem_and_the_fix(collection: Path, tmp_path:
     nsd = V1.replace("imageset-things", "imageset-nsd")
     doc["stores"][V1]["metadata_sha256"] = "sha256:" + "0" * 64
     doc["stores"][nsd]["format_version"] = 1
-    doc["stores"][nsd]["nbytes"] += 1
+    doc["stores"][nsd]["nbytes"] += 1  # sizes are informative: damage is the checksums' job
     del doc["stores"][eeg]
     doc["stores"]["gone/sub-01.zarr"] = doc["stores"][nsd]
     (root / INDEX_FILE).write_text(json.dumps(doc))
@@ -182,8 +181,6 @@ def test_verify_names_each_index_problem_and_the_fix(collection: Path, tmp_path:
         f"{V1}: index: its metadata (zarr.json) has checksum {digest}, the index records "
         f"sha256:{'0' * 64}; {fix}",
         f"{nsd}: index: its format version is 2, the index records 1; {fix}",
-        f"{nsd}: index: it holds {folder_nbytes(root / nsd)} bytes, the index records "
-        f"{folder_nbytes(root / nsd) + 1}; {fix}",
         f"{eeg}: index: is missing from {INDEX_FILE}; {fix}",
         f"gone/sub-01.zarr: index: is recorded in {INDEX_FILE} but no store is there; {fix}",
     ])
