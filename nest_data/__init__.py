@@ -20,7 +20,7 @@ from nest_data._demo import build_demo, plot_roi_summary, plot_surface_map, run_
 from nest_data._encode import encode
 from nest_data._generate import generate
 from nest_data._mirror import mirror
-from nest_data._open import open, open_many, open_metadata, open_store
+from nest_data._open import open, open_collection, open_many, open_metadata, open_store
 from nest_data._verify import build_index, verify
 from nest_data.analysis import (
     roi_mean,
@@ -93,6 +93,7 @@ __all__ = [
     "mirror",
     "objectives",
     "open",
+    "open_collection",
     "open_many",
     "open_metadata",
     "open_store",

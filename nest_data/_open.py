@@ -34,7 +34,7 @@ from nest_data.errors import InputError, StoreNotFoundError
 
 logger = logging.getLogger("nest_data")
 
-__all__ = ["open", "open_many", "open_metadata", "open_store"]
+__all__ = ["open", "open_collection", "open_many", "open_metadata", "open_store"]
 
 #: Stored chunks per dask task for remote stores (local stores: one).
 REMOTE_CHUNKS_PER_TASK = 8
@@ -221,6 +221,76 @@ def open_many(
     nodes = {f"sub-{e.subject:02d}" + (f"/{e.roi}" if e.roi else ""): ds[[DATA_VAR]]
              for e, ds in zip(entries, datasets, strict=True)}
     return xr.DataTree.from_dict(nodes)
+
+
+def open_collection(
+    *,
+    location: str | None = None,
+    storage_options: Mapping[str, Any] | None = None,
+    chunks: Mapping[str, int] | None = None,
+    cache: bool | None = None,
+    verify: bool | None = None,
+    catalog: Catalog | None = None,
+    **keys: Any,
+) -> xr.DataTree:
+    """Open every store a location holds (or those matching ``keys``) as one DataTree.
+
+    What the location holds comes from its index (one request; see
+    :func:`nest_data.build_index`), or from a listing where it has none.  The stores then
+    open concurrently, as in :func:`open_many`: a whole bucket of hundreds of entries opens
+    in seconds.
+
+    Parameters
+    ----------
+    location, storage_options, chunks, cache, verify, catalog
+        As in :func:`open`.
+    **keys
+        Catalog keys to narrow the collection (``modality``, ``train_dataset``, ``model``,
+        ``imageset``, ``subject``, ``roi``), each a value or a list.  Without ``roi``, a
+        cortical-surface subject is its whole-surface store; with it, each ROI's vertices.
+
+    Returns
+    -------
+    xarray.DataTree
+        One leaf per entry at ``modality/train_dataset/model/imageset/sub-NN[/ROI]``, each a
+        Dataset holding ``responses``.
+
+    Raises
+    ------
+    StoreNotFoundError
+        The location holds none of the entries asked for.
+
+    Examples
+    --------
+    >>> import nest_data
+    >>> tree = nest_data.open_collection(location="demo", imageset="things", subject=1)
+    >>> tree["fmri/nsd/fwrf/things/sub-01/V1"].responses.dims
+    ('image', 'voxel')
+    >>> tree["eeg/things_eeg_2/vit_b_32/things/sub-01"].responses.dims
+    ('image', 'repetition', 'channel', 'time')
+    """
+    cat = catalog or default_catalog()
+    root = cat.location(location, storage_options)
+    found = cat.search(location=root.url, storage_options=root.storage_options, **keys)
+    surface = {m.name for m in cat.models if m.surface}
+    entries = [e for e in found if "roi" in keys
+               or e.roi is None or f"{e.modality}/{e.train_dataset}/{e.model}" not in surface]
+    if not entries:
+        asked = ", ".join(f"{k}={v!r}" for k, v in keys.items()) or "any entry"
+        raise StoreNotFoundError(f"location {root.name!r} ({root.url}) holds no store for "
+                                 f"{asked}; see what it holds with nest_data.catalog().search("
+                                 f"location={root.name!r}), or `nest-data index` a root "
+                                 "written before it had an index")
+    datasets = _open_entries(cat, entries, root, chunks, None, cache=cache, verify=verify,
+                             load_labels=True)
+    return xr.DataTree.from_dict({_node(e): ds[[DATA_VAR]]
+                                  for e, ds in zip(entries, datasets, strict=True)})
+
+
+def _node(entry: Entry) -> str:
+    """An entry's place in the tree of :func:`open_collection`."""
+    return "/".join([entry.modality, entry.train_dataset, entry.model, entry.imageset,
+                     f"sub-{entry.subject:02d}", *([entry.roi] if entry.roi else [])])
 
 
 def _open_dataset(

@@ -551,6 +551,8 @@ def _parse_range(header: str, size: int) -> tuple[int, int] | bool | None:
 class HTTPServer(Served):
     """Threaded ``http.server`` serving a temp folder at ``http://127.0.0.1:PORT/root``.
 
+    ``peak_in_flight`` is the most requests it was answering at once since start/``reset()``.
+
     Fault knobs (settable any time; request numbers count from start/``reset()``, from 1):
     ``latency`` seconds before each response; every ``fail_every``-th request and the first
     ``fail_first`` requests get 503; ``ignore_range`` answers 200 with the whole file; every
@@ -572,6 +574,8 @@ class HTTPServer(Served):
         self.storage_options = {}
         self._count = 0
         self._count_lock = threading.Lock()
+        self._in_flight = 0
+        self.peak_in_flight = 0
         self._stopping = threading.Event()
         self._tmp: tempfile.TemporaryDirectory[str] | None = None
         self._httpd: _QuietThreadingHTTPServer | None = None
@@ -588,11 +592,19 @@ class HTTPServer(Served):
         with self._count_lock:
             self._count = 0
         super().reset()
+        with self._count_lock:
+            self.peak_in_flight = self._in_flight
 
     def _next_number(self) -> int:
         with self._count_lock:
             self._count += 1
+            self._in_flight += 1
+            self.peak_in_flight = max(self.peak_in_flight, self._in_flight)
             return self._count
+
+    def _answered(self) -> None:
+        with self._count_lock:
+            self._in_flight -= 1
 
     def start(self) -> None:
         """Bind a free port and serve in a daemon thread."""
@@ -686,6 +698,7 @@ class HTTPServer(Served):
                 if served.hang_every > 0 and number % served.hang_every == 0:
                     wait += max(0.0, float(served.hang_seconds))
                 if wait and served._stopping.wait(wait):
+                    served._answered()
                     self.close_connection = True
                     return
                 status, sent = 0, 0
@@ -695,6 +708,7 @@ class HTTPServer(Served):
                 except OSError:
                     self.close_connection = True
                 finally:
+                    served._answered()
                     recorder.end(seq, Request(self.command, path, status, sent, rng, query,
                                               self.headers.get("Authorization")))
 
