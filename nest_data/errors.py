@@ -20,6 +20,7 @@ __all__ = [
     "LocationError",
     "MissingObjectError",
     "NestDataError",
+    "NonFiniteError",
     "RemoteReadError",
     "SourceFormatError",
     "StoreFormatError",
@@ -70,6 +71,10 @@ class ConversionError(NestDataError, RuntimeError):
 
 class InputError(NestDataError, ValueError):
     """An argument or input that cannot be used: images, selections, analysis parameters."""
+
+
+class NonFiniteError(NestDataError, FloatingPointError):
+    """A computation (an optimised image, an attribution) came out NaN or infinite."""
 
 
 class ChecksumError(NestDataError, ValueError):
