@@ -387,10 +387,11 @@ def _scan(root: str, options: dict[str, Any]) -> Index:
 
 def _update(root: str, options: dict[str, Any], changes: Mapping[str, StoreRecord], *,
             replace: Index | None = None) -> None:
+    """Apply ``changes`` to the index of ``root`` (or write ``replace`` instead), locked."""
     if is_local(root):
         base = Path(local_path(root))
         with local_lock(base):
-            index = replace or _merged(root, options, changes)
+            index = _merged(root, options, changes, replace)
             tmp = base / f".{INDEX_FILE}.{uuid.uuid4().hex}.tmp"
             tmp.write_bytes(index.to_bytes())
             os.replace(tmp, base / INDEX_FILE)
@@ -399,11 +400,10 @@ def _update(root: str, options: dict[str, Any], changes: Mapping[str, StoreRecor
     target = f"{base_path.rstrip('/')}/{INDEX_FILE}"
     for attempt in range(WRITE_TRIES):
         with remote_lock(fs, f"{base_path.rstrip('/')}/{LOCK_FILE}"):
-            index = replace or _merged(root, options, changes)
+            index = _merged(root, options, changes, replace)
             fs.pipe_file(target, index.to_bytes())
         back = read_index(root, options)
-        if back is not None and all(p in back.stores for p in (replace or Index(
-                dict(changes))).stores):
+        if back is not None and set(index.stores if replace else changes) <= set(back.stores):
             return
         logger.warning("the index at %s lost a record to another writer (try %d); writing "
                        "it again", root, attempt + 1)
@@ -412,16 +412,21 @@ def _update(root: str, options: dict[str, Any], changes: Mapping[str, StoreRecor
                          f"index {root}`")
 
 
-def _merged(root: str, options: dict[str, Any], changes: Mapping[str, StoreRecord]) -> Index:
-    """The current index (or, when the root has none or a damaged one, a fresh scan) with
-    ``changes`` applied.  A newer index version is never overwritten."""
+def _merged(root: str, options: dict[str, Any], changes: Mapping[str, StoreRecord],
+            replace: Index | None) -> Index:
+    """The index to write: ``replace``, or the current index (a fresh scan when the root has
+    none or a damaged one) with ``changes`` applied.  A newer index version is never
+    overwritten."""
     try:
         index = read_index(root, options)
     except IndexVersionError:
         raise
     except IndexFormatError as exc:
-        logger.warning("%s; rebuilding it from a listing", exc)
+        if replace is None:
+            logger.warning("%s; rebuilding it from a listing", exc)
         index = None
+    if replace is not None:
+        return replace
     if index is None:
         with _config.progress(False):  # a short listing, inside some other write
             index = _scan(root, options)

@@ -219,6 +219,8 @@ def test_damaged_or_newer_index_is_an_error_not_ignored(collection: Path, ned_sr
         read_index(root)
     with pytest.raises(IndexVersionError):
         _index.record_store(root, V1, _index.record_of(root / V1))
+    with pytest.raises(IndexVersionError):
+        nest_data.build_index(root)
     assert (root / INDEX_FILE).read_bytes() == newer
     (root / INDEX_FILE).write_text('{"format": "zarr"}')
     with pytest.raises(IndexFormatError, match="is not a nest-data index \\(format 'zarr'"):
