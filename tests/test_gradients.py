@@ -154,9 +154,9 @@ def test_minimising_and_surface_rois(demo: Path) -> None:
 
 def test_dream_refuses_what_it_cannot_use(demo: Path) -> None:
     cases = [
-        ({"n": 0}, "n=0 (a positive number of images)"),
+        ({"n": 0}, "n=0 (images optimised together: an integer >= 1)"),
         ({"steps": -1}, "steps=-1"),
-        ({"size": 8}, "size=8 (pixels per side, at least 16)"),
+        ({"size": 8}, "size=8 (pixels per side: an integer from 16 to 4096)"),
         ({"parametrisation": "wavelet"}, "parametrisation='wavelet' (one of fourier, pixel)"),
         ({"scale": (1.2, 0.8)}, "scale=(1.2, 0.8)"),
         ({"objective": "max"}, "objective='max'; give 'mean'"),
@@ -321,7 +321,8 @@ def test_saliency_refuses_bad_input(demo: Path) -> None:
     for extra, message in (({"method": "occlusion"}, "method='occlusion'; valid: "
                             "integrated_gradients"), ({"steps": 0}, "steps=0"),
                            ({"baseline": "blue"}, "baseline='blue'; give one of black, grey"),
-                           ({"baseline": 2.0}, r"baseline=2.0 is outside \[0, 1\]"),
+                           ({"baseline": 2.0}, r"baseline=2.0 is outside \[0, 1\] or not "
+                            "finite; give a baseline in the images' float scale"),
                            ({"baseline": np.zeros((3, 8, 8))}, r"baseline array of shape "
                             r"\(3, 8, 8\); the images are \(3, 64, 64\)")):
         with pytest.raises(InputError, match=message):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -13,15 +13,26 @@ from tqdm.auto import tqdm
 
 from nest_data import _config
 from nest_data._catalog import Catalog
-from nest_data.errors import InputError
+from nest_data.gradients._checks import (
+    ENCODER_BYTES_PER_IMAGE,
+    Range,
+    check_finite,
+    check_memory,
+    refuse,
+)
 from nest_data.gradients.objectives import Objective, as_objective
 
 logger = logging.getLogger("nest_data")
 
-__all__ = ["PARAMETRISATIONS", "dream"]
+__all__ = ["MAX_SIZE", "PARAMETRISATIONS", "RANGES", "dream"]
 
 #: Image parametrisations :func:`dream` optimises.
 PARAMETRISATIONS = ("fourier", "pixel")
+#: The largest image side :func:`dream` makes (the encoders see 224 or 227 pixels).
+MAX_SIZE = 4096
+#: Copies of the image batch one step holds (parameters, gradients, Adam's two moments, the
+#: parametrisation's and the transform's outputs kept for the backward pass).
+IMAGE_COPIES = 16
 
 
 @_config.progress_option
@@ -39,7 +50,7 @@ def dream(
     seed: int = 0,
     parametrisation: str = "fourier",
     decorrelate: bool = True,
-    jitter: int = 8,
+    jitter: float = 8,
     scale: tuple[float, float] = (0.95, 1.05),
     rotate: float = 5.0,
     location: str | None = None,
@@ -69,24 +80,25 @@ def dream(
     roi, modality, train_dataset : str, optional
         The encoder of ``objective="mean"`` (as in :func:`nest_data.encode`).
     n : int
-        Images optimised together (one batch).
+        Images optimised together (one batch), at least 1.
     steps : int
-        Optimisation steps.
+        Optimisation steps, at least 1.
     size : int
-        Side of the square images in pixels (the fwRF model sees 227, the ViT-B/32 224).
+        Side of the square images in pixels, 16 to 4096 (the fwRF model sees 227, the
+        ViT-B/32 224).
     lr : float
-        Adam's learning rate.
+        Adam's learning rate, 0 < lr <= 10.
     seed : int
-        Seeds the initial images and every random transform.
+        Seeds the initial images and every random transform (0 to 2**64 - 1).
     parametrisation : {"fourier", "pixel"}
     decorrelate : bool
         Optimise colours in a decorrelated colour space.
-    jitter : int
-        Largest random shift per step, in pixels.
+    jitter : float
+        Largest random shift per step, in pixels, 0 to ``size``.
     scale : (float, float)
-        Range of the random scaling per step.
+        Range ``(low, high)`` of the random zoom per step, 0 < low <= high <= 10.
     rotate : float
-        Largest random rotation per step, in degrees.
+        Largest random rotation per step, in degrees, 0 to 180.
     location, storage_options, backbone
         Where the converted weights are, as in :func:`nest_data.encode`.
     device : str
@@ -105,6 +117,15 @@ def dream(
         ``PPA``, ``eeg``, ``fsaverage FFA-1``...) holds the final images' labelled
         ``responses``, as :func:`nest_data.encode` returns them.
 
+    Raises
+    ------
+    InputError
+        An argument outside its range (NaN and infinity never are in one), or a call whose
+        estimated memory exceeds the device's (see ``NEST_DATA_MAX_MEMORY``).
+    NonFiniteError
+        The images or the objective became NaN or infinite at some step (the message names
+        the step): nothing NaN is returned.
+
     Examples
     --------
     >>> import nest_data
@@ -120,9 +141,12 @@ def dream(
     from nest_data.gradients.parametrise import FourierImage, PixelImage, random_transform
 
     goal = as_objective(objective, roi, modality, train_dataset)
-    _check(n=n, steps=steps, size=size, lr=lr, parametrisation=parametrisation, jitter=jitter,
-           scale=scale, rotate=rotate)
+    _check(n=n, steps=steps, size=size, lr=lr, seed=seed, parametrisation=parametrisation,
+           jitter=jitter, scale=scale, rotate=rotate)
     target_device = torch_device(device)
+    check_memory("dream()", _memory(n, steps, size, len(goal.targets)),
+                 "lower n (images per call) or size, or set NEST_DATA_MAX_MEMORY",
+                 target_device)
     encoders = _targets.load_targets(goal, subject=subject, location=location,
                                      storage_options=storage_options, backbone=backbone,
                                      catalog=catalog, device=target_device)
@@ -136,16 +160,20 @@ def dream(
     for step in tqdm(range(steps), desc="dreaming", unit="step",
                      disable=not _config.show_progress()):
         optimiser.zero_grad()
-        seen = random_transform(image(), generator=generator, jitter=jitter, scale=scale,
+        current = image()
+        seen = random_transform(current, generator=generator, jitter=jitter, scale=scale,
                                 rotate=rotate)
         value = goal(_targets.run(encoders, seen), encoders, reference)
+        _check_step(current, value, goal, step, lr)
         (-value.sum()).backward()
         optimiser.step()
         trajectory[step] = value.detach().float().cpu().numpy()
     with torch.no_grad():
         final = image()
         responses = _targets.run(encoders, final)
-        score = goal(responses, encoders, reference).float().cpu().numpy()
+        value = goal(responses, encoders, reference)
+        _check_step(final, value, goal, steps, lr)
+        score = value.float().cpu().numpy()
     ids = [f"dream-{i}" for i in range(n)]
     logger.info("dreamed %d images for %r, sub-%s, %d steps: objective %s", n, goal, subject,
                 steps, np.round(score.astype(float), 4).tolist())
@@ -166,24 +194,49 @@ def dream(
     return xr.DataTree.from_dict({"/": root, **children})
 
 
-def _check(*, n: int, steps: int, size: int, lr: float, parametrisation: str, jitter: int,
-           scale: tuple[float, float], rotate: float) -> None:
+#: Valid values of dream's numeric arguments.
+RANGES = {
+    "n": Range("images optimised together", 1, integer=True),
+    "steps": Range("optimisation steps", 1, integer=True),
+    "size": Range("pixels per side", 16, MAX_SIZE, integer=True),
+    "lr": Range("Adam's learning rate", 0, 10, low_open=True),
+    "seed": Range("a seed", 0, 2**64 - 1, integer=True),
+    "rotate": Range("largest random rotation in degrees", 0, 180),
+    "scale": Range("zoom factors (low, high)", 0, 10, low_open=True),
+}
+
+
+def _check(*, n: int, steps: int, size: int, lr: float, seed: int, parametrisation: str,
+           jitter: float, scale: tuple[float, float], rotate: float) -> None:
     """Refuse parameters :func:`dream` cannot use, saying what is valid."""
-    problems = []
-    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
-        problems.append(f"n={n!r} (a positive number of images)")
-    if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 1:
-        problems.append(f"steps={steps!r} (a positive number of steps)")
-    if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size < 16:
-        problems.append(f"size={size!r} (pixels per side, at least 16)")
-    if not lr > 0:
-        problems.append(f"lr={lr!r} (a positive learning rate)")
+    problems = [RANGES[name].problem(name, value) for name, value in
+                (("n", n), ("steps", steps), ("size", size), ("lr", lr), ("seed", seed),
+                 ("rotate", rotate))]
+    side = size if RANGES["size"].contains(size) else MAX_SIZE
+    problems.append(Range("largest random shift in pixels", 0, side).problem("jitter", jitter))
     if parametrisation not in PARAMETRISATIONS:
         problems.append(f"parametrisation={parametrisation!r} (one of "
                         f"{', '.join(PARAMETRISATIONS)})")
-    if jitter < 0 or rotate < 0:
-        problems.append(f"jitter={jitter!r}, rotate={rotate!r} (not negative)")
-    if len(scale) != 2 or not 0 < scale[0] <= scale[1]:
-        problems.append(f"scale={scale!r} (a range (low, high), 0 < low <= high)")
-    if problems:
-        raise InputError("dream() cannot use " + "; ".join(problems))
+    zoom = RANGES["scale"]
+    if (isinstance(scale, str) or not isinstance(scale, Sequence) or len(scale) != 2
+            or not all(zoom.contains(s) for s in scale) or scale[0] > scale[1]):
+        problems.append(f"scale={scale!r} ({zoom.what}: two finite numbers, "
+                        f"{zoom.low:g} < low <= high <= {zoom.high:g})")
+    refuse("dream()", problems)
+
+
+def _check_step(images: Any, value: Any, goal: Objective, step: int, lr: float) -> None:
+    """Stop at the first step whose images or objective are NaN or infinite, naming it."""
+    check_finite(images, f"dream()'s images after {step} step(s) of Adam with lr={lr!r}",
+                 "lower lr (Adam's steps overflowed the image parameters)")
+    check_finite(value, f"the objective {goal!r} at step {step} (of finite images)",
+                 "check the objective's terms and weights, and the encoders' weights "
+                 "(`nest-data verify` on their location)")
+
+
+def _memory(n: int, steps: int, size: int, targets: int) -> int:
+    """Bytes :func:`dream` needs, roughly: the images' copies (parameters, Adam's state,
+    the transforms and their gradients), the encoders' activations per image, and the
+    trajectory."""
+    per_image = IMAGE_COPIES * 3 * size * size * 4 + targets * ENCODER_BYTES_PER_IMAGE
+    return n * per_image + steps * n * 4

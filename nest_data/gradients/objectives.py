@@ -22,6 +22,7 @@ contrast('FFA-1', 'PPA') + 0.5 * diversity('FFA-1')
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -29,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from nest_data.errors import InputError
+from nest_data.gradients._checks import Range, refuse
 
 if TYPE_CHECKING:
     import torch
@@ -74,6 +76,8 @@ class Target:
         return None
 
 
+#: Valid weights of a term (``0.2 * diversity("FFA-1")``).
+WEIGHT = Range("a term's weight")
 #: A one-target term's score: (responses, encoder, reference responses) -> a tensor (B,).
 Score = Callable[["torch.Tensor", "LoadedEncoder", "torch.Tensor"], "torch.Tensor"]
 #: A term's score over its targets: the same, one list entry per target.
@@ -138,8 +142,9 @@ class Objective:
         return (-1.0) * self
 
     def __mul__(self, factor: float) -> Objective:
-        if isinstance(factor, bool) or not isinstance(factor, (int, float)):
+        if isinstance(factor, bool) or not isinstance(factor, numbers.Real):
             return NotImplemented
+        refuse("an Objective's weight", [WEIGHT.problem("weight", factor)])
         return Objective([_Term(t.weight * float(factor), t.targets, t.score, t.name)
                           for t in self.terms])
 
@@ -198,6 +203,7 @@ def roi_mean(roi: str | None = None, *, modality: str = "fmri",
     -roi_mean('V1')
     """
     if min_ncsnr is not None:
+        refuse("roi_mean()", [Range("an ncsnr threshold").problem("min_ncsnr", min_ncsnr)])
         return voxels(roi, lambda labels: labels["ncsnr"] > min_ncsnr, modality=modality,
                       train_dataset=train_dataset, name=f"roi_mean({roi!r}, "
                       f"min_ncsnr={min_ncsnr!r})")
@@ -260,8 +266,8 @@ def unit(roi: str | None, index: int, *, modality: str = "fmri",
     >>> unit("V1", 12)
     unit('V1', 12)
     """
-    if isinstance(index, bool) or not isinstance(index, (int, np.integer)) or index < 0:
-        raise InputError(f"index={index!r}: give the position of one voxel (0, 1, ...)")
+    refuse("unit()", [Range("the position of one voxel", 0, integer=True).problem(
+        "index", index)])
     target = _target(roi, modality, train_dataset)
 
     def score(values: torch.Tensor, encoder: LoadedEncoder, _: torch.Tensor) -> torch.Tensor:
@@ -324,7 +330,10 @@ def eeg(channels: str | Sequence[str] | None = None,
     """
     wanted = [channels] if isinstance(channels, str) else (
         list(channels) if channels is not None else None)
-    if times is not None and (len(times) != 2 or times[0] > times[1]):
+    seconds = Range("seconds")
+    if times is not None and (isinstance(times, str) or not isinstance(times, Sequence)
+                              or len(times) != 2 or not all(map(seconds.contains, times))
+                              or times[0] > times[1]):
         raise InputError(f"times={times!r}: give a window (start, stop) in seconds, start <= "
                          "stop, e.g. (0.1, 0.2)")
     target = _target(None, "eeg", None)

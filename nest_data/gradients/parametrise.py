@@ -15,6 +15,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from nest_data.errors import InputError
+
 __all__ = ["COLOUR_CORRELATION", "FourierImage", "PixelImage", "random_transform"]
 
 #: Square root of natural images' RGB correlation (ImageNet; the columns are its principal
@@ -96,7 +98,7 @@ class PixelImage(nn.Module):
         return torch.sigmoid(x)
 
 
-def random_transform(images: torch.Tensor, *, generator: torch.Generator, jitter: int,
+def random_transform(images: torch.Tensor, *, generator: torch.Generator, jitter: float,
                      scale: tuple[float, float], rotate: float) -> torch.Tensor:
     """Shift each image by up to ``jitter`` pixels, scale it within ``scale``, rotate it by
     up to ``rotate`` degrees: one differentiable resampling, edges reflected.
@@ -122,6 +124,10 @@ def random_transform(images: torch.Tensor, *, generator: torch.Generator, jitter
     cos, sin = torch.cos(angle) / zoom, torch.sin(angle) / zoom
     theta = torch.stack([torch.stack([cos, -sin, shift_x], dim=1),
                          torch.stack([sin, cos, shift_y], dim=1)], dim=1).to(images.device)
+    if not bool(torch.isfinite(theta).all()):  # grid_sample's backward crashes on NaN
+        raise InputError(f"random_transform(jitter={jitter!r}, scale={scale!r}, "
+                         f"rotate={rotate!r}) gives a NaN or infinite transform; give finite "
+                         "numbers, scale > 0 (nest_data.dream checks them first)")
     grid = F.affine_grid(theta, list(images.shape), align_corners=False)
     return F.grid_sample(images, grid, mode="bilinear", padding_mode="reflection",
                          align_corners=False)
