@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 import xarray as xr
 
 import nest_data
-from nest_data.errors import ChecksumError, MissingObjectError
+from nest_data.errors import ChecksumError, InputError, MissingObjectError, UnknownKeyError
 
 from .backends import KEYS
 from .servers import HTTPServer
@@ -73,3 +75,65 @@ def test_engine_reads_remote_stores(chunked: Path) -> None:
         ds = xr.open_dataset(_url(chunked).replace(str(chunked), server.url), engine="nest")
         np.testing.assert_array_equal(ds.responses.isel(image=5).values,
                                       nest_data.open(location=str(chunked), **KEYS)[5].values)
+        # chunk_cache= is nest-data's chunk cache (xarray keeps cache= for its own)
+        cache = nest_data.ChunkCache.shared()
+        cache.clear()
+        cached = xr.open_dataset(_url(chunked).replace(str(chunked), server.url),
+                                 engine="nest", chunk_cache=True)
+        _ = cached.responses.isel(image=5).values
+        assert cache.info().objects > 0
+
+
+def test_engine_accepts_what_xarray_passes_every_backend(chunked: Path) -> None:
+    """xarray's CF decoding keywords reach every engine; nest-data stores need no decoding,
+    so they are accepted and change nothing."""
+    url = _url(chunked)
+    plain = xr.open_dataset(url, engine="nest")
+    for kwargs in ({"decode_times": False}, {"decode_cf": False}, {"decode_cf": True},
+                   {"mask_and_scale": True, "decode_timedelta": False, "use_cftime": False,
+                    "concat_characters": True, "decode_coords": "all"},
+                   {"group": "/"}, {"group": ""}, {"chunk_cache": False}, {"cache": True}):
+        xr.testing.assert_identical(xr.open_dataset(url, engine="nest", **kwargs), plain)
+    encoder = xr.open_dataset(url, engine="nest", group="encoder")
+    assert encoder.data_vars and "responses" not in encoder
+    xr.testing.assert_identical(xr.open_dataset(url, engine="nest", group="/encoder"), encoder)
+
+
+@pytest.mark.parametrize(("args", "kwargs", "error", "message"), [
+    ((None,), {}, InputError, "xr.open_dataset(None, engine='nest'): give the path or URL of a "
+                              "nest-data store (a .zarr folder)"),
+    ((5,), {}, InputError, "xr.open_dataset(5, engine='nest'): give the path or URL"),
+    (("",), {}, InputError, "xr.open_dataset('', engine='nest'): give the path or URL"),
+    ((), {"group": "nope"}, UnknownKeyError,
+     "group='nope': a nest-data store has the groups None (the root: responses and labels) "
+     "and 'encoder' (the encoder's metadata); pass one of them, or leave group out"),
+    ((), {"group": 5}, UnknownKeyError, "group=5: a nest-data store has the groups"),
+    ((), {"foo": 1}, InputError,
+     "the nest engine does not know foo=1; it takes storage_options, chunk_cache, verify, "
+     "load_labels, roi, group, and xarray's decoding keywords (ignored: nest-data stores need "
+     "no CF decoding). Remove the others, or open the store with nest_data.open_store"),
+    ((), {"backend_kwargs": {"load_labels": "yes", "roi": 5}}, InputError,
+     "the nest engine cannot use load_labels='yes' (True or False); roi=5 (a surface store's "
+     "ROI name, e.g. 'FFA-1', or None); give values of those types"),
+    ((), {"backend_kwargs": {"verify": "no", "chunk_cache": 1.5}}, InputError,
+     "the nest engine cannot use chunk_cache=1.5 (True, False or None); verify='no' (True, "
+     "False or None)"),
+])
+def test_engine_refuses_bad_arguments_with_our_errors(
+        chunked: Path, args: tuple[Any, ...], kwargs: dict[str, Any], error: type[Exception],
+        message: str) -> None:
+    with pytest.raises(error, match="^" + re.escape(message)):
+        xr.open_dataset(*(args or (_url(chunked),)), engine="nest", **kwargs)
+    assert issubclass(UnknownKeyError, KeyError)
+
+
+def test_engine_chunks_are_xarrays_to_check(chunked: Path) -> None:
+    """xarray applies ``chunks=`` after the engine returns (the engine never sees it): a bad
+    value gets xarray's own error; nest_data.open_store checks it with ours."""
+    url = _url(chunked)
+    with pytest.raises(ValueError) as caught:
+        xr.open_dataset(url, engine="nest", chunks={"image": -3})
+    assert not isinstance(caught.value, nest_data.NestDataError)
+    with pytest.raises(InputError, match=re.escape("chunks={'image': -3}: the size for 'image' "
+                                                   "is -3")):
+        nest_data.open_store(url, chunks={"image": -3})
