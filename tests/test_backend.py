@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import shutil
 from pathlib import Path
@@ -137,3 +138,26 @@ def test_engine_chunks_are_xarrays_to_check(chunked: Path) -> None:
     with pytest.raises(InputError, match=re.escape("chunks={'image': -3}: the size for 'image' "
                                                    "is -3")):
         nest_data.open_store(url, chunks={"image": -3})
+
+
+def test_engine_refuses_the_encoder_group_of_a_store_without_one(ned_src: Path,
+                                                                  tmp_path: Path) -> None:
+    import h5py
+
+    from nest_data._write import write_entry
+    from nest_data.converters._pickle import load_npy_dict
+    from nest_data.converters.ned import discover_ned
+    from nest_data.converters.ned_entry import entry_data
+
+    (source,) = discover_ned(ned_src, **KEYS)
+    with h5py.File(source.h5) as f:
+        data = entry_data(source, f["synthetic_neural_responses"], load_npy_dict(source.npy),
+                          units="a.u.")
+        assert data.aux  # a converted store has the encoder group; this one will not
+        write_entry(dataclasses.replace(data, aux={}), tmp_path, source.entry.path)
+    url = _url(tmp_path)
+    assert "responses" in xr.open_dataset(url, engine="nest")
+    with pytest.raises(UnknownKeyError, match=re.escape(
+            f"the store {url} has no 'encoder' group (a store written without its encoder's "
+            "metadata); open its root with group=None")):
+        xr.open_dataset(url, engine="nest", group="encoder")

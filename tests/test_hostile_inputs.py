@@ -127,6 +127,17 @@ def test_memory_is_estimated_before_anything_is_allocated(
         nest_data.dream(**{**DREAM, "n": 10**6})
 
 
+def test_memory_on_a_cuda_device_is_its_free_memory(monkeypatch: pytest.MonkeyPatch) -> None:
+    from nest_data.gradients._checks import check_memory
+
+    monkeypatch.setenv(MEMORY_LIMIT_ENV, "1TB")  # the device's own memory decides
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device: (2 * 10**9, 8 * 10**9))
+    with pytest.raises(InputError, match=re.escape(
+            "dream() needs about 3 GB of memory; cuda:0 has 2 GB free: lower n")):
+        check_memory("dream()", 3 * 10**9, "lower n", torch.device("cuda", 0))
+    check_memory("dream()", 10**9, "lower n", torch.device("cuda", 0))  # fits: no error
+
+
 def _nan_after(monkeypatch: pytest.MonkeyPatch, calls: int) -> None:
     """The encoders answer NaN from their ``calls``-th run on (counting from 1)."""
     run = _targets.run
