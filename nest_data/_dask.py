@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import weakref
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -74,21 +75,22 @@ def weighted_sums(array: Any, weights: np.ndarray) -> Any | None:
 
 def weighted_sum_grid(cells: Mapping[tuple[int, int], Any], shape: tuple[int, int],
                       n_rows: int) -> Any:
-    """A ``shape + (n_rows,)`` float64 dask array, one chunk per cell, built as one layer.
+    """A ``shape + (n_rows,)`` float64 dask array of weighted sums, built as one layer.
 
     Each cell is either ``(array, weights)`` (``array`` exactly a stored dask array: its
-    weighted sums are read as :func:`weighted_sums` reads them, in tasks of about
-    ``_SUM_TASK_BYTES``, joined by one more task when there are several) or any dask array
-    of ``n_rows`` values (its chunks are joined).  One layer with a task or two per cell
-    is what keeps the graph of hundreds of entries small and quick to build, where stacking
-    one dask array per entry costs several tasks and layers each.
+    weighted sums are read as :func:`weighted_sums` reads them) or any dask array of
+    ``n_rows`` values (its chunks are joined).  Stored entries read from local files and
+    smaller than ``_SUM_TASK_BYTES`` share tasks: consecutive columns whose entries are all
+    such are grouped until a task reads about ``_SUM_TASK_BYTES`` (one chunk along the
+    second axis per group); a larger entry is read in tasks of about that size, joined by
+    one more.  A task costs a few ms on a busy cluster whatever it reads, and a graph with
+    a task or less per entry, in one layer, is quick to build and to schedule.
     """
     import dask.array
     from dask.base import tokenize
     from dask.highlevelgraph import HighLevelGraph
 
-    reads: dict[tuple[int, int], list[Any]] = {}  # cell -> tasks reading it
-    joins: dict[tuple[int, int], list[Any]] = {}  # cell -> keys of another dask array
+    plans: dict[tuple[int, int], Any] = {}  # cell -> _Sums, or a dask array to join
     others: list[Any] = []
     token: list[Any] = []
     for (i, j), value in sorted(cells.items()):
@@ -97,26 +99,81 @@ def weighted_sum_grid(cells: Mapping[tuple[int, int], Any], shape: tuple[int, in
             reader = stored_reader(array)
             if reader is None:
                 raise ValueError(f"cell {(i, j)} is not a stored array; pass its dask array")
-            bounds = sum_bounds(reader, array.chunks[0])
-            token.append((i, j, array.name, weights, bounds))
-            reads[i, j] = [(_weighted_block, reader, lo, hi, weights) for lo, hi in bounds]
+            plans[i, j] = _Sums(reader, tuple(sum_bounds(reader, array.chunks[0])), weights)
+            token.append((i, j, array.name, weights))
         else:
+            plans[i, j] = value
             others.append(value)
             token.append((i, j, value.name))
-            joins[i, j] = list(value.__dask_keys__())
     name = f"roi-sums-{tokenize(token)}"
     layer: dict[Any, Any] = {}
-    for (i, j), tasks in reads.items():
-        if len(tasks) > 1:
-            joins[i, j] = [(f"{name}-part", i, j, k) for k in range(len(tasks))]
-            layer.update(zip(joins[i, j], tasks, strict=True))
-        else:
-            layer[(name, i, j, 0)] = (_cell, tasks[0])
-    for (i, j), keys in joins.items():
-        layer[(name, i, j, 0)] = (_joined_cell, keys)
+    groups = _column_groups(plans, shape)
+    for g, columns in enumerate(groups):
+        for i in range(shape[0]):
+            if len(columns) > 1 or _small_local(plans[i, columns[0]]):
+                layer[(name, i, g, 0)] = (_sums_block, [plans[i, j] for j in columns])
+                continue
+            plan = plans[i, columns[0]]
+            if not isinstance(plan, _Sums):
+                layer[(name, i, g, 0)] = (_joined_cell, list(plan.__dask_keys__()))
+                continue
+            tasks = [(_weighted_block, plan.reader, lo, hi, plan.weights)
+                     for lo, hi in plan.bounds]
+            if len(tasks) == 1:
+                layer[(name, i, g, 0)] = (_cell, tasks[0])
+                continue
+            keys = [(f"{name}-part", i, g, k) for k in range(len(tasks))]
+            layer.update(zip(keys, tasks, strict=True))
+            layer[(name, i, g, 0)] = (_joined_cell, keys)
     graph = HighLevelGraph.from_collections(name, layer, dependencies=others)
-    return dask.array.Array(graph, name, chunks=((1,) * shape[0], (1,) * shape[1], (n_rows,)),
+    return dask.array.Array(graph, name, chunks=((1,) * shape[0],
+                                                 tuple(len(c) for c in groups), (n_rows,)),
                             dtype=np.float64)
+
+
+@dataclass(frozen=True)
+class _Sums:
+    """The weighted sums of one stored entry: its reader, task bounds and weights."""
+
+    reader: ShardReader
+    bounds: tuple[tuple[int, int], ...]
+    weights: np.ndarray
+
+    @property
+    def nbytes(self) -> int:
+        return int(np.prod(self.reader.shape)) * self.reader.dtype.itemsize
+
+    def read(self) -> np.ndarray:
+        """All the sums, read in this task."""
+        return np.concatenate([self.reader.weighted_sum(slice(lo, hi), self.weights)
+                               for lo, hi in self.bounds])
+
+
+def _small_local(plan: Any) -> bool:
+    """Whether a cell is a stored entry read from local files, smaller than a task."""
+    return (isinstance(plan, _Sums) and plan.reader.reads_files
+            and plan.nbytes < _SUM_TASK_BYTES)
+
+
+def _column_groups(plans: Mapping[tuple[int, int], Any], shape: tuple[int, int]
+                   ) -> list[list[int]]:
+    """Consecutive columns whose cells are all small local entries, grouped until the
+    largest cell of each column adds up to ``_SUM_TASK_BYTES``; every other column alone."""
+    groups: list[list[int]] = []
+    size = 0
+    for j in range(shape[1]):
+        column = [plans[i, j] for i in range(shape[0])]
+        if not all(_small_local(p) for p in column):
+            groups.append([j])
+            size = _SUM_TASK_BYTES  # the next column starts a group
+            continue
+        largest = max(p.nbytes for p in column)
+        if not groups or size + largest > _SUM_TASK_BYTES:
+            groups.append([])
+            size = 0
+        groups[-1].append(j)
+        size += largest
+    return groups
 
 
 def take_images(array: Any, positions: np.ndarray) -> Any | None:
@@ -226,6 +283,14 @@ def _weighted_block(reader: ShardReader, lo: int, hi: int, weights: np.ndarray
 def _cell(values: np.ndarray) -> np.ndarray:
     """One cell of :func:`weighted_sum_grid` (a block of shape ``(1, 1, n)``)."""
     return values.reshape(1, 1, -1)
+
+
+def _sums_block(cells: list[Any]) -> np.ndarray:
+    """Several cells of :func:`weighted_sum_grid` in one task (a block ``(1, k, n)``): the
+    sums of each stored entry, or the chunks of another array, joined."""
+    return np.stack([c.read() if isinstance(c, _Sums)
+                     else np.concatenate([np.asarray(p).reshape(-1) for p in c])
+                     for c in cells])[None]
 
 
 def _joined_cell(parts: list[np.ndarray]) -> np.ndarray:
