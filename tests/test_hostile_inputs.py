@@ -93,6 +93,13 @@ def test_dream_refuses_numbers_outside_their_range(demo: Path, kwargs: dict[str,
         nest_data.dream(**{**DREAM, **kwargs})
 
 
+def test_dream_takes_numpy_numbers_in_range(demo: Path) -> None:
+    tree = nest_data.dream(**{**DREAM, "n": np.int64(2), "seed": np.uint64(7), "jitter": 2.5,
+                              "scale": np.array([0.9, 1.1]), "rotate": np.float32(10)})
+    assert tree["images"].shape == (2, 3, 32, 32) and np.isfinite(tree["images"]).all()
+    assert tree.attrs["scale"] == [0.9, 1.1] and tree.attrs["jitter"] == 2.5
+
+
 def test_dream_lists_every_bad_number_at_once(demo: Path) -> None:
     with pytest.raises(InputError, match=re.escape(
             "dream() cannot use lr=nan (Adam's learning rate: a finite number, 0 < lr <= 10); "
@@ -116,6 +123,9 @@ def test_memory_is_estimated_before_anything_is_allocated(
             "saliency() needs about 1.1 GB of memory; NEST_DATA_MAX_MEMORY allows at most "
             "1 GB: lower batch_size (path points per pass) or steps")):
         nest_data.saliency(images, **{**SALIENCY, "steps": 64, "batch_size": 33})
+    with pytest.raises(InputError, match=re.escape(
+            "dream() needs about 10^12 GB or more of memory")):  # an int beyond any float
+        nest_data.dream(**{**DREAM, "n": 10**400})
     monkeypatch.setenv(MEMORY_LIMIT_ENV, "lots")
     with pytest.raises(InputError, match="NEST_DATA_MAX_MEMORY='lots' is not a size; give a "
                                          "positive number of bytes with a unit, e.g. 8GB"):

@@ -96,7 +96,7 @@ class Range:
         """Whether ``value`` is of the right type, finite, and within the bounds."""
         if not (_is_integer(value) if self.integer else _is_real(value)):
             return False
-        if not math.isfinite(value):
+        if not self.integer and not math.isfinite(value):  # (an int is finite, however big)
             return False
         if self.low is not None and (value <= self.low if self.low_open else value < self.low):
             return False
@@ -209,5 +209,7 @@ def check_memory(function: str, needed: int, fix: str, device: Any = None) -> No
 
 def _gigabytes(n: int) -> str:
     """Bytes as GB, with two significant digits below 10 GB."""
+    if n >= 10**21:  # beyond any machine (and beyond a float, for huge ints)
+        return "10^12 GB or more"
     gb = n / 1e9
     return f"{gb:.2g} GB" if gb < 10 else f"{gb:,.0f} GB"

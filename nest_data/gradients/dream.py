@@ -179,7 +179,7 @@ def dream(
                 steps, np.round(score.astype(float), 4).tolist())
     attrs = {"objective": repr(goal), "subject": str(subject), "n": n, "steps": steps,
              "size": size, "lr": lr, "seed": seed, "parametrisation": parametrisation,
-             "decorrelate": int(decorrelate), "jitter": jitter, "scale": list(scale),
+             "decorrelate": int(decorrelate), "jitter": jitter, "scale": [float(s) for s in scale],
              "rotate": rotate, "optimiser": "Adam", "device": str(target_device),
              "targets": [t.label for t in encoders]}
     root = xr.Dataset(
@@ -218,7 +218,8 @@ def _check(*, n: int, steps: int, size: int, lr: float, seed: int, parametrisati
         problems.append(f"parametrisation={parametrisation!r} (one of "
                         f"{', '.join(PARAMETRISATIONS)})")
     zoom = RANGES["scale"]
-    if (isinstance(scale, str) or not isinstance(scale, Sequence) or len(scale) != 2
+    if (isinstance(scale, str) or not isinstance(scale, (Sequence, np.ndarray))
+            or len(scale) != 2
             or not all(zoom.contains(s) for s in scale) or scale[0] > scale[1]):
         problems.append(f"scale={scale!r} ({zoom.what}: two finite numbers, "
                         f"{zoom.low:g} < low <= high <= {zoom.high:g})")

@@ -334,8 +334,8 @@ def eeg(channels: str | Sequence[str] | None = None,
     if times is not None and (isinstance(times, str) or not isinstance(times, Sequence)
                               or len(times) != 2 or not all(map(seconds.contains, times))
                               or times[0] > times[1]):
-        raise InputError(f"times={times!r}: give a window (start, stop) in seconds, start <= "
-                         "stop, e.g. (0.1, 0.2)")
+        raise InputError(f"times={times!r}: give a window (start, stop) in seconds, two "
+                         "finite numbers, start <= stop, e.g. (0.1, 0.2)")
     target = _target(None, "eeg", None)
 
     def score(values: torch.Tensor, encoder: LoadedEncoder, _: torch.Tensor) -> torch.Tensor:
