@@ -11,7 +11,6 @@ at once may both proceed, which is why :mod:`nest_data._index` reads its writes 
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import logging
 import os
@@ -35,7 +34,10 @@ __all__ = ["LOCK_WAIT_S", "STALE_LOCK_S", "local_lock", "remote_lock"]
 @contextlib.contextmanager
 def local_lock(folder: Path) -> Iterator[None]:
     """Hold an exclusive ``flock`` on a local folder itself (no lock file is left behind;
-    the kernel releases the lock when its holder dies)."""
+    the kernel releases the lock when its holder dies).  POSIX only: ``fcntl`` is imported
+    here, so that reading a collection works everywhere."""
+    import fcntl
+
     fd = os.open(folder, os.O_RDONLY)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
