@@ -240,9 +240,9 @@ def roi_means(entries: Entries, *, min_ncsnr: float | None = None) -> xr.DataArr
         raise InputError(f"roi_means needs every ROI for every subject; missing: "
                          f"{', '.join(missing)}. Open them too, or compute roi_mean per "
                          "entry.")
-    # One chunk per entry's means (8 bytes per image), all in one graph layer: entries are
-    # chunked differently (by their voxel counts), and a layer per entry would make the
-    # graph of hundreds of entries slow to build and schedule.
+    # Every entry's means (8 bytes per image) in one graph layer, small local entries several
+    # to a task: entries are chunked differently (by their voxel counts), and a dask array
+    # per entry, stacked, made the graph of hundreds of entries slow to build and schedule.
     grid: dict[tuple[int, int], Any] = {}
     counts = np.zeros((len(subjects), len(rois)), dtype=np.int64)
     for (s, r), da in cells.items():
