@@ -102,7 +102,7 @@ class Server:
     def __exit__(self, *exc: object) -> None:
         assert self.proc.stdin is not None
         self.proc.stdin.close()
-        self.proc.wait(timeout=30)
+        self.proc.wait(timeout=600)  # the server removes its copy of the collection
 
 
 def timed(server: Server | None, fn: Callable[[], Any], repeats: int) -> dict[str, Any]:

@@ -27,6 +27,7 @@ from nest_data.errors import ChecksumError, StoreFormatError
 __all__ = ["InnerChunks", "Piece"]
 
 _RUN_BYTES = 512 * 2**10  # read and checked at once locally: fits the CPU's L2 cache
+_BUFFERS = threading.local()  # InnerChunks.buffer
 
 
 @dataclass
@@ -45,7 +46,6 @@ class Piece:
     picks: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
 
 
-
 class InnerChunks:
     """Checking and decoding the inner chunks of one array's shards.
 
@@ -62,23 +62,19 @@ class InnerChunks:
         self.layout = layout
         self.shape = layout.shape
         self.dtype = layout.dtype
-        self._local = threading.local()
 
-    def __getstate__(self) -> dict[str, Any]:
-        state = self.__dict__.copy()
-        del state["_local"]
-        return state
+    @staticmethod
+    def buffer(name: str, size: int) -> memoryview:
+        """A reusable byte buffer of at least ``size`` bytes, one per name and thread.
 
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__dict__.update(state)
-        self._local = threading.local()
-
-    def buffer(self, name: str, size: int) -> memoryview:
-        """A per-thread reusable byte buffer of at least ``size`` bytes."""
-        buf = getattr(self._local, name, None)
+        Shared by every array's reader: a thread reads one piece at a time, so a worker
+        holds one set of buffers however many entries its tasks read (per reader, memory
+        grew with the number of entries a worker had seen).
+        """
+        buf = getattr(_BUFFERS, name, None)
         if buf is None or len(buf) < size:
             buf = bytearray(max(size, 1))
-            setattr(self._local, name, buf)
+            setattr(_BUFFERS, name, buf)
         return memoryview(buf)[:size]
 
     def _where(self, piece: Piece, first: int | None = None, last: int | None = None) -> str:

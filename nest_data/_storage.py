@@ -226,8 +226,7 @@ class NestStore(WrapperStore[Store]):
                             "RangeByteRequest, OffsetByteRequest or SuffixByteRequest")
         if byte_range is None and key == "zarr.json" and key in self._memo:
             return prototype.buffer.from_bytes(self._memo[key])
-        if byte_range is not None and key in self.manifest and (self.verify
-                                                                or self.cache is not None):
+        if byte_range is not None and key in self.manifest and self.reads_whole_objects:
             # A checksum covers whole objects, and the cache keeps whole objects: read the
             # object (verified, cached), then cut the range from it.
             whole = await self.get(key, prototype)
@@ -257,7 +256,7 @@ class NestStore(WrapperStore[Store]):
             return await self._check_range(key, prototype, byte_range, buffer)
         if key == "zarr.json":
             self._memo[key] = buffer.to_bytes()
-        if digest is not None and (self.verify or self.cache is not None):
+        if digest is not None and self.reads_whole_objects:
             data = buffer.to_bytes()
             got = bytes_digest(data)
             if got != digest:
