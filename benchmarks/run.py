@@ -4,7 +4,7 @@ Usage::
 
     python benchmarks/run.py            # realistic size: 26107 x 7799 float32 (814 MB)
     python benchmarks/run.py --quick    # 4000 images, finishes in well under a minute
-    python benchmarks/run.py --all      # then analysis, remote, codecs, layout, collection.py
+    python benchmarks/run.py --all      # then analysis, remote, codecs, layout, collection, opening
 
 Everything is measured in one run, and every figure that matters is reported as a ratio
 against a baseline measured in the same run, because benchmark machines are noisy:
@@ -697,6 +697,7 @@ OTHER_BENCHMARKS: list[tuple[str, list[str], list[str]]] = [
     ("codecs.py", [], ["--images", str(N_IMAGES_QUICK)]),
     ("layout.py", [], ["--images", "20000", "--rsm", "300"]),
     ("collection.py", ["--out", str(RESULTS_DIR)], ["--quick", "--out", str(RESULTS_DIR)]),
+    ("opening.py", [], ["--quick", "--repeats", "2"]),
 ]
 
 
@@ -738,7 +739,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=RESULTS_DIR,
                         help="folder for the .md and .json results (default: %(default)s)")
     parser.add_argument("--all", action="store_true",
-                        help="then run the analysis, remote, codec, layout and collection "
+                        help="then run the analysis, remote, codec, layout, collection and opening "
                              "benchmarks, each in a process of its own, and write all tables "
                              "to one file")
     args = parser.parse_args(argv)
