@@ -33,6 +33,10 @@ ENV_CACHE_DIR = "NEST_DATA_CACHE_DIR"
 ENV_PROGRESS = "NEST_DATA_PROGRESS"
 ENV_CACHE = "NEST_DATA_CACHE"
 ENV_VERIFY = "NEST_DATA_VERIFY"
+ENV_CONNECT_TIMEOUT = "NEST_DATA_CONNECT_TIMEOUT"
+ENV_READ_TIMEOUT = "NEST_DATA_READ_TIMEOUT"
+#: Seconds to connect to a server, and to wait for its next bytes (an idle timeout).
+DEFAULT_TIMEOUTS = {"connect_timeout": 10.0, "read_timeout": 30.0}
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -40,6 +44,44 @@ R = TypeVar("R")
 # Progress bars on or off for the current context (None: not set here; see show_progress).
 _PROGRESS: contextvars.ContextVar[bool | None] = contextvars.ContextVar(
     "nest_data_progress", default=None)
+# Timeouts set with set_options (a name is absent: not set here; see timeouts).
+_TIMEOUTS: contextvars.ContextVar[dict[str, float]] = contextvars.ContextVar(
+    "nest_data_timeouts", default={})  # noqa: B039 - never mutated, replaced
+
+
+def timeouts() -> dict[str, float]:
+    """The connect and read (idle) timeouts of remote reads, in seconds.
+
+    :func:`set_options`, then ``NEST_DATA_CONNECT_TIMEOUT`` / ``NEST_DATA_READ_TIMEOUT``,
+    then :data:`DEFAULT_TIMEOUTS`.
+
+    Examples
+    --------
+    >>> with set_options(read_timeout=5):
+    ...     timeouts()["read_timeout"]
+    5.0
+    """
+    out = {}
+    envs = {"connect_timeout": ENV_CONNECT_TIMEOUT, "read_timeout": ENV_READ_TIMEOUT}
+    for name, default in DEFAULT_TIMEOUTS.items():
+        value = _TIMEOUTS.get().get(name)
+        if value is None:
+            text = os.environ.get(envs[name], "").strip()
+            value = _seconds(text, envs[name]) if text else default
+        out[name] = value
+    return out
+
+
+def _seconds(value: object, what: str) -> float:
+    """A timeout in seconds: a finite number > 0."""
+    try:
+        seconds = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        seconds = float("nan")
+    if isinstance(value, bool) or not 0 < seconds < float("inf"):
+        raise InputError(f"{what}={value!r} is not a timeout; give a number of seconds above "
+                         f"0, e.g. {what}=30")
+    return seconds
 
 
 def cache_dir(path: str | os.PathLike[str] | None = None) -> Path:
@@ -103,6 +145,9 @@ def set_progress(value: bool | None) -> bool | None:
     return previous
 
 
+_UNCHANGED = object()  # set_options: an option not given keeps its setting
+
+
 class set_options:  # a function-like name, as xarray.set_options
     """Set nest-data's options for the rest of the session, or for a ``with`` block.
 
@@ -111,6 +156,13 @@ class set_options:  # a function-like name, as xarray.set_options
     progress : bool, optional
         Show progress bars (``True``/``False``), or follow ``NEST_DATA_PROGRESS`` again
         (``None``).  A function's own ``show_progress=`` still wins for its call.
+    connect_timeout, read_timeout : float, optional
+        Seconds a remote read may take to connect, and may wait for the server's next bytes
+        (default 10 and 30, or ``NEST_DATA_CONNECT_TIMEOUT`` / ``NEST_DATA_READ_TIMEOUT``).
+        A read that times out is retried like other transient failures, then raises
+        :class:`~nest_data.errors.RemoteReadError`.  They apply to stores opened after they
+        are set; a timeout in a location's ``storage_options`` wins (``client_kwargs=
+        {"timeout": ...}`` over HTTP, ``config_kwargs`` for S3, ``session_kwargs`` for GCS).
 
     Examples
     --------
@@ -121,14 +173,25 @@ class set_options:  # a function-like name, as xarray.set_options
     True
     """
 
-    def __init__(self, *, progress: bool | None = None) -> None:
-        if progress is not None and not isinstance(progress, bool):
+    def __init__(self, *, progress: bool | object | None = _UNCHANGED,
+                 connect_timeout: float | None = None, read_timeout: float | None = None
+                 ) -> None:
+        if progress is not _UNCHANGED and progress is not None and not isinstance(progress,
+                                                                                   bool):
             raise InputError(f"progress={progress!r}: give True (bars on), False (off) or None "
                              "(follow NEST_DATA_PROGRESS)")
-        self._previous = set_progress(progress)
+        given = {"connect_timeout": connect_timeout, "read_timeout": read_timeout}
+        chosen = {name: _seconds(value, name) for name, value in given.items()
+                  if value is not None}
+        self._previous = _PROGRESS.get()
+        if progress is not _UNCHANGED:
+            set_progress(cast(bool | None, progress))
+        self._previous_timeouts = _TIMEOUTS.get()
+        _TIMEOUTS.set({**self._previous_timeouts, **chosen})
 
     def __enter__(self) -> set_options:
         return self
 
     def __exit__(self, *exc: object) -> None:
         set_progress(self._previous)
+        _TIMEOUTS.set(self._previous_timeouts)

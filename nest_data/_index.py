@@ -37,7 +37,7 @@ from nest_data import _config
 from nest_data._digest import bytes_digest
 from nest_data._format import ATTR
 from nest_data._locks import local_lock, remote_lock
-from nest_data._urls import is_local, join, local_path, validate_storage_options
+from nest_data._urls import is_local, join, local_path, validate_storage_options, with_timeouts
 from nest_data.errors import (
     IndexFormatError,
     IndexLockError,
@@ -208,7 +208,7 @@ def store_exists(root: str | os.PathLike[str], path: str,
     url = join(root, path)
     if is_local(url):
         return (Path(local_path(url)) / "zarr.json").is_file()
-    fs, base = fsspec.core.url_to_fs(url, **dict(storage_options or {}))
+    fs, base = fsspec.core.url_to_fs(url, **with_timeouts(url, storage_options or {}))
     return bool(fs.exists(f"{base}/zarr.json"))
 
 
@@ -216,7 +216,7 @@ def probe_stores(root: str, storage_options: Mapping[str, Any], candidates: Iter
                  ) -> set[str]:
     """Which of ``candidates`` hold a store at an HTTP root: concurrent, bounded probes."""
     paths = list(dict.fromkeys(candidates))
-    fs, base = fsspec.core.url_to_fs(root, **dict(storage_options))
+    fs, base = fsspec.core.url_to_fs(root, **with_timeouts(root, storage_options))
     if not isinstance(fs, HTTPFileSystem):
         return {p for p in paths if store_exists(root, p, storage_options)}
 
@@ -296,7 +296,7 @@ def read_object(root: str, options: dict[str, Any], name: str) -> bytes | None:
             return Path(local_path(url)).read_bytes()
         except (FileNotFoundError, NotADirectoryError):
             return None
-    fs, path = fsspec.core.url_to_fs(url, **options)
+    fs, path = fsspec.core.url_to_fs(url, **with_timeouts(url, options))
     try:
         return bytes(fs.cat_file(path))
     except FileNotFoundError:

@@ -43,7 +43,7 @@ from zarr.storage import FsspecStore, LocalStore, WrapperStore
 
 from nest_data._cache import ChunkCache
 from nest_data._digest import bytes_digest
-from nest_data._urls import is_local, local_path, validate_storage_options
+from nest_data._urls import is_local, local_path, validate_storage_options, with_timeouts
 from nest_data.errors import (
     ChecksumError,
     LocationError,
@@ -107,7 +107,8 @@ def make_store(
         retries = 0  # a local read that fails is not transient
     else:
         validate_storage_options(text, options)
-        inner = FsspecStore.from_url(text, storage_options=options, read_only=read_only)
+        inner = FsspecStore.from_url(text, storage_options=with_timeouts(text, options),
+                                     read_only=read_only)
         # s3fs and gcsfs retry transient failures themselves (their ``retries``): ours would
         # multiply theirs; fsspec's HTTP file system has none, so nest-data retries there
         retries = 0 if text.split("://", 1)[0] in SELF_RETRYING else RETRIES
@@ -324,10 +325,14 @@ class NestStore(WrapperStore[Store]):
                 if not _is_transient(exc):
                     raise RemoteReadError(_read_failure(self.url, key, exc)) from exc
                 if attempt == self.retries:
+                    hint = ("the server stopped sending (no bytes within the read timeout; "
+                            "raise it with nest_data.set_options(read_timeout=...) or "
+                            "NEST_DATA_READ_TIMEOUT)" if isinstance(exc, TimeoutError)
+                            else "the server is unreachable or overloaded")
                     raise RemoteReadError(
                         f"reading {key} from {self.url} failed {self.retries + 1} times "
-                        f"(last: {type(exc).__name__}: {exc}); the server is unreachable or "
-                        "overloaded. Try again later, or check the URL and your network."
+                        f"(last: {type(exc).__name__}: {exc}); {hint}. Try again later, or "
+                        "check the URL and your network."
                     ) from exc
                 delay = self.backoff * 2**attempt
                 logger.info("retrying %s/%s in %.2f s after %s", self.url, key, delay, exc)

@@ -10,7 +10,8 @@ from typing import Any
 
 from nest_data.errors import InputError, LocationError
 
-__all__ = ["check_storage_options", "is_local", "join", "local_path", "validate_storage_options"]
+__all__ = ["check_storage_options", "is_local", "join", "local_path", "validate_storage_options",
+           "with_timeouts"]
 
 
 def is_local(url: str | os.PathLike[str]) -> bool:
@@ -94,3 +95,38 @@ def _named_parameters(cls: type) -> set[str]:
     # AbstractFileSystem handles these for every implementation
     return names | {"skip_instance_cache", "use_listings_cache", "listings_expiry_time",
                     "max_paths", "asynchronous", "loop"}
+
+
+def with_timeouts(url: str, storage_options: Mapping[str, Any]) -> dict[str, Any]:
+    """``storage_options`` with nest-data's connect and read timeouts for ``url``'s file
+    system, unless the options already set that file system's own.
+
+    HTTP(S): an ``aiohttp.ClientTimeout`` in ``client_kwargs`` (``sock_connect`` and
+    ``sock_read``, no total: a large object may take long, a silent server may not); S3:
+    botocore's ``connect_timeout`` and ``read_timeout`` in ``config_kwargs``; GCS: the
+    aiohttp timeout in ``session_kwargs``.  Other protocols are returned unchanged.
+
+    Examples
+    --------
+    >>> with_timeouts("s3://bucket/nest", {"anon": True})["config_kwargs"]
+    {'connect_timeout': 10.0, 'read_timeout': 30.0}
+    >>> with_timeouts("/data/nest", {})
+    {}
+    """
+    from nest_data import _config
+
+    options = dict(storage_options)
+    protocol = url.split("://", 1)[0] if "://" in url else "file"
+    seconds = _config.timeouts()
+    if protocol in ("http", "https", "gs", "gcs"):
+        import aiohttp
+
+        key = "client_kwargs" if protocol.startswith("http") else "session_kwargs"
+        inner = dict(options.get(key) or {})
+        inner.setdefault("timeout", aiohttp.ClientTimeout(
+            total=None, sock_connect=seconds["connect_timeout"],
+            sock_read=seconds["read_timeout"]))
+        options[key] = inner
+    elif protocol in ("s3", "s3a"):
+        options["config_kwargs"] = {**seconds, **dict(options.get("config_kwargs") or {})}
+    return options

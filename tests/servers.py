@@ -556,12 +556,15 @@ class HTTPServer(Served):
     Fault knobs (settable any time; request numbers count from start/``reset()``, from 1):
     ``latency`` seconds before each response; every ``fail_every``-th request and the first
     ``fail_first`` requests get 503; ``ignore_range`` answers 200 with the whole file; every
-    ``hang_every``-th request waits ``hang_seconds`` before answering.
+    ``hang_every``-th request waits ``hang_seconds`` before answering; every
+    ``stall_every``-th request sends its headers and half its body, then holds the
+    connection for ``stall_seconds`` and closes it.
     """
 
     def __init__(self, latency: float = 0.0, fail_every: int = 0, fail_first: int = 0,
                  ignore_range: bool = False, hang_every: int = 0,
-                 hang_seconds: float = 5.0) -> None:
+                 hang_seconds: float = 5.0, stall_every: int = 0,
+                 stall_seconds: float = 60.0) -> None:
         super().__init__()
         self.latency = latency
         self.fail_every = fail_every
@@ -569,6 +572,8 @@ class HTTPServer(Served):
         self.ignore_range = ignore_range
         self.hang_every = hang_every
         self.hang_seconds = hang_seconds
+        self.stall_every = stall_every
+        self.stall_seconds = stall_seconds
         self.url = ""
         self.missing_url = ""
         self.storage_options = {}
@@ -752,6 +757,13 @@ class HTTPServer(Served):
                 sent = 0
                 view = memoryview(data)[start:end]
                 chunk = 1 << 16
+                if served.stall_every > 0 and number % served.stall_every == 0:
+                    half = len(view) // 2
+                    self.wfile.write(view[:half])
+                    self.wfile.flush()
+                    served._stopping.wait(max(0.0, float(served.stall_seconds)))
+                    self.close_connection = True
+                    return status, half
                 try:
                     for i in range(0, len(view), chunk):
                         self.wfile.write(view[i:i + chunk])

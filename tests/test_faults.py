@@ -170,6 +170,58 @@ def test_http_timeouts_are_retried(chunked: Path) -> None:
         np.testing.assert_array_equal(da.isel(image=0).values, local)
 
 
+def test_http_stalled_body_times_out_retries_then_names_the_object(chunked: Path) -> None:
+    """A server that sends half an answer and then holds the connection: the read (idle)
+    timeout ends the wait, the read is retried, and a server that always stalls is a
+    RemoteReadError naming the object, the URL and the setting, after a bounded time."""
+    import time
+
+    local = nest_data.open(location=str(chunked), **KEYS)
+    with HTTPServer(stall_every=3, stall_seconds=60) as server:
+        server.upload(chunked)
+        with nest_data.set_options(read_timeout=0.5):
+            da = nest_data.open(location=server.url, **KEYS)
+            np.testing.assert_array_equal(nest_data.select_images(da, [5]).values,
+                                          local.isel(image=[5]).values)
+            np.testing.assert_array_equal(da.values, local.values)
+            assert any(r.bytes_sent and r.status == 200 for r in server.requests)
+            server.reset()
+            server.stall_every = 1  # every answer stalls
+            started = time.monotonic()
+            with pytest.raises(nest_data.RemoteReadError,
+                               match=r"reading zarr\.json from http://127\.0\.0\.1:\d+/.*"
+                                     r"failed 5 times .*no bytes within the read timeout; "
+                                     r"raise it with nest_data\.set_options\(read_timeout"):
+                nest_data.open(location=server.url, **KEYS)
+            assert time.monotonic() - started < 20  # 5 tries of 0.5 s, and the backoff
+            server.stall_every = 0
+
+
+def test_timeouts_are_options_with_our_errors(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The defaults, the environment, set_options (for a block), and bad values refused."""
+    from nest_data import _config
+    from nest_data._urls import with_timeouts
+
+    assert _config.timeouts() == {"connect_timeout": 10.0, "read_timeout": 30.0}
+    monkeypatch.setenv("NEST_DATA_READ_TIMEOUT", "7.5")
+    assert _config.timeouts()["read_timeout"] == 7.5
+    with nest_data.set_options(read_timeout=2, connect_timeout=1):
+        assert _config.timeouts() == {"connect_timeout": 1.0, "read_timeout": 2.0}
+        timeout = with_timeouts("https://x.org/nest", {})["client_kwargs"]["timeout"]
+        assert (timeout.sock_read, timeout.sock_connect, timeout.total) == (2.0, 1.0, None)
+        assert with_timeouts("gs://b/nest", {})["session_kwargs"]["timeout"].sock_read == 2.0
+        assert with_timeouts("s3://b/nest", {"config_kwargs": {"read_timeout": 9}})[
+            "config_kwargs"] == {"connect_timeout": 1.0, "read_timeout": 9}
+    assert _config.timeouts()["read_timeout"] == 7.5  # the block ended
+    monkeypatch.setenv("NEST_DATA_READ_TIMEOUT", "soon")
+    with pytest.raises(nest_data.InputError, match="NEST_DATA_READ_TIMEOUT='soon' is not a "
+                                                   "timeout; give a number of seconds above 0"):
+        _config.timeouts()
+    for bad in (0, -1, float("nan"), float("inf"), "x", True):
+        with pytest.raises(nest_data.InputError, match="read_timeout=.* is not a timeout"):
+            nest_data.set_options(read_timeout=bad)  # type: ignore[arg-type]
+
+
 def test_http_server_ignoring_range_gives_correct_bytes(chunked: Path) -> None:
     from zarr.abc.store import RangeByteRequest
     from zarr.core.buffer import default_buffer_prototype
