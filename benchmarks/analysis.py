@@ -56,6 +56,7 @@ from run import (
     scan_h5py_blocks,
     time_interleaved,
     tree_bytes,
+    write_results,
 )
 
 import nest_data
@@ -572,12 +573,9 @@ def main(argv: list[str] | None = None) -> int:
         res["out_of_core"] = measure_out_of_core(root, n_images)
     res["total_s"] = time.perf_counter() - started
     table = markdown(res)
-    args.out.mkdir(parents=True, exist_ok=True)
-    stem = f"analysis-{res['timestamp'].replace(':', '').replace('-', '')}-{mode}"
-    (args.out / f"{stem}.md").write_text(table)
-    (args.out / f"{stem}.json").write_text(json.dumps(res, indent=2) + "\n")
+    md_path, json_path = write_results(res, table, args.out, "analysis")
     print(table)
-    logger.info("wrote %s.md/.json in %s (total %.0f s)", stem, args.out, res["total_s"])
+    logger.info("wrote %s and %s (total %.0f s)", md_path, json_path, res["total_s"])
     return 0
 
 

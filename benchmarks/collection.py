@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import json
 import logging
 import os
 import platform
@@ -53,7 +52,7 @@ from typing import Any
 
 import numpy as np
 import xarray as xr
-from run import environment, exit_on_sigterm, tree_bytes
+from run import environment, exit_on_sigterm, tree_bytes, write_results
 
 import nest_data
 from nest_data.converters import convert_ned
@@ -371,12 +370,9 @@ def main(argv: list[str] | None = None) -> int:
         server.latency = 0.0
     res["total_s"] = time.perf_counter() - started
     table = markdown(res)
-    args.out.mkdir(parents=True, exist_ok=True)
-    stem = f"collection-{res['timestamp'][:19].replace(':', '').replace('-', '')}-{mode}"
-    (args.out / f"{stem}.md").write_text(table)
-    (args.out / f"{stem}.json").write_text(json.dumps(res, indent=2) + "\n")
+    md_path, json_path = write_results(res, table, args.out, "collection")
     print(table)
-    logger.info("wrote %s.md/.json in %s (total %.0f s)", stem, args.out, res["total_s"])
+    logger.info("wrote %s and %s (total %.0f s)", md_path, json_path, res["total_s"])
     return 0
 
 

@@ -625,10 +625,13 @@ def markdown_table(res: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_results(res: dict[str, Any], table: str, out_dir: Path) -> tuple[Path, Path]:
-    """Write the Markdown table and the raw JSON; return their paths."""
+def write_results(res: dict[str, Any], table: str, out_dir: Path, name: str = "bench"
+                  ) -> tuple[Path, Path]:
+    """Write the Markdown table and the raw JSON (``res`` holds ``timestamp`` and ``mode``)
+    as ``<name>-<timestamp>-<mode>.md/.json``; return their paths."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    stem = f"bench-{res['timestamp'].replace(':', '').replace('-', '')}-{res['mode']}"
+    when = res["timestamp"][:19].replace(":", "").replace("-", "")
+    stem = f"{name}-{when}-{res['mode']}"
     md_path = out_dir / f"{stem}.md"
     json_path = out_dir / f"{stem}.json"
     md_path.write_text(table)
