@@ -8,6 +8,7 @@ store, never anything else.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import logging
 import os
@@ -24,12 +25,14 @@ from nest_data._digest import file_digest
 from nest_data._format import ATTR
 from nest_data._index import STAGING_DIR, record_of, record_store, store_exists
 from nest_data._urls import is_local, join, local_path
-from nest_data.errors import TargetExistsError
+from nest_data.errors import NoSpaceError, TargetExistsError
 
 logger = logging.getLogger("nest_data")
 
 __all__ = ["STAGING_DIR", "check_replaceable", "clean_staging", "commit", "make_root",
-           "object_digests", "staging", "store_exists"]
+           "no_space", "object_digests", "staging", "store_exists"]
+
+_NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
 
 # --------------------------------------------------------------------------------------
 # Paths and atomic commit (local file systems; remote targets come with remote support)
@@ -96,6 +99,37 @@ def _place(stage: Path, root: str | os.PathLike[str], path: str,
         fs.put([str(p) for p in files],
                [f"{base}/{p.relative_to(stage).as_posix()}" for p in files])
     fs.put_file(str(stage / last), f"{base}/{last}")
+
+
+@contextlib.contextmanager
+def no_space(dest: str | os.PathLike[str], needs: int | None = None) -> Iterator[None]:
+    """Turn "no space left on device" (or an exhausted quota) inside the block into a
+    :class:`~nest_data.errors.NoSpaceError` naming ``dest`` and about how much the write needs.
+
+    Writers place their output atomically, so when this error is raised nothing half-written
+    is visible; the message says so.
+
+    Examples
+    --------
+    >>> import errno
+    >>> with no_space("/data/nest", needs=3 * 2**20):
+    ...     raise OSError(errno.ENOSPC, "No space left on device")
+    Traceback (most recent call last):
+    nest_data.errors.NoSpaceError: no space left on /data/nest (needs about 3 MB) ...
+    """
+    try:
+        yield
+    except NoSpaceError:
+        raise
+    except OSError as exc:
+        if exc.errno not in _NO_SPACE:
+            raise
+        need = f" (needs about {max(1, round(needs / 2**20))} MB)" if needs else ""
+        error = NoSpaceError(f"no space left on {os.fspath(dest)}{need}; nothing half-written "
+                             "was left there. Free some space, or write to another "
+                             "destination, and run it again")
+        error.errno = exc.errno
+        raise error from exc
 
 
 def make_root(root: str | os.PathLike[str]) -> None:

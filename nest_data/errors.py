@@ -20,6 +20,7 @@ __all__ = [
     "LocationError",
     "MissingObjectError",
     "NestDataError",
+    "NoSpaceError",
     "NonFiniteError",
     "RemoteReadError",
     "SourceFormatError",
@@ -87,6 +88,10 @@ class TargetExistsError(NestDataError, FileExistsError):
 
 class MissingObjectError(NestDataError, FileNotFoundError):
     """An object that a store's manifest lists is missing from the storage: never a fill value."""
+
+
+class NoSpaceError(NestDataError, OSError):
+    """A write ran out of space (or quota) at its destination; nothing half-written is left."""
 
 
 class RemoteReadError(NestDataError, OSError):
