@@ -150,7 +150,7 @@ def convert_weights(
                                        storage_options=storage_options, catalog=catalog)
         return written
     if source_options:
-        raise ConversionError(f"source_options={dict(source_options)!r} given, but SRC {src} is "
+        raise ConversionError(f"source_options {sorted(source_options)} given, but SRC {src} is "
                               "a local folder; they are for a remote SRC (s3://..., gs://...)")
     root = Path(local_path(os.fspath(src)))
     has_fmri = bool(discover_fwrf(root, catalog)) if modality != "eeg" else False

@@ -35,6 +35,7 @@ from nest_data._format import DATA_VAR, EntryData, array_digest, chunk_rows, rea
 from nest_data._images import as_images
 from nest_data._models import EncoderSource, torch_device
 from nest_data._progress import compute
+from nest_data._redact import redact_url
 from nest_data._staging import STAGING_DIR, check_replaceable, commit, make_root, store_exists
 from nest_data._surface import ROI_AUX_PREFIX, roi_positions
 from nest_data._urls import is_local, join, local_path
@@ -402,7 +403,8 @@ def _entry_data(entry: Entry, encoder: Any, ids: np.ndarray, fingerprint: dict[s
     attrs["provenance"] = {
         "generator": f"nest-data {__version__} (nest_data.generate)",
         "images": fingerprint,
-        "weights": source.weights_url, "backbone": source.backbone_url or None,
+        "weights": redact_url(source.weights_url),
+        "backbone": redact_url(source.backbone_url) if source.backbone_url else None,
         "encoder_sha256": encoder.digest,
         "note": "no creation time is recorded, so a resumed run is bit-identical to an "
                 "uninterrupted one",

@@ -108,7 +108,7 @@ class EncoderSource:
     units: str
     weights_url: str
     backbone_url: str = ""
-    options_json: str = "{}"
+    options_json: str = field(default="{}", repr=False)  # may hold credentials: never shown
     surface: bool = False
 
     @classmethod

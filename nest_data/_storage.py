@@ -43,6 +43,7 @@ from zarr.storage import FsspecStore, LocalStore, WrapperStore
 
 from nest_data._cache import ChunkCache
 from nest_data._digest import bytes_digest
+from nest_data._redact import describe_error, redact_url
 from nest_data._urls import is_local, local_path, validate_storage_options, with_timeouts
 from nest_data.errors import (
     ChecksumError,
@@ -125,7 +126,8 @@ class NestStore(WrapperStore[Store]):
     store : zarr Store
         The store to wrap (``LocalStore`` or ``FsspecStore``).
     url : str
-        The store's URL, for messages.
+        The store's URL, for messages; kept with its credentials masked
+        (:func:`~nest_data._redact.redact_url`).
     cache : ChunkCache, optional
         Disk cache for objects listed in the manifest.
     verify : bool
@@ -145,7 +147,7 @@ class NestStore(WrapperStore[Store]):
                  retries: int = RETRIES, backoff: float = BACKOFF, chunk_rows: int = 0,
                  folder: str | None = None) -> None:
         super().__init__(store)
-        self.url = url
+        self.url = redact_url(url)
         self.folder = folder
         self.cache = cache
         self.verify = verify
@@ -322,8 +324,9 @@ class NestStore(WrapperStore[Store]):
             except FileNotFoundError:  # a local root that does not exist: nothing in it
                 return None
             except Exception as exc:
+                failure = describe_error(exc, self._options())
                 if not _is_transient(exc):
-                    raise RemoteReadError(_read_failure(self.url, key, exc)) from exc
+                    raise RemoteReadError(_read_failure(self.url, key, exc, failure)) from exc
                 if attempt == self.retries:
                     hint = ("the server stopped sending (no bytes within the read timeout; "
                             "raise it with nest_data.set_options(read_timeout=...) or "
@@ -331,13 +334,19 @@ class NestStore(WrapperStore[Store]):
                             else "the server is unreachable or overloaded")
                     raise RemoteReadError(
                         f"reading {key} from {self.url} failed {self.retries + 1} times "
-                        f"(last: {type(exc).__name__}: {exc}); {hint}. Try again later, or "
+                        f"(last: {failure}); {hint}. Try again later, or "
                         "check the URL and your network."
                     ) from exc
                 delay = self.backoff * 2**attempt
-                logger.info("retrying %s/%s in %.2f s after %s", self.url, key, delay, exc)
+                logger.info("retrying %s/%s in %.2f s after %s", self.url, key, delay, failure)
                 await asyncio.sleep(delay)
         raise AssertionError("unreachable")
+
+    def _options(self) -> Mapping[str, Any]:
+        """The storage options of the wrapped store's file system (none for a local one):
+        whose values a file system's error must not carry into a message."""
+        fs = getattr(self._store, "fs", None)
+        return dict(getattr(fs, "storage_options", None) or {})
 
     async def _check_range(self, key: str, prototype: BufferPrototype,
                            byte_range: ByteRequest, buffer: Buffer) -> Buffer:
@@ -392,9 +401,9 @@ def _is_transient(exc: BaseException) -> bool:
                     "ClientOSError", "ServerTimeoutError", "ClientConnectorError"}
 
 
-def _read_failure(url: str, key: str, exc: BaseException) -> str:
+def _read_failure(url: str, key: str, exc: BaseException, text: str) -> str:
+    """The message of a read that failed with ``exc`` (``text``: it, credentials masked)."""
     status = _status(exc)
-    text = f"{type(exc).__name__}: {exc}"
     if status in (401, 403) or isinstance(exc, PermissionError):
         hint = ("access was denied: check your credentials, or for a public bucket the "
                 "anonymous flag (anon=True for S3, token='anon' for GCS) in the location's "

@@ -33,8 +33,10 @@ def join(root: str | os.PathLike[str], path: str) -> str:
 def check_storage_options(storage_options: Any) -> None:
     """``storage_options=`` must be a dict (or None)."""
     if storage_options is not None and not isinstance(storage_options, Mapping):
-        raise InputError(f"storage_options={storage_options!r} is not a dict; give a dict of "
-                         "fsspec options, e.g. storage_options={'anon': True}")
+        # its value is not shown: it may be a credential given in the wrong place
+        raise InputError(f"storage_options= (a {type(storage_options).__name__}) is not a "
+                         "dict; give a dict of fsspec options, e.g. storage_options={'anon': "
+                         "True}")
 
 
 def validate_storage_options(url: str, storage_options: Mapping[str, Any]) -> None:

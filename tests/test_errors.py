@@ -275,8 +275,8 @@ def test_missing_object_message(demo: Path) -> None:
     ({"chunks": {"image": "x"}}, "InputError", "the size for 'image' is 'x'; give a dict"),
     ({"chunks": {"bogus": 2}}, "InputError", "chunks= names ['bogus'], which are not "
                                              "dimensions of"),
-    ({"storage_options": "anon"}, "InputError", "storage_options='anon' is not a dict; give a "
-                                                "dict of fsspec options"),
+    ({"storage_options": "anon"}, "InputError", "storage_options= (a str) is not a dict; "
+                                                "give a dict of fsspec options"),
     ({"location": 5}, "LocationError", "location=5 is not a name, folder or URL; give a "
                                        "location name (demo, local)"),
 ])

@@ -347,12 +347,21 @@ class Catalog:
         name : str, optional
             File stem; defaults to the catalog's name.
         storage_options : dict, optional
-            fsspec options for ``location``, merged over the location's own.
+            fsspec options for ``location``, merged over the location's own.  Those that
+            hold credentials (:func:`nest_data._redact.redact` decides) are not written:
+            the JSON names them under ``storage_options_to_supply`` and its description
+            says to pass them to ``to_dataset_dict(storage_options=...)``.
 
         Returns
         -------
         pathlib.Path
             The JSON file, to pass to ``intake_esm.esm_datastore``.
+
+        Raises
+        ------
+        LocationError
+            The location's URL carries a credential (``user:password@``, a signature),
+            which the CSV's paths would hold.
 
         Examples
         --------

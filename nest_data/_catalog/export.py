@@ -3,16 +3,21 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from nest_data._catalog.schema import KEYS, Entry, ModelSpec, Root
+from nest_data._redact import redact_url, without_credentials
+from nest_data.errors import LocationError
 
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
 
     import pandas as pd
+
+logger = logging.getLogger("nest_data")
 
 
 def listing(models: Sequence[ModelSpec], imagesets: Mapping[str, Mapping[str, object]],
@@ -34,8 +39,19 @@ def listing(models: Sequence[ModelSpec], imagesets: Mapping[str, Mapping[str, ob
 
 def write_intake_esm(df: pd.DataFrame, where: Root, directory: str | os.PathLike[str],
                      stem: str, description: str) -> Path:
-    """Write an intake-esm collection (``stem.json`` and ``stem.csv``) of a listing."""
+    """Write an intake-esm collection (``stem.json`` and ``stem.csv``) of a listing.
+
+    Credentials are never written: the storage options that hold them are left out of the
+    JSON, whose description names them and says to pass them to ``to_dataset_dict``; a root
+    URL that carries one (``user:password@``, a signed query) is refused.
+    """
     root = where.url
+    if redact_url(root) != root:
+        raise LocationError(
+            f"the location's URL {redact_url(root)} carries a credential (a password or a "
+            "signature), which an intake-esm export would write into every path of its CSV; "
+            "give the URL without it and the credential in storage_options (e.g. headers="
+            "{'Authorization': ...} or auth=), which exports never write")
     out = Path(directory)
     out.mkdir(parents=True, exist_ok=True)
     df = df.drop(columns=["dims", "n_images", "n_voxels"])
@@ -45,10 +61,19 @@ def write_intake_esm(df: pd.DataFrame, where: Root, directory: str | os.PathLike
         root = Path(root).absolute().as_uri()  # accepts for URLs only
     df["path"] = [root.rstrip("/") + "/" + p for p in df["path"]]
     df.to_csv(out / f"{stem}.csv", index=False)
+    description = f"{description}, location {root}"
+    options, left_out = without_credentials(where.storage_options)
+    if left_out:
+        description += (f"; the storage options {', '.join(left_out)} hold credentials and "
+                        "are not stored here: pass them when opening, "
+                        "to_dataset_dict(storage_options={...})")
+        logger.info("intake-esm export %s: left out the credentials %s of the storage "
+                    "options; they must be passed to to_dataset_dict(storage_options=...)",
+                    stem, ", ".join(left_out))
     spec = {
         "esmcat_version": "0.1.0",
         "id": stem,
-        "description": f"{description}, location {root}",
+        "description": description,
         "catalog_file": f"{stem}.csv",
         "attributes": [{"column_name": k, "vocabulary": ""} for k in KEYS],
         "assets": {"column_name": "path", "format": "zarr"},
@@ -58,8 +83,10 @@ def write_intake_esm(df: pd.DataFrame, where: Root, directory: str | os.PathLike
             "aggregations": [],
         },
     }
-    if where.storage_options:
-        spec["storage_options"] = dict(where.storage_options)
+    if options:
+        spec["storage_options"] = options
+    if left_out:
+        spec["storage_options_to_supply"] = left_out
     path = out / f"{stem}.json"
     path.write_text(json.dumps(spec, indent=2))
     return path

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from nest_data import _config
+from nest_data._redact import redact, redact_url
 from nest_data.errors import CatalogError, LocationError
 
 KEYS = ("modality", "train_dataset", "model", "imageset", "subject", "roi")
@@ -86,18 +87,24 @@ class Entry:
                 f"sub-{self.subject:02d}{roi}")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, repr=False)
 class Location:
     """A named root that holds stores: a local folder or any fsspec URL.
 
     ``url`` may contain ``{cache_dir}`` (nest-data's cache directory) and ``{env:NAME}``
-    (an environment variable), both resolved when the location is used.
+    (an environment variable), both resolved when the location is used.  Its repr shows
+    credentials masked (:func:`nest_data._redact.redact`).
     """
 
     name: str
     url: str
     storage_options: Mapping[str, Any] = field(default_factory=dict)
     description: str = ""
+
+    def __repr__(self) -> str:
+        return (f"Location(name={self.name!r}, url={redact_url(self.url)!r}, "
+                f"storage_options={redact(self.storage_options)!r}, "
+                f"description={self.description!r})")
 
     def resolve(self) -> str:
         """Return the root URL with ``{cache_dir}`` and ``{env:NAME}`` filled in."""
@@ -117,12 +124,14 @@ class Location:
         return url.replace("{cache_dir}", _config.cache_dir().as_posix())
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, repr=False)
 class Root:
     """A location resolved once: the root URL of its stores, their storage options, its name.
 
     :meth:`Catalog.location` makes one at the API edge; what reads and writes below takes a
-    ``Root`` (or a URL and options), never a catalog.
+    ``Root`` (or a URL and options), never a catalog.  Its repr (and str) shows credentials
+    masked: the storage options through :func:`nest_data._redact.redact`, the URL and name
+    through :func:`nest_data._redact.redact_url`.
 
     Examples
     --------
@@ -134,11 +143,18 @@ class Root:
     >>> root.store(cat.resolve(imageset="things", subject=1, roi="V1")).endswith(
     ...     "imageset-things/sub-01_roi-V1.zarr")
     True
+    >>> cat.location("s3://lab/n", {"key": "AKIAEXAMPLE", "secret": "s3cr3t"})
+    Root(url='s3://lab/n', storage_options={'key': '***', 'secret': '***'}, name='s3://lab/n')
     """
 
     url: str
     storage_options: Mapping[str, Any] = field(default_factory=dict)
     name: str = ""
+
+    def __repr__(self) -> str:
+        return (f"Root(url={redact_url(self.url)!r}, "
+                f"storage_options={redact(self.storage_options)!r}, "
+                f"name={redact_url(self.name)!r})")
 
     def store(self, entry: Entry) -> str:
         """The URL of an entry's store under this root."""
