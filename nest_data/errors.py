@@ -8,6 +8,8 @@ and how to fix it.
 
 from __future__ import annotations
 
+from nest_data._redact import redact_text
+
 __all__ = [
     "AmbiguousKeyError",
     "CatalogError",
@@ -32,7 +34,19 @@ __all__ = [
 
 
 class NestDataError(Exception):
-    """Base class of every error raised by nest-data."""
+    """Base class of every error raised by nest-data.
+
+    A message never shows a credential: the passwords, signatures and tokens of the URLs in
+    it are masked (:func:`nest_data._redact.redact_text`).
+
+    Examples
+    --------
+    >>> str(NestDataError("cannot reach https://alice:wonderland@data.lab/nest"))
+    'cannot reach https://alice:***@data.lab/nest'
+    """
+
+    def __init__(self, *args: object) -> None:
+        super().__init__(*(redact_text(a) if isinstance(a, str) else a for a in args))
 
 
 class UnknownKeyError(NestDataError, KeyError):
