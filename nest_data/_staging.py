@@ -12,9 +12,10 @@ import errno
 import json
 import logging
 import os
+import re
 import shutil
 import uuid
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -29,10 +30,19 @@ from nest_data.errors import NoSpaceError, TargetExistsError
 
 logger = logging.getLogger("nest_data")
 
-__all__ = ["STAGING_DIR", "check_replaceable", "clean_staging", "commit", "make_root",
-           "no_space", "object_digests", "staging", "store_exists"]
+__all__ = ["STAGE_MARKER", "STAGING_DIR", "check_replaceable", "clean_staging", "commit",
+           "is_no_space", "make_root", "no_space", "no_space_error", "object_digests",
+           "staging", "store_exists"]
 
 _NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
+#: Marks a folder made by :func:`staging` (removed before the folder is committed).
+STAGE_MARKER = ".nest-data-stage"
+_STAGE_NAME = re.compile(r"[0-9a-f]{32}-.+")  # staging() and commit()'s moved-aside folders
+# resumable jobs: generate-<job>-<store name>[.progress], mirror-<source>
+_JOB_NAME = re.compile(r"(generate|mirror)-[0-9a-f]{16}(-.+)?")
+# what a weights folder holds (nest_data.encoders.weights' MODEL_FILE and WEIGHTS_FILE)
+_WEIGHTS_FILES = ("model.json", "weights.safetensors")
+_LISTED = 10  # foreign files named in a refusal
 
 # --------------------------------------------------------------------------------------
 # Paths and atomic commit (local file systems; remote targets come with remote support)
@@ -48,10 +58,16 @@ def _staging_parent(root: str | os.PathLike[str]) -> Path:
 
 @contextlib.contextmanager
 def staging(root: str | os.PathLike[str], path: str) -> Iterator[Path]:
-    """Yield a fresh local staging folder for one store; remove it when done or failed."""
+    """Yield a fresh local staging folder for one store; remove it when done or failed.
+
+    The folder is named ``<uuid>-<store name>`` and holds the marker file
+    :data:`STAGE_MARKER` until :func:`commit` places it, so that :func:`clean_staging` can
+    tell a stage left by a killed writer from anything else.
+    """
     stage = _staging_parent(root) / f"{uuid.uuid4().hex}-{Path(path).name}"
-    stage.parent.mkdir(parents=True, exist_ok=True)
     try:
+        stage.mkdir(parents=True)
+        (stage / STAGE_MARKER).write_bytes(b"")
         yield stage
     finally:
         shutil.rmtree(stage, ignore_errors=True)
@@ -77,6 +93,7 @@ def commit(stage: Path, root: str | os.PathLike[str], path: str,
 
 def _place(stage: Path, root: str | os.PathLike[str], path: str,
            storage_options: Mapping[str, Any] | None, last: str) -> None:
+    (stage / STAGE_MARKER).unlink(missing_ok=True)
     url = join(root, path)
     if is_local(url):
         final = Path(local_path(url))
@@ -101,6 +118,34 @@ def _place(stage: Path, root: str | os.PathLike[str], path: str,
     fs.put_file(str(stage / last), f"{base}/{last}")
 
 
+def is_no_space(exc: BaseException) -> bool:
+    """Whether ``exc`` says a write ran out of space or quota (``ENOSPC``, ``EDQUOT``)."""
+    return isinstance(exc, NoSpaceError) or (isinstance(exc, OSError)
+                                             and exc.errno in _NO_SPACE)
+
+
+def no_space_error(dest: str | os.PathLike[str], needs: int | None = None, done: str = ""
+                   ) -> NoSpaceError:
+    """The :class:`~nest_data.errors.NoSpaceError` of a writer into ``dest``.
+
+    ``needs`` is about how many bytes the write needs, ``done`` what was finished (``"2 of
+    4 entries converted"``), both quoted in the message when given.
+
+    Examples
+    --------
+    >>> print(no_space_error("/data/nest", needs=5 * 2**20, done="1 of 3 entries copied"))
+    no space left on /data/nest (needs about 5 MB; 1 of 3 entries copied); nothing \
+half-written is visible there. Free some space (or write to another destination) and run the \
+same command again: finished work is kept.
+    """
+    notes = [f"needs about {max(1, round(needs / 2**20))} MB"] if needs else []
+    notes += [done] if done else []
+    note = f" ({'; '.join(notes)})" if notes else ""
+    return NoSpaceError(f"no space left on {os.fspath(dest)}{note}; nothing half-written is "
+                        "visible there. Free some space (or write to another destination) "
+                        "and run the same command again: finished work is kept.")
+
+
 @contextlib.contextmanager
 def no_space(dest: str | os.PathLike[str], needs: int | None = None) -> Iterator[None]:
     """Turn "no space left on device" (or an exhausted quota) inside the block into a
@@ -112,22 +157,21 @@ def no_space(dest: str | os.PathLike[str], needs: int | None = None) -> Iterator
     Examples
     --------
     >>> import errno
-    >>> with no_space("/data/nest", needs=3 * 2**20):
-    ...     raise OSError(errno.ENOSPC, "No space left on device")
-    Traceback (most recent call last):
-    nest_data.errors.NoSpaceError: no space left on /data/nest (needs about 3 MB) ...
+    >>> try:
+    ...     with no_space("/data/nest", needs=3 * 2**20):
+    ...         raise OSError(errno.ENOSPC, "No space left on device")
+    ... except NoSpaceError as exc:
+    ...     print(str(exc)[:46], exc.errno == errno.ENOSPC)
+    no space left on /data/nest (needs about 3 MB) True
     """
     try:
         yield
     except NoSpaceError:
         raise
     except OSError as exc:
-        if exc.errno not in _NO_SPACE:
+        if not is_no_space(exc):
             raise
-        need = f" (needs about {max(1, round(needs / 2**20))} MB)" if needs else ""
-        error = NoSpaceError(f"no space left on {os.fspath(dest)}{need}; nothing half-written "
-                             "was left there. Free some space, or write to another "
-                             "destination, and run it again")
+        error = no_space_error(dest, needs)
         error.errno = exc.errno
         raise error from exc
 
@@ -154,21 +198,42 @@ def make_root(root: str | os.PathLike[str]) -> None:
         probe.write_bytes(b"")
         probe.unlink()
     except OSError as exc:
+        if is_no_space(exc):
+            raise no_space_error(folder) from exc
         raise TargetExistsError(f"cannot write in the destination {folder} ({exc}); give a "
                                 "folder you can write to") from exc
 
 
 def check_replaceable(root: str | os.PathLike[str], path: str,
                       storage_options: Mapping[str, Any] | None = None) -> None:
-    """Raise unless ``root/path`` is free or holds a store or weights folder nest-data wrote.
+    """Raise unless ``root/path`` is free or holds only what nest-data wrote there.
 
     Whatever is there is about to be replaced; nest-data never deletes or overwrites anything
-    it did not write (a user's folder or file, a foreign Zarr group).
+    it did not write: a user's folder or file, a foreign Zarr group, or a file a user put
+    inside a store or weights folder (``NOTES.txt``, ``analysis/``).  Such files are not
+    kept aside and moved into the new folder: they may sit among a store's chunks, which
+    the new store replaces, so the writer refuses and lets the user move them.  What a
+    store wrote is its root and node ``zarr.json`` files and the objects of its manifest; a
+    store without a manifest (written before manifests existed) is taken as all ours.
 
     Raises
     ------
     TargetExistsError
-        Something else is at ``root/path``; the message says what and how to proceed.
+        Something else is at ``root/path``, or inside it; the message lists it and says
+        how to proceed.
+
+    Examples
+    --------
+    >>> import tempfile, pathlib
+    >>> root = pathlib.Path(tempfile.mkdtemp())
+    >>> check_replaceable(root, "free.zarr")  # nothing there
+    >>> (root / "mine.zarr").mkdir()
+    >>> (root / "mine.zarr" / "NOTES.txt").write_text("my notes")
+    8
+    >>> check_replaceable(root, "mine.zarr")
+    Traceback (most recent call last):
+    ...
+    nest_data.errors.TargetExistsError: /tmp/.../mine.zarr exists and is a folder that is not ...
     """
     url = join(root, path)
     if is_local(url):
@@ -176,53 +241,133 @@ def check_replaceable(root: str | os.PathLike[str], path: str,
         if final.exists() or final.is_symlink():
             _refuse_unless_ours(url, final.is_dir() and not final.is_symlink(),
                                 lambda name: (final / name).read_bytes()
-                                if (final / name).is_file() else None)
+                                if (final / name).is_file() else None,
+                                lambda: _local_listing(final))
         return
     fs, base = fsspec.core.url_to_fs(url, **dict(storage_options or {}))
     if fs.exists(base):
         _refuse_unless_ours(url, fs.isdir(base), lambda name: fs.cat_file(f"{base}/{name}")
-                            if fs.exists(f"{base}/{name}") else None)
+                            if fs.exists(f"{base}/{name}") else None,
+                            lambda: [p[len(base.rstrip("/")) + 1:] for p in fs.find(base)])
 
 
-def _refuse_unless_ours(url: str, is_dir: bool, read: Callable[[str], bytes | None]) -> None:
-    if is_dir:
-        for name, key in (("zarr.json", ATTR), ("model.json", "format")):
-            try:
-                raw = read(name)
-                doc = json.loads(raw) if raw is not None else None
-            except (OSError, ValueError):
-                doc = None
-            if not isinstance(doc, dict):
-                continue
-            if name == "zarr.json" and isinstance(doc.get("attributes"), dict) and (
-                    key in doc["attributes"]):
-                return
-            if name == "model.json" and str(doc.get(key, "")).startswith("nest-data "):
-                return
-    what = "a folder that is not a nest-data store" if is_dir else "a file"
-    raise TargetExistsError(
-        f"{url} exists and is {what}; nest-data replaces only stores and weights folders it "
-        "wrote itself and never deletes anything else. Move it away, or write to another "
-        "destination.")
+def _refuse_unless_ours(url: str, is_dir: bool, read: Callable[[str], bytes | None],
+                        listing: Callable[[], list[str]]) -> None:
+    written = _written_by_us(read) if is_dir else None
+    if written is None:
+        what = "a folder that is not a nest-data store" if is_dir else "a file"
+        raise TargetExistsError(
+            f"{url} exists and is {what}; nest-data replaces only stores and weights folders "
+            "it wrote itself and never deletes anything else. Move it away, or write to "
+            "another destination.")
+    foreign = sorted(rel for rel in listing() if not written(rel))
+    if foreign:
+        named = ", ".join(foreign[:_LISTED]) + (f" and {len(foreign) - _LISTED} more"
+                                                if len(foreign) > _LISTED else "")
+        raise TargetExistsError(
+            f"{url} is a folder nest-data wrote, but it also holds {len(foreign)} file(s) or "
+            f"folder(s) nest-data did not write: {named}. nest-data replaces only what it "
+            "wrote and never deletes anything else: move them out of that folder, then run "
+            "this again.")
 
 
-def clean_staging(root: str | os.PathLike[str]) -> int:
-    """Remove staging folders left by interrupted writes under a local root; return how many."""
+def _written_by_us(read: Callable[[str], bytes | None]) -> Callable[[str], bool] | None:
+    """Which paths (relative to a folder) nest-data wrote there; None if not its folder."""
+    for name in ("zarr.json", "model.json"):
+        try:
+            raw = read(name)
+            doc = json.loads(raw) if raw is not None else None
+        except (OSError, ValueError):
+            doc = None
+        if not isinstance(doc, dict):
+            continue
+        attrs = doc.get("attributes")
+        if name == "zarr.json" and isinstance(attrs, dict) and isinstance(attrs.get(ATTR),
+                                                                           dict):
+            objects = attrs[ATTR].get("objects")
+            if not isinstance(objects, dict):
+                return lambda rel: True
+            nodes = {"", *(doc.get("consolidated_metadata") or {}).get("metadata", {})}
+            return lambda rel: rel in objects or (
+                rel.rpartition("/")[2] == "zarr.json" and rel.rpartition("/")[0] in nodes)
+        if name == "model.json" and str(doc.get("format", "")).startswith("nest-data "):
+            return lambda rel: rel in _WEIGHTS_FILES
+    return None
+
+
+def _local_listing(folder: Path) -> list[str]:
+    """Files (and empty folders, with a trailing ``/``) under ``folder``, relative to it."""
+    out = []
+    for path in folder.rglob("*"):
+        rel = path.relative_to(folder).as_posix()
+        if path.is_dir() and not path.is_symlink():
+            if not any(path.iterdir()):
+                out.append(rel + "/")
+        else:
+            out.append(rel)
+    return out
+
+
+def clean_staging(root: str | os.PathLike[str], *, jobs: str | None = None,
+                  keep: Collection[str] = ()) -> int:
+    """Remove what interrupted writers left in a local root's staging folder; return how many.
+
+    Call it only while holding the root's writer lock
+    (:func:`nest_data._locks.writer_lock`): it cannot tell a stage a live writer is filling
+    from one left by a killed writer.  Removed: the folders :func:`staging` made (named
+    ``<uuid>-<store name>``, holding :data:`STAGE_MARKER`) and stores or weights folders
+    :func:`commit` moved aside.  Kept: the resumable job folders of ``generate``
+    (``generate-<job>-<name>``) and ``mirror`` (``mirror-<source>``), except those of the
+    kind ``jobs`` (``"generate"`` or ``"mirror"``) whose names are not in ``keep``; and
+    whatever nest-data did not make there, with a warning naming it.  Only the staging
+    folder of ``root`` itself is cleaned, not those of roots nested inside it (each has its
+    own writers and lock).
+
+    Examples
+    --------
+    >>> import tempfile, pathlib
+    >>> root = pathlib.Path(tempfile.mkdtemp())
+    >>> with staging(root, "a.zarr") as stage:
+    ...     clean_staging(root)  # as a later writer would after this one was killed
+    1
+    >>> (root / STAGING_DIR / "my-notes.txt").write_text("mine")
+    4
+    >>> clean_staging(root), (root / STAGING_DIR / "my-notes.txt").read_text()
+    (0, 'mine')
+    """
     if not is_local(root):
         return 0
+    parent = Path(local_path(root)) / STAGING_DIR
+    if not parent.is_dir():
+        return 0
     removed = 0
-    for stage in Path(local_path(root)).rglob(STAGING_DIR):
-        if stage.is_dir():
-            removed += sum(1 for _ in stage.iterdir())
-            shutil.rmtree(stage, ignore_errors=True)
+    for item in sorted(parent.iterdir()):
+        kind = _staged_kind(item)
+        if kind == "stage" or (kind is not None and kind == jobs and item.name not in keep):
+            shutil.rmtree(item, ignore_errors=True)
+            removed += 1
+        elif kind is None:
+            logger.warning("%s was not made by nest-data: it is left where it is; move it out "
+                           "of %s, which holds the unfinished writes of nest-data", item, parent)
     return removed
+
+
+def _staged_kind(item: Path) -> str | None:
+    """``"stage"``, ``"generate"`` or ``"mirror"`` for a folder nest-data staged; else None."""
+    if not item.is_dir() or item.is_symlink():
+        return None
+    if _STAGE_NAME.fullmatch(item.name) and any(
+            (item / name).is_file() for name in (STAGE_MARKER, "zarr.json", _WEIGHTS_FILES[0])):
+        return "stage"
+    job = _JOB_NAME.fullmatch(item.name)
+    return job.group(1) if job else None
 
 
 def object_digests(folder: Path) -> dict[str, str]:
     """SHA-256 of every object of a store folder except the metadata (``zarr.json``) files."""
     out = {}
     for path in sorted(folder.rglob("*")):
-        if path.is_file() and path.name != "zarr.json":
+        if path.is_file() and path.name not in ("zarr.json", STAGE_MARKER):
             out[path.relative_to(folder).as_posix()] = (
                 file_digest(path))
     return out
