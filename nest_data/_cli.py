@@ -134,22 +134,17 @@ def _cmd_generate(args: argparse.Namespace) -> int:
 
 def _cmd_encode(args: argparse.Namespace) -> int:
     from nest_data._encode import encode
+    from nest_data._output import check_output, write_output
 
-    out = args.out.rstrip("/") if args.out else None
-    if out is not None and not out.endswith((".zarr", ".nc")):  # before any encoding
-        raise NestDataError(f"--out {args.out!r}: give a file ending in .nc (NetCDF) or "
-                            "a folder ending in .zarr")
+    if args.out is not None:  # before any encoding
+        check_output(args.out, overwrite=args.overwrite)
     da = encode(list(args.images), subject=args.subject, roi=args.roi,
                 modality=args.modality, train_dataset=args.train_dataset,
                 location=args.location, storage_options=_options(args.storage_option),
                 batch_size=args.batch_size, device=args.device,
                 show_progress=_progress(args))
-    if out is not None:
-        if out.endswith(".zarr"):
-            da.to_dataset(name="responses").to_zarr(out, mode="w-", zarr_format=3,
-                                                    consolidated=True)
-        else:
-            da.assign_attrs({k: _netcdf_attr(v) for k, v in da.attrs.items()}).to_netcdf(out)
+    if args.out is not None:
+        out = write_output(da, args.out, overwrite=args.overwrite)
         print(f"{out}: {da.dims} {da.shape}")
         return 0
     reduce = [d for d in da.dims if d != "image"]
@@ -159,16 +154,6 @@ def _cmd_encode(args: argparse.Namespace) -> int:
     print(f"mean over {', '.join(map(str, reduce))} of {da.attrs.get('roi') or da.name} "
           f"responses; --out FILE keeps all {int(np.prod(da.shape[1:]))} per image")
     return 0
-
-
-def _netcdf_attr(value: Any) -> Any:
-    """NetCDF keeps numbers, strings and 1-D numeric arrays as attributes; the rest as JSON."""
-    array = np.asarray(value, dtype=object) if not isinstance(value, dict) else None
-    if isinstance(value, (str, int, float)) or (
-            array is not None and array.ndim == 1 and all(
-                isinstance(v, (int, float, np.number)) for v in array)):
-        return value
-    return json.dumps(value, default=lambda v: np.asarray(v).tolist())
 
 
 def _cmd_mirror(args: argparse.Namespace) -> int:
@@ -228,7 +213,8 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--roi", default="V1")
     demo.add_argument("-k", type=int, default=5, help="number of top images to list")
     demo.add_argument("--rebuild", action="store_true", help="rebuild the demo collection")
-    demo.add_argument("--n-images", type=int, default=24, help="images per image set")
+    demo.add_argument("--n-images", type=int, default=24,
+                      help="images per image set, 1 to 1000 (with --rebuild or --dest)")
     demo.add_argument("--dest", help="write the demo collection to this folder or URL "
                                      "(s3://, gs://) instead of running the main job")
     demo.add_argument("--storage-option", action="append", metavar="KEY=VALUE")
@@ -325,7 +311,11 @@ def _parser() -> argparse.ArgumentParser:
                                         "(e.g. demo)")
     enc.add_argument("--storage-option", action="append", metavar="KEY=VALUE")
     enc.add_argument("--out", help="write every response: FILE.nc (NetCDF) or FOLDER.zarr; "
-                                   "without it, print each image's mean response")
+                                   "without it, print each image's mean response. Written "
+                                   "whole or not at all; an output nest-data wrote is "
+                                   "replaced, anything else only with --overwrite")
+    enc.add_argument("--overwrite", action="store_true",
+                     help="replace a file or Zarr store at --out that nest-data did not write")
     enc.add_argument("--batch-size", type=int, default=16)
     enc.add_argument("--device", default="auto")
     enc.set_defaults(func=_cmd_encode)

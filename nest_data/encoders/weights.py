@@ -7,13 +7,14 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
-import fsspec
 import numpy as np
 import torch
 from safetensors.torch import load as load_safetensors
+from zarr.core.sync import sync
 
 from nest_data._digest import bytes_digest
-from nest_data._urls import is_local, join, local_path, validate_storage_options
+from nest_data._storage import make_store
+from nest_data._urls import is_local, join, local_path
 from nest_data.encoders.fwrf import FwrfModel
 from nest_data.encoders.vit import EegHead, SurfaceHead, VitB32
 from nest_data.errors import ChecksumError, InputError, StoreNotFoundError
@@ -28,12 +29,20 @@ __all__ = ["load_backbone", "load_eeg_folder", "load_fwrf_folder",
 
 
 def _read(url: str, options: Mapping[str, Any]) -> bytes:
+    """One whole file; ``FileNotFoundError`` only when it is absent.
+
+    A remote file is read through the store's read path (:func:`nest_data._storage.make_store`),
+    with its timeouts and retries: a host that cannot be reached is a
+    :class:`~nest_data.errors.RemoteReadError` naming the URL, never a missing file.
+    """
     if is_local(url):
         with open(local_path(url), "rb") as f:
             return f.read()
-    validate_storage_options(url, options)
-    with fsspec.open(url, "rb", **options) as f:
-        return bytes(f.read())
+    folder, _, name = url.rpartition("/")
+    (data,) = sync(make_store(folder, options).get_objects([name]))
+    if data is None:
+        raise FileNotFoundError(url)
+    return data
 
 
 def _read_doc(url: str, options: Mapping[str, Any]) -> dict[str, Any]:
