@@ -13,7 +13,8 @@ from typing import Any
 import numpy as np
 
 from nest_data._digest import file_digest
-from nest_data._staging import commit, staging
+from nest_data._locks import writer_lock
+from nest_data._staging import commit, no_space, staging
 from nest_data.encoders.weights import MODEL_FILE, WEIGHTS_FILE
 from nest_data.errors import SourceFormatError
 
@@ -36,10 +37,16 @@ def as_set(value: Any) -> set[Any]:
 
 def write_folder(tensors: dict[str, Any], doc: dict[str, Any], dest: str | os.PathLike[str],
                   rel: str, storage_options: Mapping[str, Any] | None) -> None:
-    """Write ``weights.safetensors`` and then ``model.json`` (with its SHA-256), atomically."""
+    """Write ``weights.safetensors`` and then ``model.json`` (with its SHA-256), atomically.
+
+    Holds the destination's writer lock (:func:`nest_data._locks.writer_lock`) meanwhile;
+    a full disk is a :class:`~nest_data.errors.NoSpaceError`.
+    """
     from safetensors.torch import save_file
 
-    with staging(dest, rel) as stage:
+    needs = sum(int(t.numel()) * int(t.element_size()) for t in tensors.values())
+    with writer_lock(dest, "convert weights"), no_space(dest, needs), \
+            staging(dest, rel) as stage:
         stage.mkdir(parents=True, exist_ok=True)
         save_file(tensors, str(stage / WEIGHTS_FILE), metadata={"format": doc["format"]})
         doc["weights_sha256"] = file_digest(stage / WEIGHTS_FILE)

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import logging
 import os
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -15,10 +13,11 @@ from typing import Any
 from nest_data import _config
 from nest_data._catalog import Catalog
 from nest_data._catalog import catalog as default_catalog
+from nest_data._locks import writer_lock
 from nest_data._parallel import run_jobs
-from nest_data._staging import clean_staging, make_root
+from nest_data._staging import clean_staging, is_no_space, make_root, no_space_error
 from nest_data._storage import make_store
-from nest_data._urls import is_local, local_path, validate_storage_options
+from nest_data._urls import is_local, validate_storage_options
 from nest_data.converters.ned_entry import DATASET, SourceEntry, convert_entry
 from nest_data.errors import (
     ConversionError,
@@ -231,6 +230,12 @@ def convert_ned(
     ConversionError
         Some entries failed (the others are converted); the message names each source file
         and what is wrong with it.
+    NoSpaceError
+        ``dest`` (or, for a remote ``dest``, the local staging folder) ran out of space; the
+        entries that fit are converted, nothing half-written is visible.
+    WriterLockError
+        Another process is writing to the local ``dest``; one writer at a time per
+        destination (:func:`nest_data._locks.writer_lock`).
 
     Examples
     --------
@@ -255,7 +260,8 @@ def convert_ned(
     else:
         validate_storage_options(dest_text, options)
     report = ConversionReport()
-    with _dest_lock(dest_text):
+    full: list[SourceEntry] = []  # entries that failed for want of space
+    with writer_lock(dest_text, "convert ned"):
         removed = clean_staging(dest_text)
         if removed:
             logger.info("removed %d partial store(s) left by an interrupted run in %s",
@@ -267,6 +273,8 @@ def convert_ned(
                                      unit="entry"):
             label = job[0].entry.label
             if isinstance(outcome, BaseException):
+                if is_no_space(outcome):
+                    full.append(job[0])
                 report.failed[label] = (str(outcome) if isinstance(outcome, NestDataError)
                                         else f"{type(outcome).__name__}: {outcome}")
                 logger.error("failed to convert %s: %s", label, outcome)
@@ -277,6 +285,12 @@ def convert_ned(
     report.converted.sort()
     report.skipped.sort()
     logger.info("NED conversion into %s: %s", dest_text, report)
+    if full:
+        others = len(report.failed) - len(full)
+        raise no_space_error(dest_text, needs=sum(s.h5.stat().st_size for s in full),
+                             done=f"{len(report.converted)} of {len(sources)} entries "
+                                  f"converted, {len(report.skipped)} already complete"
+                                  + (f", {others} failed otherwise (logged)" if others else ""))
     if report.failed:
         listing = "\n  ".join(f"{k}: {v}" for k, v in sorted(report.failed.items()))
         raise ConversionError(
@@ -291,25 +305,3 @@ def _attempt(job: tuple[SourceEntry, str, dict[str, Any], str, bool, bool]) -> s
     source, dest, options, units, overwrite, verify_existing = job
     return convert_entry(source, dest, storage_options=options, units=units,
                          overwrite=overwrite, verify_existing=verify_existing)
-
-
-@contextlib.contextmanager
-def _dest_lock(dest: str) -> Iterator[None]:
-    """Hold an exclusive lock on a local ``dest`` so two conversions never interleave there.
-
-    Remote roots have no locks: two conversions into one bucket prefix at once may both
-    upload an entry, and the one that finishes last wins (each store stays consistent).
-    """
-    if not is_local(dest):
-        yield
-        return
-    with (Path(local_path(dest)) / ".nest-data.lock").open("w") as fh:
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError as exc:
-            raise ConversionError(f"another nest-data process is writing to {dest}; wait for "
-                                  "it to finish, or write to another folder") from exc
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)

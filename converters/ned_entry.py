@@ -16,7 +16,7 @@ import numpy as np
 from nest_data._catalog import Entry
 from nest_data._digest import file_digest
 from nest_data._format import EntryData, read_store_attrs
-from nest_data._staging import store_exists
+from nest_data._staging import check_replaceable, store_exists
 from nest_data._storage import make_store
 from nest_data._urls import join
 from nest_data._verify import verify_store
@@ -63,6 +63,7 @@ def convert_entry(
     options = dict(storage_options or {})
     if not overwrite and _is_done(dest, source.entry, fingerprint, verify_existing, options):
         return "skipped"
+    check_replaceable(dest, source.entry.path, options)  # before the work, not at the end
     meta = load_npy_dict(source.npy)
     try:
         h5 = h5py.File(source.h5, "r")

@@ -50,8 +50,10 @@ from nest_data.errors import (
     SourceFormatError,
     StoreFormatError,
     StoreNotFoundError,
+    StoreVersionError,
     TargetExistsError,
     UnknownKeyError,
+    WriterLockError,
 )
 from nest_data.gradients import dream, objectives, saliency
 
@@ -85,8 +87,10 @@ __all__ = [
     "SourceFormatError",
     "StoreFormatError",
     "StoreNotFoundError",
+    "StoreVersionError",
     "TargetExistsError",
     "UnknownKeyError",
+    "WriterLockError",
     "__version__",
     "build_demo",
     "build_index",

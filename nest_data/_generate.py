@@ -33,10 +33,19 @@ from nest_data._catalog import catalog as default_catalog
 from nest_data._digest import bytes_digest
 from nest_data._format import DATA_VAR, EntryData, array_digest, chunk_rows, read_store_attrs
 from nest_data._images import as_images
+from nest_data._locks import writer_lock
 from nest_data._models import EncoderSource, torch_device
 from nest_data._progress import compute
 from nest_data._redact import redact_url
-from nest_data._staging import STAGING_DIR, check_replaceable, commit, make_root, store_exists
+from nest_data._staging import (
+    STAGING_DIR,
+    check_replaceable,
+    clean_staging,
+    commit,
+    make_root,
+    no_space,
+    store_exists,
+)
 from nest_data._surface import ROI_AUX_PREFIX, roi_positions
 from nest_data._urls import is_local, join, local_path
 from nest_data._write import begin_stage, finish_stage, row_nbytes, scan_rows, write_rows
@@ -274,6 +283,12 @@ def generate(
         No images, unreadable images, or bad arguments (the message says what is valid).
     StoreNotFoundError
         No converted weights for the encoder.
+    NoSpaceError
+        ``dest`` (or the local staging folder of a remote ``dest``) ran out of space;
+        nothing half-written is visible, and a rerun resumes with the finished chunks.
+    WriterLockError
+        Another process is writing to the local ``dest`` (one writer at a time per
+        destination); the message names it.
 
     Examples
     --------
@@ -328,35 +343,39 @@ def generate(
     url = join(dest, entry.path)
     make_root(dest)
     check_replaceable(dest, entry.path, storage_options)  # before any work, not at the end
-    stage, progress = _stage_folders(dest, job_id, entry.path)
-    if store_exists(dest, entry.path, storage_options) and _fingerprint(
-            url, storage_options) == data.fingerprint:
-        logger.info("%s is up to date", url)
+    needs = n * int(np.prod(data.shape[1:], dtype=np.int64)) * np.dtype(data.dtype).itemsize
+    with writer_lock(dest, "generate"), no_space(dest, needs):
+        clean_staging(dest)  # stages of killed writers; resumable jobs are kept
+        stage, progress = _stage_folders(dest, job_id, entry.path)
+        if store_exists(dest, entry.path, storage_options) and _fingerprint(
+                url, storage_options) == data.fingerprint:
+            logger.info("%s is up to date", url)
+            shutil.rmtree(stage, ignore_errors=True)
+            shutil.rmtree(progress, ignore_errors=True)
+            return url
+        state = {"job": job_id, "store": entry.path, "dest": str(dest), "n_images": n,
+                 "rows": rows}
+        state_file = progress / _STATE
+        if not (state_file.is_file() and json.loads(state_file.read_text()) == state):
+            shutil.rmtree(stage, ignore_errors=True)  # a fresh job, or one killed staging
+            shutil.rmtree(progress, ignore_errors=True)
+        progress.mkdir(parents=True, exist_ok=True)
+        memory = begin_stage(data, stage, rows)
+        state_file.write_text(json.dumps(state))
+        n_chunks = -(-n // rows)
+        done = {int(p.stem) for p in progress.glob("*.json")}
+        todo = [i for i in range(n_chunks) if i not in done]
+        logger.info("generating %s: %d images in %d chunks (%d done before)", entry.label, n,
+                    n_chunks, len(done))
+        job = _Job(source, reader, stage.as_posix(), progress.as_posix(), rows, n, batch_size,
+                   device)
+        _run(job, todo, client)
+        responses = zarr.open_array(stage, path=DATA_VAR, mode="r", zarr_format=3)
+        digest, nan_count = scan_rows(responses, rows)
+        finish_stage(memory, stage, data, rows, digest, nan_count)
+        commit(stage, dest, entry.path, storage_options)
         shutil.rmtree(stage, ignore_errors=True)
         shutil.rmtree(progress, ignore_errors=True)
-        return url
-    state = {"job": job_id, "store": entry.path, "dest": str(dest), "n_images": n, "rows": rows}
-    state_file = progress / _STATE
-    if not (state_file.is_file() and json.loads(state_file.read_text()) == state):
-        shutil.rmtree(stage, ignore_errors=True)  # a fresh job, or one killed while staging
-        shutil.rmtree(progress, ignore_errors=True)
-    progress.mkdir(parents=True, exist_ok=True)
-    memory = begin_stage(data, stage, rows)
-    state_file.write_text(json.dumps(state))
-    n_chunks = -(-n // rows)
-    done = {int(p.stem) for p in progress.glob("*.json")}
-    todo = [i for i in range(n_chunks) if i not in done]
-    logger.info("generating %s: %d images in %d chunks (%d done before)", entry.label, n,
-                n_chunks, len(done))
-    job = _Job(source, reader, stage.as_posix(), progress.as_posix(), rows, n, batch_size,
-               device)
-    _run(job, todo, client)
-    responses = zarr.open_array(stage, path=DATA_VAR, mode="r", zarr_format=3)
-    digest, nan_count = scan_rows(responses, rows)
-    finish_stage(memory, stage, data, rows, digest, nan_count)
-    commit(stage, dest, entry.path, storage_options)
-    shutil.rmtree(stage, ignore_errors=True)
-    shutil.rmtree(progress, ignore_errors=True)
     logger.info("wrote %s", url)
     return url
 

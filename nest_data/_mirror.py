@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import logging
 import os
+import re
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -21,9 +23,17 @@ from nest_data._catalog import Catalog, Entry
 from nest_data._catalog import catalog as default_catalog
 from nest_data._digest import bytes_digest, file_digest
 from nest_data._format import ATTR
-from nest_data._index import existing_paths
+from nest_data._index import existing_paths, read_index
+from nest_data._locks import writer_lock
 from nest_data._parallel import run_jobs
-from nest_data._staging import STAGING_DIR, commit
+from nest_data._staging import (
+    STAGING_DIR,
+    clean_staging,
+    commit,
+    is_no_space,
+    make_root,
+    no_space_error,
+)
 from nest_data._storage import NestStore, make_store
 from nest_data._urls import is_local, local_path
 from nest_data.errors import ChecksumError, NestDataError, StoreNotFoundError
@@ -31,6 +41,7 @@ from nest_data.errors import ChecksumError, NestDataError, StoreNotFoundError
 logger = logging.getLogger("nest_data")
 
 CONCURRENCY = 8  # objects in flight per store
+_PARTIAL = re.compile(r"\..+\.[0-9a-f]{32}")  # an object being written: .<name>.<uuid>
 
 __all__ = ["MirrorReport", "mirror"]
 
@@ -67,6 +78,9 @@ def mirror(
     Every object is checked against the SHA-256 recorded in its store as it arrives; a store
     appears under ``dest`` only when complete.  Rerunning resumes: complete, identical
     stores are skipped, and objects already downloaded for an unfinished store are kept.
+    One writer at a time per ``dest`` (:func:`nest_data._locks.writer_lock`); a run removes
+    the unfinished copies that earlier runs left for sources it does not copy now (a
+    source moved, or a different subset), so nothing stale piles up in ``dest``.
     Use the copy with ``location=str(dest)`` (or add it to the catalog as a location).
 
     Parameters
@@ -95,6 +109,13 @@ def mirror(
     ------
     StoreNotFoundError
         No catalog entry matches ``keys``, or none of those that match is at the location.
+    NoSpaceError
+        ``dest`` ran out of space; the entries that fit are copied, nothing half-written is
+        visible, and a rerun resumes with the objects already fetched.
+    WriterLockError
+        Another process is writing to ``dest``; the message names it.
+    NestDataError
+        Some entries could not be copied (the message names each and why).
 
     Examples
     --------
@@ -124,23 +145,33 @@ def mirror(
     if report.absent:
         logger.info("%d matching entries are not at %s: %s", len(report.absent), root.url,
                     ", ".join(report.absent))
-    jobs = []
-    for entry in entries:
-        jobs.append((entry, root.store(entry), dict(root.storage_options),
-                     local_path(os.fspath(dest))))
-    for job, outcome in run_jobs(_mirror_entry, jobs, workers=workers,
-                                 desc="mirroring", unit="entry"):
-        label = job[0].label
-        if isinstance(outcome, BaseException):
-            report.failed[label] = str(outcome)
-            logger.error("mirroring %s failed: %s", label, outcome)
-        elif outcome is None:
-            report.skipped.append(label)
-        else:
-            report.copied.append(label)
-            report.bytes += outcome
+    jobs = [(entry, root.store(entry), dict(root.storage_options), local_path(os.fspath(dest)))
+            for entry in entries]
+    make_root(dest)
+    full: list[Entry] = []  # entries that failed for want of space
+    with writer_lock(dest, "mirror"):
+        clean_staging(dest, jobs="mirror", keep={_stage_name(job[1]) for job in jobs})
+        for job, outcome in run_jobs(_mirror_entry, jobs, workers=workers,
+                                     desc="mirroring", unit="entry"):
+            label = job[0].label
+            if isinstance(outcome, BaseException):
+                if is_no_space(outcome):
+                    full.append(job[0])
+                report.failed[label] = str(outcome)
+                logger.error("mirroring %s failed: %s", label, outcome)
+            elif outcome is None:
+                report.skipped.append(label)
+            else:
+                report.copied.append(label)
+                report.bytes += outcome
     report.copied.sort()
     report.skipped.sort()
+    if full:
+        others = len(report.failed) - len(full)
+        raise no_space_error(dest, needs=_nbytes(root.url, root.storage_options, full),
+                             done=f"{len(report.copied)} of {len(jobs)} entries copied, "
+                                  f"{len(report.skipped)} already up to date"
+                                  + (f", {others} failed otherwise (logged)" if others else ""))
     if report.failed:
         listing = "\n  ".join(f"{k}: {v}" for k, v in sorted(report.failed.items()))
         raise NestDataError(f"{len(report.failed)} of {len(jobs)} entries could not be mirrored "
@@ -163,8 +194,7 @@ def _mirror_entry(job: tuple[Entry, str, dict[str, Any], str]) -> int | None:
     if (final / "zarr.json").is_file() and (final / "zarr.json").read_bytes() == root_meta and \
             all(_matches(final / key, digest) for key, digest in objects.items()):
         return None
-    # A fixed staging name per source lets an interrupted copy resume where it stopped.
-    stage = Path(dest) / STAGING_DIR / ("mirror-" + hashlib.sha256(url.encode()).hexdigest()[:16])
+    stage = Path(dest) / STAGING_DIR / _stage_name(url)
     metadata = [f"{path}/zarr.json" for path in doc.get("consolidated_metadata", {})
                 .get("metadata", {})]
     fetched = sync(_fetch_all(source, stage, objects, metadata))
@@ -172,6 +202,20 @@ def _mirror_entry(job: tuple[Entry, str, dict[str, Any], str]) -> int | None:
     commit(stage, dest, entry.path)
     logger.info("mirrored %s (%d bytes fetched)", entry.label, fetched)
     return fetched
+
+
+def _stage_name(url: str) -> str:
+    """The staging folder of a source store: a fixed name, so an interrupted copy resumes."""
+    return "mirror-" + hashlib.sha256(url.encode()).hexdigest()[:16]
+
+
+def _nbytes(root: str, options: Mapping[str, Any], entries: list[Entry]) -> int | None:
+    """Bytes of the stores of ``entries`` at ``root``, from its index; None if unknown."""
+    with contextlib.suppress(NestDataError, OSError):
+        index = read_index(root, options)
+        if index is not None:
+            return sum(index.stores[e.path].nbytes for e in entries if e.path in index.stores)
+    return None
 
 
 def _matches(path: Path, digest: str) -> bool:
@@ -188,7 +232,14 @@ async def _get(store: NestStore, key: str) -> bytes | None:
 
 async def _fetch_all(store: NestStore, stage: Path, objects: Mapping[str, str],
                      metadata: list[str]) -> int:
+    """Fetch every object into ``stage`` (keeping those an earlier run fetched); return the
+    bytes fetched.  Every fetch ends before this returns, and the first error (a full disk
+    first) is raised then: no fetch is left running, or failing, after it."""
     semaphore = asyncio.Semaphore(CONCURRENCY)
+    if stage.is_dir():  # objects that a killed run was writing
+        for partial in stage.rglob(".*"):
+            if _PARTIAL.fullmatch(partial.name) and partial.is_file():
+                partial.unlink()
 
     async def fetch(key: str, digest: str | None) -> int:
         target = stage / key
@@ -207,11 +258,18 @@ async def _fetch_all(store: NestStore, stage: Path, objects: Mapping[str, str],
                                     "this entry")
         target.parent.mkdir(parents=True, exist_ok=True)
         tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex}")
-        tmp.write_bytes(data)
+        try:
+            tmp.write_bytes(data)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
         os.replace(tmp, target)
         return len(data)
 
-    sizes = await asyncio.gather(*(fetch(k, d) for k, d in objects.items()),
-                                 *(fetch(k, None) for k in metadata))
-    return int(sum(sizes))
+    outcomes = await asyncio.gather(*(fetch(k, d) for k, d in objects.items()),
+                                    *(fetch(k, None) for k in metadata), return_exceptions=True)
+    errors = [o for o in outcomes if isinstance(o, BaseException)]
+    if errors:
+        raise next((e for e in errors if is_no_space(e)), errors[0])
+    return int(sum(o for o in outcomes if isinstance(o, int)))
 

@@ -129,7 +129,8 @@ def no_space_error(dest: str | os.PathLike[str], needs: int | None = None, done:
     """The :class:`~nest_data.errors.NoSpaceError` of a writer into ``dest``.
 
     ``needs`` is about how many bytes the write needs, ``done`` what was finished (``"2 of
-    4 entries converted"``), both quoted in the message when given.
+    4 entries converted"``), both quoted in the message when given.  For a remote ``dest``
+    the message names the local folder where its stores are built, which is what filled.
 
     Examples
     --------
@@ -138,10 +139,13 @@ def no_space_error(dest: str | os.PathLike[str], needs: int | None = None, done:
 half-written is visible there. Free some space (or write to another destination) and run the \
 same command again: finished work is kept.
     """
+    text = os.fspath(dest)
+    where = text if is_local(text) else (f"{_staging_parent(text)} (where the stores for "
+                                         f"{text} are built)")
     notes = [f"needs about {max(1, round(needs / 2**20))} MB"] if needs else []
     notes += [done] if done else []
     note = f" ({'; '.join(notes)})" if notes else ""
-    return NoSpaceError(f"no space left on {os.fspath(dest)}{note}; nothing half-written is "
+    return NoSpaceError(f"no space left on {where}{note}; nothing half-written is "
                         "visible there. Free some space (or write to another destination) "
                         "and run the same command again: finished work is kept.")
 

@@ -28,8 +28,10 @@ __all__ = [
     "SourceFormatError",
     "StoreFormatError",
     "StoreNotFoundError",
+    "StoreVersionError",
     "TargetExistsError",
     "UnknownKeyError",
+    "WriterLockError",
 ]
 
 
@@ -72,6 +74,10 @@ class StoreFormatError(NestDataError, ValueError):
     """A store's metadata is inconsistent, or in a format this version of nest-data cannot read."""
 
 
+class StoreVersionError(StoreFormatError):
+    """A store was written in a newer format than this version of nest-data reads."""
+
+
 class StoreNotFoundError(NestDataError, FileNotFoundError):
     """No store exists where an entry should be."""
 
@@ -106,6 +112,10 @@ class MissingObjectError(NestDataError, FileNotFoundError):
 
 class NoSpaceError(NestDataError, OSError):
     """A write ran out of space (or quota) at its destination; nothing half-written is left."""
+
+
+class WriterLockError(NestDataError, BlockingIOError):
+    """Another process is writing to the same destination; one writer at a time per root."""
 
 
 class RemoteReadError(NestDataError, OSError):
