@@ -85,6 +85,7 @@ class NestBackendEntrypoint(BackendEntrypoint):
         **unknown: Any,
     ) -> xr.Dataset:
         from nest_data._open import _open_url
+        from nest_data._redact import redact_url
         from nest_data._urls import check_storage_options
 
         url = _check_arguments(filename_or_obj, unknown, chunk_cache=chunk_cache, verify=verify,
@@ -100,6 +101,8 @@ class NestBackendEntrypoint(BackendEntrypoint):
         if drop_variables is not None:
             names = [drop_variables] if isinstance(drop_variables, str) else drop_variables
             ds = ds.drop_vars(list(names), errors="ignore")
+        # xarray records the URL it was given unless the engine did: never its credentials
+        ds.encoding["source"] = redact_url(url)
         return ds
 
     def guess_can_open(self, filename_or_obj: Any) -> bool:
@@ -111,7 +114,7 @@ def _check_arguments(filename_or_obj: Any, unknown: Mapping[str, Any], *, chunk_
                      verify: Any, load_labels: Any, roi: Any) -> str:
     """The store's URL, once every argument the engine takes is of a usable type."""
     if unknown:
-        given = ", ".join(f"{k}={v!r}" for k, v in unknown.items())
+        given = ", ".join(unknown)  # names only: a value may be a misplaced credential
         raise InputError(f"the nest engine does not know {given}; it takes "
                          f"{', '.join(_OWN)}, and xarray's decoding keywords (ignored: "
                          "nest-data stores need no CF decoding). Remove the others, or open "

@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from nest_data._redact import redact_url
 from nest_data.errors import ConversionError, NestDataError
 
 __all__ = ["main"]
@@ -59,7 +60,7 @@ def _cmd_convert_ned(args: argparse.Namespace) -> int:
                          overwrite=args.overwrite, verify_existing=not args.no_verify_existing,
                          storage_options=_options(args.storage_option),
                          show_progress=_progress(args))
-    print(f"{args.dest}: {report}")
+    print(f"{redact_url(args.dest)}: {report}")
     return 0
 
 
@@ -87,7 +88,7 @@ def _cmd_verify(args: argparse.Namespace) -> int:
                     show_progress=_progress(args))
     for problem in report.problems:
         print(f"MISMATCH {problem}")
-    print(f"{report.stores} store(s) checked under {args.root}: "
+    print(f"{report.stores} store(s) checked under {redact_url(args.root)}: "
           + ("all checksums match" if report.ok else f"{len(report.problems)} problem(s)"))
     return 0 if report.ok else 1
 
@@ -98,7 +99,7 @@ def _cmd_index(args: argparse.Namespace) -> int:
     index = build_index(args.root, storage_options=_options(args.storage_option),
                         show_progress=_progress(args))
     total = sum(r.nbytes for r in index.stores.values())
-    print(f"{args.root}: indexed {len(index.stores)} store(s), {total / 1e6:.1f} MB")
+    print(f"{redact_url(args.root)}: indexed {len(index.stores)} store(s), {total / 1e6:.1f} MB")
     return 0
 
 
@@ -194,7 +195,7 @@ def _cmd_catalog(args: argparse.Namespace) -> int:
         return 0
     columns = [*KEYS, "n_images"] if not args.all_columns else list(cat.df.columns)
     print(cat.df[columns].to_string(max_rows=args.max_rows, index=False))
-    where = f" at {args.location}" if args.location else ""
+    where = f" at {redact_url(args.location)}" if args.location else ""
     print(f"{len(cat)} entries{where}; locations: {', '.join(sorted(cat.locations))}")
     return 0
 

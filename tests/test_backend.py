@@ -110,7 +110,7 @@ def test_engine_accepts_what_xarray_passes_every_backend(chunked: Path) -> None:
      "and 'encoder' (the encoder's metadata); pass one of them, or leave group out"),
     ((), {"group": 5}, UnknownKeyError, "group=5: a nest-data store has the groups"),
     ((), {"foo": 1}, InputError,
-     "the nest engine does not know foo=1; it takes storage_options, chunk_cache, verify, "
+     "the nest engine does not know foo; it takes storage_options, chunk_cache, verify, "
      "load_labels, roi, group, and xarray's decoding keywords (ignored: nest-data stores need "
      "no CF decoding). Remove the others, or open the store with nest_data.open_store"),
     ((), {"backend_kwargs": {"load_labels": "yes", "roi": 5}}, InputError,

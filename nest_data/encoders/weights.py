@@ -13,6 +13,7 @@ from safetensors.torch import load as load_safetensors
 from zarr.core.sync import sync
 
 from nest_data._digest import bytes_digest
+from nest_data._redact import redact_url
 from nest_data._storage import make_store
 from nest_data._urls import is_local, join, local_path
 from nest_data.encoders.fwrf import FwrfModel
@@ -41,7 +42,7 @@ def _read(url: str, options: Mapping[str, Any]) -> bytes:
     folder, _, name = url.rpartition("/")
     (data,) = sync(make_store(folder, options).get_objects([name]))
     if data is None:
-        raise FileNotFoundError(url)
+        raise FileNotFoundError(redact_url(url))
     return data
 
 
