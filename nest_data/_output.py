@@ -76,11 +76,10 @@ def check_output(out: str | os.PathLike[str], *, overwrite: bool = False) -> Pat
     ...
     nest_data.errors.TargetExistsError: .../notes.nc exists and is a file that nest-data ...
     """
-    text = os.fspath(out)
-    path = Path(text.rstrip("/") or text)
+    path = Path(out)
     if path.suffix not in SUFFIXES:
-        raise InputError(f"output {text!r}: give a file ending in .nc (NetCDF) or a folder "
-                         "ending in .zarr")
+        raise InputError(f"output {os.fspath(out)!r}: give a file ending in .nc (NetCDF) or a "
+                         "folder ending in .zarr")
     make_root(path.parent)
     _check_replaceable(path, overwrite)
     return path
@@ -129,7 +128,7 @@ def write_output(da: xr.DataArray, out: str | os.PathLike[str], *, overwrite: bo
     files = _encoded(da, path.suffix)
     temp = path.parent / f".{path.name}.{uuid.uuid4().hex[:12]}.nest-data-tmp"
     try:
-        with no_space(path, needs=sum(len(data) for data in files.values())):
+        with no_space(path, needs=sum(data.nbytes for data in files.values())):
             for name, data in files.items():
                 _write_file(temp / name if path.suffix == ".zarr" else temp, data)
             _check_replaceable(path, overwrite)  # again: something may have appeared since
@@ -140,22 +139,26 @@ def write_output(da: xr.DataArray, out: str | os.PathLike[str], *, overwrite: bo
     return path
 
 
-def _encoded(da: xr.DataArray, suffix: str) -> dict[str, bytes]:
+def _encoded(da: xr.DataArray, suffix: str) -> dict[str, memoryview]:
     """The output's files (path relative to a ``.zarr`` folder, or ``""`` for a file)."""
     from nest_data import __version__
 
-    ds = da.to_dataset(name=da.name or "responses")
+    ds = da.to_dataset(name=da.name or "responses").drop_encoding()  # not the source's
     ds.attrs[WRITER_ATTR] = f"nest-data {__version__}"
     if suffix == ".nc":
-        for name in ds.variables:
-            ds[name].attrs = {k: _netcdf_attr(v) for k, v in ds[name].attrs.items()}
-        return {"": bytes(ds.to_netcdf())}
+        for name, variable in ds.variables.items():
+            if variable.dtype.byteorder in "<>":  # netCDF4 writes native order; say so
+                native = variable.dtype.newbyteorder("=")
+                ds[name] = variable.copy(data=variable.values.astype(native, copy=False))
+            ds[name].attrs = {k: _netcdf_attr(v) for k, v in variable.attrs.items()}
+        return {"": memoryview(ds.to_netcdf()).cast("B")}
     from zarr.storage import MemoryStore
 
     objects: dict[str, Any] = {}
     with quiet_consolidated():
         ds.to_zarr(MemoryStore(objects), mode="w-", zarr_format=3, consolidated=True)
-    return {key: buffer.to_bytes() for key, buffer in objects.items()}
+    return {key: memoryview(buffer.as_buffer_like()).cast("B")
+            for key, buffer in objects.items()}
 
 
 def _netcdf_attr(value: Any) -> Any:
@@ -168,7 +171,7 @@ def _netcdf_attr(value: Any) -> Any:
     return json.dumps(value, default=lambda v: np.asarray(v).tolist())
 
 
-def _write_file(path: Path, data: bytes) -> None:
+def _write_file(path: Path, data: memoryview) -> None:
     """Write and flush one new file to the disk (a full disk surfaces here, not later)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "xb") as f:
@@ -201,7 +204,7 @@ def _check_replaceable(path: Path, overwrite: bool) -> None:
         return
     folder = path.is_dir() and not path.is_symlink()
     if folder != (path.suffix == ".zarr"):
-        kind = "a folder" if folder else "a file"
+        kind = "a folder" if folder else "a link" if path.is_symlink() else "a file"
         raise TargetExistsError(f"{path} exists and is {kind}; a {path.suffix} output is "
                                 f"{'a folder' if path.suffix == '.zarr' else 'a file'}. Move "
                                 "it away, or choose another output")
