@@ -17,12 +17,16 @@ from nest_data import _config
 from nest_data._format import FORMAT_VERSION
 from nest_data._index import INDEX_FILE, write_index
 from nest_data._open import open as open_entry
+from nest_data._urls import is_local
 from nest_data.analysis import top_images
-from nest_data.errors import NestDataError
+from nest_data.errors import InputError, NestDataError
 
 logger = logging.getLogger("nest_data")
 
 DEMO_IMAGES = 24
+#: The most images per image set the demo builds (about 6 MB of stores per image): it is a
+#: miniature; ``nest-data generate`` writes stores of any size.
+DEMO_MAX_IMAGES = 1000
 DEMO_SEED = 0
 _MARKER = ".nest-data-demo.json"
 SYNTHETIC_NOTE = ("The demo's numbers are SYNTHETIC: made by nest-data's miniature NED writer "
@@ -70,11 +74,11 @@ def build_demo(
     Parameters
     ----------
     n_images : int
-        Images per image set.
+        Images per image set, 1 to :data:`DEMO_MAX_IMAGES`.
     rebuild : bool
         Build again even if a complete demo exists.
     workers : int, optional
-        Conversion processes.
+        Conversion processes (a positive number).
     show_progress : bool, optional
         Progress bars.
     cache_dir : path, optional
@@ -90,15 +94,28 @@ def build_demo(
     pathlib.Path or str
         The demo root (``location="demo"`` reaches the default one), or ``dest``.
 
+    Raises
+    ------
+    InputError
+        ``n_images`` or ``workers`` out of range, or storage options for a local ``dest``;
+        checked before anything is written.
+    TargetExistsError
+        ``dest`` is a file, or a folder that cannot be created or written to.
+
     Examples
     --------
     >>> import nest_data
     >>> nest_data.build_demo(show_progress=False).name
     'demo'
+    >>> nest_data.build_demo(n_images=0, dest="/tmp/nowhere")
+    Traceback (most recent call last):
+    ...
+    nest_data.errors.InputError: n_images=0: the demo builds 1 to 1000 images per image set; ...
     """
     from nest_data.converters.ned import convert_ned
     from nest_data.synthetic import write_ned
 
+    _check_build_arguments(n_images, workers, dest, storage_options)
     if dest is not None:
         with tempfile.TemporaryDirectory(prefix="ned-") as tmp:
             write_ned(tmp, n_images=n_images, seed=DEMO_SEED,
@@ -126,6 +143,29 @@ def build_demo(
     marker.write_text(json.dumps(stamp))
     logger.info("demo collection built at %s", root)
     return root
+
+
+def _check_build_arguments(n_images: Any, workers: Any, dest: str | None,
+                           storage_options: dict[str, Any] | None) -> None:
+    """Refuse what :func:`build_demo` cannot build, before anything is written."""
+    if isinstance(n_images, bool) or not isinstance(n_images, (int, np.integer)) or not (
+            1 <= n_images <= DEMO_MAX_IMAGES):
+        raise InputError(f"n_images={n_images!r}: the demo builds 1 to {DEMO_MAX_IMAGES} "
+                         f"images per image set; give a whole number in that range (default "
+                         f"{DEMO_IMAGES}), or write stores of any size with `nest-data "
+                         "generate`")
+    if workers is not None and (isinstance(workers, bool) or not isinstance(
+            workers, (int, np.integer)) or workers < 1):
+        raise InputError(f"workers={workers!r}: give a positive number of conversion "
+                         "processes, or None for the default (CPUs, at most 4)")
+    if dest is None:
+        if storage_options:
+            raise InputError("storage_options were given without dest=; they apply to a "
+                             "remote dest only (the default demo is a local folder)")
+        return
+    if is_local(dest) and storage_options:
+        raise InputError(f"storage_options were given for the local dest {dest!r}, where "
+                         "they have no use; drop them or give a remote URL (s3://, gs://)")
 
 
 def _has_torch() -> bool:
