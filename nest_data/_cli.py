@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from nest_data._redact import redact_url
-from nest_data.errors import ConversionError, NestDataError
+from nest_data.errors import ConversionError, InputError, NestDataError
 
 __all__ = ["main"]
 
@@ -139,6 +139,9 @@ def _cmd_encode(args: argparse.Namespace) -> int:
 
     if args.out is not None:  # before any encoding
         check_output(args.out, overwrite=args.overwrite)
+    elif args.overwrite:
+        raise InputError("--overwrite replaces what is at --out, and no --out was given; "
+                         "add --out FILE.nc or --out FOLDER.zarr, or drop --overwrite")
     da = encode(list(args.images), subject=args.subject, roi=args.roi,
                 modality=args.modality, train_dataset=args.train_dataset,
                 location=args.location, storage_options=_options(args.storage_option),

@@ -119,6 +119,9 @@ def test_unwritable_places_are_refused_before_encoding(
     status, err = encode_cli("--out", str(tmp_path / "r.txt"))
     assert status == 2
     assert "give a file ending in .nc (NetCDF) or a folder ending in .zarr" in err
+    status, err = encode_cli("--overwrite")
+    assert status == 2
+    assert "--overwrite replaces what is at --out, and no --out was given" in err
 
 
 # ------------------------------------------------------------------------------------------
