@@ -37,7 +37,7 @@ from nest_data import _config
 from nest_data._digest import bytes_digest
 from nest_data._format import ATTR
 from nest_data._locks import local_lock, remote_lock
-from nest_data._redact import describe_error
+from nest_data._redact import describe_error, masked_error
 from nest_data._urls import is_local, join, local_path, validate_storage_options, with_timeouts
 from nest_data.errors import (
     IndexFormatError,
@@ -304,7 +304,8 @@ def read_object(root: str, options: dict[str, Any], name: str) -> bytes | None:
         return None
     except Exception as exc:
         raise RemoteReadError(f"cannot reach {root} ({describe_error(exc, options)}); check the "
-                              "URL, that the server runs, and your network") from exc
+                              "URL, that the server runs, and your network"
+                              ) from masked_error(exc, options)
 
 
 def record_mismatches(record: StoreRecord, metadata: bytes) -> list[str]:

@@ -33,8 +33,8 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-__all__ = ["MASK", "describe_error", "is_secret_name", "redact", "redact_text", "redact_url",
-           "secret_values", "without_credentials"]
+__all__ = ["MASK", "MaskedError", "describe_error", "is_secret_name", "masked_error", "redact",
+           "redact_text", "redact_url", "secret_values", "without_credentials"]
 
 #: What a credential is shown as.
 MASK = "***"
@@ -204,6 +204,32 @@ def describe_error(exc: BaseException, options: Mapping[str, Any] | None = None)
     'PermissionError: denied for https://u:***@host/x'
     """
     return redact_text(f"{type(exc).__name__}: {exc}", secret_values(options))
+
+
+class MaskedError(Exception):
+    """A file system's exception whose message quoted a credential, with it masked: it
+    stands in for the original as the cause of the error nest-data raises, and keeps the
+    original's traceback (see :func:`masked_error`)."""
+
+
+def masked_error(exc: BaseException, options: Mapping[str, Any] | None = None
+                 ) -> BaseException:
+    """The exception to chain (``raise ... from``) in place of a file system's ``exc``:
+    ``exc`` itself when its message holds no credential, else a :class:`MaskedError` with
+    :func:`describe_error`'s message and ``exc``'s traceback (its own causes dropped, as
+    they may quote the same credential).
+
+    Examples
+    --------
+    >>> masked_error(PermissionError("denied for key AKIAEXAMPLE"), {"key": "AKIAEXAMPLE"})
+    MaskedError('PermissionError: denied for key ***')
+    >>> masked_error(TimeoutError("no answer"), {"key": "AKIAEXAMPLE"})
+    TimeoutError('no answer')
+    """
+    text = describe_error(exc, options)
+    if text == f"{type(exc).__name__}: {exc}":
+        return exc
+    return MaskedError(text).with_traceback(exc.__traceback__)
 
 
 # --------------------------------------------------------------------------------------

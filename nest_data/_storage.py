@@ -43,7 +43,7 @@ from zarr.storage import FsspecStore, LocalStore, WrapperStore
 
 from nest_data._cache import ChunkCache
 from nest_data._digest import bytes_digest
-from nest_data._redact import describe_error, redact_url
+from nest_data._redact import describe_error, masked_error, redact_url
 from nest_data._urls import is_local, local_path, validate_storage_options, with_timeouts
 from nest_data.errors import (
     ChecksumError,
@@ -326,7 +326,8 @@ class NestStore(WrapperStore[Store]):
             except Exception as exc:
                 failure = describe_error(exc, self._options())
                 if not _is_transient(exc):
-                    raise RemoteReadError(_read_failure(self.url, key, exc, failure)) from exc
+                    raise RemoteReadError(_read_failure(self.url, key, exc, failure)
+                                          ) from masked_error(exc, self._options())
                 if attempt == self.retries:
                     hint = ("the server stopped sending (no bytes within the read timeout; "
                             "raise it with nest_data.set_options(read_timeout=...) or "
@@ -336,7 +337,7 @@ class NestStore(WrapperStore[Store]):
                         f"reading {key} from {self.url} failed {self.retries + 1} times "
                         f"(last: {failure}); {hint}. Try again later, or "
                         "check the URL and your network."
-                    ) from exc
+                    ) from masked_error(exc, self._options())
                 delay = self.backoff * 2**attempt
                 logger.info("retrying %s/%s in %.2f s after %s", self.url, key, delay, failure)
                 await asyncio.sleep(delay)
