@@ -16,7 +16,9 @@ import xarray as xr
 from nest_data import _config
 from nest_data._format import FORMAT_VERSION
 from nest_data._index import INDEX_FILE, write_index
+from nest_data._locks import writer_lock
 from nest_data._open import open as open_entry
+from nest_data._staging import make_root
 from nest_data._urls import is_local
 from nest_data.analysis import top_images
 from nest_data.errors import InputError, NestDataError
@@ -28,6 +30,8 @@ DEMO_IMAGES = 24
 #: miniature; ``nest-data generate`` writes stores of any size.
 DEMO_MAX_IMAGES = 1000
 DEMO_SEED = 0
+#: Seconds a demo build waits for another process building the default demo to finish.
+DEMO_BUILD_WAIT_S = 900.0
 _MARKER = ".nest-data-demo.json"
 SYNTHETIC_NOTE = ("The demo's numbers are SYNTHETIC: made by nest-data's miniature NED writer "
                   "in NED's exact file formats, not NEST encoder outputs; its encoders (fwRF, "
@@ -69,7 +73,10 @@ def build_demo(
     set of the demo), as ``nest-data generate`` does; and converts random fwRF weights of
     subject 1 in NEST's ``.pt`` format for :data:`DEMO_FWRF_ROIS`, so :func:`nest_data.encode`
     and ``nest-data generate`` answer for new images on ``location="demo"``.  Does nothing
-    when the demo is already built (unless ``rebuild``).
+    when the demo is already built (unless ``rebuild``).  One build at a time: a build of the
+    default demo waits (up to :data:`DEMO_BUILD_WAIT_S`) for another process building it,
+    then uses what that built; a build into ``dest`` is refused while another nest-data
+    writer writes there.
 
     Parameters
     ----------
@@ -101,6 +108,9 @@ def build_demo(
         checked before anything is written.
     TargetExistsError
         ``dest`` is a file, or a folder that cannot be created or written to.
+    WriterLockError
+        Another process is writing to ``dest``, or is still building the default demo after
+        :data:`DEMO_BUILD_WAIT_S`; the message names it.
 
     Examples
     --------
@@ -117,32 +127,51 @@ def build_demo(
 
     _check_build_arguments(n_images, workers, dest, storage_options)
     if dest is not None:
-        with tempfile.TemporaryDirectory(prefix="ned-") as tmp:
-            write_ned(tmp, n_images=n_images, seed=DEMO_SEED,
-                      workers=workers or min(os.cpu_count() or 1, 4))
-            convert_ned(tmp, dest, workers=workers, overwrite=rebuild,
-                        storage_options=storage_options)
-        _build_encoders(dest, n_images, storage_options)
+        make_root(dest)
+        with writer_lock(dest, "demo build"):
+            with tempfile.TemporaryDirectory(prefix="ned-") as tmp:
+                write_ned(tmp, n_images=n_images, seed=DEMO_SEED,
+                          workers=workers or min(os.cpu_count() or 1, 4))
+                convert_ned(tmp, dest, workers=workers, overwrite=rebuild,
+                            storage_options=storage_options)
+            _build_encoders(dest, n_images, storage_options)
         return dest
     root = demo_root(cache_dir)
-    stamp = {"n_images": n_images, "seed": DEMO_SEED, "format_version": FORMAT_VERSION,
-             "encoders": _has_torch(), "fwrf_rois": list(DEMO_FWRF_ROIS)}
+    stamp = _stamp(n_images)
     marker = root / _MARKER
-    if not rebuild and marker.is_file() and json.loads(marker.read_text()) == stamp:
+    if not rebuild and _built(marker, stamp):
         logger.info("demo collection already built at %s", root)
         if not (root / INDEX_FILE).is_file():  # built before nest-data kept an index
             write_index(root)
         return root
-    root.parent.mkdir(parents=True, exist_ok=True)
-    marker.unlink(missing_ok=True)
-    with tempfile.TemporaryDirectory(prefix="ned-", dir=root.parent) as tmp:
-        write_ned(tmp, n_images=n_images, seed=DEMO_SEED,
-                  workers=workers or min(os.cpu_count() or 1, 4))
-        convert_ned(tmp, root, workers=workers, overwrite=rebuild)
-    _build_encoders(str(root), n_images, None)
-    marker.write_text(json.dumps(stamp))
+    root.mkdir(parents=True, exist_ok=True)
+    # another process building the demo now: wait for it, then use what it built
+    with writer_lock(root, "demo build", wait=DEMO_BUILD_WAIT_S):
+        if not rebuild and _built(marker, stamp):
+            return root
+        marker.unlink(missing_ok=True)
+        with tempfile.TemporaryDirectory(prefix="ned-", dir=root.parent) as tmp:
+            write_ned(tmp, n_images=n_images, seed=DEMO_SEED,
+                      workers=workers or min(os.cpu_count() or 1, 4))
+            convert_ned(tmp, root, workers=workers, overwrite=rebuild)
+        _build_encoders(str(root), n_images, None)
+        marker.write_text(json.dumps(stamp))
     logger.info("demo collection built at %s", root)
     return root
+
+
+def _stamp(n_images: int) -> dict[str, Any]:
+    """What the marker of a complete demo says: how it was built."""
+    return {"n_images": n_images, "seed": DEMO_SEED, "format_version": FORMAT_VERSION,
+            "encoders": _has_torch(), "fwrf_rois": list(DEMO_FWRF_ROIS)}
+
+
+def _built(marker: Path, stamp: dict[str, Any]) -> bool:
+    """Whether the demo's marker says it was built as ``stamp`` asks."""
+    try:
+        return bool(json.loads(marker.read_text()) == stamp)
+    except (FileNotFoundError, ValueError):
+        return False
 
 
 def _check_build_arguments(n_images: Any, workers: Any, dest: str | None,
