@@ -309,6 +309,30 @@ def test_weights_folder_with_a_user_file_is_not_replaced(tmp_path: Path) -> None
         check_replaceable(tmp_path, "weights/sub-01")
 
 
+def test_remote_store_with_a_user_file_is_not_replaced() -> None:
+    """The same check on a bucket (fsspec's memory file system stands for one)."""
+    import uuid
+
+    import fsspec
+
+    root = f"memory://nest-{uuid.uuid4().hex}"
+    fs = fsspec.filesystem("memory")
+    base = root.removeprefix("memory://") + "/a.zarr"
+    doc = {"zarr_format": 3, "node_type": "group", "consolidated_metadata": {
+        "kind": "inline", "must_understand": False, "metadata": {"responses": {}}},
+           "attributes": {"nest_data": {"objects": {"responses/c/0/0": "sha256:0"}}}}
+    fs.pipe({f"{base}/zarr.json": json.dumps(doc).encode(),
+             f"{base}/responses/zarr.json": b"{}", f"{base}/responses/c/0/0": b"x"})
+    try:
+        check_replaceable(root, "a.zarr")  # only what nest-data wrote
+        fs.pipe_file(f"{base}/notes/today.md", b"mine")
+        with pytest.raises(TargetExistsError, match=r"also holds 1 file\(s\) or folder\(s\) "
+                                                    "nest-data did not write: notes/today.md"):
+            check_replaceable(root, "a.zarr")
+    finally:
+        fs.rm(root.removeprefix("memory://"), recursive=True)
+
+
 def test_convert_cleans_only_the_staging_nest_data_made(
         ned_src: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     staging = tmp_path / STAGING_DIR
@@ -406,6 +430,20 @@ def test_convert_on_a_full_disk(ned_src: Path, tmp_path: Path, full_disk: Callab
     monkeypatch.undo()
     assert cli(args) == 0
     assert nest_data.verify(tmp_path).ok
+
+
+def test_destination_on_a_full_disk_is_named_as_full(tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """A root that cannot even take an empty file is full, not unwritable."""
+    from nest_data._staging import make_root
+
+    def full(self: Path, data: bytes) -> int:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(Path, "write_bytes", full)
+    with pytest.raises(NoSpaceError, match=f"^no space left on {tmp_path / 'new'}; nothing "
+                                           "half-written is visible there"):
+        make_root(tmp_path / "new")
 
 
 def test_generate_on_a_full_disk(weights: Path, images: Path, tmp_path: Path,
