@@ -247,8 +247,7 @@ def test_redaction_masks_every_kind_of_credential(tmp_path: Path) -> None:
     assert kept["endpoint_url"] == "https://minio.lab:9000"
 
 
-def test_reprs_of_locations_stores_and_encoders_mask_credentials(
-        leaks: Leaks, tmp_path: Path) -> None:
+def test_reprs_of_locations_stores_and_encoders_mask_credentials(leaks: Leaks) -> None:
     options = {"key": KEY, "secret": SECRET, "client_kwargs": {"endpoint_url": UNREACHABLE}}
     cat = nest_data.catalog()
     cat.add_location("lab", "s3://lab/nest", options)
