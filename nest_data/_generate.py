@@ -347,6 +347,7 @@ def generate(
     with writer_lock(dest, "generate"), no_space(dest, needs):
         clean_staging(dest)  # stages of killed writers; resumable jobs are kept
         stage, progress = _stage_folders(dest, job_id, entry.path)
+        _drop_other_jobs(progress.parent, entry.path, job_id)
         if store_exists(dest, entry.path, storage_options) and _fingerprint(
                 url, storage_options) == data.fingerprint:
             logger.info("%s is up to date", url)
@@ -393,6 +394,22 @@ def _stage_folders(dest: str | os.PathLike[str], job_id: str, path: str) -> tupl
               else _config.cache_dir() / "staging")
     name = f"generate-{job_id}-{Path(path).name}"
     return parent / name, parent / f"{name}.progress"
+
+
+def _drop_other_jobs(parent: Path, path: str, job_id: str) -> None:
+    """Remove the unfinished jobs of the store at ``path`` other than ``job_id``: jobs of
+    the same store with other images, weights or chunking, which no rerun resumes."""
+    for state_file in parent.glob(f"generate-*.progress/{_STATE}"):
+        try:
+            state = json.loads(state_file.read_text())
+        except (OSError, ValueError):
+            continue
+        if isinstance(state, dict) and state.get("store") == path and state.get("job") != job_id:
+            logger.info("removing the unfinished job %s of %s, made with other arguments",
+                        state.get("job"), path)
+            shutil.rmtree(parent / state_file.parent.name.removesuffix(".progress"),
+                          ignore_errors=True)
+            shutil.rmtree(state_file.parent, ignore_errors=True)
 
 
 def _entry_data(entry: Entry, encoder: Any, ids: np.ndarray, fingerprint: dict[str, Any],

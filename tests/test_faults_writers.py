@@ -476,6 +476,22 @@ def _fetches_running() -> list[asyncio.Task[Any]]:
             if "_fetch_all" in getattr(t.get_coro(), "__qualname__", "")]
 
 
+def test_generate_drops_its_unfinished_job_made_with_other_arguments(
+        weights: Path, images: Path, tmp_path: Path, full_disk: Callable[..., None],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    kwargs: dict[str, Any] = {"imageset": "mine", "subject": 1, "roi": "V1",
+                              "location": str(weights), "show_progress": False}
+    full_disk(tmp_path, where="/responses/c/")
+    with pytest.raises(NoSpaceError):
+        nest_data.generate(images, tmp_path, chunk_images=2, **kwargs)
+    unfinished = _staged(tmp_path)
+    assert len(unfinished) == 2 and all(n.startswith("generate-") for n in unfinished)
+    monkeypatch.undo()
+    nest_data.generate(images, tmp_path, chunk_images=3, **kwargs)  # another job, same store
+    assert _staged(tmp_path) == []
+    assert nest_data.verify(tmp_path).ok
+
+
 def test_mirror_on_a_full_disk(collection: Path, tmp_path: Path,
                                full_disk: Callable[..., None], monkeypatch: pytest.MonkeyPatch,
                                capsys: pytest.CaptureFixture[str],
