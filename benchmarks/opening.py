@@ -11,7 +11,10 @@ process of its own) and measures, with the number of requests each sends:
    entries opened one after another with ``open`` (the baseline, same run);
 3. every store of the location with ``open_collection`` (what it holds comes from its
    index: one request);
-4. the same 184 entries from the local folder, against one ``open`` after another.
+4. the same 184 entries from the local folder, against one ``open`` after another;
+5. the cost of the checks every open makes (each label against its SHA-256, the metadata
+   against the store's format and recorded checksums): the local ``open_many`` again with
+   them switched off in this process, as the baseline.
 
 Each is repeated (``--repeats``) and reported as the best and the range.  ``--quick`` opens
 2 subjects instead of 8 and skips the whole location.
@@ -20,13 +23,14 @@ Each is repeated (``--repeats``) and reported as the best and the range.  ``--qu
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import json
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +39,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from run import environment, exit_on_sigterm
 
 import nest_data
+from nest_data import _open
+from nest_data._storage import NestStore
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
@@ -131,6 +137,25 @@ def cold_open(url: str, server: Server, repeats: int) -> dict[str, Any]:
     return {"best": min(seconds), "worst": max(seconds), "requests": server.requests()}
 
 
+@contextlib.contextmanager
+def unchecked() -> Iterator[None]:
+    """Opens in this process skip the label and metadata checks (the baseline of their cost)."""
+    check_metadata, check_object = _open.check_metadata, NestStore._check
+    _open.check_metadata = lambda *args: None  # type: ignore[assignment]
+    NestStore._check = lambda *args: None  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        _open.check_metadata, NestStore._check = check_metadata, check_object  # type: ignore[method-assign]
+
+
+def without_checks(fn: Callable[[], Any]) -> Callable[[], Any]:
+    def run() -> Any:
+        with unchecked():
+            return fn()
+    return run
+
+
 def main() -> None:
     """Print a Markdown table and write it, with the raw figures, to benchmarks/results/."""
     parser = argparse.ArgumentParser(description=__doc__)
@@ -174,6 +199,13 @@ def main() -> None:
                      timed(None, lambda: nest_data.open_many(location=local, **many),
                            args.repeats),
                      timed(None, lambda: one_by_one(local), args.repeats)))
+        checked = timed(None, lambda: nest_data.open_many(location=local, **many),
+                        args.repeats)
+        rows.append((f"{n_many} nsd fMRI entries, open_many, local folder, with the checks "
+                     "(baseline: without them)", n_many, checked,
+                     timed(None, without_checks(lambda: nest_data.open_many(location=local,
+                                                                            **many)),
+                           args.repeats)))
     env = environment()
     when = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
     lines = [f"## Opening the collection, {args.latency * 1000:.0f} ms per request",

@@ -29,7 +29,8 @@ from nest_data.errors import StoreNotFoundError
 
 logger = logging.getLogger("nest_data")
 
-FORMAT_VERSION = 2  # 2: responses sharded, each inner chunk with a CRC-32C
+# 2: responses sharded, each inner chunk with a CRC-32C; 3: a SHA-256 of every node's metadata
+FORMAT_VERSION = 3
 ATTR = "nest_data"
 DATA_VAR = "responses"
 AUX_GROUP = "encoder"

@@ -91,7 +91,7 @@ class Index:
     >>> record = index.stores["modality-fmri/train_dataset-nsd/model-fwrf/imageset-things/"
     ...                       "sub-01_roi-V1.zarr"]
     >>> record.keys["roi"], record.format_version, record.metadata_sha256[:7]
-    ('V1', 2, 'sha256:')
+    ('V1', 3, 'sha256:')
     """
 
     stores: dict[str, StoreRecord] = field(default_factory=dict)

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
+import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -18,6 +18,7 @@ from zarr.core.sync import sync
 from zarr.storage import StorePath
 
 from nest_data._format import consolidated_of
+from nest_data._metadata import is_label_layout
 from nest_data._storage import NestStore
 from nest_data.errors import StoreFormatError
 
@@ -42,29 +43,34 @@ async def read_labels(store: NestStore, metadata: Mapping[str, Any], names: Sequ
                       ) -> dict[str, Any]:
     """Whole small arrays (the labels) of a store, all requested at once.
 
-    A label in the layout nest-data writes (one chunk, ``bytes`` or ``vlen-utf8`` then
-    ``zstd``) is read as one object by the store's route (:meth:`NestStore.get_objects`:
-    local files directly, remote ones all at once) and decoded here; any other (a store of
-    other software) is read through zarr, concurrently with the rest.  A chunk that the
-    manifest lists and the storage lacks is :class:`~nest_data.errors.MissingObjectError`;
-    one that was never written (all fill value) is the fill value.
+    A label is one chunk (``bytes`` or ``vlen-utf8`` then ``zstd``), read as one object by
+    the store's route (:meth:`NestStore.get_objects`: local files directly, remote ones all
+    at once), checked against the SHA-256 the store's manifest records for it, and decoded
+    here.  A chunk that the manifest lists and the storage lacks is
+    :class:`~nest_data.errors.MissingObjectError`; one that was never written (all fill
+    value) is the fill value.  Metadata of another layout is a
+    :class:`~nest_data.errors.StoreFormatError` (:func:`~nest_data._metadata.check_metadata`
+    refuses it when the store is opened).
 
     Numbers come back as NumPy arrays.  Strings are read now but decoded on first use (a
     lazily indexed array for xarray): making Python strings of three labels of 26,107
     images costs 20 ms, more than the rest of ``open``.
     """
-    ours = {name: f"{name}/c" + "/0" * len(metadata[name]["shape"]) for name in names
-            if _is_label_layout(metadata[name])}
-    others = [name for name in names if name not in ours]
-    blobs, foreign = await asyncio.gather(
-        store.get_objects(list(ours.values())),
-        asyncio.gather(*(_read_through_zarr(store, name, metadata[name]) for name in others)))
-    out: dict[str, Any] = dict(zip(others, foreign, strict=True))
-    for name, blob in zip(ours, blobs, strict=True):
+    for name in names:
+        if not is_label_layout(metadata[name]):
+            raise StoreFormatError(f"{store}: {name}: its metadata is not the layout of a "
+                                   "nest-data label (one chunk, bytes or vlen-utf8 then "
+                                   "zstd); the store is damaged. Re-mirror or re-convert "
+                                   "this entry.")
+    keys = [f"{name}/c" + "/0" * max(1, len(metadata[name]["shape"])) for name in names]
+    blobs = await store.get_objects(keys)
+    out: dict[str, Any] = {}
+    for name, blob in zip(names, blobs, strict=True):
         meta = metadata[name]
-        out[name] = (indexing.LazilyIndexedArray(_Strings(meta, blob))
-                     if meta["data_type"] == "string" else _decode_label(meta, blob))
-    return {name: out[name] for name in names}
+        decode = _Decoding(store, name, meta, blob)
+        out[name] = (indexing.LazilyIndexedArray(_Strings(decode))
+                     if meta["data_type"] == "string" else decode())
+    return out
 
 
 def zarr_array(store: NestStore, name: str, meta: Mapping[str, Any]) -> zarr.AsyncArray[Any]:
@@ -78,17 +84,45 @@ def zarr_array(store: NestStore, name: str, meta: Mapping[str, Any]) -> zarr.Asy
     return zarr.AsyncArray(metadata=parsed, store_path=StorePath(store, name))
 
 
-async def _read_through_zarr(store: NestStore, name: str, meta: Mapping[str, Any]
-                             ) -> np.ndarray:
-    return np.asarray(await zarr_array(store, name, meta).getitem(Ellipsis))
+class _Decoding:
+    """The values of one label from its stored bytes (its fill value when never written);
+    bytes that do not decode to the label's shape are a StoreFormatError."""
+
+    def __init__(self, store: NestStore, name: str, meta: Mapping[str, Any],
+                 blob: bytes | None) -> None:
+        self.store, self.name, self.meta, self.blob = store, name, meta, blob
+        self.shape = tuple(int(n) for n in meta["shape"])
+
+    def __call__(self) -> np.ndarray:
+        meta, blob, count = self.meta, self.blob, math.prod(self.shape)
+        string = meta["data_type"] == "string"
+        dtype = (np.dtypes.StringDType() if string
+                 else np.dtype(meta["data_type"]).newbyteorder("<"))
+        if blob is None:
+            return np.full(self.shape, meta.get("fill_value") or ("" if string else 0),
+                           dtype=dtype)
+        try:
+            raw = _ZSTD.decode(blob)
+            values = (np.asarray(_VLEN_UTF8.decode(raw), dtype=dtype) if string
+                      else np.frombuffer(raw, dtype=dtype))
+        except (RuntimeError, ValueError, TypeError) as exc:
+            raise StoreFormatError(f"{self.store}: {self.name}: its stored bytes do not "
+                                   f"decode ({exc}); the store is damaged. Re-mirror or "
+                                   "re-convert this entry.") from exc
+        if values.size != count:
+            raise StoreFormatError(f"{self.store}: {self.name}: its stored bytes hold "
+                                   f"{values.size} values, but its metadata gives it shape "
+                                   f"{list(self.shape)} ({count} values); the store is "
+                                   "damaged. Re-mirror or re-convert this entry.")
+        return values.reshape(self.shape) if string else values.reshape(self.shape).copy()
 
 
 class _Strings(BackendArray):
     """A string label whose bytes are in memory, decoded (once) when first indexed."""
 
-    def __init__(self, meta: Mapping[str, Any], blob: bytes | None) -> None:
-        self.meta, self.blob = meta, blob
-        self.shape = tuple(int(n) for n in meta["shape"])
+    def __init__(self, decode: _Decoding) -> None:
+        self.decode = decode
+        self.shape = decode.shape
         self.dtype = np.dtypes.StringDType()
         self._values: np.ndarray | None = None
 
@@ -101,39 +135,5 @@ class _Strings(BackendArray):
 
     def _get(self, key: tuple[Any, ...]) -> np.ndarray:
         if self._values is None:
-            self._values = _decode_label(self.meta, self.blob)
+            self._values = self.decode()
         return self._values[key]
-
-
-def _is_label_layout(meta: Mapping[str, Any]) -> bool:
-    try:
-        codecs = meta["codecs"]
-        names = [c["name"] for c in codecs]
-        shape = list(meta["shape"])
-        chunk = list(meta["chunk_grid"]["configuration"]["chunk_shape"])
-        encoding = meta.get("chunk_key_encoding", {"name": "default"})
-        return (names in (["bytes", "zstd"], ["vlen-utf8", "zstd"])
-                and codecs[0].get("configuration", {}).get("endian", "little") == "little"
-                and (chunk == shape or (not shape and chunk == [1]))
-                and encoding.get("name") == "default"
-                and encoding.get("configuration", {}).get("separator", "/") == "/"
-                and (meta["data_type"] == "string") == (names[0] == "vlen-utf8"))
-    except (KeyError, TypeError, AttributeError):
-        return False
-
-
-def _decode_label(meta: Mapping[str, Any], blob: bytes | None) -> np.ndarray:
-    shape = tuple(int(n) for n in meta["shape"])
-    if meta["data_type"] == "string":
-        if blob is None:
-            return np.full(shape, meta.get("fill_value") or "", dtype=np.dtypes.StringDType())
-        strings = _VLEN_UTF8.decode(_ZSTD.decode(blob))
-        return np.asarray(strings, dtype=np.dtypes.StringDType()).reshape(shape)
-    dtype = np.dtype(meta["data_type"]).newbyteorder("<")
-    if blob is None:
-        return np.full(shape, meta.get("fill_value") or 0, dtype=dtype)
-    out = np.empty(shape, dtype=dtype)
-    _ZSTD.decode(blob, out=out)
-    return out
-
-

@@ -26,6 +26,7 @@ from nest_data._catalog import catalog as default_catalog
 from nest_data._dask import dask_array
 from nest_data._format import AUX_GROUP, DATA_VAR, consolidated_of, root_document, store_attrs
 from nest_data._labels import read_labels, zarr_array
+from nest_data._metadata import check_metadata
 from nest_data._reader import shard_reader
 from nest_data._storage import NestStore, make_store
 from nest_data._surface import ROI_AUX_PREFIX
@@ -381,8 +382,9 @@ async def _read_store(store: NestStore, group: str | None, *, load_labels: bool,
     raw = await store.get("zarr.json", default_buffer_prototype())
     doc = root_document(None if raw is None else raw.to_bytes(), store)
     attrs = store_attrs(doc)
-    store = store.with_manifest(attrs.get("objects", {}), int(attrs.get("chunk_rows") or 0))
     metadata = consolidated_of(doc)
+    check_metadata(attrs, metadata, store)
+    store = store.with_manifest(attrs.get("objects", {}), int(attrs.get("chunk_rows") or 0))
     prefix = f"{group}/" if group else ""
     wanted = [prefix + name for name in _members(metadata, group)[0]
               if load_labels and (name != DATA_VAR or group is not None)]

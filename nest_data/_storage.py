@@ -206,8 +206,11 @@ class NestStore(WrapperStore[Store]):
         """Whole objects by key, by the store's route: local files read directly, or
         every ``get`` at once (a remote store answers them in about one round trip).
 
-        An object the manifest lists and the storage lacks raises
-        :class:`~nest_data.errors.MissingObjectError`; one it does not list is None.
+        Every object is checked against the SHA-256 the manifest records for it, whether
+        or not ``verify`` is on (the objects read whole are a store's labels, which carry
+        no checksum of their own).  An object the manifest lists and the storage lacks
+        raises :class:`~nest_data.errors.MissingObjectError`; one it does not list is None,
+        or, if present, a :class:`~nest_data.errors.ChecksumError`.
         """
         folder = self.direct_folder
         if folder is not None:
@@ -219,6 +222,15 @@ class NestStore(WrapperStore[Store]):
         for key, blob in zip(keys, blobs, strict=True):
             if blob is None and key in self.manifest:
                 raise self.missing(key)
+            if blob is not None and self.manifest:
+                if key not in self.manifest:
+                    raise ChecksumError(
+                        f"object {key} of {self.url} is not in the store's manifest: it was "
+                        "added after the store was written, so its values cannot be trusted. "
+                        "Re-mirror or re-convert this entry, and run `nest-data verify` on "
+                        "its root.")
+                if folder is not None or not self.reads_whole_objects:  # else get checked it
+                    self._check(key, blob, self.manifest[key])
         return blobs
 
     async def get(
@@ -261,16 +273,18 @@ class NestStore(WrapperStore[Store]):
             self._memo[key] = buffer.to_bytes()
         if digest is not None and self.reads_whole_objects:
             data = buffer.to_bytes()
-            got = bytes_digest(data)
-            if got != digest:
-                raise ChecksumError(
-                    f"object {key} of {self.url} does not match its recorded checksum "
-                    f"({got} != {digest}): it was modified after the store was written. "
-                    "Re-mirror or re-convert this entry, and run `nest-data verify` on its root."
-                )
+            self._check(key, data, digest)
             if self.cache is not None:
                 self.cache.put(digest, data)
         return buffer
+
+    def _check(self, key: str, data: bytes, digest: str) -> None:
+        got = bytes_digest(data)
+        if got != digest:
+            raise ChecksumError(
+                f"object {key} of {self.url} does not match its recorded checksum "
+                f"({got} != {digest}): it was modified after the store was written. "
+                "Re-mirror or re-convert this entry, and run `nest-data verify` on its root.")
 
     def missing(self, key: str) -> MissingObjectError:
         """The error for an object the manifest lists and the storage lacks."""

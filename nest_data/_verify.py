@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 from collections.abc import Mapping
@@ -21,7 +22,13 @@ from nest_data import _config
 from nest_data._catalog import Catalog
 from nest_data._catalog import catalog as default_catalog
 from nest_data._digest import bytes_digest
-from nest_data._format import DATA_VAR, array_digest, read_store_attrs
+from nest_data._format import (
+    DATA_VAR,
+    array_digest,
+    consolidated_of,
+    root_document,
+    store_attrs,
+)
 from nest_data._index import (
     INDEX_FILE,
     Index,
@@ -33,9 +40,10 @@ from nest_data._index import (
     record_mismatches,
     write_index,
 )
+from nest_data._metadata import check_metadata, node_digest
 from nest_data._storage import make_store, quiet_consolidated
 from nest_data._urls import is_local, join, validate_storage_options
-from nest_data.errors import IndexFormatError, StoreNotFoundError
+from nest_data.errors import IndexFormatError, StoreFormatError, StoreNotFoundError
 
 logger = logging.getLogger("nest_data")
 
@@ -218,13 +226,17 @@ def verify_store(store: Any, *, label: str | None = None) -> list[Problem]:
         object (e.g. ``responses/c/3/0``, images 807-1075) or the array.
     """
     name = label or str(store)
-    meta = read_store_attrs(store)
+    if not isinstance(store, Store):
+        store = LocalStore(os.fspath(store), read_only=True)
+    raw = sync(store.get("zarr.json", default_buffer_prototype()))
+    doc = root_document(None if raw is None else raw.to_bytes(), store)
+    meta = store_attrs(doc)
+    problems = sync(_metadata_problems(store, name, meta, consolidated_of(doc)))
+    metadata_damaged = bool(problems)
+    if metadata_damaged and not isinstance(meta.get("objects"), Mapping):
+        return problems
     rows = int(meta.get("chunk_rows", 0))
-    with quiet_consolidated():
-        group = zarr.open_group(store, mode="r", zarr_format=3)
-    responses = group.get(DATA_VAR)
-    n_images = int(responses.shape[0]) if isinstance(responses, zarr.Array) else 0
-    problems: list[Problem] = []
+    n_images = _n_images(consolidated_of(doc))
     damaged: set[str] = set()
     for key, got in sync(_object_digests(store, list(meta["objects"]))).items():
         recorded = meta["objects"][key]
@@ -238,6 +250,10 @@ def verify_store(store: Any, *, label: str | None = None) -> list[Problem]:
             where = f" (images {start}-{min(start + rows, n_images) - 1})"
         detail = "is missing" if got is None else f"has checksum {got}, recorded {recorded}"
         problems.append(Problem(name, array, f"object {key}{where} {detail}"))
+    if metadata_damaged:
+        return problems  # values decoded by damaged metadata would mean nothing
+    with quiet_consolidated():
+        group = zarr.open_group(store, mode="r", zarr_format=3)
     for array_name, expected in meta["checksums"].items():
         if array_name in damaged:
             continue
@@ -252,10 +268,42 @@ def verify_store(store: Any, *, label: str | None = None) -> list[Problem]:
     return problems
 
 
-async def _object_digests(store: Any, keys: list[str]) -> dict[str, str | None]:
+def _n_images(nodes: Mapping[str, Any]) -> int:
+    try:
+        return int(nodes[DATA_VAR]["shape"][0])
+    except (KeyError, IndexError, TypeError, ValueError):
+        return 0
+
+
+async def _metadata_problems(store: Store, name: str, attrs: Mapping[str, Any],
+                             nodes: Mapping[str, Any]) -> list[Problem]:
+    """The metadata checks of every open (:func:`~nest_data._metadata.check_metadata`),
+    and every node's own ``zarr.json`` (what other Zarr readers read) against the
+    consolidated copy that nest-data reads."""
+    problems = []
+    try:
+        check_metadata(attrs, nodes, name)
+    except StoreFormatError as exc:
+        problems.append(Problem(name, "zarr.json", str(exc)))
+    paths = sorted(nodes)
+    prototype = default_buffer_prototype()
+    own = await asyncio.gather(*(store.get(f"{path}/zarr.json", prototype) for path in paths))
+    for path, buffer in zip(paths, own, strict=True):
+        if buffer is None:
+            problems.append(Problem(name, path, f"its metadata {path}/zarr.json is missing"))
+            continue
+        try:
+            same = node_digest(json.loads(buffer.to_bytes())) == node_digest(nodes[path])
+        except (ValueError, AttributeError):
+            same = False
+        if not same:
+            problems.append(Problem(name, path, f"its metadata {path}/zarr.json differs from "
+                                    "the consolidated copy in the store's root zarr.json"))
+    return problems
+
+
+async def _object_digests(store: Store, keys: list[str]) -> dict[str, str | None]:
     """SHA-256 of the raw bytes of each object (None when missing), read concurrently."""
-    if not isinstance(store, Store):
-        store = LocalStore(os.fspath(store), read_only=True)
     prototype = default_buffer_prototype()
     semaphore = asyncio.Semaphore(16)
 

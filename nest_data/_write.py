@@ -37,6 +37,7 @@ from nest_data._format import (
     chunk_rows,
     inner_rows,
 )
+from nest_data._metadata import metadata_digests
 from nest_data._shards import encode_shard, layout_of
 from nest_data._staging import commit, object_digests, staging
 from nest_data._storage import quiet_consolidated
@@ -192,9 +193,21 @@ async def _finish(memory: MemoryStore, meta: dict[str, Any], response_attrs: dic
     root = await zarr.api.asynchronous.open_group(store=memory, mode="r+", zarr_format=3)
     responses = await root.getitem(DATA_VAR)
     await responses.update_attributes(response_attrs)
+    meta["metadata"] = metadata_digests(await _nodes(memory))
     await root.update_attributes({ATTR: meta})
     with quiet_consolidated():
         await zarr.api.asynchronous.consolidate_metadata(memory)
+
+
+async def _nodes(memory: MemoryStore) -> dict[str, Any]:
+    """The metadata document of every node below the root of an in-memory store."""
+    out = {}
+    async for key in memory.list_prefix(""):
+        if key.endswith("/zarr.json"):
+            buffer = await memory.get(key, default_buffer_prototype())
+            if buffer is not None:
+                out[key.removesuffix("/zarr.json")] = json.loads(buffer.to_bytes())
+    return out
 
 
 async def _dump(memory: MemoryStore, folder: Path, *, metadata_only: bool = False) -> None:

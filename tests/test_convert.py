@@ -21,7 +21,7 @@ import zarr
 
 import nest_data
 from nest_data._cli import main as cli
-from nest_data._format import chunk_rows
+from nest_data._format import FORMAT_VERSION, chunk_rows
 from nest_data._staging import STAGING_DIR
 from nest_data.converters import convert_ned, discover_ned
 from nest_data.converters._pickle import load_npy_dict
@@ -206,7 +206,7 @@ def test_store_layout(collection: Path) -> None:
     (crc,) = array.compressors  # raw values and their CRC-32C (see benchmarks/codecs.py)
     assert type(crc).__name__ == "Crc32cCodec"
     assert array.metadata.codecs[0].index_location.value == "end"
-    assert meta_of(group)["format_version"] == 2
+    assert meta_of(group)["format_version"] == FORMAT_VERSION
     assert type(group["ncsnr"].compressors[0]).__name__ == "ZstdCodec"
     assert group.metadata.consolidated_metadata is not None
     meta = group.attrs["nest_data"]

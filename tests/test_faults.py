@@ -23,7 +23,10 @@ and of bad input are tested next to the code they concern:
 from __future__ import annotations
 
 import hashlib
+import json
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -31,7 +34,12 @@ import pytest
 import nest_data
 from nest_data._cache import ChunkCache
 from nest_data._storage import make_store
-from nest_data.errors import ChecksumError, MissingObjectError
+from nest_data.errors import (
+    ChecksumError,
+    MissingObjectError,
+    StoreFormatError,
+    StoreVersionError,
+)
 
 from .backends import (
     KEYS,
@@ -46,6 +54,74 @@ from .servers import HTTPServer
 pytest.importorskip("s3fs")
 pytest.importorskip("gcsfs")
 pytest.importorskip("aiohttp")
+
+
+def _nodes(doc: dict[str, Any]) -> dict[str, Any]:
+    return doc["consolidated_metadata"]["metadata"]  # type: ignore[no-any-return]
+
+
+def _set(path: str, field: str, value: Any) -> Callable[[dict[str, Any]], None]:
+    """An edit of one field of one node's metadata in a root zarr.json."""
+    def edit(doc: dict[str, Any]) -> None:
+        node = _nodes(doc)
+        for part in path.split("."):
+            node = node[int(part)] if part.isdigit() else node[part]
+        node[field] = value
+    return edit
+
+
+def _older(edit: Callable[[dict[str, Any]], None]) -> Callable[[dict[str, Any]], None]:
+    """The same edit in a store of format 2 (no recorded metadata checksums)."""
+    def older(doc: dict[str, Any]) -> None:
+        attrs = doc["attributes"]["nest_data"]
+        attrs["format_version"] = 2
+        del attrs["metadata"]
+        edit(doc)
+    return older
+
+
+def _huge(doc: dict[str, Any]) -> None:
+    """2**62 images, consistently across every array along ``image``."""
+    for name, node in _nodes(doc).items():
+        dims = node.get("dimension_names") or []
+        if "image" in dims:
+            node["shape"] = [2**62 if d == "image" else n
+                             for d, n in zip(dims, node["shape"], strict=True)]
+            if name != "responses":
+                node["chunk_grid"]["configuration"]["chunk_shape"] = node["shape"]
+
+
+_RESPONSE_BYTES = "responses.codecs.0.configuration.codecs.0.configuration"
+_EDITED = "metadata of {} in its root zarr.json does not match the checksum recorded"
+METADATA_EDITS: dict[str, tuple[Callable[[dict[str, Any]], None], type[Exception], str]] = {
+    "responses int32": (_set("responses", "data_type", "int32"), StoreFormatError,
+                        _EDITED.format("responses")),
+    "responses big-endian": (_set(_RESPONSE_BYTES, "endian", "big"), StoreFormatError,
+                             _EDITED.format("responses")),
+    "ncsnr int32": (_set("ncsnr", "data_type", "int32"), StoreFormatError,
+                    _EDITED.format("ncsnr")),
+    "units edited": (_set("responses.attributes", "units", "mV"), StoreFormatError,
+                     _EDITED.format("responses")),
+    "format 99": (lambda doc: doc["attributes"]["nest_data"].update(format_version=99),
+                  StoreVersionError, "store format 99, newer than this nest-data reads .* "
+                                     "Upgrade nest-data"),
+    "digests removed": (lambda doc: doc["attributes"]["nest_data"].pop("metadata"),
+                        StoreFormatError, "recorded metadata checksums are not a mapping"),
+    "format 2: responses int32": (_older(_set("responses", "data_type", "int32")),
+                                  StoreFormatError, "responses: its data type is 'int32'"),
+    "format 2: ncsnr big-endian": (_older(_set("ncsnr.codecs.0.configuration", "endian",
+                                               "big")),
+                                   StoreFormatError, "ncsnr: its bytes codec is big-endian"),
+    "format 2: responses shape": (_older(_set("responses", "shape", [31, 1350])),
+                                  StoreFormatError, "responses: dimension 'image' has size 31, "
+                                                    "but .* gives it size 30"),
+    "format 2: huge shape": (_older(_huge), StoreFormatError,
+                             "makes 1152921504606846976 shards, but the manifest lists 8"),
+    "format 2: inner chunks of one value": (
+        _older(_set("responses.codecs.0.configuration", "chunk_shape", [1, 1])),
+        StoreFormatError, "not the sharded layout of its format"),
+}
+
 
 
 class TestObjectFaults:
@@ -112,6 +188,83 @@ class TestObjectFaults:
             finally:
                 restore_object(backend, f"{store}/{key}", original)
         assert np.isfinite(open_entry(backend, cache=cache).values).all()  # whole again
+
+
+    def test_flipped_label_byte_is_an_error_without_verify(self, backend: Backend,
+                                                           chunked: Path) -> None:
+        """Labels (zstd, no checksum of their own) are checked against the manifest's
+        SHA-256 on every read."""
+        key = nest_data.catalog().resolve(**KEYS).path + "/ncsnr/c/0"
+        original = (chunked / key).read_bytes()
+        damaged = bytearray(original)
+        damaged[-3] ^= 0x01
+        restore_object(backend, key, bytes(damaged))
+        try:
+            for kw in ({}, {"load_labels": False}):
+                with pytest.raises(ChecksumError, match="object ncsnr/c/0 of .* does not match "
+                                                        "its recorded checksum"):
+                    _ = open_entry(backend, **kw).ncsnr.values
+        finally:
+            restore_object(backend, key, original)
+        assert np.isfinite(open_entry(backend).ncsnr.values).all()
+
+    @pytest.mark.parametrize("case", sorted(METADATA_EDITS))
+    def test_edited_metadata_is_an_error_before_any_value(self, backend: Backend,
+                                                          chunked: Path, case: str) -> None:
+        """The root zarr.json decides how every byte is decoded: it is checked on open."""
+        key = nest_data.catalog().resolve(**KEYS).path + "/zarr.json"
+        original = (chunked / key).read_bytes()
+        edit, error, message = METADATA_EDITS[case]
+        doc = json.loads(original)
+        edit(doc)
+        restore_object(backend, key, json.dumps(doc).encode())
+        try:
+            for kw in ({}, {"verify": True}):
+                with pytest.raises(error, match=message):
+                    _ = open_entry(backend, **kw).values
+        finally:
+            restore_object(backend, key, original)
+
+
+def test_verify_checks_the_metadata_documents(chunked: Path, tmp_path: Path) -> None:
+    """verify covers the root zarr.json (as every open does) and every node's own
+    zarr.json, which other Zarr readers (zarr-python, tensorstore, zarrs) read."""
+    import shutil
+
+    root = Path(shutil.copytree(chunked, tmp_path / "root"))
+    store = root / nest_data.catalog().resolve(**KEYS).path
+    assert nest_data.verify(root, show_progress=False).ok
+    node = json.loads((store / "ncsnr" / "zarr.json").read_text())
+    node["data_type"] = "int32"
+    (store / "ncsnr" / "zarr.json").write_text(json.dumps(node))
+    (problem,) = nest_data.verify(root, show_progress=False).problems
+    assert problem.array == "ncsnr" and "differs from the consolidated copy" in problem.detail
+    doc = json.loads((store / "zarr.json").read_text())
+    _set("responses", "data_type", "int32")(doc)
+    (store / "zarr.json").write_text(json.dumps(doc))
+    details = [str(p) for p in nest_data.verify(root, show_progress=False).problems]
+    assert any("zarr.json: " in d and "metadata of responses" in d for d in details), details
+    assert any("responses/zarr.json differs" in d for d in details), details
+
+
+def test_engine_checks_labels_and_metadata(chunked: Path, tmp_path: Path) -> None:
+    import shutil
+
+    import xarray as xr
+
+    store = Path(shutil.copytree(chunked / nest_data.catalog().resolve(**KEYS).path,
+                                 tmp_path / "s.zarr"))
+    label = store / "ncsnr" / "c" / "0"
+    damaged = bytearray(label.read_bytes())
+    damaged[-3] ^= 0x01
+    label.write_bytes(bytes(damaged))
+    with pytest.raises(ChecksumError, match="object ncsnr/c/0 of"):
+        _ = xr.open_dataset(store, engine="nest").ncsnr.values
+    doc = json.loads((store / "zarr.json").read_text())
+    doc["attributes"]["nest_data"]["format_version"] = 99
+    (store / "zarr.json").write_text(json.dumps(doc))
+    with pytest.raises(StoreVersionError, match="Upgrade nest-data"):
+        xr.open_dataset(store, engine="nest")
 
 
 def _read_with_cache(args: tuple[str, str]) -> tuple[str, int]:

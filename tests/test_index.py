@@ -18,6 +18,7 @@ import nest_data
 from nest_data import _index, _locks
 from nest_data._cli import main
 from nest_data._digest import bytes_digest
+from nest_data._format import FORMAT_VERSION
 from nest_data._index import (
     INDEX_FILE,
     LOCK_FILE,
@@ -74,7 +75,7 @@ def test_convert_records_every_store(collection: Path, tmp_path: Path) -> None:
                           "sub-02_roi-FFA-1.zarr"]
     assert record.keys == {"modality": "fmri", "train_dataset": "nsd", "model": "fwrf",
                            "imageset": "nsd", "subject": 2, "roi": "FFA-1"}
-    assert record.format_version == 2 and record.nbytes > 1000
+    assert record.format_version == FORMAT_VERSION and record.nbytes > 1000
     # the object is JSON naming its format and version, with no storage options
     doc = json.loads((collection / INDEX_FILE).read_bytes())
     assert doc["format"] == "nest-data index" and doc["version"] == "1.0"
@@ -180,7 +181,7 @@ def test_verify_names_each_index_problem_and_the_fix(collection: Path, tmp_path:
     assert _problems(report) == sorted([
         f"{V1}: index: its metadata (zarr.json) has checksum {digest}, the index records "
         f"sha256:{'0' * 64}; {fix}",
-        f"{nsd}: index: its format version is 2, the index records 1; {fix}",
+        f"{nsd}: index: its format version is {FORMAT_VERSION}, the index records 1; {fix}",
         f"{eeg}: index: is missing from {INDEX_FILE}; {fix}",
         f"gone/sub-01.zarr: index: is recorded in {INDEX_FILE} but no store is there; {fix}",
     ])
