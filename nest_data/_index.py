@@ -37,7 +37,7 @@ from nest_data import _config
 from nest_data._digest import bytes_digest
 from nest_data._format import ATTR
 from nest_data._locks import local_lock, remote_lock
-from nest_data._redact import describe_error, masked_error
+from nest_data._redact import describe_error, masked_error, redact_url
 from nest_data._urls import is_local, join, local_path, validate_storage_options, with_timeouts
 from nest_data.errors import (
     IndexFormatError,
@@ -273,8 +273,19 @@ def list_stores(root: str | os.PathLike[str], storage_options: Mapping[str, Any]
     if isinstance(fs, HTTPFileSystem):
         return None
     base = base.rstrip("/")
+    try:
+        found = fs.find(base, detail=True)
+    except FileNotFoundError as exc:  # a bucket that does not exist
+        raise StoreNotFoundError(f"{redact_url(text)} does not exist ("
+                                 f"{describe_error(exc, storage_options)}); check the URL and "
+                                 "the bucket's name") from masked_error(exc, storage_options)
+    except Exception as exc:
+        raise RemoteReadError(f"cannot list {redact_url(text)} ("
+                              f"{describe_error(exc, storage_options)}); check the URL, your "
+                              "credentials and your network"
+                              ) from masked_error(exc, storage_options)
     files = {path[len(base):].strip("/"): int(info.get("size") or 0)
-             for path, info in fs.find(base, detail=True).items()}
+             for path, info in found.items()}
     sizes = {rel.removesuffix("/zarr.json"): 0 for rel in files
              if rel.endswith(".zarr/zarr.json") and STAGING_DIR not in rel}
     for rel, size in files.items():

@@ -255,6 +255,19 @@ class TestObjectFaults:
             restore_object(backend, key, original)
         assert np.isfinite(open_entry(backend).ncsnr.values).all()
 
+    def test_a_missing_bucket_is_our_error_for_verify_and_mirror(self, backend: Backend,
+                                                                 tmp_path: Path) -> None:
+        if backend.name not in ("s3", "gcs"):
+            pytest.skip("only buckets can be missing")
+        missing = backend.server.missing_url
+        for call in (lambda: nest_data.verify(missing, storage_options=backend.options),
+                     lambda: nest_data.mirror(tmp_path / "copy", location=missing,
+                                              storage_options=backend.options, **KEYS)):
+            with pytest.raises(nest_data.StoreNotFoundError,
+                               match=f"{missing} does not exist .*check the URL"):
+                call()
+        assert not (tmp_path / "copy").exists() or not any((tmp_path / "copy").rglob("*.zarr"))
+
     @pytest.mark.parametrize("case", sorted(METADATA_EDITS))
     def test_edited_metadata_is_an_error_before_any_value(self, backend: Backend,
                                                           chunked: Path, case: str) -> None:
