@@ -29,8 +29,10 @@ from nest_data.errors import StoreNotFoundError
 
 logger = logging.getLogger("nest_data")
 
-# 2: responses sharded, each inner chunk with a CRC-32C; 3: a SHA-256 of every node's metadata
-FORMAT_VERSION = 3
+# 2: responses sharded, each inner chunk with a CRC-32C; 3: a SHA-256 of every node's metadata;
+# 4: text labels as fixed-length UTF-32 (Zarr's ``fixed_length_utf32``, NumPy's ``<U``), not
+# variable-length ``string``, so that xarray's and dask's automatic chunking can size them
+FORMAT_VERSION = 4
 ATTR = "nest_data"
 DATA_VAR = "responses"
 AUX_GROUP = "encoder"

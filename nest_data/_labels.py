@@ -10,19 +10,17 @@ from typing import Any
 import numpy as np
 import zarr
 from numcodecs import VLenUTF8, Zstd
-from xarray.backends import BackendArray
-from xarray.core import indexing
 from zarr.core.buffer import default_buffer_prototype
 from zarr.core.metadata import ArrayV3Metadata
 from zarr.core.sync import sync
 from zarr.storage import StorePath
 
 from nest_data._format import consolidated_of
-from nest_data._metadata import is_label_layout
+from nest_data._metadata import FIXED_TEXT, is_label_layout, type_name
 from nest_data._storage import NestStore
 from nest_data.errors import StoreFormatError
 
-__all__ = ["consolidated", "read_labels", "zarr_array"]
+__all__ = ["consolidated", "label_dtype", "read_labels", "zarr_array"]
 
 _ZSTD = Zstd()
 _VLEN_UTF8 = VLenUTF8()
@@ -40,8 +38,8 @@ def consolidated(store: NestStore) -> dict[str, Any]:
 
 
 async def read_labels(store: NestStore, metadata: Mapping[str, Any], names: Sequence[str]
-                      ) -> dict[str, Any]:
-    """Whole small arrays (the labels) of a store, all requested at once.
+                      ) -> dict[str, np.ndarray]:
+    """Whole small arrays (the labels) of a store, all requested at once, as NumPy arrays.
 
     A label is one chunk (``bytes`` or ``vlen-utf8`` then ``zstd``), read as one object by
     the store's route (:meth:`NestStore.get_objects`: local files directly, remote ones all
@@ -52,9 +50,9 @@ async def read_labels(store: NestStore, metadata: Mapping[str, Any], names: Sequ
     :class:`~nest_data.errors.StoreFormatError` (:func:`~nest_data._metadata.check_metadata`
     refuses it when the store is opened).
 
-    Numbers come back as NumPy arrays.  Strings are read now but decoded on first use (a
-    lazily indexed array for xarray): making Python strings of three labels of 26,107
-    images costs 20 ms, more than the rest of ``open``.
+    Text comes back as NumPy ``<U`` (fixed width, which dask's automatic chunking can size):
+    stores of format 4 hold it so (``fixed_length_utf32``), and their bytes are used as they
+    are; the variable-length ``string`` of older stores is decoded into it.
     """
     for name in names:
         if not is_label_layout(metadata[name]):
@@ -64,13 +62,29 @@ async def read_labels(store: NestStore, metadata: Mapping[str, Any], names: Sequ
                                    "this entry.")
     keys = [f"{name}/c" + "/0" * max(1, len(metadata[name]["shape"])) for name in names]
     blobs = await store.get_objects(keys)
-    out: dict[str, Any] = {}
-    for name, blob in zip(names, blobs, strict=True):
-        meta = metadata[name]
-        decode = _Decoding(store, name, meta, blob)
-        out[name] = (indexing.LazilyIndexedArray(_Strings(decode))
-                     if meta["data_type"] == "string" else decode())
-    return out
+    return {name: _decode(store, name, metadata[name], blob)
+            for name, blob in zip(names, blobs, strict=True)}
+
+
+def label_dtype(meta: Mapping[str, Any]) -> np.dtype[Any] | None:
+    """The NumPy dtype of a label as :func:`read_labels` returns it: ``<U`` of the stored
+    width for fixed-length text, little-endian numbers; None for the variable-length
+    ``string`` of stores before format 4 (its width is known once decoded).
+
+    Examples
+    --------
+    >>> label_dtype({"data_type": {"name": "fixed_length_utf32",
+    ...                            "configuration": {"length_bytes": 12}}})
+    dtype('<U3')
+    >>> label_dtype({"data_type": "int32"}), label_dtype({"data_type": "string"})
+    (dtype('int32'), None)
+    """
+    kind = type_name(meta["data_type"])
+    if kind == "string":
+        return None
+    if kind == FIXED_TEXT:
+        return np.dtype(f"<U{meta['data_type']['configuration']['length_bytes'] // 4}")
+    return np.dtype(meta["data_type"]).newbyteorder("<")
 
 
 def zarr_array(store: NestStore, name: str, meta: Mapping[str, Any]) -> zarr.AsyncArray[Any]:
@@ -84,56 +98,25 @@ def zarr_array(store: NestStore, name: str, meta: Mapping[str, Any]) -> zarr.Asy
     return zarr.AsyncArray(metadata=parsed, store_path=StorePath(store, name))
 
 
-class _Decoding:
+def _decode(store: NestStore, name: str, meta: Mapping[str, Any], blob: bytes | None
+            ) -> np.ndarray:
     """The values of one label from its stored bytes (its fill value when never written);
     bytes that do not decode to the label's shape are a StoreFormatError."""
-
-    def __init__(self, store: NestStore, name: str, meta: Mapping[str, Any],
-                 blob: bytes | None) -> None:
-        self.store, self.name, self.meta, self.blob = store, name, meta, blob
-        self.shape = tuple(int(n) for n in meta["shape"])
-
-    def __call__(self) -> np.ndarray:
-        meta, blob, count = self.meta, self.blob, math.prod(self.shape)
-        string = meta["data_type"] == "string"
-        dtype = (np.dtypes.StringDType() if string
-                 else np.dtype(meta["data_type"]).newbyteorder("<"))
-        if blob is None:
-            return np.full(self.shape, meta.get("fill_value") or ("" if string else 0),
-                           dtype=dtype)
-        try:
-            raw = _ZSTD.decode(blob)
-            values = (np.asarray(_VLEN_UTF8.decode(raw), dtype=dtype) if string
-                      else np.frombuffer(raw, dtype=dtype))
-        except (RuntimeError, ValueError, TypeError) as exc:
-            raise StoreFormatError(f"{self.store}: {self.name}: its stored bytes do not "
-                                   f"decode ({exc}); the store is damaged. Re-mirror or "
-                                   "re-convert this entry.") from exc
-        if values.size != count:
-            raise StoreFormatError(f"{self.store}: {self.name}: its stored bytes hold "
-                                   f"{values.size} values, but its metadata gives it shape "
-                                   f"{list(self.shape)} ({count} values); the store is "
-                                   "damaged. Re-mirror or re-convert this entry.")
-        return values.reshape(self.shape) if string else values.reshape(self.shape).copy()
-
-
-class _Strings(BackendArray):
-    """A string label whose bytes are in memory, decoded (once) when first indexed."""
-
-    def __init__(self, decode: _Decoding) -> None:
-        self.decode = decode
-        self.shape = decode.shape
-        self.dtype = np.dtypes.StringDType()
-        self._values: np.ndarray | None = None
-
-    def __deepcopy__(self, memo: dict[int, Any]) -> _Strings:
-        return self  # read-only: copies share the one decoding
-
-    def __getitem__(self, key: indexing.ExplicitIndexer) -> np.ndarray:
-        return indexing.explicit_indexing_adapter(key, self.shape,
-                                                  indexing.IndexingSupport.BASIC, self._get)
-
-    def _get(self, key: tuple[Any, ...]) -> np.ndarray:
-        if self._values is None:
-            self._values = self.decode()
-        return self._values[key]
+    shape = tuple(int(n) for n in meta["shape"])
+    count, dtype = math.prod(shape), label_dtype(meta)
+    if blob is None:
+        fill = meta.get("fill_value") or ("" if dtype is None or dtype.kind == "U" else 0)
+        return np.full(shape, fill, dtype=dtype)
+    try:
+        raw = _ZSTD.decode(blob)
+        values = (np.asarray(_VLEN_UTF8.decode(raw), dtype=str) if dtype is None
+                  else np.frombuffer(raw, dtype=dtype))
+    except (RuntimeError, ValueError, TypeError) as exc:
+        raise StoreFormatError(f"{store}: {name}: its stored bytes do not decode ({exc}); the "
+                               "store is damaged. Re-mirror or re-convert this entry.") from exc
+    if values.size != count:
+        raise StoreFormatError(f"{store}: {name}: its stored bytes hold {values.size} values, "
+                               f"but its metadata gives it shape {list(shape)} ({count} "
+                               "values); the store is damaged. Re-mirror or re-convert this "
+                               "entry.")
+    return values.reshape(shape) if dtype is None else values.reshape(shape).copy()

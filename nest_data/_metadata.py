@@ -8,8 +8,9 @@ foreign errors.  :func:`check_metadata` refuses such a store first, with a
 :class:`~nest_data.errors.StoreFormatError` naming what is wrong:
 
 - the format version (a newer one is :class:`~nest_data.errors.StoreVersionError`);
-- every array's data type, codecs (little-endian ``bytes``, ``zstd``, ``crc32c``, ``blosc``,
-  ``vlen-utf8``, ``sharding_indexed``), chunk grid and key encoding;
+- every array's data type (text: ``fixed_length_utf32``, or the variable-length ``string``
+  of stores before format 4), codecs (little-endian ``bytes``, ``zstd``, ``crc32c``,
+  ``blosc``, ``vlen-utf8``, ``sharding_indexed``), chunk grid and key encoding;
 - one size per dimension name across arrays, and ``responses``' shards against the
   manifest: the shard rows recorded, one object listed per shard of the grid, and shards of
   at most :data:`MAX_SHARD_BYTES`;
@@ -36,14 +37,18 @@ from nest_data._shards import layout_of
 from nest_data.errors import StoreFormatError, StoreVersionError
 
 __all__ = ["MAX_SHARD_BYTES", "check_metadata", "check_version", "is_label_layout",
-           "metadata_digests", "node_digest"]
+           "metadata_digests", "node_digest", "type_name"]
 
 OLDEST_FORMAT = 1  # 1: responses in one Blosc chunk per block; 2: sharded with CRC-32C
 DIGESTS_FORMAT = 3  # from this format on, every node's metadata has a recorded SHA-256
 MAX_SHARD_BYTES = 2**31  # nest-data writes shards of about 8 MB; no reader needs 2 GB ones
 RESPONSE_TYPES = frozenset({"float16", "float32", "float64"})
 LABEL_TYPES = frozenset({"bool", "int8", "int16", "int32", "int64", "uint8", "uint16",
-                         "uint32", "uint64", "float16", "float32", "float64", "string"})
+                         "uint32", "uint64", "float16", "float32", "float64", "string",
+                         "fixed_length_utf32"})
+#: Text of fixed width (format 4 on): ``{"name": "fixed_length_utf32", "configuration":
+#: {"length_bytes": 4 * characters}}``, read as NumPy ``<U``.
+FIXED_TEXT = "fixed_length_utf32"
 CODECS = frozenset({"bytes", "zstd", "crc32c", "blosc", "vlen-utf8", "sharding_indexed"})
 _FIX = ("The store is damaged or was edited; re-mirror or re-convert this entry, and run "
         "`nest-data verify` on its root")
@@ -208,9 +213,11 @@ def _check_array(path: str, node: Mapping[str, Any], store: object,
                                    f"{seen[1]} gives it size {seen[0]}. {_FIX}.")
     dtype = node.get("data_type")
     allowed = RESPONSE_TYPES if path == DATA_VAR else LABEL_TYPES
-    if dtype not in allowed:
+    if type_name(dtype) not in allowed:
+        text = ("" if path == DATA_VAR else " (fixed_length_utf32 with a length_bytes that "
+                "is a positive multiple of 4)")
         raise StoreFormatError(f"{where}: its data type is {dtype!r}; nest-data stores hold "
-                               f"{', '.join(sorted(allowed))} there. {_FIX}.")
+                               f"{', '.join(sorted(allowed))} there{text}. {_FIX}.")
     encoding = node.get("chunk_key_encoding", {"name": "default"})
     if not isinstance(encoding, Mapping) or encoding.get("name") != "default" or (
             (encoding.get("configuration") or {}).get("separator", "/") != "/"):
@@ -230,9 +237,31 @@ def _check_array(path: str, node: Mapping[str, Any], store: object,
                                    f"stores hold little-endian values. {_FIX}.")
 
 
+def type_name(data_type: Any) -> str | None:
+    """The name of a Zarr v3 data type as nest-data stores record it, or None when it is not
+    one: a plain name (``"float32"``, ``"string"``), or fixed-length UTF-32 text with a whole,
+    positive number of characters.
+
+    Examples
+    --------
+    >>> type_name("int64"), type_name({"name": "fixed_length_utf32",
+    ...                                "configuration": {"length_bytes": 8}})
+    ('int64', 'fixed_length_utf32')
+    >>> type_name({"name": "fixed_length_utf32", "configuration": {"length_bytes": 6}})
+    """
+    if isinstance(data_type, str):
+        return data_type
+    if not isinstance(data_type, Mapping) or data_type.get("name") != FIXED_TEXT:
+        return None
+    size = (data_type.get("configuration") or {}).get("length_bytes")
+    whole = isinstance(size, int) and not isinstance(size, bool) and size > 0 and size % 4 == 0
+    return FIXED_TEXT if whole else None
+
+
 def is_label_layout(meta: Mapping[str, Any]) -> bool:
     """Whether an array's metadata is the layout of a nest-data label: one chunk, its values
-    (little-endian ``bytes``, or ``vlen-utf8`` strings) then ``zstd``.
+    (little-endian ``bytes``: numbers, or fixed-length UTF-32 text; or, in stores before
+    format 4, ``vlen-utf8`` strings) then ``zstd``.
 
     Examples
     --------

@@ -8,11 +8,13 @@ stores) goes through :func:`write_entry` (or its stages, :func:`begin_stage`,
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import itertools
 import json
 import logging
 import os
+import warnings
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -23,6 +25,7 @@ import zarr.api.asynchronous
 from zarr.codecs import Crc32cCodec, ZstdCodec
 from zarr.core.buffer import default_buffer_prototype
 from zarr.core.sync import sync
+from zarr.errors import UnstableSpecificationWarning
 from zarr.storage import MemoryStore
 
 from nest_data._format import (
@@ -42,6 +45,7 @@ from nest_data._shards import encode_shard, layout_of
 from nest_data._staging import commit, object_digests, staging
 from nest_data._storage import quiet_consolidated
 from nest_data._urls import join
+from nest_data.errors import InputError
 
 logger = logging.getLogger("nest_data")
 
@@ -144,7 +148,8 @@ def finish_stage(memory: MemoryStore, stage: Path, data: EntryData, rows: int,
         "chunk_rows": rows,
         "complete": True,
     }
-    sync(_finish(memory, meta, {"sha256": response_digest, "nan_count": nan_count}))
+    with _quiet_fixed_text():
+        sync(_finish(memory, meta, {"sha256": response_digest, "nan_count": nan_count}))
     sync(_dump(memory, stage, metadata_only=True))
     return meta
 
@@ -183,8 +188,22 @@ def _skeleton(data: EntryData, rows: int) -> MemoryStore:
     # Small arrays are encoded in memory and written out in one pass (creating ~20 arrays
     # directly on disk takes twice as long), and the metadata is consolidated there too.
     memory = MemoryStore()
-    sync(_create_arrays(memory, specs, data, rows, response_attrs))
+    with _quiet_fixed_text():
+        sync(_create_arrays(memory, specs, data, rows, response_attrs))
     return memory
+
+
+@contextlib.contextmanager
+def _quiet_fixed_text() -> Iterator[None]:
+    """Silence zarr-python's warning on writing the metadata of fixed-length UTF-32 text.
+
+    It warns each time such metadata is written: the data type is specified in
+    zarr-extensions (``fixed-length-utf32``), not in the core specification; zarr-python,
+    zarrs and xarray read it as NumPy ``<U``.  The note is not for users.
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UnstableSpecificationWarning)
+        yield
 
 
 async def _finish(memory: MemoryStore, meta: dict[str, Any], response_attrs: dict[str, Any]
@@ -236,11 +255,10 @@ async def _create_arrays(
     async def coord(name: str, dims: tuple[str, ...], values: np.ndarray | None,
                     attrs: dict[str, Any]) -> None:
         values = _portable(np.asarray(values))
-        dtype: Any = str if values.dtype == object else values.dtype
         array = await root.create_array(
-            name, shape=values.shape, dtype=dtype, chunks=values.shape or (1,),
+            name, shape=values.shape, dtype=values.dtype, chunks=values.shape or (1,),
             compressors=zstd, dimension_names=dims, attributes=attrs,
-            fill_value="" if dtype is str else None)
+            fill_value="" if values.dtype.kind == "U" else None)
         await array.setitem(Ellipsis, values)
 
     await asyncio.gather(
@@ -256,9 +274,32 @@ async def _create_arrays(
 
 
 def _portable(values: np.ndarray) -> np.ndarray:
-    """Strings as variable-length UTF-8 (the Zarr v3 ``string`` type), others unchanged."""
+    """Text as fixed-length UTF-32 (NumPy ``<U``, Zarr's ``fixed_length_utf32``), others
+    unchanged.
+
+    Zarr's variable-length ``string`` reads back as NumPy's ``StringDType``, which dask cannot
+    size, so ``chunks="auto"`` (xarray's, intake-esm's default) fails on it; fixed-width text
+    it can.  A string ending in NUL characters would lose them in ``<U`` and is refused.
+
+    Examples
+    --------
+    >>> _portable(np.array(["lh", "rh"], dtype=object)).dtype
+    dtype('<U2')
+    """
     values = np.asarray(values)
-    return values.astype(object) if values.dtype.kind in "US" else values
+    if values.dtype.kind not in "OTSU":
+        return values
+    if values.dtype.kind == "S":
+        values = np.char.decode(values, "utf-8")
+    if values.dtype.kind in "OT":
+        for value in values.ravel():
+            if not isinstance(value, str) or value.endswith("\x00"):
+                raise InputError(f"a text label holds {value!r}: labels of text must be "
+                                 "strings, none ending in a NUL character ('\\x00', which "
+                                 "fixed-width text drops); convert or strip them before "
+                                 "writing")
+        values = values.astype(str)
+    return values
 
 
 def _aux_dims(name: str, values: np.ndarray) -> tuple[str, ...]:

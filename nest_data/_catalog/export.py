@@ -44,6 +44,13 @@ def write_intake_esm(df: pd.DataFrame, where: Root, directory: str | os.PathLike
     Credentials are never written: the storage options that hold them are left out of the
     JSON, whose description names them and says to pass them to ``to_dataset_dict``; a root
     URL that carries one (``user:password@``, a signed query) is refused.
+
+    A cortical-surface store (dims ``image, vertex``) is listed once per subject, as the
+    whole surface (``roi`` ``"none"``), however many of its ROIs the listing holds:
+    intake-esm opens every row with the same keywords, so a row cannot select an ROI's
+    vertices, and a row labelled with an ROI would load the whole surface.  An ROI is
+    selected after opening, with the vertex positions the store keeps in its ``encoder``
+    group (``roi-<ROI>``), or with ``xr.open_dataset(path, engine="nest", roi=...)``.
     """
     root = where.url
     if redact_url(root) != root:
@@ -54,7 +61,9 @@ def write_intake_esm(df: pd.DataFrame, where: Root, directory: str | os.PathLike
             "{'Authorization': ...} or auth=), which exports never write")
     out = Path(directory)
     out.mkdir(parents=True, exist_ok=True)
-    df = df.drop(columns=["dims", "n_images", "n_voxels"])
+    surface = df["dims"].str.split(",").map(lambda dims: "vertex" in dims).astype(bool)
+    df = _whole_surfaces(df, surface).drop(columns=["dims", "n_images", "n_voxels"])
+    surface = bool(surface.any())
     df["roi"] = df["roi"].fillna("none")
     df["variable"] = "responses"
     if "://" not in root:  # intake-esm always passes storage_options, which zarr
@@ -62,6 +71,10 @@ def write_intake_esm(df: pd.DataFrame, where: Root, directory: str | os.PathLike
     df["path"] = [root.rstrip("/") + "/" + p for p in df["path"]]
     df.to_csv(out / f"{stem}.csv", index=False)
     description = f"{description}, location {root}"
+    if surface:
+        description += ("; a cortical-surface store is one row per subject (the whole "
+                        "surface): select an ROI's vertices with ds.isel(vertex=xr.open_zarr("
+                        "path, group='encoder')['roi-<ROI>'].values)")
     options, left_out = without_credentials(where.storage_options)
     if left_out:
         description += (f"; the storage options {', '.join(left_out)} hold credentials and "
@@ -90,3 +103,17 @@ def write_intake_esm(df: pd.DataFrame, where: Root, directory: str | os.PathLike
     path = out / f"{stem}.json"
     path.write_text(json.dumps(spec, indent=2))
     return path
+
+
+def _whole_surfaces(df: pd.DataFrame, surface: pd.Series) -> pd.DataFrame:
+    """The listing with each ROI of a cortical-surface store (``surface``: its dims hold
+    ``vertex``) replaced by the store's whole surface, once (they all name the one store)."""
+    rois = surface & df["roi"].notna()
+    if not rois.any():
+        return df
+    logger.info("intake-esm export: %d surface ROI entries listed as their whole-surface "
+                "stores (an ROI is selected after opening)", int(rois.sum()))
+    out = df.copy()
+    out.loc[rois, "roi"] = None
+    out.loc[rois, "n_voxels"] = None
+    return out.drop_duplicates(subset=["path", "roi"]).reset_index(drop=True)
