@@ -1,12 +1,21 @@
-"""The ``nest-data`` command line."""
+"""The ``nest-data`` command line.
+
+Every command takes the global options (``-v``, ``--no-progress``, ``--version``) before or
+after its name.  Errors are printed in the command line's words: a library message's keyword
+hints (``pass roi=``, ``train_dataset='nsd_fsaverage'``) name the command's flags (``--roi``,
+``--train-dataset nsd_fsaverage``), see :func:`cli_message`.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
 import logging
+import re
 import sys
-from collections.abc import Sequence
+import textwrap
+from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -14,7 +23,24 @@ import numpy as np
 from nest_data._redact import redact_url
 from nest_data.errors import ConversionError, InputError, NestDataError
 
-__all__ = ["main"]
+__all__ = ["cli_message", "main"]
+
+DESCRIPTION = """\
+Open, convert, generate, encode and check the NEST family's in silico neural responses
+(NED, NEST, BERG; fMRI and EEG) as labelled, chunked, checksummed arrays."""
+
+EPILOG = """\
+first steps:
+  nest-data demo                       build the synthetic demo and run the main job on it
+  nest-data catalog --location demo    list what the demo holds
+  nest-data info --imageset things --subject 1 --roi V1 --location demo
+  nest-data encode cat.jpg dog.jpg --subject 1 --roi FFA-1 --location demo
+  nest-data dream --subject 1 --roi FFA-1 --location demo --png-dir dreams
+
+-v, --no-progress and --version may come before or after the command.
+Data is read from --location (a location name, a folder or a URL), else from the
+location named by NEST_DATA_LOCATION, else from the folder NEST_DATA_ROOT.
+'nest-data COMMAND --help' describes a command and its arguments."""
 
 
 def _progress(args: argparse.Namespace) -> bool | None:
@@ -34,6 +60,114 @@ def _options(pairs: Sequence[str] | None) -> dict[str, Any]:
         except ValueError:
             out[key] = value
     return out
+
+
+# ------------------------------------------------------------------ parsers and messages
+
+
+def _global_options(parser: argparse.ArgumentParser, default: Any) -> None:
+    """Add the options every command takes, before or after its name.
+
+    The top-level parser holds their defaults; a command's parser leaves them unset
+    (``argparse.SUPPRESS``), so that an option given before the command is kept.
+    """
+    from nest_data import __version__
+
+    parser.add_argument("-v", "--verbose", action="store_true", default=default,
+                        help="log what nest-data does (INFO messages)")
+    parser.add_argument("--no-progress", action="store_true", default=default,
+                        help="hide progress bars (or set NEST_DATA_PROGRESS=0)")
+    parser.add_argument("--version", action="version", version=f"nest-data {__version__}",
+                        help="print nest-data's version and exit")
+
+
+class _CommandParser(argparse.ArgumentParser):
+    """The parser of one command: it takes the global options too, and records its flags.
+
+    ``flags`` maps each option's keyword (``train_dataset``) to its flag
+    (``--train-dataset``), for :func:`cli_message`.
+    """
+
+    def __init__(self, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", argparse.RawDescriptionHelpFormatter)
+        super().__init__(**kwargs)
+        self.flags: dict[str, str] = {}
+        _global_options(self, argparse.SUPPRESS)
+        self.set_defaults(command_parser=self)
+
+    def add_argument(self, *args: Any, **kwargs: Any) -> argparse.Action:
+        action = super().add_argument(*args, **kwargs)
+        flags = [o for o in action.option_strings if o.startswith("--")]
+        if flags and action.dest not in ("help", "version"):
+            self.flags[action.dest] = flags[0]
+        return action
+
+
+def _command(sub: Any, name: str, summary: str, epilog: str | None = None
+             ) -> argparse.ArgumentParser:
+    """A command ``name``: ``summary`` is its line in the list of commands and its help's
+    first paragraph."""
+    parser: argparse.ArgumentParser = sub.add_parser(name, help=summary, description=summary,
+                                                     epilog=epilog)
+    return parser
+
+
+#: A Python call written in a message (``nest_data.encode(images, roi='V1')``): kept as is.
+_PYTHON_CALL = re.compile(r"[A-Za-z_][\w.]*\([^()]*\)")
+#: A keyword hint (``roi=``, ``location='demo'``, ``train_dataset='a' / 'b'``).
+_QUOTED = r"(?:'[^']*'|\"[^\"]*\")"
+_KEYWORD = re.compile(rf"(?<![\w.\-])([a-z][a-z0-9_]*)=((?:{_QUOTED}|[\w.:/+\-]+)"
+                      rf"(?:\s*/\s*{_QUOTED})*)?")
+
+
+def cli_message(message: str, flags: Mapping[str, str]) -> str:
+    """A library message in the words of a command: its keyword hints as the command's flags.
+
+    Only keywords that the command has a flag for are rewritten (a plural keyword takes the
+    flag of its singular, ``storage_options=`` -> ``--storage-option``); Python calls quoted
+    in the message are left whole, and so is ``name=False`` or ``name=None``.
+
+    Parameters
+    ----------
+    message : str
+        The error's message.
+    flags : mapping
+        Keyword -> flag, e.g. ``{"train_dataset": "--train-dataset"}``.
+
+    Returns
+    -------
+    str
+
+    Examples
+    --------
+    >>> flags = {"roi": "--roi", "train_dataset": "--train-dataset", "overwrite": "--overwrite"}
+    >>> cli_message("no roi= given: pass roi=, or train_dataset='nsd_fsaverage'", flags)
+    'no --roi given: pass --roi, or --train-dataset nsd_fsaverage'
+    >>> cli_message("give --overwrite (overwrite=True) to replace it", flags)
+    'give --overwrite to replace it'
+    >>> cli_message("call nest_data.encode(images, roi='V1'); model= is unknown here", flags)
+    "call nest_data.encode(images, roi='V1'); model= is unknown here"
+    """
+    calls = [m.span() for m in _PYTHON_CALL.finditer(message)]
+
+    def flag(match: re.Match[str]) -> str:
+        name, value = match.group(1), match.group(2)
+        option = flags.get(name) or (flags.get(name[:-1]) if name.endswith("s") else None)
+        if option is None or value in ("False", "None") or any(
+                start <= match.start() < end for start, end in calls):
+            return match.group(0)
+        if not value or value == "True":
+            return option
+        parts = [part.strip() for part in value.split("/")] if value[0] in "'\"" else [value]
+        words = [part[1:-1] if part[:1] in "'\"" and " " not in part else part
+                 for part in parts]
+        return f"{option} {' / '.join(words)}"
+
+    text = _KEYWORD.sub(flag, message)
+    return re.sub(r"(--[\w-]+) \(\1\)", r"\1", text)  # "--overwrite (overwrite=True)"
+
+
+# ------------------------------------------------------------------------- the commands
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
@@ -203,36 +337,224 @@ def _cmd_catalog(args: argparse.Namespace) -> int:
     return 0
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="nest-data", description=__doc__)
-    parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
-    parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
-    sub = parser.add_subparsers(dest="command", required=True)
+def _cmd_info(args: argparse.Namespace) -> int:
+    import nest_data
+    from nest_data._format import read_store_attrs
+    from nest_data._storage import make_store
 
-    demo = sub.add_parser("demo", help="build the synthetic demo collection and run the main "
-                                       "job on it")
-    demo.add_argument("--out", default=".", help="folder for the figure (default: .)")
-    demo.add_argument("--imageset", default="things")
-    demo.add_argument("--subject", type=int, default=1)
-    demo.add_argument("--roi", default="V1")
+    options = _options(args.storage_option)
+    keys = {"imageset": args.imageset, "subject": args.subject, "roi": args.roi,
+            "modality": args.modality, "train_dataset": args.train_dataset}
+    if args.store is not None:
+        if any(v is not None for k, v in keys.items() if k != "roi") or args.location:
+            raise InputError("give a STORE (folder or URL) or the entry's keys (--imageset, "
+                             "--subject, --roi, ... and --location), not both")
+        url, store_options = args.store, dict(options)
+        da = nest_data.open_store(url, storage_options=options, roi=args.roi)
+        where = redact_url(url)
+    else:
+        cat = nest_data.catalog()
+        root = cat.location(args.location, options)
+        url, store_options = root.store(cat.resolve(**keys)), dict(root.storage_options)
+        da = nest_data.open(**keys, location=args.location, storage_options=options or None)
+        where = f"{redact_url(url)} (location {redact_url(root.name or root.url)})"
+    store = make_store(url, store_options)
+    meta = read_store_attrs(store)
+    print("\n".join(_summary(da, meta, where, _stored_bytes(store))))
+    return 0
+
+
+def _stored_bytes(store: Any) -> int | None:
+    """The bytes a store's objects take where they are stored (None if not listable)."""
+    from zarr.core.sync import sync
+
+    try:
+        return int(sync(store.getsize_prefix("")))
+    except (NotImplementedError, OSError):
+        return None
+
+
+def _summary(da: Any, meta: Mapping[str, Any], where: str, stored: int | None) -> list[str]:
+    """The lines ``nest-data info`` prints about one store."""
+    keys = {**meta.get("keys", {}), **({"roi": da.attrs["roi"]} if da.attrs.get("roi") else {})}
+    title = " ".join(f"{k}={v}" for k, v in keys.items() if v is not None) or str(da.name)
+    shape = " x ".join(f"{dim} {size:,}" for dim, size in da.sizes.items())
+    chunks = (" x ".join(str(c[0]) for c in da.chunks) if da.chunks else "one")
+    size = f"{da.nbytes / 1e6:,.1f} MB of {da.dtype} values"
+    if stored is not None:
+        size += f", {stored / 1e6:,.1f} MB stored"
+    checksums = meta.get("checksums", {})
+    lines = [title,
+             f"  where:     {where}",
+             f"  dims:      {shape} (chunks {chunks})",
+             f"  size:      {size}",
+             f"  units:     {da.attrs.get('units', 'not recorded')}",
+             f"  checksum:  responses {checksums.get('responses', 'not recorded')}; "
+             f"{len(checksums)} arrays and {len(meta.get('objects', {}))} objects recorded "
+             f"(format {meta.get('format_version', '?')}; `nest-data verify` re-checks them)"]
+    for dim in da.dims:
+        labels = [name for name, c in da.coords.items() if c.dims == (dim,)]
+        lines += textwrap.wrap(", ".join(f"{name} ({_first(da.coords[name].values)})"
+                                         for name in labels) or "none",
+                               width=100, initial_indent=f"  {dim} labels: ",
+                               subsequent_indent=" " * 6, break_on_hyphens=False)
+    return lines
+
+
+def _first(values: Any, n: int = 3) -> str:
+    """The first values of a label, as ``a, b, c, ...``."""
+    shown = ", ".join(f"{v:.4g}" if isinstance(v, (float, np.floating)) else str(v)
+                      for v in values[:n])
+    return shown + (", ..." if len(values) > n else "")
+
+
+def _outputs(args: argparse.Namespace, names: Sequence[str]) -> list[Path]:
+    """Check ``--out`` and the PNGs ``names`` under ``--png-dir`` before any work."""
+    from nest_data._output import IMAGE_SUFFIXES, check_output
+
+    if args.out is not None:
+        check_output(args.out, overwrite=args.overwrite)
+    return [check_output(Path(args.png_dir) / name, overwrite=args.overwrite,
+                         suffixes=IMAGE_SUFFIXES) for name in names]
+
+
+def _file_part(text: str) -> str:
+    """``text`` as part of a file name (letters, digits, ``-``, ``_``, ``.``)."""
+    return re.sub(r"[^\w.\-]+", "_", text).strip("_") or "x"
+
+
+def _cmd_dream(args: argparse.Namespace) -> int:
+    import nest_data
+    from nest_data._output import write_image, write_output
+
+    target = args.roi or ("eeg" if args.modality == "eeg" else args.train_dataset or "mean")
+    stem = f"dream_sub-{args.subject:02d}_{_file_part(target)}"
+    pngs = _outputs(args, [f"{stem}_{i}.png" for i in range(args.n)])
+    tree = nest_data.dream(subject=args.subject, roi=args.roi, modality=args.modality,
+                           train_dataset=args.train_dataset, n=args.n, steps=args.steps,
+                           size=args.size, lr=args.lr, seed=args.seed,
+                           parametrisation=args.parametrisation, location=args.location,
+                           storage_options=_options(args.storage_option),
+                           backbone=args.backbone, device=args.device,
+                           show_progress=_progress(args))
+    images = np.asarray(tree["images"])  # (image, rgb, y, x) in [0, 1]
+    pixels = np.round(images.transpose(0, 2, 3, 1) * 255).astype(np.uint8)
+    for png, image, score in zip(pngs, pixels, np.asarray(tree["score"]), strict=True):
+        write_image(image, png, overwrite=args.overwrite)
+        print(f"{png}\tobjective {float(score):+.6g}")
+    if args.out is not None:
+        print(f"{write_output(tree, args.out, overwrite=args.overwrite)}: images, score, "
+              "objective per step, and each target's responses")
+    return 0
+
+
+def _cmd_saliency(args: argparse.Namespace) -> int:
+    import nest_data
+    from nest_data._images import as_images
+    from nest_data._output import write_image, write_output
+
+    names = [Path(image).name for image in args.images]
+    stems = [_file_part(Path(name).stem) for name in names]
+    if len(set(stems)) < len(stems):  # the same name in two folders
+        stems = [f"{i}_{stem}" for i, stem in enumerate(stems)]
+    pngs = _outputs(args, [f"saliency_{stem}.png" for stem in stems])
+    try:
+        baseline: str | float = float(args.baseline)
+    except ValueError:
+        baseline = args.baseline
+    arrays = as_images(list(args.images))
+    maps = nest_data.saliency(
+        np.stack(arrays) if len({a.shape for a in arrays}) == 1 else list(args.images),
+        subject=args.subject, roi=args.roi, modality=args.modality,
+        train_dataset=args.train_dataset, baseline=baseline, steps=args.steps,
+        batch_size=args.batch_size, image_ids=names, location=args.location,
+        storage_options=_options(args.storage_option), backbone=args.backbone,
+        device=args.device, show_progress=_progress(args))
+    for png, pixels, name in zip(pngs, arrays, names, strict=True):
+        one = maps.sel(image=name)
+        write_image(_saliency_figure(pixels, one), png, overwrite=args.overwrite)
+        print(f"{png}\tscore {float(one.score):+.6g}, baseline {float(one.baseline_score):+.6g}")
+    if args.out is not None:
+        print(f"{write_output(maps, args.out, overwrite=args.overwrite)}: {maps.dims} "
+              f"{maps.shape}")
+    return 0
+
+
+def _saliency_figure(pixels: np.ndarray, one: Any) -> Any:
+    """The image beside its saliency map (summed over colours) with a colorbar, as a PIL
+    image."""
+    import io
+
+    from PIL import Image
+
+    try:
+        from matplotlib.figure import Figure
+    except ImportError as exc:
+        raise ImportError("saliency PNGs need matplotlib: pip install 'nest-data[plot]'"
+                          ) from exc
+    image = pixels.transpose(1, 2, 0)
+    per_pixel = one.sum("rgb").values
+    limit = float(np.percentile(np.abs(per_pixel), 99)) or 1.0  # a few pixels wash it out
+    fig = Figure(figsize=(8, 3.6))
+    left, right = fig.subplots(1, 2)
+    left.imshow(image)
+    left.set_title(f"{one.image.item()}\nscore {float(one.score):+.4g}", fontsize=9)
+    right.imshow(image.mean(axis=2), cmap="gray")
+    shown = right.imshow(per_pixel, cmap="RdBu_r", vmin=-limit, vmax=limit, alpha=0.8)
+    right.set_title(f"{one.attrs.get('objective', '')}: integrated gradients\n"
+                    f"baseline {one.attrs.get('baseline')}, {one.attrs.get('steps')} steps",
+                    fontsize=9)
+    bar = fig.colorbar(shown, ax=right, fraction=0.046, pad=0.04)
+    bar.set_label("objective per pixel\n(summed over R, G, B; clipped at the 99th pct)",
+                  fontsize=8)
+    for ax in (left, right):
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=100)
+    buffer.seek(0)
+    return Image.open(buffer)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="nest-data", description=DESCRIPTION, epilog=EPILOG,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    _global_options(parser, False)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND",
+                                parser_class=_CommandParser,
+                                title="commands (nest-data COMMAND --help for each)")
+
+    demo = _command(sub, "demo", "build the synthetic demo collection and run the main job on "
+                                 "it: open one ROI, rank its images, write figures")
+    demo.add_argument("--out", default=".", help="folder for the figures (default: .)")
+    demo.add_argument("--imageset", default="things",
+                      help="image set of the main job (default: things)")
+    demo.add_argument("--subject", type=int, default=1,
+                      help="subject of the main job (default: 1)")
+    demo.add_argument("--roi", default="V1", help="ROI of the main job (default: V1)")
     demo.add_argument("-k", type=int, default=5, help="number of top images to list")
     demo.add_argument("--rebuild", action="store_true", help="rebuild the demo collection")
     demo.add_argument("--n-images", type=int, default=24,
                       help="images per image set, 1 to 1000 (with --rebuild or --dest)")
     demo.add_argument("--dest", help="write the demo collection to this folder or URL "
                                      "(s3://, gs://) instead of running the main job")
-    demo.add_argument("--storage-option", action="append", metavar="KEY=VALUE")
+    demo.add_argument("--storage-option", action="append", metavar="KEY=VALUE",
+                      help="fsspec option for a remote --dest (repeatable), e.g. anon=false")
     demo.set_defaults(func=_cmd_demo)
 
-    convert = sub.add_parser("convert", help="convert original NEST-family files")
-    convert_sub = convert.add_subparsers(dest="source", required=True)
-    ned = convert_sub.add_parser("ned", help="NED pre-generated responses (HDF5 + .npy)")
+    convert = _command(sub, "convert", "convert original NEST-family files into nest-data "
+                                       "stores (ned) or safetensors weights (weights)")
+    convert_sub = convert.add_subparsers(dest="source", required=True, metavar="SOURCE",
+                                         title="sources (nest-data convert SOURCE --help)")
+    ned = _command(convert_sub, "ned", "NED pre-generated responses (HDF5 + .npy) -> one "
+                                       "store per entry")
     ned.add_argument("src", help="folder holding pregenerated_insilico_neural_responses/")
     ned.add_argument("dest", help="root folder of the collection to write")
-    ned.add_argument("--modality", nargs="+")
-    ned.add_argument("--subject", nargs="+", type=int)
-    ned.add_argument("--roi", nargs="+")
-    ned.add_argument("--imageset", nargs="+")
+    ned.add_argument("--modality", nargs="+", help="convert only these modalities (fmri, eeg)")
+    ned.add_argument("--subject", nargs="+", type=int, help="convert only these subjects")
+    ned.add_argument("--roi", nargs="+", help="convert only these ROIs")
+    ned.add_argument("--imageset", nargs="+", help="convert only these image sets")
     ned.add_argument("--workers", type=int, help="parallel processes (default: CPUs, max 4)")
     ned.add_argument("--overwrite", action="store_true", help="reconvert complete entries")
     ned.add_argument("--no-verify-existing", action="store_true",
@@ -241,9 +563,9 @@ def _parser() -> argparse.ArgumentParser:
                      help="fsspec option for a remote DEST (repeatable), e.g. anon=false")
     ned.set_defaults(func=_cmd_convert_ned)
 
-    weights = convert_sub.add_parser(
-        "weights", help="NEST/BERG encoder weights (fwRF .pt, EEG and fsaverage .npy, "
-                        "torchvision's vit_b_32) -> safetensors")
+    weights = _command(convert_sub, "weights",
+                       "NEST/BERG encoder weights (fwRF .pt, EEG and fsaverage .npy, "
+                       "torchvision's vit_b_32) -> safetensors")
     weights.add_argument("src", nargs="?", help="NEST's or BERG's root holding "
                                                 "encoding_models/: a folder or a remote URL "
                                                 "(s3://brain-encoding-response-generator)")
@@ -256,8 +578,8 @@ def _parser() -> argparse.ArgumentParser:
     weights.add_argument("--vit-b-32", metavar="FILE",
                          help="torchvision's vit_b_32 weights (vit_b_32-d86f8d99.pth), the "
                               "backbone of the EEG and fsaverage encoders")
-    weights.add_argument("--subject", nargs="+", type=int)
-    weights.add_argument("--roi", nargs="+")
+    weights.add_argument("--subject", nargs="+", type=int, help="convert only these subjects")
+    weights.add_argument("--roi", nargs="+", help="convert only these ROIs")
     weights.add_argument("--storage-option", action="append", metavar="KEY=VALUE",
                          help="fsspec option for a remote DEST")
     weights.add_argument("--source-option", action="append", metavar="KEY=VALUE",
@@ -265,28 +587,32 @@ def _parser() -> argparse.ArgumentParser:
                               "buckets")
     weights.set_defaults(func=_cmd_convert_weights)
 
-    verify = sub.add_parser("verify", help="re-check the checksums of every store under ROOT")
+    verify = _command(sub, "verify", "re-check the checksums of every store under ROOT "
+                                     "(exit status 1 if one does not match)")
     verify.add_argument("root", help="a location name (demo, local, ...), a local folder or a "
                         "remote URL")
-    verify.add_argument("--storage-option", action="append", metavar="KEY=VALUE")
+    verify.add_argument("--storage-option", action="append", metavar="KEY=VALUE",
+                        help="fsspec option for a remote ROOT (repeatable), e.g. anon=true")
     verify.set_defaults(func=_cmd_verify)
 
-    index = sub.add_parser("index", help="rebuild the index of the stores under ROOT "
-                                         "(nest-data-index.json)")
+    index = _command(sub, "index", "rebuild the index of the stores under ROOT "
+                                   "(nest-data-index.json)")
     index.add_argument("root", help="a location name, a local folder or a remote URL (s3://, "
                        "gs://; not http://)")
-    index.add_argument("--storage-option", action="append", metavar="KEY=VALUE")
+    index.add_argument("--storage-option", action="append", metavar="KEY=VALUE",
+                       help="fsspec option for a remote ROOT (repeatable)")
     index.set_defaults(func=_cmd_index)
 
-    gen = sub.add_parser("generate", help="encode a folder or Zarr array of images into a new "
-                                          "store (resumable; on dask)")
+    gen = _command(sub, "generate", "encode a folder or Zarr array of images into a new "
+                                    "store (resumable; on dask)")
     gen.add_argument("images", help="folder of images, or a Zarr array/group of uint8 images")
     gen.add_argument("dest", help="root to write the store into")
     gen.add_argument("--imageset", required=True, help="name of the new image set")
-    gen.add_argument("--subject", required=True, type=int)
+    gen.add_argument("--subject", required=True, type=int, help="the encoder's subject")
     gen.add_argument("--roi", help="fMRI ROI (fwRF; the fsaverage model writes the whole "
                                    "surface)")
-    gen.add_argument("--modality", default="fmri", choices=["fmri", "eeg"])
+    gen.add_argument("--modality", default="fmri", choices=["fmri", "eeg"],
+                     help="the encoder's modality (default: fmri)")
     gen.add_argument("--train-dataset", help="nsd_fsaverage: BERG's fsaverage surface model "
                                              "(default for fMRI: nsd, the fwRF model)")
     gen.add_argument("--chunk-vertices", type=int, default=4096,
@@ -294,56 +620,72 @@ def _parser() -> argparse.ArgumentParser:
     gen.add_argument("--location", help="location (name or URL) holding converted weights")
     gen.add_argument("--backbone", help="converted ViT-B/32 weights for EEG (default: the "
                                         "location's, or NEST_DATA_VIT_B_32)")
-    gen.add_argument("--storage-option", action="append", metavar="KEY=VALUE")
+    gen.add_argument("--storage-option", action="append", metavar="KEY=VALUE",
+                     help="fsspec option for a remote DEST or --location (repeatable)")
     gen.add_argument("--chunk-images", type=int, help="images per stored chunk and per task")
-    gen.add_argument("--batch-size", type=int, default=16)
-    gen.add_argument("--device", default="auto")
+    gen.add_argument("--batch-size", type=int, default=16,
+                     help="images per forward pass (default: 16)")
+    gen.add_argument("--device", default="auto", help="cpu, cuda, or auto (default)")
     gen.add_argument("--workers", type=int, default=0,
                      help="run on a local dask cluster of this many worker processes")
     gen.add_argument("--scheduler", help="address of a running dask scheduler")
     gen.set_defaults(func=_cmd_generate)
 
-    enc = sub.add_parser("encode", help="responses of an encoder to image files (computed "
-                                        "now; needs converted weights at --location)")
+    enc = _command(sub, "encode", "responses of an encoder to image files (computed now; "
+                                  "needs converted weights at --location)")
     enc.add_argument("images", nargs="+", help="image files (any format Pillow reads)")
-    enc.add_argument("--subject", required=True, type=int)
+    enc.add_argument("--subject", required=True, type=int, help="the encoder's subject")
     enc.add_argument("--roi", help="fMRI ROI (fsaverage: a surface ROI, or none for the "
                                    "whole surface)")
-    enc.add_argument("--modality", default="fmri", choices=["fmri", "eeg"])
+    enc.add_argument("--modality", default="fmri", choices=["fmri", "eeg"],
+                     help="the encoder's modality (default: fmri)")
     enc.add_argument("--train-dataset", help="nsd_fsaverage: BERG's fsaverage surface model")
     enc.add_argument("--location", help="location name or URL holding converted weights "
                                         "(e.g. demo)")
-    enc.add_argument("--storage-option", action="append", metavar="KEY=VALUE")
+    enc.add_argument("--storage-option", action="append", metavar="KEY=VALUE",
+                     help="fsspec option for a remote --location (repeatable)")
     enc.add_argument("--out", help="write every response: FILE.nc (NetCDF) or FOLDER.zarr; "
                                    "without it, print each image's mean response. Written "
                                    "whole or not at all; an output nest-data wrote is "
                                    "replaced, anything else only with --overwrite")
     enc.add_argument("--overwrite", action="store_true",
                      help="replace a file or Zarr store at --out that nest-data did not write")
-    enc.add_argument("--batch-size", type=int, default=16)
-    enc.add_argument("--device", default="auto")
+    enc.add_argument("--batch-size", type=int, default=16,
+                     help="images per forward pass (default: 16)")
+    enc.add_argument("--device", default="auto", help="cpu, cuda, or auto (default)")
     enc.set_defaults(func=_cmd_encode)
 
-    mirror = sub.add_parser("mirror", help="copy a subset of a location to a local folder")
+    mirror = _command(sub, "mirror", "copy a subset of a location to a local folder "
+                                     "(checked, resumable)")
     mirror.add_argument("dest", help="local folder to copy into")
     mirror.add_argument("--location", help="location name or URL to copy from")
-    mirror.add_argument("--storage-option", action="append", metavar="KEY=VALUE")
-    mirror.add_argument("--modality", nargs="+")
-    mirror.add_argument("--imageset", nargs="+")
-    mirror.add_argument("--subject", nargs="+", type=int)
-    mirror.add_argument("--roi", nargs="+")
-    mirror.add_argument("--workers", type=int, default=2)
+    mirror.add_argument("--storage-option", action="append", metavar="KEY=VALUE",
+                        help="fsspec option for a remote --location (repeatable)")
+    mirror.add_argument("--modality", nargs="+", help="copy only these modalities")
+    mirror.add_argument("--imageset", nargs="+", help="copy only these image sets")
+    mirror.add_argument("--subject", nargs="+", type=int, help="copy only these subjects")
+    mirror.add_argument("--roi", nargs="+", help="copy only these ROIs")
+    mirror.add_argument("--workers", type=int, default=2,
+                        help="stores copied at a time (default: 2)")
     mirror.set_defaults(func=_cmd_mirror)
 
-    cache = sub.add_parser("cache", help="the local chunk cache (NEST_DATA_CACHE_DIR)")
-    cache.add_argument("action", choices=["info", "clear"])
+    cache = _command(sub, "cache", "the local cache of chunks read from remote stores "
+                                   "(in NEST_DATA_CACHE_DIR)",
+                     epilog="actions:\n"
+                            "  info   print where the cache is, how many chunks and MB it "
+                            "holds, and its limit\n"
+                            "  clear  delete every cached chunk and print the MB freed (the "
+                            "stores are not touched;\n"
+                            "         chunks are read again from their location when needed)")
+    cache.add_argument("action", choices=["info", "clear"],
+                       help="info: where the cache is and what it holds; clear: empty it")
     cache.set_defaults(func=_cmd_cache)
 
-    cat = sub.add_parser("catalog", help="list or export catalog entries")
-    cat.add_argument("--modality", nargs="+")
-    cat.add_argument("--imageset", nargs="+")
-    cat.add_argument("--subject", nargs="+", type=int)
-    cat.add_argument("--roi", nargs="+")
+    cat = _command(sub, "catalog", "list or export catalog entries")
+    cat.add_argument("--modality", nargs="+", help="only these modalities")
+    cat.add_argument("--imageset", nargs="+", help="only these image sets")
+    cat.add_argument("--subject", nargs="+", type=int, help="only these subjects")
+    cat.add_argument("--roi", nargs="+", help="only these ROIs")
     cat.add_argument("--catalog", nargs="*", default=[], help="extra catalog YAML files")
     cat.add_argument("--intake-esm", metavar="DIR", help="write an intake-esm collection")
     cat.add_argument("--location", help="list only the entries whose store exists at this "
@@ -351,23 +693,143 @@ def _parser() -> argparse.ArgumentParser:
                                         "the intake-esm paths")
     cat.add_argument("--storage-option", action="append", metavar="KEY=VALUE",
                      help="fsspec option for a remote --location")
-    cat.add_argument("--max-rows", type=int, default=40)
+    cat.add_argument("--max-rows", type=int, default=40,
+                     help="rows printed at most (default: 40)")
     cat.add_argument("--all-columns", action="store_true",
                      help="every column (dims, voxel counts, store paths), wider than 80")
     cat.set_defaults(func=_cmd_catalog)
+
+    _info_parser(sub)
+    _dream_parser(sub)
+    _saliency_parser(sub)
     return parser
 
 
+def _entry_keys(parser: argparse.ArgumentParser, roi_help: str) -> None:
+    """The keys of one entry or encoder: --subject, --roi, --modality, --train-dataset."""
+    parser.add_argument("--subject", required=True, type=int, help="the subject")
+    parser.add_argument("--roi", help=roi_help)
+    parser.add_argument("--modality", choices=["fmri", "eeg"], default="fmri",
+                        help="fmri (default) or eeg")
+    parser.add_argument("--train-dataset", help="nsd_fsaverage: BERG's fsaverage surface "
+                                                "model (default for fMRI: nsd, the fwRF model)")
+
+
+def _location_options(parser: argparse.ArgumentParser, what: str) -> None:
+    parser.add_argument("--location", help=f"location name (demo, local, ...), folder or URL "
+                                           f"holding {what} (default: NEST_DATA_LOCATION, "
+                                           "then NEST_DATA_ROOT)")
+    parser.add_argument("--storage-option", action="append", metavar="KEY=VALUE",
+                        help="fsspec option for a remote location (repeatable), e.g. "
+                             "anon=true")
+
+
+def _gradient_options(parser: argparse.ArgumentParser, what: str) -> None:
+    """Where the weights are, the device, and the outputs of dream and saliency."""
+    _location_options(parser, "converted weights")
+    parser.add_argument("--backbone", help="converted ViT-B/32 weights for EEG and fsaverage "
+                                           "(default: the location's, or NEST_DATA_VIT_B_32)")
+    parser.add_argument("--device", default="cpu", help="cpu (default), cuda, or auto")
+    parser.add_argument("--png-dir", default=".", metavar="DIR",
+                        help="folder for the PNGs (default: .)")
+    parser.add_argument("--out", help=f"also write {what}: FILE.nc (NetCDF) or FOLDER.zarr. "
+                                      "Outputs are written whole or not at all; one nest-data "
+                                      "wrote is replaced, anything else only with --overwrite")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace files at --out or PNGs that nest-data did not write")
+
+
+def _info_parser(sub: Any) -> None:
+    info = _command(sub, "info", "print one entry's summary: where its store is, its dims, "
+                                 "labels, size and checksums",
+                    epilog="examples:\n"
+                           "  nest-data info --imageset things --subject 1 --roi V1 "
+                           "--location demo\n"
+                           "  nest-data info generated/my_stimuli.zarr --roi FFA-1")
+    info.add_argument("store", nargs="?", help="a store's folder or URL (e.g. one that "
+                      "generate wrote); without it, the entry is found by its keys")
+    info.add_argument("--imageset", help="the entry's image set (nsd, imagenet_val, things, "
+                                         "or one you generated)")
+    info.add_argument("--subject", type=int, help="the entry's subject")
+    info.add_argument("--roi", help="fMRI ROI (for a surface store, its vertices only)")
+    info.add_argument("--modality", choices=["fmri", "eeg"], help="fmri or eeg")
+    info.add_argument("--train-dataset", help="nsd_fsaverage: the fsaverage surface model")
+    _location_options(info, "the store")
+    info.set_defaults(func=_cmd_info)
+
+
+def _dream_parser(sub: Any) -> None:
+    dream = _command(sub, "dream", "optimise images for an ROI's (or the EEG model's) mean "
+                                   "response through its encoder; write them as PNGs",
+                     epilog="example:\n"
+                            "  nest-data dream --subject 1 --roi FFA-1 --location demo "
+                            "--png-dir dreams --out dreams/ffa.nc\n\n"
+                            "Other objectives (contrasts, diversity) are in Python: "
+                            "nest_data.dream(nest_data.objectives...).\n"
+                            "Needs torch: pip install 'nest-data[encode]'.")
+    _entry_keys(dream, "the ROI whose mean response is raised")
+    dream.add_argument("--n", type=int, default=4, help="images optimised together "
+                                                        "(default: 4)")
+    dream.add_argument("--steps", type=int, default=256,
+                       help="optimisation steps (default: 256)")
+    dream.add_argument("--size", type=int, default=227,
+                       help="pixels per side, 16 to 4096 (default: 227)")
+    dream.add_argument("--lr", type=float, default=0.05,
+                       help="Adam's learning rate (default: 0.05)")
+    dream.add_argument("--seed", type=int, default=0, help="seed of the initial images and "
+                                                           "transforms (default: 0)")
+    dream.add_argument("--parametrisation", choices=["fourier", "pixel"], default="fourier",
+                       help="how images are optimised (default: fourier)")
+    _gradient_options(dream, "the images, their scores, the objective at every step and "
+                             "each target's responses")
+    dream.set_defaults(func=_cmd_dream)
+
+
+def _saliency_parser(sub: Any) -> None:
+    sal = _command(sub, "saliency", "which pixels of each image drive an ROI's mean response "
+                                    "(integrated gradients); one PNG per image",
+                   epilog="example:\n"
+                          "  nest-data saliency face.jpg house.jpg --subject 1 --roi FFA-1 "
+                          "--location demo --png-dir maps\n\n"
+                          "Needs torch: pip install 'nest-data[encode]'; the PNGs need "
+                          "matplotlib: pip install 'nest-data[plot]'.")
+    sal.add_argument("images", nargs="+", help="image files of one size (any format Pillow "
+                                              "reads; non-square ones are center-cropped)")
+    _entry_keys(sal, "the ROI whose mean response is explained")
+    sal.add_argument("--baseline", default="black",
+                     help="black (default), grey, white, or a number in [0, 1]: the image "
+                          "attributions are relative to")
+    sal.add_argument("--steps", type=int, default=64,
+                     help="intervals of the path integral (default: 64)")
+    sal.add_argument("--batch-size", type=int, default=16,
+                     help="path points per forward pass (default: 16)")
+    _gradient_options(sal, "the attributions (image, rgb, y, x)")
+    sal.set_defaults(func=_cmd_saliency)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the ``nest-data`` command line; return the exit status."""
+    """Run the ``nest-data`` command line; return the exit status.
+
+    Errors of nest-data (and a missing optional dependency) are printed as one line in the
+    command line's words (see :func:`cli_message`), with exit status 2.
+    """
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     try:
         return int(args.func(args))
     except NestDataError as exc:
+        print(f"nest-data: error: {cli_message(str(exc), args.command_parser.flags)}",
+              file=sys.stderr)
+        return 2
+    except ImportError as exc:
+        if "pip install" not in str(exc):  # not an optional extra's own message
+            raise
         print(f"nest-data: error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("nest-data: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -1,19 +1,21 @@
-"""A command's output (a NetCDF file or a Zarr folder), written atomically and safely.
+"""A command's output (a NetCDF file, a Zarr folder or a PNG), written atomically and safely.
 
-``nest-data encode --out`` writes its responses here, under the rules that stores follow:
+``nest-data encode --out`` writes its responses here, ``dream`` and ``saliency`` their results
+and their PNGs, under the rules that stores follow:
 
 - the output appears only when complete: it is encoded in memory, written to a hidden
   temporary file or folder next to the target, and renamed into place, so a failure (a full
   disk, say) leaves nothing new behind and an older output untouched;
 - an existing output that nest-data wrote (marked by the global attribute
-  :data:`WRITER_ATTR`) is replaced, as ``generate`` replaces its own stores; anything else
-  (a user's file, a foreign Zarr store) only with ``overwrite=True`` (``--overwrite``), and a
-  folder that is not a Zarr store never;
+  :data:`WRITER_ATTR`, a text chunk in a PNG) is replaced, as ``generate`` replaces its own
+  stores; anything else (a user's file, a foreign Zarr store) only with ``overwrite=True``
+  (``--overwrite``), and a folder that is not a Zarr store never;
 - a missing parent folder is created, as writers create their destination root.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import os
@@ -31,15 +33,19 @@ from nest_data.errors import InputError, TargetExistsError
 
 logger = logging.getLogger("nest_data")
 
-__all__ = ["SUFFIXES", "WRITER_ATTR", "check_output", "write_output"]
+__all__ = ["IMAGE_SUFFIXES", "SUFFIXES", "WRITER_ATTR", "check_output", "write_image",
+           "write_output"]
 
-#: What an output can be: a NetCDF file or a Zarr (v3) folder.
+#: What an output of arrays can be: a NetCDF file or a Zarr (v3) folder.
 SUFFIXES = (".nc", ".zarr")
+#: What an image output can be.
+IMAGE_SUFFIXES = (".png",)
 #: Global attribute that marks an output written by nest-data (its value names the writer).
 WRITER_ATTR = "nest_data_writer"
 
 
-def check_output(out: str | os.PathLike[str], *, overwrite: bool = False) -> Path:
+def check_output(out: str | os.PathLike[str], *, overwrite: bool = False,
+                 suffixes: tuple[str, ...] = SUFFIXES) -> Path:
     """Check, before any work, that ``out`` can be written; return it as a path.
 
     Creates a missing parent folder (and checks that it can be written to).
@@ -50,6 +56,8 @@ def check_output(out: str | os.PathLike[str], *, overwrite: bool = False) -> Pat
         A file ending in ``.nc`` or a folder ending in ``.zarr``.
     overwrite : bool
         Replace an existing output that nest-data did not write (a file, or a Zarr store).
+    suffixes : tuple of str
+        The endings allowed: :data:`SUFFIXES`, or :data:`IMAGE_SUFFIXES` for an image.
 
     Returns
     -------
@@ -58,7 +66,7 @@ def check_output(out: str | os.PathLike[str], *, overwrite: bool = False) -> Pat
     Raises
     ------
     InputError
-        ``out`` ends neither in ``.nc`` nor in ``.zarr``.
+        ``out`` does not end in one of ``suffixes``.
     TargetExistsError
         The parent folder cannot be created or written to, or something is at ``out`` that
         may not be replaced; the message says what and how to proceed.
@@ -77,17 +85,18 @@ def check_output(out: str | os.PathLike[str], *, overwrite: bool = False) -> Pat
     nest_data.errors.TargetExistsError: .../notes.nc exists and is a file that nest-data ...
     """
     path = Path(out)
-    if path.suffix not in SUFFIXES:
-        raise InputError(f"output {os.fspath(out)!r}: give a file ending in .nc (NetCDF) or a "
-                         "folder ending in .zarr")
+    if path.suffix not in suffixes:
+        valid = ("a file ending in .nc (NetCDF) or a folder ending in .zarr"
+                 if suffixes == SUFFIXES else "a file ending in " + " or ".join(suffixes))
+        raise InputError(f"output {os.fspath(out)!r}: give {valid}")
     make_root(path.parent)
     _check_replaceable(path, overwrite)
     return path
 
 
-def write_output(da: xr.DataArray, out: str | os.PathLike[str], *, overwrite: bool = False
-                 ) -> Path:
-    """Write a labelled array (``encode``'s responses) to a NetCDF file or a Zarr folder.
+def write_output(da: xr.DataArray | xr.DataTree, out: str | os.PathLike[str], *,
+                 overwrite: bool = False) -> Path:
+    """Write a labelled array or tree (``encode``'s, ``dream``'s) to a NetCDF file or Zarr.
 
     The output is encoded in memory first (about the array's size again), then written next
     to ``out`` under a hidden temporary name and renamed into place: it is visible only when
@@ -95,8 +104,9 @@ def write_output(da: xr.DataArray, out: str | os.PathLike[str], *, overwrite: bo
 
     Parameters
     ----------
-    da : xarray.DataArray
-        The array; its name becomes the variable's name (default ``responses``).
+    da : xarray.DataArray or xarray.DataTree
+        The array (its name becomes the variable's name, default ``responses``), or a tree
+        such as :func:`nest_data.dream` returns (one NetCDF group or Zarr group per node).
     out : path
         ``FILE.nc`` or ``FOLDER.zarr`` (Zarr format 3, consolidated metadata).
     overwrite : bool
@@ -125,7 +135,64 @@ def write_output(da: xr.DataArray, out: str | os.PathLike[str], *, overwrite: bo
     (2, 1350)
     """
     path = check_output(out, overwrite=overwrite)
-    files = _encoded(da, path.suffix)
+    _place(_encoded(da, path.suffix), path, overwrite)
+    return path
+
+
+def write_image(image: Any, out: str | os.PathLike[str], *, overwrite: bool = False) -> Path:
+    """Write an image as a PNG, under the rules of :func:`write_output`.
+
+    The PNG carries a text chunk :data:`WRITER_ATTR` naming nest-data, so that a later run
+    replaces it and nothing else.
+
+    Parameters
+    ----------
+    image : PIL.Image.Image or array
+        A PIL image, or uint8 pixels ``(H, W, 3)`` (or ``(H, W)``).
+    out : path
+        A file ending in ``.png``.
+    overwrite : bool
+        Replace an existing file that nest-data did not write.
+
+    Returns
+    -------
+    pathlib.Path
+        ``out``.
+
+    Raises
+    ------
+    InputError, TargetExistsError
+        As :func:`check_output`.
+    NoSpaceError
+        As :func:`write_output`.
+
+    Examples
+    --------
+    >>> import tempfile, pathlib, numpy as np
+    >>> pixels = np.zeros((8, 8, 3), dtype=np.uint8)
+    >>> out = pathlib.Path(tempfile.mkdtemp()) / "black.png"
+    >>> write_image(pixels, out).stat().st_size > 0
+    True
+    >>> write_image(pixels, out).name  # its own output: replaced
+    'black.png'
+    """
+    from PIL import Image, PngImagePlugin
+
+    from nest_data import __version__
+
+    path = check_output(out, overwrite=overwrite, suffixes=IMAGE_SUFFIXES)
+    if not isinstance(image, Image.Image):
+        image = Image.fromarray(np.asarray(image))
+    info = PngImagePlugin.PngInfo()
+    info.add_text(WRITER_ATTR, f"nest-data {__version__}")
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG", pnginfo=info)
+    _place({"": buffer.getbuffer()}, path, overwrite)
+    return path
+
+
+def _place(files: dict[str, memoryview], path: Path, overwrite: bool) -> None:
+    """Write an output's files under a hidden temporary name, then rename them into place."""
     temp = path.parent / f".{path.name}.{uuid.uuid4().hex[:12]}.nest-data-tmp"
     try:
         with no_space(path, needs=sum(data.nbytes for data in files.values())):
@@ -136,29 +203,47 @@ def write_output(da: xr.DataArray, out: str | os.PathLike[str], *, overwrite: bo
     finally:
         _remove(temp)
     logger.info("wrote %s", path)
-    return path
 
 
-def _encoded(da: xr.DataArray, suffix: str) -> dict[str, memoryview]:
+def _encoded(da: xr.DataArray | xr.DataTree, suffix: str) -> dict[str, memoryview]:
     """The output's files (path relative to a ``.zarr`` folder, or ``""`` for a file)."""
     from nest_data import __version__
 
-    ds = da.to_dataset(name=da.name or "responses").drop_encoding()  # not the source's
-    ds.attrs[WRITER_ATTR] = f"nest-data {__version__}"
+    data: xr.Dataset | xr.DataTree
+    if isinstance(da, xr.DataTree):
+        data = da.copy()
+        for node in data.subtree:
+            node.dataset = _portable(node.to_dataset(inherit=False).drop_encoding(), suffix)
+    else:  # the source's encoding is not the output's
+        data = _portable(da.to_dataset(name=da.name or "responses").drop_encoding(), suffix)
+    data.attrs[WRITER_ATTR] = f"nest-data {__version__}"
     if suffix == ".nc":
-        for name, variable in ds.variables.items():
-            if variable.dtype.byteorder in "<>":  # netCDF4 writes native order; say so
-                native = variable.dtype.newbyteorder("=")
-                ds[name] = variable.copy(data=variable.values.astype(native, copy=False))
-            ds[name].attrs = {k: _netcdf_attr(v) for k, v in variable.attrs.items()}
-        return {"": memoryview(ds.to_netcdf()).cast("B")}
+        return {"": memoryview(data.to_netcdf()).cast("B")}
     from zarr.storage import MemoryStore
 
     objects: dict[str, Any] = {}
     with quiet_consolidated():
-        ds.to_zarr(MemoryStore(objects), mode="w-", zarr_format=3, consolidated=True)
+        data.to_zarr(MemoryStore(objects), mode="w-", zarr_format=3, consolidated=True)
     return {key: memoryview(buffer.as_buffer_like()).cast("B")
             for key, buffer in objects.items()}
+
+
+def _portable(ds: xr.Dataset, suffix: str) -> xr.Dataset:
+    """A dataset the format holds portably: for Zarr, text of fixed width as variable-length
+    strings (Zarr v3 specifies those only); for NetCDF, native byte order and attributes it
+    can store."""
+    if suffix != ".nc":
+        fixed = [name for name, variable in ds.variables.items() if variable.dtype.kind == "U"]
+        return ds.assign_coords({name: ds[name].astype(object) for name in fixed
+                                 if name in ds.coords}).assign(
+            {name: ds[name].astype(object) for name in fixed if name in ds.data_vars})
+    for name, variable in ds.variables.items():
+        if variable.dtype.byteorder in "<>":  # netCDF4 writes native order; say so
+            native = variable.dtype.newbyteorder("=")
+            ds[name] = variable.copy(data=variable.values.astype(native, copy=False))
+        ds[name].attrs = {k: _netcdf_attr(v) for k, v in variable.attrs.items()}
+    ds.attrs = {k: _netcdf_attr(v) for k, v in ds.attrs.items()}
+    return ds
 
 
 def _netcdf_attr(value: Any) -> Any:
@@ -228,7 +313,12 @@ def _check_replaceable(path: Path, overwrite: bool) -> None:
 def _writer(path: Path) -> str | None:
     """The :data:`WRITER_ATTR` of an existing output, or None (not written by nest-data)."""
     try:
-        if path.is_dir():
+        if path.suffix in IMAGE_SUFFIXES:
+            from PIL import Image
+
+            with Image.open(path) as image:
+                attrs = dict(getattr(image, "text", {}))
+        elif path.is_dir():
             attrs = json.loads((path / "zarr.json").read_bytes()).get("attributes", {})
         else:
             with xr.open_dataset(path, decode_cf=False) as ds:
