@@ -1,6 +1,6 @@
 """Configuration resolved at call time: cache directory, data root, progress bars.
 
-Lookup order, documented once (README "Configuration"):
+Lookup order, documented once (docs/guide/catalog.md, "Configuration"):
 
 1. the function argument (``location=``, ``cache_dir=``, ``show_progress=``); a public
    function's ``show_progress=`` holds for everything it calls, and
