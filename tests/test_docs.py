@@ -66,3 +66,32 @@ def test_page_examples_run_on_the_demo(html: Path, site: Path) -> None:
     # guard against a build that ran no example at all
     n_tests = int(report.split(" tests\n")[0].split()[-1])
     assert n_tests >= 50, report
+
+
+def test_api_reference_lists_every_public_name() -> None:
+    """Every name of ``nest_data.__all__`` (and of the public subpackages) has its page."""
+    import re
+
+    import nest_data
+    import nest_data.analysis
+    import nest_data.errors
+    import nest_data.gradients.objectives
+    import nest_data.synthetic
+
+    text = (REPO / "docs" / "api.md").read_text()
+    listed: dict[str, set[str]] = {}
+    for block in re.findall(r"```\{eval-rst\}\n(.*?)```", text, flags=re.S):
+        module = re.search(r"\.\. currentmodule:: (\S+)", block)
+        if module:
+            current = module.group(1)
+        names = re.findall(r"^   (\w+)$", block, flags=re.M)
+        listed.setdefault(current, set()).update(names)
+    errors = set(nest_data.errors.__all__)
+    public = set(nest_data.__all__) - errors - {"__version__", "objectives"}
+    assert public - listed["nest_data"] - set(nest_data.analysis.__all__) == set()
+    assert set(nest_data.analysis.__all__) - {"RNC_CONDITIONS"} <= listed["nest_data.analysis"]
+    assert errors <= listed["nest_data.errors"]
+    objectives = set(nest_data.gradients.objectives.__all__)
+    assert objectives <= listed["nest_data.gradients.objectives"]
+    writers = {n for n in nest_data.synthetic.__all__ if callable(getattr(nest_data.synthetic, n))}
+    assert writers <= listed["nest_data.synthetic"]
