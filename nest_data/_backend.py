@@ -9,6 +9,10 @@ xarray passes its CF decoding keywords to every engine; nest-data stores hold pl
 with their units in attributes (no scale factors, fill values or encoded times), so the engine
 accepts them and has nothing to decode.  ``chunks=`` is applied by xarray itself after the
 engine returns (the engine never sees it), so a bad ``chunks`` gets xarray's own error.
+``responses`` records its dask chunks (stored shards) as ``encoding["preferred_chunks"]``, so
+xarray's own choices keep them: ``chunks={}`` and :func:`xarray.open_mfdataset` give the
+chunks :func:`nest_data.open` gives, ``chunks="auto"`` whole multiples of them, and chunks
+that split a shard get xarray's warning.
 """
 
 from __future__ import annotations
@@ -37,14 +41,17 @@ class NestBackendEntrypoint(BackendEntrypoint):
     """Open a nest-data store (a ``.zarr`` folder or URL) as a Dataset, lazily.
 
     ``responses`` comes back as a dask array of one stored shard per chunk (several for a
-    remote store), the labels as NumPy arrays, exactly as :func:`nest_data.open_store`.
+    remote store), the labels as NumPy arrays (text as fixed-width ``<U``), exactly as
+    :func:`nest_data.open_store`.
 
     Keywords: ``storage_options`` (a dict of fsspec options), ``verify`` (bool: check every
-    chunk read against the manifest), ``load_labels`` (bool), ``roi`` (a surface store's
-    ROI), ``group`` (None for the responses and labels, ``"encoder"`` for the encoder's
-    metadata), and ``chunk_cache`` (bool: nest-data's chunk cache for remote stores, what
-    ``cache=`` is to :func:`nest_data.open`; ``cache=`` here is xarray's own in-memory
-    cache, which xarray keeps for itself).  xarray's CF
+    chunk read against the manifest), ``load_labels`` (bool: False reads the labels on first
+    use; xarray still builds the index of each dimension coordinate unless
+    ``create_default_indexes=False``), ``roi`` (a surface store's ROI), ``group`` (None for
+    the responses and labels, ``"encoder"`` for the encoder's metadata), and
+    ``chunk_cache`` (bool: nest-data's chunk cache for remote stores, what ``cache=`` is to
+    :func:`nest_data.open`; ``cache=`` here is xarray's own in-memory cache, which xarray
+    keeps for itself).  xarray's CF
     decoding keywords (``decode_cf``, ``mask_and_scale``, ``decode_times``,
     ``decode_timedelta``, ``use_cftime``, ``concat_characters``, ``decode_coords``) are
     accepted and change nothing: nest-data stores need no CF decoding.
@@ -59,6 +66,9 @@ class NestBackendEntrypoint(BackendEntrypoint):
     ('image', 'voxel')
     >>> xr.open_dataset(url, engine="nest", decode_times=False).responses.dims
     ('image', 'voxel')
+    >>> auto = xr.open_dataset(url, engine="nest", chunks="auto")
+    >>> auto.concept.dtype.kind  # fixed-width text: dask can size it
+    'U'
     """
 
     description = "nest-data stores of in silico neural responses, read with their checks"

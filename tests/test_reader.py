@@ -477,7 +477,7 @@ def test_reader_pickles_for_dask_workers(stored: tuple[str, np.ndarray]) -> None
     np.testing.assert_array_equal(copy[1:3], values[1:3])
 
 
-def test_text_labels_are_read_at_open_as_fixed_width_text(chunked: Path) -> None:
+def test_text_labels_are_read_at_open_and_decoded_on_first_use(chunked: Path) -> None:
     import copy
 
     store = chunked / nest_data.catalog().resolve(**KEYS).path
@@ -486,7 +486,8 @@ def test_text_labels_are_read_at_open_as_fixed_width_text(chunked: Path) -> None
     chunk = store / "concept" / "c" / "0"
     original = chunk.read_bytes()
     da = nest_data.open(location=str(chunked), **KEYS)
-    chunk.unlink()  # read at open: using them later needs no file
+    assert type(da.concept.variable._data).__name__ == "LazilyIndexedArray"  # not decoded yet
+    chunk.unlink()  # read at open: decoding later needs no file
     try:
         np.testing.assert_array_equal(da.concept.values, expected["concept"])
     finally:
