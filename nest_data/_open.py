@@ -25,7 +25,7 @@ from nest_data._catalog import Catalog, Entry, Root
 from nest_data._catalog import catalog as default_catalog
 from nest_data._dask import dask_array
 from nest_data._format import AUX_GROUP, DATA_VAR, consolidated_of, root_document, store_attrs
-from nest_data._labels import read_labels, zarr_array
+from nest_data._labels import label_dtype, read_labels, zarr_array
 from nest_data._metadata import check_metadata
 from nest_data._reader import shard_reader
 from nest_data._storage import NestStore, make_store
@@ -433,6 +433,8 @@ def _dataset(stored: _Stored, chunks: Mapping[str, int] | None, group: str | Non
         else:
             data = indexing.LazilyIndexedArray(_LazyLabel(store, prefix + name, meta))
         variables[name] = xr.Variable(dims, data, attrs)
+    if group is None and DATA_VAR in variables:
+        _prefer_own_chunks(variables[DATA_VAR])
     dims_seen = {str(d) for v in variables.values() for d in v.dims}
     _check_chunk_dims(chunks, sorted(dims_seen), store.url)
     coords = {n: v for n, v in variables.items() if n in coord_names}
@@ -466,8 +468,8 @@ class _LazyLabel(BackendArray):
     def __init__(self, store: NestStore, name: str, meta: Mapping[str, Any]) -> None:
         self.store, self.name, self.meta = store, name, meta
         self.shape = tuple(int(n) for n in meta["shape"])
-        self.dtype = (np.dtypes.StringDType() if meta["data_type"] == "string"
-                      else np.dtype(meta["data_type"]))
+        # the variable-length text of stores before format 4 has no width until decoded
+        self.dtype = label_dtype(meta) or np.dtypes.StringDType()
         self._values: np.ndarray | None = None
 
     def __getitem__(self, key: indexing.ExplicitIndexer) -> np.ndarray:
@@ -477,7 +479,7 @@ class _LazyLabel(BackendArray):
     def _get(self, key: tuple[Any, ...]) -> np.ndarray:
         if self._values is None:
             labels = sync(read_labels(self.store, {self.name: self.meta}, [self.name]))
-            self._values = np.asarray(labels[self.name])
+            self._values = np.asarray(labels[self.name], dtype=self.dtype)
         return self._values[key]
 
 
@@ -507,7 +509,18 @@ def _select_roi(ds: xr.Dataset, stored: _Stored, roi: str) -> xr.Dataset:
                          "file")
     out = ds.isel(vertex=np.asarray(stored.labels[name], dtype=np.int64))
     out[DATA_VAR].attrs["roi"] = roi
+    _prefer_own_chunks(out[DATA_VAR].variable)
     return out
+
+
+def _prefer_own_chunks(responses: xr.Variable) -> None:
+    """Record the dask chunks ``responses`` has (stored shards, one per task locally, eight
+    remotely) as its ``preferred_chunks``, so that xarray's own chunking (``chunks={}``,
+    ``"auto"``, :func:`xarray.open_mfdataset`) keeps them or takes whole multiples of them,
+    instead of one chunk per store."""
+    chunks = responses.chunks
+    if chunks is not None:
+        responses.encoding["preferred_chunks"] = dict(zip(responses.dims, chunks, strict=True))
 
 
 def open_store(
