@@ -1130,7 +1130,7 @@ def test_a_user_file_is_kept_unless_overwrite(encode_cli: EncodeCLI, weights_roo
     status, err = encode_cli("--out", str(out))
     assert status == 2 and "Traceback" not in err
     assert (f"{out} exists and is a file that nest-data did not write; give --overwrite "
-            "(overwrite=True) to replace it, or choose another output") in err
+            "to replace it, or choose another output") in err  # the command's words only
     assert out.read_text() == "my notes"
     _no_leftovers(tmp_path, "x.nc")
     status, err = encode_cli("--out", str(out), "--overwrite")
