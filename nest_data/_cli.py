@@ -116,7 +116,7 @@ def _command(sub: Any, name: str, summary: str, epilog: str | None = None
 _PYTHON_CALL = re.compile(r"[A-Za-z_][\w.]*\([^()]*\)")
 #: A keyword hint (``roi=``, ``location='demo'``, ``train_dataset='a' / 'b'``).
 _QUOTED = r"(?:'[^']*'|\"[^\"]*\")"
-_KEYWORD = re.compile(rf"(?<![\w.\-])([a-z][a-z0-9_]*)=((?:{_QUOTED}|[\w.:/+\-]+)"
+_KEYWORD = re.compile(rf"(?<![\w.\-?&/])([a-z][a-z0-9_]*)=((?:{_QUOTED}|[\w.:/+\-]+)"
                       rf"(?:\s*/\s*{_QUOTED})*)?")
 
 
@@ -455,7 +455,8 @@ def _cmd_saliency(args: argparse.Namespace) -> int:
 
     names = [Path(image).name for image in args.images]
     stems = [_file_part(Path(name).stem) for name in names]
-    if len(set(stems)) < len(stems):  # the same name in two folders
+    if len(set(stems)) < len(stems):  # the same name in two folders: number them
+        names = [f"{i}_{name}" for i, name in enumerate(names)]
         stems = [f"{i}_{stem}" for i, stem in enumerate(stems)]
     pngs = _outputs(args, [f"saliency_{stem}.png" for stem in stems])
     try:
@@ -470,8 +471,8 @@ def _cmd_saliency(args: argparse.Namespace) -> int:
         batch_size=args.batch_size, image_ids=names, location=args.location,
         storage_options=_options(args.storage_option), backbone=args.backbone,
         device=args.device, show_progress=_progress(args))
-    for png, pixels, name in zip(pngs, arrays, names, strict=True):
-        one = maps.sel(image=name)
+    for index, (png, pixels) in enumerate(zip(pngs, arrays, strict=True)):
+        one = maps.isel(image=index)
         write_image(_saliency_figure(pixels, one), png, overwrite=args.overwrite)
         print(f"{png}\tscore {float(one.score):+.6g}, baseline {float(one.baseline_score):+.6g}")
     if args.out is not None:

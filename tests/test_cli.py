@@ -18,7 +18,7 @@ import pytest
 import xarray as xr
 
 import nest_data
-from nest_data._cli import _parser, cli_message
+from nest_data._cli import _parser, cli_message, main
 from nest_data._output import WRITER_ATTR
 
 COMMAND = Path(sys.executable).parent / "nest-data"
@@ -79,7 +79,8 @@ def test_every_command_describes_itself_and_its_arguments() -> None:
 # ----------------------------------------------------------------------- global options
 
 
-def test_global_options_come_before_or_after_the_command() -> None:
+def test_global_options_come_before_or_after_the_command(
+        capsys: pytest.CaptureFixture[str]) -> None:
     parse = _parser().parse_args
     for argv in (["demo", "--no-progress", "-v"], ["--no-progress", "-v", "demo"],
                  ["--no-progress", "demo", "--verbose"], ["convert", "ned", "a", "b", "-v",
@@ -91,9 +92,12 @@ def test_global_options_come_before_or_after_the_command() -> None:
     run = nest_data_cli("cache", "info", "--no-progress", "-v")
     assert run.returncode == 0, run.stderr
     assert os.environ["NEST_DATA_CACHE_DIR"] in run.stdout
-    for argv in (["--version"], ["cache", "--version"]):
-        run = nest_data_cli(*argv)
-        assert (run.returncode, run.stdout.strip()) == (0, f"nest-data {nest_data.__version__}")
+    run = nest_data_cli("--version")
+    assert (run.returncode, run.stdout.strip()) == (0, f"nest-data {nest_data.__version__}")
+    with pytest.raises(SystemExit) as exited:
+        main(["cache", "--version"])
+    assert exited.value.code == 0
+    assert capsys.readouterr().out.strip() == f"nest-data {nest_data.__version__}"
 
 
 # ---------------------------------------------------------------------------- errors
@@ -150,7 +154,8 @@ def test_errors_name_the_flags_of_the_command(demo: Path, tmp_path: Path) -> Non
 # ----------------------------------------------------------------------------- info
 
 
-def test_info_prints_an_entry_found_by_keys_or_by_its_store(demo: Path) -> None:
+def test_info_prints_an_entry_found_by_keys_or_by_its_store(
+        demo: Path, capsys: pytest.CaptureFixture[str]) -> None:
     keys = {"imageset": "things", "subject": 1, "roi": "V1"}
     da = nest_data.open(**keys, location="demo")
     cat = nest_data.catalog()
@@ -167,8 +172,8 @@ def test_info_prints_an_entry_found_by_keys_or_by_its_store(demo: Path) -> None:
     by_store = nest_data_cli("info", url)
     assert by_store.returncode == 0, by_store.stderr
     assert by_store.stdout.splitlines()[2:] == out.splitlines()[2:]  # all but where
-    both = nest_data_cli("info", url, "--subject", "1")
-    assert both.returncode == 2 and "not both" in both.stderr
+    assert main(["info", url, "--subject", "1"]) == 2
+    assert "give a STORE (folder or URL) or the entry's keys" in capsys.readouterr().err
 
 
 # --------------------------------------------------------------------- dream, saliency
@@ -183,7 +188,7 @@ def test_dream_writes_pngs_and_the_tree_safely(demo: Path, tmp_path: Path) -> No
     pngs.mkdir()
     png.write_bytes(b"a file of mine")
     argv = ["dream", "--subject", "1", "--roi", "FFA-1", "--location", "demo", "--n", "1",
-            "--steps", "2", "--size", "32", "--png-dir", str(pngs), "--out", str(out)]
+            "--steps", "1", "--size", "32", "--png-dir", str(pngs), "--out", str(out)]
     refused = nest_data_cli(*argv)
     assert refused.returncode == 2
     assert "did not write; give --overwrite to replace it" in refused.stderr
@@ -199,8 +204,6 @@ def test_dream_writes_pngs_and_the_tree_safely(demo: Path, tmp_path: Path) -> No
         stored = tree["images"].values[0].transpose(1, 2, 0)
         np.testing.assert_array_equal(pixels, np.round(stored * 255).astype(np.uint8))
         assert tree["FFA-1"]["responses"].dims == ("image", "voxel")
-    again = nest_data_cli(*argv)  # its own outputs are replaced without --overwrite
-    assert again.returncode == 0, again.stderr
 
 
 def test_saliency_writes_one_png_per_image(demo: Path, tmp_path: Path) -> None:
