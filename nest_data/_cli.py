@@ -26,13 +26,14 @@ from nest_data.errors import ConversionError, InputError, NestDataError
 __all__ = ["cli_message", "main"]
 
 DESCRIPTION = """\
-Open, convert, generate, encode and check the NEST family's in silico neural responses
-(NED, NEST, BERG; fMRI and EEG) as labelled, chunked, checksummed arrays."""
+Open, convert, generate, encode and check the NEST family's in silico neural
+responses (NED, NEST, BERG; fMRI and EEG) as labelled, chunked, checksummed
+arrays."""
 
 EPILOG = """\
 first steps:
-  nest-data demo                       build the synthetic demo and run the main job on it
-  nest-data catalog --location demo    list what the demo holds
+  nest-data demo                      build the demo, run the main job on it
+  nest-data catalog --location demo   list what the demo holds
   nest-data info --imageset things --subject 1 --roi V1 --location demo
   nest-data encode cat.jpg dog.jpg --subject 1 --roi FFA-1 --location demo
   nest-data dream --subject 1 --roi FFA-1 --location demo --png-dir dreams
@@ -107,8 +108,8 @@ def _command(sub: Any, name: str, summary: str, epilog: str | None = None
              ) -> argparse.ArgumentParser:
     """A command ``name``: ``summary`` is its line in the list of commands and its help's
     first paragraph."""
-    parser: argparse.ArgumentParser = sub.add_parser(name, help=summary, description=summary,
-                                                     epilog=epilog)
+    parser: argparse.ArgumentParser = sub.add_parser(
+        name, help=summary, description=textwrap.fill(summary, width=80), epilog=epilog)
     return parser
 
 
@@ -673,11 +674,11 @@ def _parser() -> argparse.ArgumentParser:
     cache = _command(sub, "cache", "the local cache of chunks read from remote stores "
                                    "(in NEST_DATA_CACHE_DIR)",
                      epilog="actions:\n"
-                            "  info   print where the cache is, how many chunks and MB it "
-                            "holds, and its limit\n"
-                            "  clear  delete every cached chunk and print the MB freed (the "
-                            "stores are not touched;\n"
-                            "         chunks are read again from their location when needed)")
+                            "  info   print where the cache is, how many chunks and MB it\n"
+                            "         holds, and its limit\n"
+                            "  clear  delete every cached chunk and print the MB freed (the\n"
+                            "         stores are not touched: chunks are read again from\n"
+                            "         their location when needed)\n")
     cache.add_argument("action", choices=["info", "clear"],
                        help="info: where the cache is and what it holds; clear: empty it")
     cache.set_defaults(func=_cmd_cache)
@@ -746,7 +747,7 @@ def _info_parser(sub: Any) -> None:
                     epilog="examples:\n"
                            "  nest-data info --imageset things --subject 1 --roi V1 "
                            "--location demo\n"
-                           "  nest-data info generated/my_stimuli.zarr --roi FFA-1")
+                           "  nest-data info generated/my_stimuli.zarr --roi FFA-1\n")
     info.add_argument("store", nargs="?", help="a store's folder or URL (e.g. one that "
                       "generate wrote); without it, the entry is found by its keys")
     info.add_argument("--imageset", help="the entry's image set (nsd, imagenet_val, things, "
@@ -763,11 +764,11 @@ def _dream_parser(sub: Any) -> None:
     dream = _command(sub, "dream", "optimise images for an ROI's (or the EEG model's) mean "
                                    "response through its encoder; write them as PNGs",
                      epilog="example:\n"
-                            "  nest-data dream --subject 1 --roi FFA-1 --location demo "
-                            "--png-dir dreams --out dreams/ffa.nc\n\n"
-                            "Other objectives (contrasts, diversity) are in Python: "
+                            "  nest-data dream --subject 1 --roi FFA-1 --location demo \\\n"
+                            "      --png-dir dreams --out dreams/ffa.nc\n\n"
+                            "Other objectives (contrasts, diversity) are in Python:\n"
                             "nest_data.dream(nest_data.objectives...).\n"
-                            "Needs torch: pip install 'nest-data[encode]'.")
+                            "Needs torch: pip install 'nest-data[encode]'.\n")
     _entry_keys(dream, "the ROI whose mean response is raised")
     dream.add_argument("--n", type=int, default=4, help="images optimised together "
                                                         "(default: 4)")
@@ -791,9 +792,9 @@ def _saliency_parser(sub: Any) -> None:
                                     "(integrated gradients); one PNG per image",
                    epilog="example:\n"
                           "  nest-data saliency face.jpg house.jpg --subject 1 --roi FFA-1 "
-                          "--location demo --png-dir maps\n\n"
-                          "Needs torch: pip install 'nest-data[encode]'; the PNGs need "
-                          "matplotlib: pip install 'nest-data[plot]'.")
+                          "\\\n      --location demo --png-dir maps\n\n"
+                          "Needs torch: pip install 'nest-data[encode]';\n"
+                          "the PNGs need matplotlib: pip install 'nest-data[plot]'.\n")
     sal.add_argument("images", nargs="+", help="image files of one size (any format Pillow "
                                               "reads; non-square ones are center-cropped)")
     _entry_keys(sal, "the ROI whose mean response is explained")

@@ -26,10 +26,11 @@ COMMAND = Path(sys.executable).parent / "nest-data"
 
 def nest_data_cli(*argv: str, env: dict[str, str] | None = None
                   ) -> subprocess.CompletedProcess[str]:
-    """Run the installed ``nest-data`` command (the test session's caches and demo)."""
+    """Run the installed ``nest-data`` command (the test session's caches and demo) in a
+    terminal 80 columns wide."""
     assert COMMAND.is_file(), f"{COMMAND} missing: pip install -e . installs the command"
     return subprocess.run([str(COMMAND), *argv], capture_output=True, text=True, timeout=300,
-                          env=env)
+                          env={**(os.environ if env is None else env), "COLUMNS": "80"})
 
 
 def _commands(parser: argparse.ArgumentParser, prefix: str = ""
@@ -56,6 +57,8 @@ def test_help_is_plain_text_with_first_steps() -> None:
         assert f"\n    {name} " in run.stdout
     cache = nest_data_cli("cache", "--help")
     assert cache.returncode == 0
+    for text in (run.stdout, cache.stdout):  # a terminal's 80 columns
+        assert max(map(len, text.splitlines())) <= 80
     info_line = next(line for line in cache.stdout.splitlines() if line.strip().startswith("info "))
     clear_line = next(line for line in cache.stdout.splitlines()
                       if line.strip().startswith("clear "))
@@ -69,6 +72,7 @@ def test_every_command_describes_itself_and_its_arguments() -> None:
             "saliency", "cache", "catalog", "mirror", "verify", "index"} <= set(commands)
     for name, parser in commands.items():
         assert parser.description, f"nest-data {name} --help has no description"
+        assert "``" not in parser.format_help()  # formats, in plain text
         for action in parser._actions:
             if not isinstance(action, argparse._SubParsersAction):
                 assert action.help, f"nest-data {name}: {action.dest} has no help"
