@@ -10,8 +10,10 @@ Examples
 
 from __future__ import annotations
 
+import importlib
 import logging
 from importlib.metadata import PackageNotFoundError, version
+from typing import Any
 
 from nest_data._cache import ChunkCache
 from nest_data._catalog import Catalog, Entry, Location, Root, catalog
@@ -63,6 +65,27 @@ except PackageNotFoundError:  # running from a source tree that is not installed
     __version__ = "0+unknown"
 
 logging.getLogger("nest_data").addHandler(logging.NullHandler())
+
+#: Subpackages reachable as attributes of ``nest_data``, imported on first use.
+_LAZY_SUBPACKAGES = ("synthetic",)
+
+
+def __getattr__(name: str) -> Any:
+    """``nest_data.synthetic`` without ``import nest_data.synthetic``, imported on first use.
+
+    Examples
+    --------
+    >>> import nest_data
+    >>> nest_data.synthetic.test_images(2, 32).shape
+    (2, 32, 32, 3)
+    """
+    if name in _LAZY_SUBPACKAGES:
+        return importlib.import_module(f"nest_data.{name}")
+    raise AttributeError(f"module 'nest_data' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_LAZY_SUBPACKAGES})
 
 __all__ = [
     "AmbiguousKeyError",

@@ -6,6 +6,7 @@ import json
 import logging
 import os
 import tempfile
+import textwrap
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,7 @@ import numpy as np
 import xarray as xr
 
 from nest_data import _config
+from nest_data._catalog import Catalog, Entry
 from nest_data._format import FORMAT_VERSION
 from nest_data._index import INDEX_FILE, write_index
 from nest_data._locks import writer_lock
@@ -21,7 +23,7 @@ from nest_data._open import open as open_entry
 from nest_data._staging import make_root
 from nest_data._urls import is_local
 from nest_data.analysis import top_images
-from nest_data.errors import InputError, NestDataError
+from nest_data.errors import InputError, NestDataError, StoreNotFoundError
 
 logger = logging.getLogger("nest_data")
 
@@ -40,8 +42,11 @@ SYNTHETIC_NOTE = ("The demo's numbers are SYNTHETIC: made by nest-data's miniatu
 #: (on its 'things' images).
 SURFACE_SUBJECT = 1
 #: The ROIs of subject 1 whose (random) fwRF weights the demo holds, for ``encode``,
-#: ``generate`` and the optimisation of images on ``location="demo"``.
-DEMO_FWRF_ROIS = ("V1", "FFA-1", "PPA")
+#: ``generate`` and the optimisation of images on ``location="demo"``: those the examples
+#: use (``lateral`` is one of NEST's two-part encoders).
+DEMO_FWRF_ROIS = ("V1", "V2", "FFA-1", "PPA", "lateral")
+#: The subjects whose (random) EEG encoders the demo holds, in BERG's layout.
+DEMO_EEG_SUBJECTS = (1, 3)
 
 __all__ = ["DemoResult", "build_demo", "demo_root", "plot_roi_summary", "plot_surface_map",
            "run_demo"]
@@ -163,7 +168,8 @@ def build_demo(
 def _stamp(n_images: int) -> dict[str, Any]:
     """What the marker of a complete demo says: how it was built."""
     return {"n_images": n_images, "seed": DEMO_SEED, "format_version": FORMAT_VERSION,
-            "encoders": _has_torch(), "fwrf_rois": list(DEMO_FWRF_ROIS)}
+            "encoders": _has_torch(), "fwrf_rois": list(DEMO_FWRF_ROIS),
+            "eeg_subjects": list(DEMO_EEG_SUBJECTS)}
 
 
 def _built(marker: Path, stamp: dict[str, Any]) -> bool:
@@ -204,7 +210,7 @@ def _has_torch() -> bool:
 
 
 def _build_encoders(dest: str, n_images: int, storage_options: dict[str, Any] | None) -> None:
-    """Convert synthetic fwRF and fsaverage encoders (and a ViT-B/32) into ``dest``, and
+    """Convert synthetic fwRF, EEG and fsaverage encoders (and a ViT-B/32) into ``dest``, and
     generate subject 1's fsaverage store with them."""
     if not _has_torch():
         logger.warning("the demo's encoders and fsaverage store need torch: pip install "
@@ -216,6 +222,7 @@ def _build_encoders(dest: str, n_images: int, storage_options: dict[str, Any] | 
     from nest_data.synthetic import (
         VIT_B_32_FILE,
         test_images,
+        write_eeg_weights,
         write_fsaverage_weights,
         write_fwrf_weights,
         write_image_folder,
@@ -225,6 +232,8 @@ def _build_encoders(dest: str, n_images: int, storage_options: dict[str, Any] | 
     with tempfile.TemporaryDirectory(prefix="berg-") as tmp:
         for roi in DEMO_FWRF_ROIS:  # voxels and labels as write_ned's, same seed
             write_fwrf_weights(tmp, SURFACE_SUBJECT, roi, seed=DEMO_SEED)
+        for subject in DEMO_EEG_SUBJECTS:  # channels and times as write_ned's
+            write_eeg_weights(tmp, subject, layout="berg", seed=DEMO_SEED)
         write_fsaverage_weights(tmp, SURFACE_SUBJECT, seed=DEMO_SEED,
                                 coordinates=_fsaverage5_coordinates())
         pth = write_vit_b_32(Path(tmp) / VIT_B_32_FILE, seed=DEMO_SEED)
@@ -236,6 +245,109 @@ def _build_encoders(dest: str, n_images: int, storage_options: dict[str, Any] | 
         write_image_folder(folder, test_images(n_images, 256, seed=DEMO_SEED))
         generate(folder, dest, imageset="things", subject=SURFACE_SUBJECT,
                  train_dataset="nsd_fsaverage", location=dest, storage_options=storage_options)
+
+
+def demo_encoders() -> str:
+    """The encoders the demo holds (random weights in the publishers' formats), in words.
+
+    Examples
+    --------
+    >>> print(demo_encoders())
+    fMRI fwRF (train_dataset='nsd') of subject 1 for roi= V1, V2, FFA-1, PPA, lateral; EEG ...
+    """
+    return (f"fMRI fwRF (train_dataset='nsd') of subject {SURFACE_SUBJECT} for roi= "
+            + ", ".join(DEMO_FWRF_ROIS) + "; EEG ViT-B/32 (modality='eeg') of subject"
+            + ("s " if len(DEMO_EEG_SUBJECTS) > 1 else " ")
+            + " and ".join(map(str, DEMO_EEG_SUBJECTS)) + "; fMRI fsaverage ViT-B/32 "
+            f"(train_dataset='nsd_fsaverage') of subject {SURFACE_SUBJECT}, any of its 31 "
+            "surface ROIs or the whole surface")
+
+
+def demo_weights_paths(cat: Catalog) -> set[str]:
+    """The weights folders the demo holds, relative to its root, as ``cat`` names them."""
+    keys: list[dict[str, Any]] = [{"subject": SURFACE_SUBJECT, "roi": roi,
+                                   "train_dataset": "nsd"} for roi in DEMO_FWRF_ROIS]
+    keys += [{"subject": s, "modality": "eeg"} for s in DEMO_EEG_SUBJECTS]
+    keys.append({"subject": SURFACE_SUBJECT, "train_dataset": "nsd_fsaverage"})
+    return {cat.resolve_weights(**k)[1] for k in keys}
+
+
+def check_demo_weights(cat: Catalog, model: str, rel: str) -> None:
+    """Refuse weights the demo does not hold (``rel``: their folder under the root), naming
+    the ones it does.
+
+    Raises
+    ------
+    StoreNotFoundError
+        ``rel`` is not one of :func:`demo_weights_paths`.
+
+    Examples
+    --------
+    >>> import nest_data
+    >>> cat = nest_data.catalog()
+    >>> spec, rel = cat.resolve_weights(subject=2, roi="V1")
+    >>> check_demo_weights(cat, spec.name, rel)
+    Traceback (most recent call last):
+    ...
+    nest_data.errors.StoreNotFoundError: the demo holds no fmri/nsd/fwrf encoder for sub-02 ...
+    """
+    if rel in demo_weights_paths(cat):
+        return
+    which = rel.rsplit("/", 1)[-1].replace("_roi-", " roi=")
+    raise StoreNotFoundError(
+        f"the demo holds no {model} encoder for {which} (location='demo'); its encoders "
+        f"(random weights) are: {demo_encoders()}. Ask for one of these, or convert NEST's "
+        "weights with `nest-data convert weights SRC DEST` (--trust-pickles for fwRF) and "
+        "pass location=DEST")
+
+
+def demo_missing_advice(entry: Entry, root: str | Path) -> str:
+    """How to get an entry that the demo at ``root`` lacks (for the message of ``open``).
+
+    Before the demo is built: build it.  Once built: which stores of the entry's model the
+    demo holds (it generates the fsaverage model's store of subject 1 only), and how to
+    write the one asked for with an encoder the demo has.
+
+    Examples
+    --------
+    >>> import nest_data
+    >>> entry = nest_data.catalog().resolve(imageset="things", subject=2,
+    ...                                     train_dataset="nsd_fsaverage")
+    >>> print(demo_missing_advice(entry, demo_root()))
+    the demo holds fmri/nsd_fsaverage/vit_b_32 stores of subject 1 only (on things); ...
+    """
+    base = Path(root)
+    if not (base / _MARKER).is_file():
+        return "run `nest-data demo` (or nest_data.build_demo()) to build the demo collection"
+    from nest_data._index import read_index
+
+    index = read_index(base)
+    model = (entry.modality, entry.train_dataset, entry.model)
+    held = sorted({(str(r.keys.get("imageset")), int(r.keys.get("subject", 0)))
+                   for r in (index.stores.values() if index else ())
+                   if (r.keys.get("modality"), r.keys.get("train_dataset"),
+                       r.keys.get("model")) == model})
+    name = "/".join(model)
+    if (entry.imageset, entry.subject) in held:
+        return ("the demo is incomplete: rebuild it with `nest-data demo --rebuild` (or "
+                "nest_data.build_demo(rebuild=True))")
+    imagesets, subjects = sorted({i for i, _ in held}), sorted({s for _, s in held})
+    if not held:
+        what = f"no {name} store"
+    elif len(held) == len(imagesets) * len(subjects):
+        what = (f"{name} stores of subject"
+                + (f"s {subjects[0]}-{subjects[-1]}" if len(subjects) > 1
+                   else f" {subjects[0]} only") + f" (on {', '.join(imagesets)})")
+    else:
+        what = f"{name} stores of " + ", ".join(f"{i} sub-{s:02d}" for i, s in held) + " only"
+    generate = ("`nest-data generate IMAGES DEST --imageset NAME "
+                + (f"--subject {SURFACE_SUBJECT} --train-dataset nsd_fsaverage "
+                   if entry.train_dataset == "nsd_fsaverage"
+                   else f"--subject {SURFACE_SUBJECT} --roi ROI " if entry.roi
+                   else f"--modality eeg --subject {DEMO_EEG_SUBJECTS[0]} ")
+                + "--location demo`")
+    return (f"the demo holds {what}; open one of those, or write a store of your images with "
+            f"an encoder the demo holds ({demo_encoders()}): {generate}")
 
 
 def _fsaverage5_coordinates() -> dict[str, np.ndarray] | None:
@@ -337,8 +449,10 @@ def _encode_summary(root: Path, roi: str, lines: list[str]) -> None:
     new = encode(images, subject=SURFACE_SUBJECT, roi=roi, location=str(root))
     lines.append(f"Encoded 4 new images with sub-{SURFACE_SUBJECT:02d}'s {roi} fwRF encoder: "
                  f"{new.sizes['image']} x {new.sizes['voxel']} voxels, mean response "
-                 f"{float(new.mean()):+.3f} (nest_data.encode(images, subject=1, roi='FFA-1', "
-                 "location='demo'); ROIs " + ", ".join(DEMO_FWRF_ROIS) + ")")
+                 f"{float(new.mean()):+.3f} (nest_data.encode(images, subject="
+                 f"{SURFACE_SUBJECT}, roi={roi!r}, location='demo'))")
+    lines += textwrap.wrap(f"Encoders on the demo: {demo_encoders()}", 88,
+                           subsequent_indent="  ")
 
 
 def _surface_summary(root: Path, out_dir: Path, lines: list[str]) -> Path | None:

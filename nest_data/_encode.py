@@ -15,7 +15,7 @@ from tqdm.auto import tqdm
 
 from nest_data import _config
 from nest_data._catalog import Catalog
-from nest_data._images import as_images, content_hash
+from nest_data._images import as_images, content_hash, image_labels
 from nest_data._models import EncoderSource, LoadedEncoder, torch_device
 from nest_data.errors import InputError
 
@@ -165,7 +165,8 @@ def encode(
     Parameters
     ----------
     images : array, PIL image, path, or a list of them
-        uint8 RGB images: an array ``(B, 3, H, W)`` or ``(B, H, W, 3)``, a list of
+        RGB images with integer values in 0..255 (uint8, or any integer dtype as NED
+        took them): an array ``(B, 3, H, W)`` or ``(B, H, W, 3)``, a list of
         ``(H, W, 3)``/``(3, H, W)`` arrays, PIL images or file paths.  Non-square images are
         center-cropped to their shorter side; then the encoder's own preprocessing applies
         (fMRI: resize to 227; EEG: ImageNet's resize to 256 and center crop 224).
@@ -190,7 +191,11 @@ def encode(
         fsaverage only, without ``roi``: BERG's one-hot vectors over a hemisphere's 163,842
         vertices (or integer indices); a hemisphere without one keeps all its vertices.
     image_ids : sequence of str, optional
-        Labels of the images (default: a content hash of each image's pixels).
+        Labels of the images.  Default: the file name of an image given by its path
+        (``cat.jpg``; the path as given when two files share a name), else the first 16
+        hexadecimal digits of the SHA-256 of its pixels; these default labels come with
+        the ``image_sha256`` coordinate (the whole SHA-256 of each image's pixels).  Labels
+        given here are kept as given, without it.
     location : str, optional
         Location whose root holds the converted weights (``weights/...``, see
         ``nest-data convert weights``); default lookup as in :func:`nest_data.open`.
@@ -244,10 +249,11 @@ def encode(
                          "roi=) and 'eeg' (ViT-B/32)")
     arrays = as_images(images)
     hashes = [content_hash(a) for a in arrays]
-    ids = list(image_ids) if image_ids is not None else [h[:16] for h in hashes]
+    ids = list(image_ids) if image_ids is not None else image_labels(images, hashes)
     if len(ids) != len(arrays):
         raise InputError(f"{len(ids)} image_ids for {len(arrays)} images; give one id per "
-                         "image, or none to use content hashes")
+                         "image, or none for the default labels (file names, else content "
+                         "hashes)")
     source = EncoderSource.resolve(subject=subject, roi=roi, modality=modality,
                                    train_dataset=train_dataset, model=model, location=location,
                                    storage_options=storage_options, backbone=backbone,
@@ -280,6 +286,9 @@ def encode(
                 len(arrays), encoder.attrs["model"], encoder.attrs["subject"],
                 encoder.attrs.get("roi", ""), target, len(arrays) - len(todo))
     da = encoder.labelled(out, ids)
+    if image_ids is None:  # labels of ours: the pixels' identity goes with them
+        da = da.assign_coords(image_sha256=("image", np.asarray(hashes, dtype=object), {
+            "description": "SHA-256 of the image's pixels as encoded (after the center crop)"}))
     if "vertex" in encoder.dims:
         da.attrs["roi"] = roi if roi is not None else (
             "selected vertices" if selection else "whole surface")

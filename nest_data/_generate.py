@@ -30,6 +30,7 @@ import zarr
 from nest_data import _config
 from nest_data._catalog import Catalog, Entry
 from nest_data._catalog import catalog as default_catalog
+from nest_data._catalog.schema import is_valid_name
 from nest_data._digest import bytes_digest
 from nest_data._format import DATA_VAR, EntryData, array_digest, chunk_rows, read_store_attrs
 from nest_data._images import as_images
@@ -90,8 +91,10 @@ class _Images:
         return as_images(block if self.channels_last else block.transpose(0, 2, 3, 1))
 
 
-def _open_images(source: str | os.PathLike[str]) -> tuple[_Images, np.ndarray, dict[str, Any]]:
-    """The image source, the image ids, and a fingerprint of the source."""
+def _open_images(source: str | os.PathLike[str]
+                 ) -> tuple[_Images, np.ndarray, dict[str, Any], dict[str, np.ndarray]]:
+    """The image source, the image ids, a fingerprint of the source, and further labels
+    per image (``concept``: the folder of each image, when every image lies in one)."""
     if not isinstance(source, (str, os.PathLike)):
         raise InputError(f"images= is a {type(source).__name__}; generate reads a folder of "
                          "images or a Zarr array/group of images by its path or URL (to "
@@ -107,10 +110,15 @@ def _open_images(source: str | os.PathLike[str]) -> tuple[_Images, np.ndarray, d
         names = tuple(p.relative_to(folder).as_posix() for p in files)
         stats = [p.stat() for p in files]
         listing = [[n, st.st_size, st.st_mtime_ns] for n, st in zip(names, stats, strict=True)]
-        fingerprint = {"kind": "folder", "path": folder.as_posix(), "n_images": len(names),
-                       "listing_sha256": bytes_digest(json.dumps(listing).encode())}
-        return _Images("folder", folder.as_posix(), names), np.asarray(names, dtype=object), \
-            fingerprint
+        fingerprint: dict[str, Any] = {
+            "kind": "folder", "path": folder.as_posix(), "n_images": len(names),
+            "listing_sha256": bytes_digest(json.dumps(listing).encode())}
+        labels: dict[str, np.ndarray] = {}
+        if all("/" in n for n in names):  # THINGS' layout: concept/image.jpg
+            labels["concept"] = np.asarray([n.rsplit("/", 2)[-2] for n in names], dtype=object)
+            fingerprint["labels"] = sorted(labels)
+        return (_Images("folder", folder.as_posix(), names), np.asarray(names, dtype=object),
+                fingerprint, labels)
     try:
         node = zarr.open(path, mode="r")
     except Exception as exc:
@@ -123,19 +131,20 @@ def _open_images(source: str | os.PathLike[str]) -> tuple[_Images, np.ndarray, d
                              f"{sorted(node.keys())}); write images (n, H, W, 3) uint8 there")
         array_path = "images"
         if "image_id" in node:
-            labels = node["image_id"]
-            if not isinstance(labels, zarr.Array):
+            id_array = node["image_id"]
+            if not isinstance(id_array, zarr.Array):
                 raise InputError(f"{path}/image_id is a group; write the image labels there "
                                  "as an array of strings, one per image")
-            ids = np.asarray(labels[...], dtype=object)
+            ids = np.asarray(id_array[...], dtype=object)
         node = node["images"]
     if not isinstance(node, zarr.Array):
         raise InputError(f"{path}: 'images' is a group; write the images there as one uint8 "
                          "array (n, H, W, 3) or (n, 3, H, W)")
     shape = tuple(int(s) for s in node.shape)
-    if node.dtype != np.uint8 or len(shape) != 4 or 3 not in (shape[1], shape[3]):
+    if node.dtype.kind not in "iu" or len(shape) != 4 or 3 not in (shape[1], shape[3]):
         raise InputError(f"{path}: images are {node.dtype} {shape}; expected uint8 "
-                         "(n, H, W, 3) or (n, 3, H, W)")
+                         "(n, H, W, 3) or (n, 3, H, W), or integers of any integer dtype in "
+                         "0..255 so shaped")
     n = shape[0]
     if ids is None:
         ids = np.asarray([f"{i:06d}" for i in range(n)], dtype=object)
@@ -146,7 +155,7 @@ def _open_images(source: str | os.PathLike[str]) -> tuple[_Images, np.ndarray, d
                                                               sort_keys=True,
                                                               default=str).encode())}
     return (_Images("zarr", path, array_path=array_path, channels_last=shape[3] == 3), ids,
-            fingerprint)
+            fingerprint, {})
 
 
 def _is_zarr(path: str) -> bool:
@@ -243,13 +252,19 @@ def generate(
     ----------
     images : path or URL
         A folder of image files (searched recursively, in sorted order of their relative
-        paths, which become the ``image_id`` labels), or a Zarr array of uint8 images
-        ``(n, H, W, 3)`` or ``(n, 3, H, W)``, or a Zarr group holding such an array as
+        paths, which become the ``image_id`` labels; when every image lies in a subfolder,
+        as THINGS' ``concept/image.jpg``, the subfolder's name is the ``concept`` label), or
+        a Zarr array of images ``(n, H, W, 3)`` or ``(n, 3, H, W)`` with integer values in
+        0..255 (uint8 or any integer dtype), or a Zarr group holding such an array as
         ``images`` (and optionally the labels as ``image_id``).
     dest : path or URL
         Root to write the store into, at the catalog's path for ``imageset``.
     imageset : str
-        Name of the new image set (e.g. ``"my_stimuli"``); part of the store's path and keys.
+        Name of the new image set (e.g. ``"my_stimuli"``): letters, digits and ``_-.+``.
+        It is part of the store's path and keys: the store then opens by key at ``dest``,
+        ``nest_data.open(imageset="my_stimuli", subject=..., location=dest)``, and
+        ``nest_data.catalog().search(location=dest)`` lists it (the location's index
+        names it; see :meth:`nest_data.Catalog.at`).
     subject, roi, modality, train_dataset, model, location, storage_options, backbone
         The encoder, as for :func:`nest_data.encode`.  The fsaverage encoder
         (``train_dataset="nsd_fsaverage"``) always writes the whole surface, and ROIs are
@@ -315,10 +330,11 @@ def generate(
     if batch_size < 1 or (chunk_images is not None and chunk_images < 1):
         raise InputError(f"batch_size ({batch_size}) and chunk_images ({chunk_images}) must "
                          "be positive numbers of images")
-    if not imageset or "/" in imageset or imageset != imageset.strip():
-        raise InputError(f"imageset={imageset!r}: give a short name without '/' (it becomes "
-                         "part of the store's path)")
-    reader, ids, fingerprint = _open_images(images)  # first: fail fast on bad images
+    if not isinstance(imageset, str) or not is_valid_name(imageset):
+        raise InputError(f"imageset={imageset!r}: give a short name of letters, digits and "
+                         "'_', '-', '.', '+' (no '/', no '..', no spaces), such as "
+                         "'my_stimuli': it becomes part of the store's path and its keys")
+    reader, ids, fingerprint, labels = _open_images(images)  # first: fail fast on bad images
     if chunk_vertices < 1:
         raise InputError(f"chunk_vertices must be a positive number, got {chunk_vertices}")
     cat = catalog or default_catalog()
@@ -335,7 +351,7 @@ def generate(
     encoder = source.load()
     entry = Entry.of(spec, imageset, int(encoder.keys["subject"]), encoder.keys.get("roi"))
     n = len(ids)
-    data = _entry_data(entry, encoder, ids, fingerprint, source, chunk_vertices)
+    data = _entry_data(entry, encoder, ids, labels, fingerprint, source, chunk_vertices)
     rows = chunk_images or chunk_rows(row_nbytes(data), n)
     job_id = bytes_digest(json.dumps([entry.path, encoder.digest, fingerprint, rows, str(dest),
                                       data.chunks], sort_keys=True).encode()
@@ -412,8 +428,9 @@ def _drop_other_jobs(parent: Path, path: str, job_id: str) -> None:
             shutil.rmtree(state_file.parent, ignore_errors=True)
 
 
-def _entry_data(entry: Entry, encoder: Any, ids: np.ndarray, fingerprint: dict[str, Any],
-                source: EncoderSource, chunk_vertices: int) -> EntryData:
+def _entry_data(entry: Entry, encoder: Any, ids: np.ndarray, labels: dict[str, np.ndarray],
+                fingerprint: dict[str, Any], source: EncoderSource, chunk_vertices: int
+                ) -> EntryData:
     n = len(ids)
     coords: dict[str, tuple[tuple[str, ...], np.ndarray, dict[str, Any]]] = {
         "image": (("image",), np.arange(n, dtype=np.int64),
@@ -422,6 +439,9 @@ def _entry_data(entry: Entry, encoder: Any, ids: np.ndarray, fingerprint: dict[s
                      {"description": "file path relative to the image folder, or the image "
                                      "array's image_id"}),
     }
+    if "concept" in labels:
+        coords["concept"] = (("image",), labels["concept"], {
+            "description": "the folder holding the image (THINGS' layout: concept/image.jpg)"})
     coords.update({name: (dims, values, {}) for name, (dims, values) in encoder.coords.items()})
     aux: dict[str, np.ndarray] = {}
     chunks = None

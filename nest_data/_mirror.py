@@ -132,7 +132,7 @@ def mirror(
     cat = catalog or default_catalog()
     root = cat.location(location, storage_options)
     # A surface model's ROIs share their subject's one store: copy each store once.
-    entries = list({e.path: e for e in cat.search(**keys)}.values())
+    entries = list({e.path: e for e in cat.at(root).search(**keys)}.values())
     if not entries:
         raise StoreNotFoundError(f"no catalog entries match {keys}")
     present = existing_paths(root.url, root.storage_options, candidates=[e.path for e in entries])

@@ -123,6 +123,10 @@ class EncoderSource:
         spec, rel = cat.resolve_weights(modality=modality, train_dataset=train_dataset,
                                         model=model, subject=subject, roi=roi)
         root = cat.location(location, storage_options)
+        if root.name == "demo":  # say which encoders the demo has, not how to convert
+            from nest_data._demo import check_demo_weights
+
+            check_demo_weights(cat, spec.name, rel)
         backbone_url = ""
         if spec.backbone_path:
             backbone_url = os.fspath(backbone) if backbone is not None else (

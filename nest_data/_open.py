@@ -30,7 +30,7 @@ from nest_data._metadata import check_metadata
 from nest_data._reader import shard_reader
 from nest_data._storage import NestStore, make_store
 from nest_data._surface import ROI_AUX_PREFIX
-from nest_data._urls import check_storage_options, is_local
+from nest_data._urls import check_storage_options, is_local, local_path
 from nest_data.errors import InputError, StoreNotFoundError
 
 logger = logging.getLogger("nest_data")
@@ -138,10 +138,11 @@ def open(
                          "returns their responses in the same labelled form (or write a store "
                          "of them with nest_data.generate and open it with open_store)")
     cat = catalog or default_catalog()
-    entry = cat.resolve(modality=modality, train_dataset=train_dataset, model=model,
-                        imageset=imageset, subject=subject, roi=roi)
-    ds = _open_dataset(cat, entry, cat.location(location, storage_options), chunks,
-                       group=None, cache=cache, verify=verify, load_labels=load_labels)
+    entry, root = cat.resolve_at(location, storage_options, modality=modality,
+                                 train_dataset=train_dataset, model=model, imageset=imageset,
+                                 subject=subject, roi=roi)
+    ds = _open_dataset(cat, entry, root, chunks, group=None, cache=cache, verify=verify,
+                       load_labels=load_labels)
     return ds[DATA_VAR]
 
 
@@ -169,9 +170,9 @@ def open_metadata(
     True
     """
     cat = catalog or default_catalog()
-    entry = cat.resolve(**keys)
-    return _open_dataset(cat, entry, cat.location(location, storage_options), None,
-                         group=AUX_GROUP, cache=None, verify=None, load_labels=True)
+    entry, root = cat.resolve_at(location, storage_options, **keys)
+    return _open_dataset(cat, entry, root, None, group=AUX_GROUP, cache=None, verify=None,
+                         load_labels=True)
 
 
 def open_many(
@@ -215,8 +216,9 @@ def open_many(
     subjects = list(subject) if isinstance(subject, (list, tuple)) else [subject]
     rois: list[str | None] = (list(roi) if isinstance(roi, (list, tuple))
                               else [roi])  # type: ignore[list-item]
-    entries = [cat.resolve(modality=modality, train_dataset=train_dataset, model=model,
-                           imageset=imageset, subject=s, roi=r) for s in subjects for r in rois]
+    entries = [cat.resolve_at(root, modality=modality, train_dataset=train_dataset,
+                              model=model, imageset=imageset, subject=s, roi=r)[0]
+               for s in subjects for r in rois]
     datasets = _open_entries(cat, entries, root, chunks, None, cache=cache, verify=verify,
                              load_labels=True)
     nodes = {f"sub-{e.subject:02d}" + (f"/{e.roi}" if e.roi else ""): ds[[DATA_VAR]]
@@ -587,8 +589,9 @@ def _check_chunks(chunks: Any) -> None:
 def _missing_message(entry: Entry, url: str, location: str) -> str:
     fixes = []
     if location == "demo":
-        fixes.append("run `nest-data demo` (or nest_data.build_demo()) to build the demo "
-                     "collection")
+        from nest_data._demo import demo_missing_advice
+
+        fixes.append(demo_missing_advice(entry, local_path(url.removesuffix(entry.path))))
     elif not is_local(url):
         fixes.append("check the location's URL and that the bucket exists")
         fixes.append("check your credentials, or for a public bucket the anonymous flag in "

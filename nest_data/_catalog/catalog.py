@@ -3,29 +3,46 @@
 from __future__ import annotations
 
 import functools
+import json
 import logging
 import os
 from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
 import yaml
 
 from nest_data._catalog import export
-from nest_data._catalog.keys import fmt, normalise, resolve_location, resolve_model
+from nest_data._catalog.keys import (
+    fmt,
+    matches,
+    normalise,
+    resolve_location,
+    resolve_model,
+)
 from nest_data._catalog.schema import (
     KEYS,
     Entry,
     Location,
     ModelSpec,
     Root,
+    is_valid_name,
     location_from_doc,
     model_from_doc,
 )
-from nest_data._index import existing_paths
-from nest_data._urls import check_storage_options
+from nest_data._format import DATA_VAR
+from nest_data._index import INDEX_FILE, Index, existing_paths, read_index, read_object
+from nest_data._redact import redact_url
+from nest_data._urls import check_storage_options, is_local, validate_storage_options
 from nest_data.catalogs import catalog_path
-from nest_data.errors import CatalogError, InputError, UnknownKeyError
+from nest_data.errors import (
+    CatalogError,
+    InputError,
+    LocationError,
+    NestDataError,
+    UnknownKeyError,
+)
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -67,6 +84,8 @@ class Catalog:
         self.name = name
         self.version = version
         self.sources = tuple(sources)
+        #: Whether the entries are every entry of the models (not a search's subset).
+        self._whole = entries is None
         self._entries = tuple(entries) if entries is not None else tuple(self._all_entries())
 
     # ---------------------------------------------------------------- construction
@@ -84,8 +103,10 @@ class Catalog:
 
     def copy(self) -> Catalog:
         """A copy whose locations can be changed without changing this catalog's."""
-        return Catalog(self.models, self.imagesets, self.locations, name=self.name,
-                       version=self.version, sources=self.sources, entries=self._entries)
+        copied = Catalog(self.models, self.imagesets, self.locations, name=self.name,
+                         version=self.version, sources=self.sources, entries=self._entries)
+        copied._whole = self._whole
+        return copied
 
     @classmethod
     def _from_doc(cls, doc: Any, source: str) -> Catalog:
@@ -235,15 +256,142 @@ class Catalog:
         >>> len(nest_data.catalog().search(roi="FFA-1", location="demo"))  # 24 fwRF, 1 surface
         25
         """
-        wanted = {k: set(self._normalise_values(k, v)) for k, v in keys.items() if v is not None}
-        entries = [e for e in self._entries
-                   if all(getattr(e, k) in vals for k, vals in wanted.items())]
+        base, index, root = self, None, None
         if location is not None:
-            entries = self._present(entries, self.location(location, storage_options))
+            root = self.location(location, storage_options)
+            index = _read_index(root)
+            base = self._with_index(root, index)
         elif storage_options is not None:
             raise InputError("storage_options= applies to the location= of search; give "
                              "location= too, or drop storage_options=")
-        return Catalog(self.models, self.imagesets, self.locations, name=self.name,
+        wanted = {k: set(base._normalise_values(k, v)) for k, v in keys.items() if v is not None}
+        entries = [e for e in base._entries
+                   if all(getattr(e, k) in vals for k, vals in wanted.items())]
+        if root is not None:
+            entries = ([e for e in entries if e.path in index.stores] if index is not None
+                       else self._present(entries, root))
+        return Catalog(base.models, base.imagesets, base.locations, name=base.name,
+                       version=base.version, sources=base.sources, entries=entries)
+
+    def at(self, location: str | os.PathLike[str] | Root | None = None,
+           storage_options: Mapping[str, Any] | None = None) -> Catalog:
+        """This catalog as a location sees it: with the image sets its stores add.
+
+        A location's index (``nest-data-index.json``, kept by every writer) names each
+        store's keys.  Image sets that a model's stores there have and the catalog files do
+        not (written by :func:`nest_data.generate` or ``nest-data generate``, e.g.
+        ``"my_stimuli"``) become valid image sets of that model, so their stores open by
+        key at that location without a catalog file; an image set's ``n_images`` is read
+        from one of its stores.  Reads the index (one request); a location without one
+        adds nothing (build it with ``nest-data index ROOT``).
+
+        Parameters
+        ----------
+        location : str, path or Root, optional
+            A location name, folder or URL (default lookup as in :meth:`location`).
+        storage_options : dict, optional
+            fsspec options, merged over the location's own.
+
+        Returns
+        -------
+        Catalog
+            This catalog when the location adds nothing; else a catalog whose models also
+            list the location's own image sets, and which (unless this catalog is a
+            search's result) also holds their entries that the location has.
+
+        Examples
+        --------
+        >>> import nest_data
+        >>> cat = nest_data.catalog()
+        >>> cat.at("demo") is cat   # the demo's image sets are the catalog's own
+        True
+        """
+        root = location if isinstance(location, Root) else self.location(location,
+                                                                          storage_options)
+        return self._with_index(root, _read_index(root))
+
+    def resolve_at(self, location: str | os.PathLike[str] | Root | None = None,
+                   storage_options: Mapping[str, Any] | None = None, **keys: Any
+                   ) -> tuple[Entry, Root]:
+        """The entry that the keys name at a location, and the location's :class:`Root`.
+
+        As :meth:`resolve`, but an image set that the catalog files do not name is looked
+        up in the location's index (see :meth:`at`): stores written there by
+        :func:`nest_data.generate` open by their keys.  Image sets the catalog names are
+        resolved without reading anything.  An image set unknown to both is refused with
+        the catalog's message (valid values, "did you mean").
+
+        Raises
+        ------
+        UnknownKeyError, AmbiguousKeyError
+            As :meth:`resolve`; an unknown image set's message lists the location's own.
+        LocationError
+            As :meth:`location`.
+
+        Examples
+        --------
+        >>> import nest_data
+        >>> entry, root = nest_data.catalog().resolve_at("demo", imageset="things",
+        ...                                              subject=1, roi="V1")
+        >>> entry.label, root.name
+        ('fmri/nsd/fwrf things sub-01 V1', 'demo')
+        """
+        try:
+            entry = self.resolve(**keys)
+        except UnknownKeyError as exc:
+            imageset = keys.get("imageset")
+            if imageset is None or matches(imageset, self.vocabulary("imageset")):
+                raise
+            root = self._root(location, storage_options, exc)
+            here = self.at(root)
+            if here is self:  # the location adds no image set
+                raise
+            return here.resolve(**keys), root
+        return entry, self._root(location, storage_options, None)
+
+    def _root(self, location: str | os.PathLike[str] | Root | None,
+              storage_options: Mapping[str, Any] | None, error: Exception | None) -> Root:
+        """``location`` as a Root; with ``error`` given, a location that cannot be resolved
+        raises ``error`` (the key problem the caller found first) instead."""
+        if isinstance(location, Root):
+            return location
+        if error is None:
+            return self.location(location, storage_options)
+        try:
+            return self.location(location, storage_options)
+        except LocationError:
+            raise error from None
+
+    def _with_index(self, root: Root, index: Index | None) -> Catalog:
+        """This catalog plus the image sets that the stores listed in ``index`` add."""
+        specs = {(m.modality, m.train_dataset, m.model): m for m in self.models}
+        added: dict[str, dict[str, str]] = {}  # model name -> image set -> a store's path
+        records = []
+        for path, record in sorted((index.stores if index is not None else {}).items()):
+            k = record.keys
+            spec = specs.get((str(k.get("modality")), str(k.get("train_dataset")),
+                              str(k.get("model"))))
+            imageset = k.get("imageset")
+            if spec is None or imageset in spec.imagesets or not is_valid_name(imageset):
+                continue
+            added.setdefault(spec.name, {}).setdefault(str(imageset), path)
+            records.append((spec, record.keys))
+        if not added:
+            return self
+        models = [replace(m, imagesets=(*m.imagesets, *added[m.name])) if m.name in added
+                  else m for m in self.models]
+        imagesets = dict(self.imagesets)
+        for found in added.values():
+            for name, path in found.items():
+                imagesets.setdefault(name, {
+                    "n_images": _n_images(root, path),
+                    "description": f"written by nest-data at {redact_url(root.url)} (its "
+                                   f"{INDEX_FILE} lists it)"})
+        entries = list(self._entries)
+        if self._whole:
+            for spec, keys in records:
+                entries += _entries_of_store(spec, keys)
+        return Catalog(models, imagesets, self.locations, name=self.name,
                        version=self.version, sources=self.sources, entries=entries)
 
     @staticmethod
@@ -260,7 +408,28 @@ class Catalog:
 
     @property
     def df(self) -> pd.DataFrame:
-        """A pandas table with one row per entry (keys, path, dims, sizes)."""
+        """A pandas table with one row per entry (keys, path, dims, sizes).
+
+        Columns: the keys (``modality, train_dataset, model, imageset, subject, roi``), the
+        store's ``path`` under a location's root, its ``dims``, and:
+
+        ``n_images``
+            Images of the entry's image set (from the catalog file, or for an image set a
+            location adds, read from one of its stores: see :meth:`at`).
+        ``n_voxels``
+            Voxels of an fwRF entry where the publishers give them: subject 1's 23 ROIs
+            (BERG's fwRF model card).  **Unknown** (``<NA>``) for subjects 2-8, whose
+            counts differ and are published nowhere (NEST's and BERG's model cards and
+            code give subject 1's only), and for EEG and surface entries; an opened
+            entry's ``sizes["voxel"]`` (``nest_data.open``) is the count.
+
+        Examples
+        --------
+        >>> import nest_data
+        >>> df = nest_data.catalog().search(model="fwrf", roi="V1", imageset="nsd").df
+        >>> df.subject.head(3).tolist(), df.n_voxels.head(3).tolist()
+        ([1, 2, 3], [1350, <NA>, <NA>])
+        """
         return export.listing(self.models, self.imagesets, self._entries)
 
     # ---------------------------------------------------------------- resolution
@@ -371,10 +540,43 @@ class Catalog:
         '.json'
         """
         root = self.location(location, storage_options)
-        present = self._present(self._entries, root)
+        here = self.at(root)
+        present = here._present(here._entries, root)
         return export.write_intake_esm(
-            export.listing(self.models, self.imagesets, present), root, directory,
+            export.listing(here.models, here.imagesets, present), root, directory,
             name or self.name, f"nest-data catalog {self.name} v{self.version}")
+
+
+def _read_index(root: Root) -> Index | None:
+    """The index at ``root`` (None when it has none), its storage options checked first."""
+    if not is_local(root.url):
+        validate_storage_options(root.url, dict(root.storage_options))
+    return read_index(root.url, root.storage_options)
+
+
+def _entries_of_store(spec: ModelSpec, keys: Mapping[str, Any]) -> list[Entry]:
+    """The catalog entries one store holds: itself, and a surface store's ROIs."""
+    try:
+        subject = int(keys["subject"])
+    except (KeyError, TypeError, ValueError):
+        return []
+    imageset, roi = str(keys["imageset"]), keys.get("roi")
+    if spec.surface:
+        return [Entry.of(spec, imageset, subject, r) for r in (None, *spec.rois)]
+    if spec.rois and roi not in spec.rois:
+        return []
+    return [Entry.of(spec, imageset, subject, roi if spec.rois else None)]
+
+
+def _n_images(root: Root, path: str) -> int | None:
+    """The number of images of the store at ``path`` (its root ``zarr.json``), or None."""
+    try:
+        raw = read_object(root.url, dict(root.storage_options), f"{path}/zarr.json")
+        shape = json.loads(raw or b"{}")["consolidated_metadata"]["metadata"][DATA_VAR]["shape"]
+        return int(shape[0])
+    except (KeyError, TypeError, ValueError, IndexError, NestDataError) as exc:
+        logger.info("cannot read the number of images of %s: %s", path, exc)
+        return None
 
 
 @functools.lru_cache(maxsize=32)

@@ -34,11 +34,24 @@ def normalise(key: str, value: Any, valid: Sequence[Any], context: str) -> Any:
         folded = {str(v).lower(): v for v in valid}
         if str(value).lower() in folded:
             return folded[str(value).lower()]
-    hint = [] if key == "subject" else difflib.get_close_matches(str(value),
-                                                                  [str(v) for v in valid], n=1)
-    suggestion = f" Did you mean {hint[0]!r}?" if hint else ""
+    suggestion = "" if key == "subject" else did_you_mean(value, valid)
     raise UnknownKeyError(f"unknown {key} {value!r}{context}; valid {key} values: "
                           f"{fmt(valid)}.{suggestion}")
+
+
+def did_you_mean(value: Any, valid: Iterable[Any]) -> str:
+    """`` Did you mean 'x'?`` for the closest valid value (case-insensitive), or ``""``.
+
+    Examples
+    --------
+    >>> did_you_mean("thing", ["imagenet_val", "nsd", "things"])
+    " Did you mean 'things'?"
+    >>> did_you_mean("ffa1", ["V1", "FFA-1"])
+    " Did you mean 'FFA-1'?"
+    """
+    folded = {str(v).lower(): str(v) for v in valid}
+    close = difflib.get_close_matches(str(value).lower(), list(folded), n=1)
+    return f" Did you mean {folded[close[0]]!r}?" if close else ""
 
 
 def resolve_model(models: Sequence[ModelSpec], keys: Mapping[str, Any], *, need_imageset: bool
@@ -69,10 +82,10 @@ def resolve_model(models: Sequence[ModelSpec], keys: Mapping[str, Any], *, need_
     with_imageset = [m for m in fitting if "imageset" not in given
                      or matches(given["imageset"], m.imagesets)]
     if not with_imageset:
+        valid = sorted({i for m in fitting for i in m.imagesets})
         raise UnknownKeyError(
             f"unknown imageset {given['imageset']!r} for " + fmt(m.name for m in fitting) +
-            "; valid imageset values: " + fmt(sorted({i for m in fitting
-                                                       for i in m.imagesets})) + ".")
+            f"; valid imageset values: {fmt(valid)}.{did_you_mean(given['imageset'], valid)}")
     fitting = with_imageset
     named = any(k in given for k in ("train_dataset", "model"))
     if "roi" in given:

@@ -165,6 +165,21 @@ class Root:
         return self.url.rstrip("/") + "/" + path.lstrip("/")
 
 
+#: What a model, ROI or image set name may be: it becomes part of store paths.
+NAME_PATTERN = r"[A-Za-z0-9][A-Za-z0-9_.+-]*"
+
+
+def is_valid_name(name: Any) -> bool:
+    """Whether ``name`` can be a catalog name (a part of a path: no ``/``, no ``..``).
+
+    Examples
+    --------
+    >>> is_valid_name("my_stimuli"), is_valid_name("../up"), is_valid_name("my stimuli")
+    (True, False, False)
+    """
+    return bool(re.fullmatch(NAME_PATTERN, str(name))) and ".." not in str(name)
+
+
 def check_template(template: str, what: str, model: str, source: str) -> None:
     """A path template must name only catalog keys and stay inside its location's root."""
     if not template:
@@ -205,8 +220,7 @@ def model_from_doc(doc: Any, source: str) -> ModelSpec:
         check_template(str(doc.get(what) or ""), what, str(doc.get("model")), source)
     names = [doc["modality"], doc["train_dataset"], doc["model"], *(doc.get("rois") or ()),
              *doc["imagesets"]]
-    bad = [str(n) for n in names if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.+-]*", str(n))
-           or ".." in str(n)]
+    bad = [str(n) for n in names if not is_valid_name(n)]
     if bad:
         raise CatalogError(f"catalog {source}: model {doc.get('model')!r} has the names "
                            f"{bad}, which cannot be part of a path; use letters, digits and "

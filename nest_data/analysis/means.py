@@ -28,6 +28,21 @@ Entries = xr.DataTree | Mapping[Hashable, xr.DataArray] | Sequence[xr.DataArray]
 SPACE_DIMS = ("voxel", "vertex")
 
 
+#: Plurals of the units an analysis counts (``"vertex"`` is not ``"vertexs"``).
+PLURALS = {"voxel": "voxels", "vertex": "vertices", "channel": "channels", "image": "images"}
+
+
+def counted(n: int, unit: str) -> str:
+    """``n`` and ``unit``, in the plural unless ``n`` is 1.
+
+    Examples
+    --------
+    >>> counted(1040, "vertex"), counted(1, "voxel"), counted(2, "voxel")
+    ('1040 vertices', '1 voxel', '2 voxels')
+    """
+    return f"{n} {unit if n == 1 else PLURALS.get(unit, unit + 's')}"
+
+
 def _space(da: Any) -> str | None:
     """``"voxel"`` or ``"vertex"`` when ``da`` is an fMRI entry, else None."""
     if not isinstance(da, xr.DataArray):
@@ -110,7 +125,7 @@ def roi_mean(da: xr.DataArray, *, min_ncsnr: float | None = None) -> xr.DataArra
     else:
         out = _unfused_mean(da, space, keep)
     out.attrs = {**{k: v for k, v in da.attrs.items() if k not in ("sha256", "nan_count")},
-                 "analysis": f"mean over {n} {space}s"
+                 "analysis": f"mean over {counted(n, space)}"
                  + (f" with ncsnr > {min_ncsnr}" if min_ncsnr is not None else "")}
     return out.rename("roi_mean")
 
@@ -256,7 +271,8 @@ def roi_means(entries: Entries, *, min_ncsnr: float | None = None) -> xr.DataArr
     first = das[0].attrs
     attrs = {k: first[k] for k in ("modality", "train_dataset", "model", "imageset", "units")
              if k in first}
-    attrs["analysis"] = ("mean over each entry's voxels"
+    spaces = sorted({_require_fmri(da, "roi_means") for da in das})
+    attrs["analysis"] = (f"mean over each entry's {' or '.join(PLURALS[s] for s in spaces)}"
                          + (f" with ncsnr > {min_ncsnr}" if min_ncsnr is not None else ""))
     if min_ncsnr is not None:
         attrs["min_ncsnr"] = min_ncsnr

@@ -19,6 +19,7 @@ from nest_data.analysis.means import (
     _reliable,
     _shared_image_coords,
     _space,
+    counted,
 )
 from nest_data.analysis.selection import image_positions, select_images
 from nest_data.errors import InputError
@@ -112,8 +113,9 @@ def rsm(
             coords[f"{name}_2"] = ("image_2", var.values, var.attrs)
     attrs = {k: v for k, v in da.attrs.items()
              if k in ("modality", "train_dataset", "model", "imageset", "subject", "roi")}
-    attrs["analysis"] = (f"Pearson correlation of z-scored responses over {n_features} "
-                         + (f"{_space(feats)}s" if _space(feats) else "features")
+    space = _space(feats)
+    attrs["analysis"] = ("Pearson correlation of z-scored responses over "
+                         + counted(n_features, space or "feature")
                          + (f" with ncsnr > {min_ncsnr}" if min_ncsnr is not None else ""))
     return xr.DataArray(data, dims=("image", "image_2"), coords=coords, name="rsm",
                         attrs=attrs)
