@@ -382,22 +382,30 @@ def _summary(da: Any, meta: Mapping[str, Any], where: str, stored: int | None) -
     chunks = (" x ".join(str(c[0]) for c in da.chunks) if da.chunks else "one")
     size = f"{da.nbytes / 1e6:,.1f} MB of {da.dtype} values"
     if stored is not None:
-        size += f", {stored / 1e6:,.1f} MB stored"
+        size += f", {stored / 1e6:,.1f} MB in its store"
     checksums = meta.get("checksums", {})
     lines = [title,
              f"  where:     {where}",
              f"  dims:      {shape} (chunks {chunks})",
              f"  size:      {size}",
              f"  units:     {da.attrs.get('units', 'not recorded')}",
-             f"  checksum:  responses {checksums.get('responses', 'not recorded')}; "
-             f"{len(checksums)} arrays and {len(meta.get('objects', {}))} objects recorded "
-             f"(format {meta.get('format_version', '?')}; `nest-data verify` re-checks them)"]
+             f"  checksum:  {checksums.get('responses', 'not recorded')} (responses)",
+             f"             {len(checksums)} arrays and {len(meta.get('objects', {}))} objects "
+             f"recorded, format {meta.get('format_version', '?')}; verify re-checks them",
+             "  labels:"]
+    dim_width = max(len(str(dim)) for dim in da.dims)
+    width = max((len(str(name)) for name, c in da.coords.items() if c.ndim == 1), default=0)
     for dim in da.dims:
-        labels = [name for name, c in da.coords.items() if c.dims == (dim,)]
-        lines += textwrap.wrap(", ".join(f"{name} ({_first(da.coords[name].values)})"
-                                         for name in labels) or "none",
-                               width=100, initial_indent=f"  {dim} labels: ",
-                               subsequent_indent=" " * 6, break_on_hyphens=False)
+        names = [name for name, c in da.coords.items() if c.dims == (dim,)]
+        for i, name in enumerate(names):
+            line = (f"    {dim if i == 0 else '':<{dim_width}}  {name!s:<{width}}  "
+                    f"{_first(da.coords[name].values)}")
+            lines.append(line if len(line) <= 100 else line[:95] + " ...")
+    several = [f"{name} ({' x '.join(map(str, c.dims))})" for name, c in da.coords.items()
+               if c.ndim > 1]
+    if several:
+        lines += textwrap.wrap(", ".join(several), width=100, subsequent_indent=" " * 6,
+                               initial_indent="    over several dims: ")
     return lines
 
 

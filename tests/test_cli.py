@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -170,9 +171,15 @@ def test_info_prints_an_entry_found_by_keys_or_by_its_store(
     out = by_keys.stdout
     assert f"where:     {url} (location demo)" in out
     assert f"image {da.sizes['image']:,} x voxel {da.sizes['voxel']:,}" in out
-    assert f"responses {da.attrs['sha256']}" in out
-    assert "image labels: " in out and "concept (" in out and "voxel labels: " in out
-    assert "ncsnr (" in out and "MB stored" in out
+    assert f"checksum:  {da.attrs['sha256']} (responses)" in out
+    assert "MB in its store" in out
+    labels = out.split("  labels:\n")[1].splitlines()
+    assert labels[0].split()[:2] == ["image", "concept"]
+    first = [f"{v:.4g}" for v in da.ncsnr.values[:3]]
+    assert re.search(rf" ncsnr +{re.escape(', '.join(first))}, \.\.\.$", "\n".join(labels),
+                     re.MULTILINE)
+    assert {line.split()[0] for line in labels if not line.startswith("      ")} == \
+        {"image", "voxel"}  # a column of dims, then each label
     by_store = nest_data_cli("info", url)
     assert by_store.returncode == 0, by_store.stderr
     assert by_store.stdout.splitlines()[2:] == out.splitlines()[2:]  # all but where
