@@ -143,6 +143,9 @@ def cli_message(message: str, flags: Mapping[str, str]) -> str:
     >>> flags = {"roi": "--roi", "train_dataset": "--train-dataset", "overwrite": "--overwrite"}
     >>> cli_message("no roi= given: pass roi=, or train_dataset='nsd_fsaverage'", flags)
     'no --roi given: pass --roi, or --train-dataset nsd_fsaverage'
+    >>> cli_message("train_dataset='a' / 'b', or location='s3://lab/x'", {**flags,
+    ...             "location": "--location"})
+    '--train-dataset a / b, or --location s3://lab/x'
     >>> cli_message("give --overwrite (overwrite=True) to replace it", flags)
     'give --overwrite to replace it'
     >>> cli_message("call nest_data.encode(images, roi='V1'); model= is unknown here", flags)
@@ -158,7 +161,7 @@ def cli_message(message: str, flags: Mapping[str, str]) -> str:
             return match.group(0)
         if not value or value == "True":
             return option
-        parts = [part.strip() for part in value.split("/")] if value[0] in "'\"" else [value]
+        parts = re.findall(_QUOTED, value) if value[0] in "'\"" else [value]
         words = [part[1:-1] if part[:1] in "'\"" and " " not in part else part
                  for part in parts]
         return f"{option} {' / '.join(words)}"
