@@ -75,9 +75,13 @@ def build_demo(
     installed (``nest-data[encode]``), it also converts a synthetic fsaverage encoder of
     subject 1 and a random ViT-B/32 written in BERG's and torchvision's formats, and
     generates that subject's whole-surface store on synthetic images (the ``things`` image
-    set of the demo), as ``nest-data generate`` does; and converts random fwRF weights of
-    subject 1 in NEST's ``.pt`` format for :data:`DEMO_FWRF_ROIS`, so :func:`nest_data.encode`
-    and ``nest-data generate`` answer for new images on ``location="demo"``.  Does nothing
+    set of the demo), as ``nest-data generate`` does; converts random fwRF weights of
+    subject 1 in NEST's ``.pt`` format for :data:`DEMO_FWRF_ROIS` and random EEG encoders of
+    :data:`DEMO_EEG_SUBJECTS` in BERG's ``.npy`` layout; so every model
+    (:func:`demo_encoders` lists them) answers :func:`nest_data.encode`,
+    ``nest-data generate``, :func:`nest_data.dream` and :func:`nest_data.saliency` for new
+    images on ``location="demo"``, and asking for an encoder it lacks names the ones it
+    holds.  About 1.1 GB, built in one to two minutes on two cores.  Does nothing
     when the demo is already built (unless ``rebuild``).  One build at a time: a build of the
     default demo waits (up to :data:`DEMO_BUILD_WAIT_S`) for another process building it,
     then uses what that built; a build into ``dest`` is refused while another nest-data

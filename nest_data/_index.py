@@ -90,8 +90,9 @@ class Index:
     >>> index = read_index(demo_root())
     >>> record = index.stores["modality-fmri/train_dataset-nsd/model-fwrf/imageset-things/"
     ...                       "sub-01_roi-V1.zarr"]
-    >>> record.keys["roi"], record.format_version, record.metadata_sha256[:7]
-    ('V1', 3, 'sha256:')
+    >>> from nest_data._format import FORMAT_VERSION
+    >>> record.keys["roi"], record.format_version == FORMAT_VERSION, record.metadata_sha256[:7]
+    ('V1', True, 'sha256:')
     """
 
     stores: dict[str, StoreRecord] = field(default_factory=dict)
