@@ -357,8 +357,8 @@ def _cmd_info(args: argparse.Namespace) -> int:
         where = redact_url(url)
     else:
         cat = nest_data.catalog()
-        root = cat.location(args.location, options)
-        url, store_options = root.store(cat.resolve(**keys)), dict(root.storage_options)
+        entry, root = cat.resolve_at(args.location, options, **keys)  # generate's too
+        url, store_options = root.store(entry), dict(root.storage_options)
         da = nest_data.open(**keys, location=args.location, storage_options=options or None)
         where = f"{redact_url(url)} (location {redact_url(root.name or root.url)})"
     store = make_store(url, store_options)

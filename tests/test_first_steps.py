@@ -172,6 +172,9 @@ def test_the_catalog_lists_a_locations_own_image_sets(generated: Path, tmp_path:
     out = _nest_data("catalog", "--location", "gen", "--imageset", "my_stimuli", cwd=generated)
     assert re.search(r"fmri +nsd +fwrf +my_stimuli +1 +FFA-1 +5", out), out
     assert out.splitlines()[-1].startswith("33 entries at gen")
+    info = _nest_data("info", "--imageset", "my_stimuli", "--subject", "1", "--roi", "FFA-1",
+                      "--location", "gen", cwd=generated)
+    assert "imageset=my_stimuli" in info and "imageset-my_stimuli/sub-01_roi-FFA-1.zarr" in info
     # the intake-esm export and mirror see them too
     json_path = cat.to_intake_esm(tmp_path / "esm", location="gen")
     assert "my_stimuli" in json_path.with_suffix(".csv").read_text()
