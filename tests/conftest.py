@@ -32,6 +32,19 @@ def chunked(ned_src: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
+@pytest.fixture(scope="session")
+def fwrf_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A location root holding converted fwRF weights of sub-01 V1 (12 voxels; needs torch)."""
+    pytest.importorskip("torch")
+    from nest_data.converters.weights import convert_fwrf_weights
+    from nest_data.synthetic import write_fwrf_weights
+
+    src, dest = tmp_path_factory.mktemp("nest"), tmp_path_factory.mktemp("weights")
+    write_fwrf_weights(src, 1, "V1", n_voxels=12)
+    convert_fwrf_weights(src, dest, trust_pickles=True)
+    return dest
+
+
 @pytest.fixture(scope="module", params=["local", "memory", "s3", "gcs", "http"])
 def backend(request: pytest.FixtureRequest, chunked: Path) -> Iterator[Backend]:
     name = request.param

@@ -27,7 +27,7 @@ from distributed import Client, LocalCluster, futures_of
 
 import nest_data
 from nest_data._verify import verify_store
-from nest_data.synthetic import test_images, write_fwrf_weights, write_image_folder
+from nest_data.synthetic import test_images, write_image_folder
 from tests.servers import HTTPServer
 
 SUBJECTS = [1, 2]
@@ -104,15 +104,9 @@ def test_killed_worker_mid_analysis_gives_the_identical_result(
 
 
 @pytest.fixture(scope="module")
-def weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A tiny fwRF encoder of sub-01 V1 (40 voxels), converted (needs torch)."""
-    pytest.importorskip("torch")
-    from nest_data.converters.weights import convert_fwrf_weights
-
-    src, dest = tmp_path_factory.mktemp("nest"), tmp_path_factory.mktemp("weights")
-    write_fwrf_weights(src, 1, "V1", n_voxels=40)
-    convert_fwrf_weights(src, dest, trust_pickles=True)
-    return dest
+def weights(fwrf_weights: Path) -> Path:
+    """A tiny fwRF encoder of sub-01 V1, converted (needs torch)."""
+    return fwrf_weights
 
 
 @pytest.fixture(scope="module")

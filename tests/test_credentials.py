@@ -140,16 +140,9 @@ class Served:
 
 
 @pytest.fixture(scope="module")
-def weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Converted fwRF weights of subject 1, V1 (40 voxels), in a location's layout."""
-    pytest.importorskip("torch")
-    from nest_data.converters.weights import convert_fwrf_weights
-    from nest_data.synthetic import write_fwrf_weights
-
-    src, dest = tmp_path_factory.mktemp("nest"), tmp_path_factory.mktemp("weights")
-    write_fwrf_weights(src, 1, "V1", n_voxels=40)
-    convert_fwrf_weights(src, dest, trust_pickles=True)
-    return dest
+def weights(fwrf_weights: Path) -> Path:
+    """Converted fwRF weights of subject 1, V1, in a location's layout."""
+    return fwrf_weights
 
 
 @pytest.fixture(scope="module", params=["s3", "gcs", "http"])

@@ -75,7 +75,6 @@ from nest_data._output import WRITER_ATTR, write_output
 from nest_data._staging import STAGE_MARKER, STAGING_DIR, check_replaceable
 from nest_data._storage import make_store
 from nest_data.converters import convert_ned
-from nest_data.converters.weights import convert_fwrf_weights
 from nest_data.errors import (
     ChecksumError,
     MissingObjectError,
@@ -85,7 +84,7 @@ from nest_data.errors import (
     TargetExistsError,
     WriterLockError,
 )
-from nest_data.synthetic import test_images, write_fwrf_weights
+from nest_data.synthetic import test_images
 
 from .backends import (
     KEYS,
@@ -552,16 +551,9 @@ def _wait_for(path: Path, proc: subprocess.Popen[bytes]) -> None:
 
 
 @pytest.fixture(scope="module")
-def weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A root with the converted fwRF weights of subject 1, V1 (12 voxels)."""
-    pytest.importorskip("torch")
-    from nest_data.converters.weights import convert_weights
-    from nest_data.synthetic import write_fwrf_weights
-
-    nest, root = tmp_path_factory.mktemp("nest"), tmp_path_factory.mktemp("weights")
-    write_fwrf_weights(nest, 1, "V1", n_voxels=12)
-    convert_weights(nest, root, trust_pickles=True)
-    return root
+def weights(fwrf_weights: Path) -> Path:
+    """A root with the converted fwRF weights of subject 1, V1."""
+    return fwrf_weights
 
 
 @pytest.fixture(scope="module")
@@ -1022,20 +1014,16 @@ def _no_lock_left(tmp_path: Path) -> Iterator[None]:
 # Outputs: `encode --out` and the demo's arguments.
 # --------------------------------------------------------------------------------------
 
-N_VOXELS = 6
+N_VOXELS = 12  # the fwrf_weights fixture's
 #: ``run(*extra, images=2, location=None)``: ``nest-data encode`` on the test images and
 #: weights with ``extra`` arguments; returns the exit status and what went to stderr.
 EncodeCLI = Callable[..., tuple[int, str]]
 
 
 @pytest.fixture(scope="module")
-def weights_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def weights_root(fwrf_weights: Path) -> Path:
     """Converted fwRF weights of sub-01 V1 (a few voxels)."""
-    src = tmp_path_factory.mktemp("nest")
-    dest = tmp_path_factory.mktemp("converted")
-    write_fwrf_weights(src, 1, "V1", n_voxels=N_VOXELS)
-    convert_fwrf_weights(src, dest, trust_pickles=True)
-    return dest
+    return fwrf_weights
 
 
 @pytest.fixture(scope="module")
