@@ -25,6 +25,7 @@ import numpy as np
 
 import nest_data
 from nest_data import objectives as obj
+from nest_data._plot import draw_saliency
 from nest_data.synthetic import test_images
 
 logger = logging.getLogger("examples.dreams")
@@ -50,7 +51,7 @@ def main(argv: list[str] | None = None) -> Path:
     images = test_images(24, 256, seed=0)
 
     fig, axes = plt.subplots(len(args.rois) + 1, args.n + 1,
-                             figsize=(2.4 * (args.n + 1), 2.5 * (len(args.rois) + 1)))
+                             figsize=(2.4 * (args.n + 1) + 0.8, 2.5 * (len(args.rois) + 1)))
     for row, roi in enumerate(args.rois):
         stored = nest_data.encode(images, roi=roi, **keys).mean("voxel")
         best = int(np.argmax(stored.values))
@@ -77,13 +78,10 @@ def main(argv: list[str] | None = None) -> Path:
     ffa_scores = nest_data.encode(images, roi="FFA-1", **keys).mean("voxel")
     chosen = images[int(np.argmax(ffa_scores.values))]
     maps = nest_data.saliency(chosen, roi="FFA-1", steps=32, device=args.device, **keys)
-    per_pixel = maps.sum("rgb").values[0]
-    limit = float(np.percentile(np.abs(per_pixel), 99))  # a few pixels would wash it out
     last[1].imshow(chosen)
     last[1].set_title("best FFA-1 image", fontsize=8)
     if args.n > 1:
-        last[2].imshow(chosen.mean(axis=2), cmap="gray")
-        last[2].imshow(per_pixel, cmap="RdBu_r", vmin=-limit, vmax=limit, alpha=0.8)
+        draw_saliency(last[2], chosen, maps.sum("rgb").values[0])
         last[2].set_title("FFA-1 saliency\n(integrated gradients)", fontsize=8)
     for ax in axes.ravel():
         ax.set_xticks([])

@@ -80,7 +80,7 @@ def main(argv: list[str] | None = None) -> Path:
                        marker=marker, edgecolor="k", linewidth=0.5,
                        label=f"{condition} ({sel.control.values[0]!s})")
     ax.set_xlabel(f"{roi_1} mean response (mean of {len(args.subjects)} subjects)")
-    ax.set_ylabel(f"{roi_2} mean response")
+    ax.set_ylabel(f"{roi_2} mean response (mean of {len(args.subjects)} subjects)")
     ax.set_title(f"univariate RNC, {args.imageset}: {roi_1} vs {roi_2}"
                  + ("\n(demo: synthetic values)" if args.location == "demo" else ""))
     ax.legend(frameon=False, fontsize=8, loc="best")

@@ -105,24 +105,19 @@ def _saliency_figure(pixels: np.ndarray, one: Any) -> Any:
     except ImportError as exc:
         raise ImportError("saliency PNGs need matplotlib: pip install 'nest-data[plot]'"
                           ) from exc
+    from nest_data._plot import draw_saliency
+
     image = pixels.transpose(1, 2, 0)
-    per_pixel = one.sum("rgb").values
-    limit = float(np.percentile(np.abs(per_pixel), 99)) or 1.0  # a few pixels wash it out
     fig = Figure(figsize=(8, 3.6))
     left, right = fig.subplots(1, 2)
     left.imshow(image)
     left.set_title(f"{one.image.item()}\nscore {float(one.score):+.4g}", fontsize=9)
-    right.imshow(image.mean(axis=2), cmap="gray")
-    shown = right.imshow(per_pixel, cmap="RdBu_r", vmin=-limit, vmax=limit, alpha=0.8)
+    left.set_xticks([])
+    left.set_yticks([])
+    draw_saliency(right, image, one.sum("rgb").values)
     right.set_title(f"{one.attrs.get('objective', '')}: integrated gradients\n"
                     f"baseline {one.attrs.get('baseline')}, {one.attrs.get('steps')} steps",
                     fontsize=9)
-    bar = fig.colorbar(shown, ax=right, fraction=0.046, pad=0.04)
-    bar.set_label("objective per pixel\n(summed over R, G, B; clipped at the 99th pct)",
-                  fontsize=8)
-    for ax in (left, right):
-        ax.set_xticks([])
-        ax.set_yticks([])
     fig.tight_layout()
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=100)

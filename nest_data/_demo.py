@@ -7,6 +7,7 @@ import logging
 import os
 import tempfile
 import textwrap
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -498,7 +499,9 @@ def plot_surface_map(values: xr.DataArray, path: str | Path, *, title: str | Non
 
     Draws the vertices that fsaverage5 shares with fsaverage (the first 10,242 of each
     hemisphere: the icosahedral mesh numbers coarser vertices first) on nilearn's fsaverage5
-    mesh, lateral and ventral views.  Vertices missing from ``values`` are left blank.
+    mesh, lateral and ventral views, with a colorbar in the entry's ``units`` (clipped at the
+    99th percentile of the absolute values).  Vertices missing from ``values`` are left
+    blank.
 
     Parameters
     ----------
@@ -524,6 +527,8 @@ def plot_surface_map(values: xr.DataArray, path: str | Path, *, title: str | Non
     '.png'
     """
     try:
+        from matplotlib.cm import ScalarMappable
+        from matplotlib.colors import Normalize
         from matplotlib.figure import Figure
         from nilearn import datasets, plotting
     except ImportError as exc:
@@ -539,24 +544,34 @@ def plot_surface_map(values: xr.DataArray, path: str | Path, *, title: str | Non
     data = np.asarray(values.values, dtype=np.float64)
     hemi, index = np.asarray(values["hemisphere"].values), np.asarray(
         values["fsaverage_index"].values)
-    limit = float(np.nanmax(np.abs(data))) or 1.0
+    # the 99th percentile of |value|: a few extreme vertices would wash the colours out
+    limit = float(np.nanpercentile(np.abs(data), 99)) or 1.0
     # a Figure of its own, not pyplot: the caller's matplotlib backend stays as it is
-    fig = Figure(figsize=(9, 7))
-    axes = fig.subplots(2, 2, subplot_kw={"projection": "3d"})
+    fig = Figure(figsize=(9, 5))
+    grid = fig.add_gridspec(2, 3, width_ratios=[1, 1, 0.04], height_ratios=[1, 0.8],
+                            left=0.0, right=0.88,
+                            bottom=0.03, top=0.88, wspace=0.0, hspace=0.0)
     for column, (short, side) in enumerate((("lh", "left"), ("rh", "right"))):
         n = mesh.parts[side].coordinates.shape[0]
         texture = np.full(n, np.nan)
         keep = (hemi == short) & (index < n)
         texture[index[keep]] = data[keep]
         for row, view in enumerate(("lateral", "ventral")):
+            ax = fig.add_subplot(grid[row, column], projection="3d")
             plotting.plot_surf_stat_map(mesh.parts[side], texture, hemi=side, view=view,
-                                        axes=axes[row, column], figure=fig, colorbar=False,
+                                        axes=ax, figure=fig, colorbar=False,
                                         cmap="RdBu_r", vmin=-limit, vmax=limit,
                                         engine="matplotlib")
-            axes[row, column].set_title(f"{short} {view}")
+            ax.set_box_aspect(None, zoom=1.45)  # nilearn's default leaves wide margins
+            ax.set_title(f"{short} {view}", y=0.9, fontsize=10)
+    bar_ax = fig.add_subplot(grid[:, 2])
+    bar_ax.set_box_aspect(14)
+    bar = fig.colorbar(ScalarMappable(Normalize(-limit, limit), cmap="RdBu_r"), cax=bar_ax,
+                       extend="both")
     a = values.attrs
+    bar.set_label(textwrap.fill(str(a.get("units") or "value"), 40), fontsize=9)
     fig.suptitle(title or f"{a.get('imageset', '')} sub-{int(a.get('subject', 0)):02d} "
-                 f"{a.get('roi') or 'whole surface'} (fsaverage5 vertices)")
+                 f"{a.get('roi') or 'whole surface'} (fsaverage5 vertices)", fontsize=10)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=90)
@@ -568,7 +583,9 @@ def plot_roi_summary(da: xr.DataArray, path: str | Path) -> Path:
     """Write a PNG: the response distribution and the ROI's mean response in its volume.
 
     The right panel paints each voxel's mean response (over images) into the axial slice of
-    the subject's volume that holds the most ROI voxels.
+    the subject's volume that holds the most ROI voxels, in mm (through the entry's
+    ``affine``), over the ROI's mean across all its slices (grey), with the outline of the
+    ROI in that slice.
 
     Examples
     --------
@@ -589,21 +606,50 @@ def plot_roi_summary(da: xr.DataArray, path: str | Path) -> Path:
     values = np.asarray(da.values)
     voxel_mean = values.mean(axis=0)
     i, j, kk = (np.asarray(da[c].values) for c in ("i", "j", "k"))
-    volume = np.full(tuple(da.attrs["volume_shape"]), np.nan, dtype=np.float32)
+    shape = tuple(da.attrs["volume_shape"])
+    volume = np.full(shape, np.nan, dtype=np.float32)
     volume[i, j, kk] = voxel_mean
     axial = int(np.bincount(kk).argmax())
-    fig = Figure(figsize=(10, 4.2))  # not pyplot: the caller's backend stays as it is
+    # voxel index -> mm along each axis (NSD's affines are axis-aligned: scale and shift)
+    affine = np.asarray(da.attrs.get("affine", np.eye(4)), dtype=np.float64)
+    scale, shift = np.diag(affine)[:3], affine[:3, 3]
+
+    def mm(axis: int, index: Any) -> Any:
+        return scale[axis] * np.asarray(index, dtype=np.float64) + shift[axis]
+
+    extent = (float(mm(0, -0.5)), float(mm(0, shape[0] - 0.5)),
+              float(mm(1, -0.5)), float(mm(1, shape[1] - 0.5)))
+    limit = float(np.nanmax(np.abs(voxel_mean))) or 1.0
+    fig = Figure(figsize=(10.5, 4.4))  # not pyplot: the caller's backend stays as it is
     ax0, ax1 = fig.subplots(1, 2)
+    units = "response (z-scored betas, a.u.)"
     ax0.hist(values.ravel(), bins=60, color="#4477aa")
-    ax0.set_xlabel("response (a.u.)")
-    ax0.set_ylabel("images x voxels")
-    ax0.set_title("Response distribution")
-    image = ax1.imshow(volume[:, :, axial].T, origin="lower", cmap="RdBu_r",
-                       vmin=-np.nanmax(np.abs(voxel_mean)), vmax=np.nanmax(np.abs(voxel_mean)))
-    ax1.set_title(f"Mean response per voxel, axial slice k={axial}")
-    ax1.set_xlabel("i")
-    ax1.set_ylabel("j")
-    fig.colorbar(image, ax=ax1, label="mean response over images")
+    ax0.set_xlabel(units)
+    ax0.set_ylabel("count (images x voxels)")
+    ax0.set_title(f"Response distribution: {values.shape[0]} images x {values.shape[1]} voxels",
+                  fontsize=10)
+    # background: the ROI's mean response averaged over all its axial slices (grey)
+    with warnings.catch_warnings():  # columns without ROI voxels stay NaN (blank)
+        warnings.simplefilter("ignore", RuntimeWarning)
+        projection = np.nanmean(volume, axis=2)
+    ax1.imshow(projection.T, origin="lower", cmap="Greys", extent=extent,
+               vmin=-2 * limit, vmax=2 * limit, interpolation="nearest")
+    image = ax1.imshow(volume[:, :, axial].T, origin="lower", cmap="RdBu_r", extent=extent,
+                       vmin=-limit, vmax=limit, interpolation="nearest")
+    in_slice = np.isfinite(volume[:, :, axial]).astype(float)
+    centres_x, centres_y = mm(0, np.arange(shape[0])), mm(1, np.arange(shape[1]))
+    ax1.contour(centres_x, centres_y, in_slice.T, levels=[0.5], colors="k", linewidths=0.8)
+    margin = 12.0  # mm around the ROI
+    xs, ys = mm(0, i), mm(1, j)
+    ax1.set_xlim(xs.min() - margin, xs.max() + margin)
+    ax1.set_ylim(ys.min() - margin, ys.max() + margin)
+    ax1.set_aspect("equal")
+    ax1.set_title(f"Mean response per voxel, axial slice z = {float(mm(2, axial)):+.1f} mm\n"
+                  f"outline: the ROI in this slice; grey: its mean over {len(np.unique(kk))} "
+                  "slices", fontsize=9)
+    ax1.set_xlabel("x (mm)")
+    ax1.set_ylabel("y (mm)")
+    fig.colorbar(image, ax=ax1, label=f"mean over {values.shape[0]} images\n{units}")
     a = da.attrs
     fig.suptitle(f"{a.get('imageset')} sub-{int(a.get('subject', 0)):02d} {a.get('roi')}  "
                  "(nest-data; demo values are synthetic)")

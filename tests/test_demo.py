@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -76,6 +77,21 @@ def test_cli_demo_runs_main_job(demo: Path, tmp_path: Path,
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 20_000
 
 
+def _saved_figures(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
+    """Record every matplotlib Figure that is saved, to inspect its axes."""
+    import matplotlib.figure
+
+    saved: list[Any] = []
+    real = matplotlib.figure.Figure.savefig
+
+    def spy(self: matplotlib.figure.Figure, *a: object, **k: object) -> object:
+        saved.append(self)
+        return real(self, *a, **k)
+
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", spy)
+    return saved
+
+
 def test_figure_paints_roi_into_volume(demo: Path, tmp_path: Path,
                                        monkeypatch: pytest.MonkeyPatch) -> None:
     import matplotlib.axes
@@ -88,6 +104,7 @@ def test_figure_paints_roi_into_volume(demo: Path, tmp_path: Path,
         return real(self, data, *a, **k)
 
     monkeypatch.setattr(matplotlib.axes.Axes, "imshow", spy)
+    figures = _saved_figures(monkeypatch)
     da = nest_data.open(imageset="things", subject=2, roi="FFA-1", location="demo")
     backend = matplotlib.get_backend()
     matplotlib.use("svg")  # a user's own backend, as a notebook's would be
@@ -97,16 +114,28 @@ def test_figure_paints_roi_into_volume(demo: Path, tmp_path: Path,
     finally:
         matplotlib.use(backend)
     assert (tmp_path / "f.png").read_bytes()[:4] == b"\x89PNG"
-    (slice_,) = shown
+    background, slice_ = shown  # the ROI's mean over its slices (grey), then the slice
+    assert np.isfinite(background).sum() == len({(i, j) for i, j in
+                                                  zip(da.i.values, da.j.values, strict=True)})
     k = int(np.bincount(da.k.values).argmax())
     in_slice = da.k.values == k
     assert np.isfinite(slice_).sum() == in_slice.sum()
     means = da.values.mean(axis=0)
     np.testing.assert_allclose(slice_.T[da.i.values[in_slice], da.j.values[in_slice]],
                                means[in_slice], rtol=1e-6)
+    (fig,) = figures
+    volume_ax = fig.axes[1]
+    assert (volume_ax.get_xlabel(), volume_ax.get_ylabel()) == ("x (mm)", "y (mm)")
+    z = float(da.z.values[in_slice][0])
+    assert f"axial slice z = {z:+.1f} mm" in volume_ax.get_title()
+    assert volume_ax.collections  # the ROI's outline
+    xs = da.x.values
+    assert volume_ax.get_xlim()[0] < xs.min() < xs.max() < volume_ax.get_xlim()[1]
+    assert "mean over" in fig.axes[-1].get_ylabel()  # the colorbar
 
 
-def test_demo_fsaverage_store_and_figure(demo: Path, tmp_path: Path) -> None:
+def test_demo_fsaverage_store_and_figure(demo: Path, tmp_path: Path,
+                                         monkeypatch: pytest.MonkeyPatch) -> None:
     keys = {"imageset": "things", "subject": 1, "train_dataset": "nsd_fsaverage",
             "location": "demo"}
     whole = nest_data.open(**keys)
@@ -114,8 +143,14 @@ def test_demo_fsaverage_store_and_figure(demo: Path, tmp_path: Path) -> None:
     ffa = nest_data.open(roi="FFA-1", **keys)
     assert ffa.attrs["roi"] == "FFA-1" and set(ffa.hemisphere.values) == {"lh", "rh"}
     np.testing.assert_array_equal(ffa.values, whole.sel(vertex=ffa.vertex).values)
+    figures = _saved_figures(monkeypatch)
     png = nest_data.plot_surface_map(whole.mean("image"), tmp_path / "surface.png")
     assert png.stat().st_size > 10_000
+    (fig,) = figures
+    bar = fig.axes[-1]
+    assert bar.get_ylabel().replace("\n", " ") == whole.attrs["units"]  # colorbar in units
+    limit = float(np.percentile(np.abs(whole.mean("image").values), 99))
+    np.testing.assert_allclose(bar.get_ylim(), (-limit, limit), rtol=1e-6)
     with pytest.raises(nest_data.NestDataError, match="needs one value per vertex"):
         nest_data.plot_surface_map(whole, tmp_path / "bad.png")
 
