@@ -187,6 +187,21 @@ def test_info_prints_an_entry_found_by_keys_or_by_its_store(
     assert "give a STORE (folder or URL) or the entry's keys" in capsys.readouterr().err
 
 
+def test_a_reader_that_leaves_early_is_no_error(demo: Path) -> None:
+    """``nest-data info ... | head -1``: a closed pipe ends the command quietly (status 141,
+    as a shell reports SIGPIPE), with no traceback."""
+    read, write = os.pipe()
+    os.close(read)  # every write to the pipe now fails: the reader is gone
+    try:
+        done = subprocess.run([str(COMMAND), "info", "--imageset", "things", "--subject", "1",
+                               "--roi", "V1", "--location", "demo"], stdout=write,
+                              stderr=subprocess.PIPE, text=True, timeout=300)
+    finally:
+        os.close(write)
+    assert done.returncode == 141, done.stderr
+    assert done.stderr == ""
+
+
 # --------------------------------------------------------------------- dream, saliency
 
 
