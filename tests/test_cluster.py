@@ -104,12 +104,6 @@ def test_killed_worker_mid_analysis_gives_the_identical_result(
 
 
 @pytest.fixture(scope="module")
-def weights(fwrf_weights: Path) -> Path:
-    """A tiny fwRF encoder of sub-01 V1, converted (needs torch)."""
-    return fwrf_weights
-
-
-@pytest.fixture(scope="module")
 def images(tmp_path_factory: pytest.TempPathFactory) -> Path:
     folder = tmp_path_factory.mktemp("imgs")
     write_image_folder(folder, test_images(24, 64, seed=8))
@@ -117,11 +111,11 @@ def images(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def reference(weights: Path, images: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def reference(fwrf_weights: Path, images: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The store of an uninterrupted run, in this process, one chunk per image."""
     out = tmp_path_factory.mktemp("whole")
     nest_data.generate(images, out, imageset="mine", subject=1, roi="V1",
-                       location=str(weights), chunk_images=1)
+                       location=str(fwrf_weights), chunk_images=1)
     return out / STORE
 
 
@@ -150,7 +144,7 @@ def _assert_same_store(got: Path, reference: Path) -> None:
     assert verify_store(got) == []
 
 
-def test_generate_survives_a_killed_worker(client: Client, weights: Path,
+def test_generate_survives_a_killed_worker(client: Client, fwrf_weights: Path,
                                            images: Path, reference: Path,
                                            tmp_path: Path) -> None:
     """A worker killed while it encodes: its chunks are encoded again elsewhere, chunks it
@@ -158,7 +152,7 @@ def test_generate_survives_a_killed_worker(client: Client, weights: Path,
     out = tmp_path / "out"
     with ThreadPoolExecutor(1) as pool:  # generate waits on the cluster in this thread
         done = pool.submit(nest_data.generate, images, out, imageset="mine", subject=1,
-                           roi="V1", location=str(weights), chunk_images=1, client=client)
+                           roi="V1", location=str(fwrf_weights), chunk_images=1, client=client)
         _wait_for(lambda: len(_markers(out)) >= 3 or done.done(), "3 finished chunks")
         assert not done.done(), "generate ended before a worker was killed"
         finished = {int(m.stem): _shard(m.parent.with_suffix(""), int(m.stem)).stat().st_mtime_ns
@@ -172,7 +166,7 @@ def test_generate_survives_a_killed_worker(client: Client, weights: Path,
     assert {i: _shard(Path(url), i).stat().st_mtime_ns for i in finished} == finished
 
 
-def test_generate_resumes_after_its_client_is_killed(weights: Path, images: Path,
+def test_generate_resumes_after_its_client_is_killed(fwrf_weights: Path, images: Path,
                                                      reference: Path, tmp_path: Path) -> None:
     """SIGKILL the process that runs generate with its own LocalCluster (and its workers):
     the rerun encodes only what is left and ends byte-identical to an uninterrupted run."""
@@ -191,7 +185,7 @@ def test_generate_resumes_after_its_client_is_killed(weights: Path, images: Path
     env = {**os.environ, "NEST_DATA_PROGRESS": "0"}
     # its own session: the client, the nannies and the workers are killed together
     child = subprocess.Popen([sys.executable, str(script), str(images), str(out),
-                              str(weights)], env=env, stdout=subprocess.DEVNULL,
+                              str(fwrf_weights)], env=env, stdout=subprocess.DEVNULL,
                              stderr=subprocess.PIPE, start_new_session=True)
     try:
         _wait_for(lambda: len(_markers(out)) >= 3 or child.poll() is not None,
@@ -210,6 +204,6 @@ def test_generate_resumes_after_its_client_is_killed(weights: Path, images: Path
                                   host="127.0.0.1", dashboard_address=None) as cluster, \
             Client(cluster) as client:
         url = nest_data.generate(images, out, imageset="mine", subject=1, roi="V1",
-                                 location=str(weights), chunk_images=1, client=client)
+                                 location=str(fwrf_weights), chunk_images=1, client=client)
     _assert_same_store(Path(url), reference)
     assert not any((out / ".nest-data-staging").iterdir())

@@ -139,12 +139,6 @@ class Served:
         return {p: bytes(fs.cat_file(p)) for p in fs.find("nest")}
 
 
-@pytest.fixture(scope="module")
-def weights(fwrf_weights: Path) -> Path:
-    """Converted fwRF weights of subject 1, V1, in a location's layout."""
-    return fwrf_weights
-
-
 @pytest.fixture(scope="module", params=["s3", "gcs", "http"])
 def served(request: pytest.FixtureRequest, chunked: Path) -> Iterator[Served]:
     """The ``chunked`` root (and, with torch, weights) on a server, with sentinel
@@ -154,7 +148,7 @@ def served(request: pytest.FixtureRequest, chunked: Path) -> Iterator[Served]:
     with server_cls() as server:
         _upload(server, chunked)
         if importlib.util.find_spec("torch") is not None:  # the encoders' tests need it
-            _upload(server, request.getfixturevalue("weights"))
+            _upload(server, request.getfixturevalue("fwrf_weights"))
         url, missing_url = server.url, server.missing_url
         if name == "s3":
             options = {"endpoint_url": server.endpoint, "key": KEY, "secret": SECRET,

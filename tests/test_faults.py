@@ -551,12 +551,6 @@ def _wait_for(path: Path, proc: subprocess.Popen[bytes]) -> None:
 
 
 @pytest.fixture(scope="module")
-def weights(fwrf_weights: Path) -> Path:
-    """A root with the converted fwRF weights of subject 1, V1."""
-    return fwrf_weights
-
-
-@pytest.fixture(scope="module")
 def images(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from nest_data.synthetic import test_images, write_image_folder
 
@@ -661,7 +655,7 @@ def test_writer_lock_names_its_holder_nests_and_refuses_other_threads(tmp_path: 
 
 
 def test_second_writer_process_is_refused_and_the_first_store_verifies(
-        weights: Path, images: Path, ned_src: Path, collection: Path, tmp_path: Path,
+        fwrf_weights: Path, images: Path, ned_src: Path, collection: Path, tmp_path: Path,
         capsys: pytest.CaptureFixture[str]) -> None:
     """Two real processes into one DEST: a generate run holds the lock (held inside, at
     its tasks); a second generate (the CLI), a convert, a mirror and a demo build into the
@@ -681,14 +675,15 @@ def test_second_writer_process_is_refused_and_the_first_store_verifies(
             "nest_data.generate(sys.argv[3], sys.argv[4], imageset='mine', subject=1, "
             "roi='V1', location=sys.argv[5], chunk_images=2, show_progress=False)\n")
     first = subprocess.Popen([sys.executable, "-c", code, str(ready), str(go), str(images),
-                              str(dest), str(weights)], stderr=subprocess.PIPE)
+                              str(dest), str(fwrf_weights)], stderr=subprocess.PIPE)
     try:
         _wait_for(ready, first)
         named = f"generate (pid {first.pid} on {socket.gethostname()}, started "
         second = subprocess.run(
             [sys.executable, "-m", "nest_data._cli", "--no-progress", "generate", str(images),
              str(dest), "--imageset", "mine", "--subject", "1", "--roi", "V1", "--location",
-             str(weights), "--chunk-images", "2"], capture_output=True, text=True, timeout=WAIT_S)
+             str(fwrf_weights), "--chunk-images", "2"], capture_output=True, text=True,
+            timeout=WAIT_S)
         assert second.returncode == 2
         assert second.stderr.startswith(f"nest-data: error: another nest-data writer is "
                                         f"writing to {dest}: {named}")
@@ -926,12 +921,12 @@ def test_destination_on_a_full_disk_is_named_as_full(tmp_path: Path,
         make_root(tmp_path / "new")
 
 
-def test_generate_on_a_full_disk(weights: Path, images: Path, tmp_path: Path,
+def test_generate_on_a_full_disk(fwrf_weights: Path, images: Path, tmp_path: Path,
                                  full_disk: Callable[..., None],
                                  monkeypatch: pytest.MonkeyPatch,
                                  capsys: pytest.CaptureFixture[str]) -> None:
     args = ["--no-progress", "generate", str(images), str(tmp_path), "--imageset", "mine",
-            "--subject", "1", "--roi", "V1", "--location", str(weights), "--chunk-images", "2"]
+            "--subject", "1", "--roi", "V1", "--location", str(fwrf_weights), "--chunk-images", "2"]
     full_disk(tmp_path, where="/responses/c/")  # the disk fills when chunks are written
     assert cli(args) == 2
     err = capsys.readouterr().err
@@ -941,7 +936,7 @@ def test_generate_on_a_full_disk(weights: Path, images: Path, tmp_path: Path,
     assert not (tmp_path / "modality-fmri").exists()
     with pytest.raises(NoSpaceError) as raised:  # the API raises the same, an OSError
         nest_data.generate(images, tmp_path, imageset="mine", subject=1, roi="V1",
-                           location=str(weights), chunk_images=2)
+                           location=str(fwrf_weights), chunk_images=2)
     assert raised.value.errno == errno.ENOSPC and isinstance(raised.value, OSError)
     monkeypatch.undo()
     assert cli(args) == 0  # resumes
@@ -957,10 +952,10 @@ def _fetches_running() -> list[asyncio.Task[Any]]:
 
 
 def test_generate_drops_its_unfinished_job_made_with_other_arguments(
-        weights: Path, images: Path, tmp_path: Path, full_disk: Callable[..., None],
+        fwrf_weights: Path, images: Path, tmp_path: Path, full_disk: Callable[..., None],
         monkeypatch: pytest.MonkeyPatch) -> None:
     kwargs: dict[str, Any] = {"imageset": "mine", "subject": 1, "roi": "V1",
-                              "location": str(weights), "show_progress": False}
+                              "location": str(fwrf_weights), "show_progress": False}
     full_disk(tmp_path, where="/responses/c/")
     with pytest.raises(NoSpaceError):
         nest_data.generate(images, tmp_path, chunk_images=2, **kwargs)
@@ -1021,12 +1016,6 @@ EncodeCLI = Callable[..., tuple[int, str]]
 
 
 @pytest.fixture(scope="module")
-def weights_root(fwrf_weights: Path) -> Path:
-    """Converted fwRF weights of sub-01 V1 (a few voxels)."""
-    return fwrf_weights
-
-
-@pytest.fixture(scope="module")
 def image_files(tmp_path_factory: pytest.TempPathFactory) -> list[str]:
     from PIL import Image
 
@@ -1039,22 +1028,22 @@ def image_files(tmp_path_factory: pytest.TempPathFactory) -> list[str]:
 
 
 @pytest.fixture
-def encode_cli(weights_root: Path, image_files: list[str], capsys: pytest.CaptureFixture[str]
+def encode_cli(fwrf_weights: Path, image_files: list[str], capsys: pytest.CaptureFixture[str]
                ) -> EncodeCLI:
     """See :data:`EncodeCLI`."""
 
     def run(*extra: str, images: int = 2, location: str | None = None) -> tuple[int, str]:
         capsys.readouterr()
         status = cli(["--no-progress", "encode", *image_files[:images], "--subject", "1",
-                       "--roi", "V1", "--location", location or str(weights_root), *extra])
+                       "--roi", "V1", "--location", location or str(fwrf_weights), *extra])
         return status, capsys.readouterr().err
 
     return run
 
 
-def _expected(weights_root: Path, image_files: list[str], images: int = 2) -> xr.DataArray:
+def _expected(fwrf_weights: Path, image_files: list[str], images: int = 2) -> xr.DataArray:
     return nest_data.encode(image_files[:images], subject=1, roi="V1",
-                            location=str(weights_root))
+                            location=str(fwrf_weights))
 
 
 def _responses(out: Path) -> np.ndarray:
@@ -1072,12 +1061,12 @@ def _no_leftovers(folder: Path, *expected: str) -> None:
 # ------------------------------------------------------------------------------------------
 
 
-def test_missing_parent_folders_are_created(encode_cli: EncodeCLI, weights_root: Path,
+def test_missing_parent_folders_are_created(encode_cli: EncodeCLI, fwrf_weights: Path,
                                             image_files: list[str], tmp_path: Path) -> None:
     out = tmp_path / "new" / "deeper" / "r.nc"
     status, err = encode_cli("--out", str(out))
     assert (status, err) == (0, "")
-    np.testing.assert_array_equal(_responses(out), _expected(weights_root, image_files).values)
+    np.testing.assert_array_equal(_responses(out), _expected(fwrf_weights, image_files).values)
     _no_leftovers(out.parent, "r.nc")
 
 
@@ -1111,7 +1100,7 @@ def test_unwritable_places_are_refused_before_encoding(
 # ------------------------------------------------------------------------------------------
 
 
-def test_a_user_file_is_kept_unless_overwrite(encode_cli: EncodeCLI, weights_root: Path,
+def test_a_user_file_is_kept_unless_overwrite(encode_cli: EncodeCLI, fwrf_weights: Path,
                                               image_files: list[str], tmp_path: Path) -> None:
     out = tmp_path / "x.nc"
     out.write_text("my notes")
@@ -1123,12 +1112,12 @@ def test_a_user_file_is_kept_unless_overwrite(encode_cli: EncodeCLI, weights_roo
     _no_leftovers(tmp_path, "x.nc")
     status, err = encode_cli("--out", str(out), "--overwrite")
     assert (status, err) == (0, "")
-    np.testing.assert_array_equal(_responses(out), _expected(weights_root, image_files).values)
+    np.testing.assert_array_equal(_responses(out), _expected(fwrf_weights, image_files).values)
     _no_leftovers(tmp_path, "x.nc")
 
 
 def test_a_foreign_zarr_store_is_kept_unless_overwrite(
-        encode_cli: EncodeCLI, weights_root: Path, image_files: list[str], tmp_path: Path) -> None:
+        encode_cli: EncodeCLI, fwrf_weights: Path, image_files: list[str], tmp_path: Path) -> None:
     import zarr
 
     out = tmp_path / "theirs.zarr"
@@ -1140,7 +1129,7 @@ def test_a_foreign_zarr_store_is_kept_unless_overwrite(
     status, err = encode_cli("--out", str(out), "--overwrite")
     assert (status, err) == (0, "")
     assert "mine" not in zarr.open_group(out, mode="r")
-    np.testing.assert_array_equal(_responses(out), _expected(weights_root, image_files).values)
+    np.testing.assert_array_equal(_responses(out), _expected(fwrf_weights, image_files).values)
     _no_leftovers(tmp_path, "theirs.zarr")
 
 
@@ -1160,7 +1149,7 @@ def test_a_folder_that_is_not_zarr_is_never_replaced(encode_cli: EncodeCLI, tmp_
 
 
 @pytest.mark.parametrize("name", ["r.nc", "r.zarr"])
-def test_an_output_nest_data_wrote_is_replaced(encode_cli: EncodeCLI, weights_root: Path,
+def test_an_output_nest_data_wrote_is_replaced(encode_cli: EncodeCLI, fwrf_weights: Path,
                                                image_files: list[str], tmp_path: Path,
                                                name: str) -> None:
     """As ``generate`` replaces its own store: running the command again refreshes it."""
@@ -1168,7 +1157,7 @@ def test_an_output_nest_data_wrote_is_replaced(encode_cli: EncodeCLI, weights_ro
     assert encode_cli("--out", str(out), images=2) == (0, "")
     assert encode_cli("--out", str(out), images=3) == (0, "")
     np.testing.assert_array_equal(_responses(out),
-                                  _expected(weights_root, image_files, 3).values)
+                                  _expected(fwrf_weights, image_files, 3).values)
     kwargs = {"engine": "zarr"} if out.suffix == ".zarr" else {}
     with xr.open_dataset(out, **kwargs) as ds:
         assert ds.attrs[WRITER_ATTR].startswith("nest-data ")
@@ -1240,14 +1229,14 @@ def test_an_unreachable_location_is_not_a_missing_file(encode_cli: EncodeCLI, tm
     _no_leftovers(tmp_path)
 
 
-def test_weights_over_http_and_a_missing_model_json(weights_root: Path, image_files: list[str]
+def test_weights_over_http_and_a_missing_model_json(fwrf_weights: Path, image_files: list[str]
                                                     ) -> None:
     with HTTPServer() as server:
-        server.upload(weights_root)
+        server.upload(fwrf_weights)
         remote = nest_data.encode(image_files[:2], subject=1, roi="V1", location=server.url,
                                   cache=False)
         np.testing.assert_array_equal(remote.values,
-                                      _expected(weights_root, image_files).values)
+                                      _expected(fwrf_weights, image_files).values)
         with pytest.raises(nest_data.StoreNotFoundError,
                            match=r"no converted weights at .*/no-such-root/weights/.* "
                                  r"\(model.json is missing\)"):
