@@ -19,10 +19,11 @@ from nest_data._cache import ChunkCache
 from nest_data._catalog import Catalog, Entry, Location, Root, catalog
 from nest_data._config import set_options
 from nest_data._demo import build_demo, plot_roi_summary, plot_surface_map, run_demo
-from nest_data._encode import encode
+from nest_data._encode import Encoder, encode, encoder
 from nest_data._generate import generate
 from nest_data._mirror import mirror
 from nest_data._open import open, open_collection, open_many, open_metadata, open_store
+from nest_data._plot import plot_saliency
 from nest_data._verify import build_index, verify
 from nest_data.analysis import (
     roi_mean,
@@ -39,6 +40,7 @@ from nest_data.errors import (
     CatalogError,
     ChecksumError,
     ConversionError,
+    EncoderFreedError,
     IndexFormatError,
     IndexLockError,
     IndexVersionError,
@@ -94,6 +96,8 @@ __all__ = [
     "ChecksumError",
     "ChunkCache",
     "ConversionError",
+    "Encoder",
+    "EncoderFreedError",
     "Entry",
     "IndexFormatError",
     "IndexLockError",
@@ -120,6 +124,7 @@ __all__ = [
     "catalog",
     "dream",
     "encode",
+    "encoder",
     "generate",
     "mirror",
     "objectives",
@@ -129,6 +134,7 @@ __all__ = [
     "open_metadata",
     "open_store",
     "plot_roi_summary",
+    "plot_saliency",
     "plot_surface_map",
     "roi_mean",
     "roi_means",

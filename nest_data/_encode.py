@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import uuid
@@ -15,13 +16,17 @@ from tqdm.auto import tqdm
 
 from nest_data import _config
 from nest_data._catalog import Catalog
+from nest_data._catalog import catalog as default_catalog
 from nest_data._images import as_images, content_hash, image_labels
-from nest_data._models import EncoderSource, LoadedEncoder, torch_device
-from nest_data.errors import InputError
+from nest_data._models import EncoderSource, LoadedEncoder, release, torch_device
+from nest_data._redact import redact_url
+from nest_data.analysis.means import counted
+from nest_data.errors import EncoderFreedError, InputError
 
 logger = logging.getLogger("nest_data")
 
-__all__ = ["ResponseCache", "encode", "selection_indices"]
+__all__ = ["Encoder", "ResponseCache", "check_alone", "encode", "encoder",
+           "selection_indices"]
 
 
 class ResponseCache:
@@ -137,11 +142,391 @@ def selection_indices(value: Any, n: int, what: str) -> np.ndarray:
     return np.unique(index)
 
 
+def encoder(
+    *,
+    subject: int | str,
+    roi: str | None = None,
+    modality: str = "fmri",
+    train_dataset: str | None = None,
+    model: str | None = None,
+    channels: Sequence[str] | None = None,
+    timepoints: Any = None,
+    lh_vertices: Any = None,
+    rh_vertices: Any = None,
+    location: str | None = None,
+    storage_options: Mapping[str, Any] | None = None,
+    backbone: str | os.PathLike[str] | None = None,
+    device: str = "auto",
+    catalog: Catalog | None = None,
+) -> Encoder:
+    """Load one NEST encoder once, to encode many batches, describe it and free it.
+
+    BERG's ``get_encoding_model``: the weights are read (and checked) here, once; the
+    :class:`Encoder` then answers :meth:`Encoder.encode` for any number of batches and is
+    accepted by :func:`nest_data.encode`, :func:`nest_data.generate`, :func:`nest_data.dream`
+    and :func:`nest_data.saliency` (``encoder=``).
+
+    Parameters
+    ----------
+    subject, roi, modality, train_dataset, model
+        The encoder, as in :func:`nest_data.encode`.
+    channels, timepoints, lh_vertices, rh_vertices
+        The selection its outputs keep (BERG's ``selection=``), as in
+        :func:`nest_data.encode`; ``roi=`` selects the vertices of the fsaverage model.
+    location, storage_options, backbone
+        Where the converted weights are, as in :func:`nest_data.encode`.
+    device : str
+        ``"auto"`` (CUDA when present), ``"cpu"`` or ``"cuda"``; :meth:`Encoder.to` moves it.
+    catalog : Catalog, optional
+        The catalog that resolves the keys (default: the built-in one).
+
+    Returns
+    -------
+    Encoder
+        The loaded encoder; use it as a context manager (or call :meth:`Encoder.free`) to
+        release its memory.
+
+    Raises
+    ------
+    InputError
+        A bad selection or device.
+    UnknownKeyError
+        Keys the catalog does not know (with the valid ones).
+    StoreNotFoundError
+        No converted weights where the catalog says (the message says how to convert them).
+
+    Examples
+    --------
+    >>> import nest_data
+    >>> from nest_data.synthetic import test_images
+    >>> with nest_data.encoder(subject=1, roi="FFA-1", location="demo", device="cpu") as ffa:
+    ...     first = ffa.encode(test_images(2, 64), show_progress=False)
+    ...     second = ffa.encode(test_images(3, 64), show_progress=False)
+    >>> first.dims, second.sizes["image"]
+    (('image', 'voxel'), 3)
+    """
+    source = EncoderSource.resolve(subject=subject, roi=roi, modality=modality,
+                                   train_dataset=train_dataset, model=model, location=location,
+                                   storage_options=storage_options, backbone=backbone,
+                                   catalog=catalog)
+    return Encoder(source, roi=roi, channels=channels, timepoints=timepoints,
+                   lh_vertices=lh_vertices, rh_vertices=rh_vertices, device=device,
+                   catalog=catalog)
+
+
+class Encoder:
+    """A loaded NEST encoder with its selection: encodes batches, describes itself, frees.
+
+    Made by :func:`nest_data.encoder`.  The model is loaded once and shared with the
+    process's other calls for the same weights (:func:`nest_data.encode` with the same keys
+    reads nothing again); :meth:`free`, or the end of a ``with`` block, lets its memory go.
+
+    Examples
+    --------
+    >>> import nest_data
+    >>> v1 = nest_data.encoder(subject=1, roi="V1", location="demo", device="cpu")
+    >>> v1
+    <nest_data.Encoder fmri/nsd/fwrf sub-01 V1: (image, voxel) 1350 voxels on cpu>
+    >>> v1.free()
+    """
+
+    def __init__(self, source: EncoderSource, *, roi: str | None = None,
+                 channels: Sequence[str] | None = None, timepoints: Any = None,
+                 lh_vertices: Any = None, rh_vertices: Any = None, device: str = "auto",
+                 catalog: Catalog | None = None) -> None:
+        if not source.surface and (lh_vertices is not None or rh_vertices is not None):
+            raise InputError("lh_vertices= and rh_vertices= select fsaverage vertices; pass "
+                             "train_dataset='nsd_fsaverage' to use the surface encoder")
+        self.source = source
+        self._device = torch_device(device)
+        loaded = source.load()
+        self._selection = {**_eeg_selection(loaded, channels, timepoints),
+                           **_surface_selection(loaded, roi, lh_vertices, rh_vertices)}
+        self._keys = dict(loaded.keys)
+        self._roi = roi
+        self._roi_label = roi if roi is not None or "vertex" not in loaded.dims else (
+            "selected vertices" if self._selection else "whole surface")
+        spec = (catalog or default_catalog()).resolve_weights(
+            modality=source.modality, train_dataset=source.train_dataset, model=source.model,
+            subject=loaded.keys["subject"],
+            roi=loaded.keys.get("roi") if not source.surface else None)[0]
+        self._description = spec.description
+        self._loaded: LoadedEncoder | None = loaded.to(self._device)
+
+    # -------------------------------------------------------------------- what it is
+
+    @property
+    def loaded(self) -> LoadedEncoder:
+        """The loaded model, its preprocessing and labels (raises once freed)."""
+        if self._loaded is None:
+            raise EncoderFreedError(
+                f"this encoder ({self._name}) was freed (free() was called or its with-block "
+                "ended); load it again with nest_data.encoder(...)")
+        return self._loaded
+
+    @property
+    def _name(self) -> str:
+        keys = self.keys
+        roi = f" {self._roi_label}" if self._roi_label else ""
+        return (f"{keys['modality']}/{keys['train_dataset']}/{keys['model']} "
+                f"sub-{int(keys['subject']):02d}{roi}")
+
+    @property
+    def keys(self) -> dict[str, Any]:
+        """The catalog keys of the encoder (``modality``, ``train_dataset``, ``model``,
+        ``subject`` and, for the fwRF model, ``roi``)."""
+        return dict(self._keys)
+
+    @property
+    def roi(self) -> str | None:
+        """The ROI the outputs cover, or None (EEG, the whole surface, vertex vectors)."""
+        return self._roi
+
+    def check_unselected(self, what: str) -> None:
+        """Refuse a selection other than an ROI, for uses that read whole ROIs (``what``)."""
+        if self._selection and self._roi is None:
+            raise InputError(
+                f"{what} reads an encoder's ROI, but this encoder ({self._name}) keeps "
+                f"a selection of {', '.join(self._selection)}s; load it without "
+                "channels=/timepoints=/lh_vertices=/rh_vertices= (objectives.eeg(channels=, "
+                "times=) selects EEG outputs)")
+
+    @property
+    def device(self) -> str:
+        """The torch device the model runs on (``"cpu"``, ``"cuda:0"``...)."""
+        return str(self._device)
+
+    @property
+    def selection(self) -> dict[str, np.ndarray]:
+        """Positions of the kept outputs per dimension (empty: all of them)."""
+        return {dim: index.copy() for dim, index in self._selection.items()}
+
+    @property
+    def sizes(self) -> dict[str, int]:
+        """Size of each output dimension per image, after the selection."""
+        loaded = self.loaded
+        return {dim: len(self._selection[dim]) if dim in self._selection else n
+                for dim, n in zip(loaded.dims[1:], loaded.row_shape, strict=True)}
+
+    def get_metadata(self) -> xr.Dataset:
+        """The labels of the outputs, without encoding anything (BERG's ``get_metadata``).
+
+        Returns
+        -------
+        xarray.Dataset
+            The coordinates of the output dimensions (voxel ``ncsnr``, ``r2`` and positions;
+            EEG channel names and times; vertex indices and accuracies), selection applied,
+            and the attributes every encoded array carries.
+
+        Examples
+        --------
+        >>> import nest_data
+        >>> with nest_data.encoder(subject=1, roi="V1", location="demo") as v1:
+        ...     meta = v1.get_metadata()
+        >>> meta.sizes["voxel"], meta.attrs["roi"]
+        (1350, 'V1')
+        """
+        loaded = self.loaded
+        empty = loaded.labelled(np.empty((0, *loaded.row_shape), dtype=np.float32), [])
+        if "vertex" in loaded.dims:
+            empty.attrs["roi"] = self._roi_label
+        if self._selection:
+            empty = empty.isel(self._selection)
+        return xr.Dataset(coords=empty.drop_vars("image").coords, attrs=empty.attrs)
+
+    def describe(self) -> str:
+        """The model card: what the encoder is, its outputs, weights and device.
+
+        Returns
+        -------
+        str
+            Several lines of text (BERG's ``describe()``); print it to read it.
+
+        Examples
+        --------
+        >>> import nest_data
+        >>> with nest_data.encoder(subject=1, roi="V1", location="demo", device="cpu") as v1:
+        ...     card = v1.describe().splitlines()
+        >>> card[0]
+        'NEST encoder fmri/nsd/fwrf, subject 1, ROI V1'
+        >>> [line for line in card if line.startswith(("output", "device"))]  # doctest: +ELLIPSIS
+        ['output: (image, voxel), 1350 voxels per image, float32 (predicted ...)', 'device: cpu']
+        """
+        loaded = self.loaded
+        attrs = loaded.attrs
+        keys = self.keys
+        sizes = self.sizes
+        shape = ", ".join(counted(n, dim) for dim, n in sizes.items())
+        is_fwrf = "voxel" in loaded.dims
+        lines = [f"NEST encoder {keys['modality']}/{keys['train_dataset']}/{keys['model']}, "
+                 f"subject {int(keys['subject'])}"
+                 + (f", ROI {self._roi_label}" if self._roi_label else ""),
+                 *([self._description] if self._description else []),
+                 "input: RGB images, integers 0..255, center-cropped to a square, then "
+                 + ("resized to 227 x 227 pixels" if is_fwrf else
+                    "resized to 256 and center-cropped to 224 x 224 (ImageNet's)"),
+                 f"output: ({', '.join(loaded.dims)}), {shape} per image, float32 "
+                 f"({attrs.get('units') or 'units unknown'})"]
+        if self._selection:
+            lines.append("selection: " + "; ".join(
+                f"{len(index)} of {counted(loaded.row_shape[loaded.dims.index(dim) - 1], dim)}"
+                for dim, index in self._selection.items()))
+        lines.append(f"weights: {redact_url(self.source.weights_url)} "
+                     f"({attrs.get('weights_sha256', '')})")
+        if self.source.backbone_url:
+            lines.append(f"backbone: {redact_url(self.source.backbone_url)} "
+                         f"({attrs.get('backbone_sha256', '')})")
+        lines += [f"parameters: {self.n_parameters:,} ({self.nbytes / 1e6:.1f} MB)",
+                  f"device: {self.device}",
+                  f"source: {attrs.get('source', '')}"]
+        return "\n".join(lines)
+
+    @property
+    def n_parameters(self) -> int:
+        """Number of the model's parameters (weights and buffers)."""
+        model = self.loaded.model
+        return sum(t.numel() for t in (*model.parameters(), *model.buffers()))
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes the model's parameters and buffers take on its device."""
+        model = self.loaded.model
+        return sum(t.numel() * t.element_size() for t in (*model.parameters(), *model.buffers()))
+
+    def __repr__(self) -> str:
+        if self._loaded is None:
+            return f"<nest_data.Encoder {self._name} (freed)>"
+        shape = ", ".join(counted(n, dim) for dim, n in self.sizes.items())
+        return (f"<nest_data.Encoder {self._name}: ({', '.join(self.loaded.dims)}) {shape} on "
+                f"{self.device}>")
+
+    # -------------------------------------------------------------------- what it does
+
+    @_config.progress_option
+    def encode(self, images: Any, *, image_ids: Sequence[str] | None = None,
+               batch_size: int = 16, cache: bool = True,
+               show_progress: bool | None = None) -> xr.DataArray:
+        """Responses to images, labelled as a stored entry (see :func:`nest_data.encode`).
+
+        Parameters
+        ----------
+        images, image_ids, batch_size, cache, show_progress
+            As in :func:`nest_data.encode`.
+
+        Returns
+        -------
+        xarray.DataArray
+            ``responses`` with this encoder's selection.
+
+        Examples
+        --------
+        >>> import nest_data
+        >>> from nest_data.synthetic import test_images
+        >>> with nest_data.encoder(subject=1, roi="V1", location="demo") as v1:
+        ...     da = v1.encode(test_images(2, 64), show_progress=False)
+        >>> da.sizes["voxel"]
+        1350
+        """
+        arrays = as_images(images)
+        hashes = [content_hash(a) for a in arrays]
+        return self._encode(arrays, hashes, image_ids if image_ids is not None
+                            else image_labels(images, hashes), image_ids is None,
+                            batch_size, cache)
+
+    def _encode(self, arrays: list[np.ndarray], hashes: list[str], ids: Sequence[str],
+                own_labels: bool, batch_size: int, cache: bool) -> xr.DataArray:
+        """:meth:`encode` of decoded images with their hashes and labels."""
+        if batch_size < 1:
+            raise InputError(f"batch_size must be a positive number of images, got {batch_size}")
+        if len(ids) != len(arrays):
+            raise InputError(f"{len(ids)} image_ids for {len(arrays)} images; give one id per "
+                             "image, or none for the default labels (file names, else content "
+                             "hashes)")
+        loaded = self.loaded
+        out = np.empty((len(arrays), *loaded.row_shape), dtype=np.float32)
+        store = ResponseCache(loaded.digest) if cache else None
+        todo = []
+        for index, image_hash in enumerate(hashes):
+            cached = store.get(image_hash) if store is not None else None
+            if cached is not None and cached.shape == loaded.row_shape:
+                out[index] = cached
+            else:
+                todo.append(index)
+        loaded.to(self._device)  # another user of the shared model may have moved it
+        for start in tqdm(range(0, len(todo), batch_size), desc="encoding", unit="batch",
+                          disable=not _config.show_progress()):
+            rows = todo[start:start + batch_size]
+            out[rows] = loaded([arrays[i] for i in rows], self._device)
+            if store is not None:
+                for i in rows:
+                    store.put(hashes[i], out[i])
+        logger.info("encoded %d images with %s on %s (%d from the cache)", len(arrays),
+                    self._name, self.device, len(arrays) - len(todo))
+        da = loaded.labelled(out, ids)
+        if own_labels:  # labels of ours: the pixels' identity goes with them
+            da = da.assign_coords(image_sha256=("image", np.asarray(hashes, dtype=object), {
+                "description": "SHA-256 of the image's pixels as encoded (after the center "
+                               "crop)"}))
+        if "vertex" in loaded.dims:
+            da.attrs["roi"] = self._roi_label
+        return da.isel(self._selection) if self._selection else da
+
+    __call__ = encode
+
+    def to(self, device: str) -> Encoder:
+        """Move the model to another device; return the encoder.
+
+        Examples
+        --------
+        >>> import nest_data
+        >>> with nest_data.encoder(subject=1, roi="V1", location="demo") as v1:
+        ...     v1.to("cpu").device
+        'cpu'
+        """
+        self._device = torch_device(device)
+        self.loaded.to(self._device)
+        return self
+
+    def free(self) -> None:
+        """Release the model: the process no longer keeps it, and its memory (GPU memory
+        included) goes once no other encoder or call holds it.  Freeing twice is harmless;
+        using a freed encoder raises :class:`~nest_data.errors.EncoderFreedError`."""
+        if self._loaded is None:
+            return
+        loaded, self._loaded = self._loaded, None
+        release(loaded)
+        cuda = self._device.type == "cuda"
+        del loaded
+        gc.collect()
+        if cuda:
+            import torch
+
+            torch.cuda.empty_cache()
+        logger.info("freed the encoder %s", self._name)
+
+    close = free
+
+    def __enter__(self) -> Encoder:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.free()
+
+
+def check_alone(what: str, **values: Any) -> None:
+    """Refuse keys given along with ``encoder=``: the encoder fixes them (None: not given)."""
+    given = sorted(name for name, value in values.items() if value is not None)
+    if given:
+        raise InputError(f"{what}: encoder= is given, and so are {', '.join(given)}: the "
+                         "encoder already fixes its model, selection, weights and device; "
+                         "drop those arguments (or drop encoder= to load by keys)")
+
+
 @_config.progress_option
 def encode(
     images: Any,
     *,
-    subject: int | str,
+    subject: int | str | None = None,
     roi: str | None = None,
     modality: str = "fmri",
     train_dataset: str | None = None,
@@ -159,6 +544,7 @@ def encode(
     cache: bool = True,
     show_progress: bool | None = None,
     catalog: Catalog | None = None,
+    encoder: Encoder | None = None,
 ) -> xr.DataArray:
     """Responses of a NEST encoder to images, in the labelled form of a stored entry.
 
@@ -171,7 +557,7 @@ def encode(
         center-cropped to their shorter side; then the encoder's own preprocessing applies
         (fMRI: resize to 227; EEG: ImageNet's resize to 256 and center crop 224).
     subject : int or str
-        Subject (1-8 for fMRI, 1-10 for EEG).
+        Subject (1-8 for fMRI, 1-10 for EEG); not with ``encoder=``.
     roi : str
         fMRI ROI; ``lateral`` and ``ventral`` run both halves of NEST's split encoder.  For
         the fsaverage encoder, one of BERG's 31 surface ROIs (both hemispheres' vertices);
@@ -214,6 +600,11 @@ def encode(
         weights' and each image's SHA-256: asking again computes nothing.
     show_progress : bool, optional
         Progress bar over batches.
+    catalog : Catalog, optional
+        The catalog that resolves the keys (default: the built-in one).
+    encoder : Encoder, optional
+        An encoder loaded by :func:`nest_data.encoder` (BERG's ``encode(model, images)``);
+        then give none of the keys, the selection, the location or the device: it has them.
 
     Returns
     -------
@@ -242,12 +633,23 @@ def encode(
     ...
     nest_data.errors.StoreNotFoundError: no converted weights at /nowhere/weights/...
     """
+    if encoder is not None:
+        check_alone("encode()", subject=subject, roi=roi, train_dataset=train_dataset,
+                    model=model, channels=channels, timepoints=timepoints,
+                    lh_vertices=lh_vertices, rh_vertices=rh_vertices, location=location,
+                    storage_options=storage_options, backbone=backbone, catalog=catalog,
+                    modality=None if modality == "fmri" else modality,
+                    device=None if device == "auto" else device)
+        return encoder.encode(images, image_ids=image_ids, batch_size=batch_size, cache=cache)
+    if subject is None:
+        raise InputError("give subject= (with roi=, modality=... as needed) or encoder= "
+                         "(from nest_data.encoder(...))")
     if batch_size < 1:
         raise InputError(f"batch_size must be a positive number of images, got {batch_size}")
     if modality not in ("fmri", "eeg"):
         raise InputError(f"modality={modality!r}; encoders exist for 'fmri' (fwRF, with "
                          "roi=) and 'eeg' (ViT-B/32)")
-    arrays = as_images(images)
+    arrays = as_images(images)  # bad images fail before any weights are read
     hashes = [content_hash(a) for a in arrays]
     ids = list(image_ids) if image_ids is not None else image_labels(images, hashes)
     if len(ids) != len(arrays):
@@ -258,38 +660,7 @@ def encode(
                                    train_dataset=train_dataset, model=model, location=location,
                                    storage_options=storage_options, backbone=backbone,
                                    catalog=catalog)
-    if not source.surface and (lh_vertices is not None or rh_vertices is not None):
-        raise InputError("lh_vertices= and rh_vertices= select fsaverage vertices; pass "
-                         "train_dataset='nsd_fsaverage' to use the surface encoder")
-    encoder = source.load()
-    selection = {**_eeg_selection(encoder, channels, timepoints),
-                 **_surface_selection(encoder, roi, lh_vertices, rh_vertices)}
-    out = np.empty((len(arrays), *encoder.row_shape), dtype=np.float32)
-    store = ResponseCache(encoder.digest) if cache else None
-    todo = []
-    for index, image_hash in enumerate(hashes):
-        cached = store.get(image_hash) if store is not None else None
-        if cached is not None and cached.shape == encoder.row_shape:
-            out[index] = cached
-        else:
-            todo.append(index)
-    target = torch_device(device)
-    encoder.to(target)
-    for start in tqdm(range(0, len(todo), batch_size), desc="encoding", unit="batch",
-                      disable=not _config.show_progress()):
-        rows = todo[start:start + batch_size]
-        out[rows] = encoder([arrays[i] for i in rows], target)
-        if store is not None:
-            for i in rows:
-                store.put(hashes[i], out[i])
-    logger.info("encoded %d images with %s sub-%02d %s on %s (%d from the cache)",
-                len(arrays), encoder.attrs["model"], encoder.attrs["subject"],
-                encoder.attrs.get("roi", ""), target, len(arrays) - len(todo))
-    da = encoder.labelled(out, ids)
-    if image_ids is None:  # labels of ours: the pixels' identity goes with them
-        da = da.assign_coords(image_sha256=("image", np.asarray(hashes, dtype=object), {
-            "description": "SHA-256 of the image's pixels as encoded (after the center crop)"}))
-    if "vertex" in encoder.dims:
-        da.attrs["roi"] = roi if roi is not None else (
-            "selected vertices" if selection else "whole surface")
-    return da.isel(selection) if selection else da
+    return Encoder(source, roi=roi, channels=channels, timepoints=timepoints,
+                   lh_vertices=lh_vertices, rh_vertices=rh_vertices, device=device,
+                   catalog=catalog)._encode(arrays, hashes, ids, image_ids is None,
+                                            batch_size, cache)

@@ -32,6 +32,7 @@ from nest_data._catalog import Catalog, Entry
 from nest_data._catalog import catalog as default_catalog
 from nest_data._catalog.schema import is_valid_name
 from nest_data._digest import bytes_digest
+from nest_data._encode import Encoder, check_alone
 from nest_data._format import DATA_VAR, EntryData, array_digest, chunk_rows, read_store_attrs
 from nest_data._images import as_images
 from nest_data._locks import writer_lock
@@ -223,7 +224,7 @@ def generate(
     dest: str | os.PathLike[str],
     *,
     imageset: str,
-    subject: int | str,
+    subject: int | str | None = None,
     roi: str | None = None,
     modality: str = "fmri",
     train_dataset: str | None = None,
@@ -234,10 +235,11 @@ def generate(
     chunk_images: int | None = None,
     chunk_vertices: int = VERTEX_CHUNK,
     batch_size: int = 16,
-    device: str = "auto",
+    device: str | None = None,
     client: Any = None,
     show_progress: bool | None = None,
     catalog: Catalog | None = None,
+    encoder: Encoder | None = None,
 ) -> str:
     """Encode a whole image set into a new store of the standard layout, on dask.
 
@@ -266,7 +268,7 @@ def generate(
         ``nest_data.catalog().search(location=dest)`` lists it (the location's index
         names it; see :meth:`nest_data.Catalog.at`).
     subject, roi, modality, train_dataset, model, location, storage_options, backbone
-        The encoder, as for :func:`nest_data.encode`.  The fsaverage encoder
+        The encoder, as for :func:`nest_data.encode` (or ``encoder=``).  The fsaverage encoder
         (``train_dataset="nsd_fsaverage"``) always writes the whole surface, and ROIs are
         selected when the store is opened (``nest_data.open(..., roi="FFA-1")``), so it
         takes no ``roi``.
@@ -278,14 +280,20 @@ def generate(
         so one ROI reads a few vertex chunks).
     batch_size : int
         Images per forward pass inside a task.
-    device : str
-        ``"auto"``, ``"cpu"`` or ``"cuda"``, on the machine that runs each task.
+    device : str, optional
+        ``"auto"``, ``"cpu"`` or ``"cuda"``, on the machine that runs each task (default:
+        the device of ``encoder``, else ``"auto"``).
     client : distributed.Client, optional
         Run the tasks on this cluster (default: the active client if there is one, else one
         task at a time in this process).  Workers must see ``dest``'s staging folder (for a
         remote ``dest``: ``<cache dir>/staging``) and the images.
     show_progress : bool, optional
         Progress bar over chunks.
+    catalog : Catalog, optional
+        The catalog that resolves the keys (default: the built-in one).
+    encoder : Encoder, optional
+        An encoder loaded by :func:`nest_data.encoder`, instead of the keys (tasks in this
+        process use it; workers of a cluster load the same weights once each).
 
     Returns
     -------
@@ -338,22 +346,38 @@ def generate(
     if chunk_vertices < 1:
         raise InputError(f"chunk_vertices must be a positive number, got {chunk_vertices}")
     cat = catalog or default_catalog()
+    if encoder is not None:
+        check_alone("generate()", subject=subject, roi=roi, train_dataset=train_dataset,
+                    model=model, location=location, backbone=backbone,
+                    modality=None if modality == "fmri" else modality)
+        encoder.check_unselected("generate()")
+        if encoder.source.surface and encoder.roi is not None:
+            raise InputError(f"generate writes the whole surface, and this encoder keeps the "
+                             f"ROI {encoder.roi!r}; load it without roi= "
+                             "(nest_data.encoder(train_dataset='nsd_fsaverage', subject=...)) "
+                             "and select the ROI when opening the store")
+        keys = encoder.keys
+        modality, train_dataset, model = keys["modality"], keys["train_dataset"], keys["model"]
+        subject, roi = keys["subject"], encoder.roi
+    elif subject is None:
+        raise InputError("give subject= (with roi=, modality=... as needed) or encoder= "
+                         "(from nest_data.encoder(...))")
+    device = device or (encoder.device if encoder is not None else "auto")
     spec, _ = cat.resolve_weights(modality=modality, train_dataset=train_dataset, model=model,
                                   subject=subject, roi=roi)
     if spec.surface and roi is not None:
         raise InputError(f"generate writes the whole surface for {spec.name} (roi={roi!r} "
                          "given); drop roi= and select the ROI when opening the store: "
                          "nest_data.open_store(url, roi=...) or nest_data.open(..., roi=...)")
-    source = EncoderSource.resolve(subject=subject, roi=roi, modality=modality,
-                                   train_dataset=train_dataset, model=model,
-                                   location=location, storage_options=storage_options,
-                                   backbone=backbone, catalog=cat)
-    encoder = source.load()
-    entry = Entry.of(spec, imageset, int(encoder.keys["subject"]), encoder.keys.get("roi"))
+    source = encoder.source if encoder is not None else EncoderSource.resolve(
+        subject=subject, roi=roi, modality=modality, train_dataset=train_dataset, model=model,
+        location=location, storage_options=storage_options, backbone=backbone, catalog=cat)
+    loaded = encoder.loaded if encoder is not None else source.load()
+    entry = Entry.of(spec, imageset, int(loaded.keys["subject"]), loaded.keys.get("roi"))
     n = len(ids)
-    data = _entry_data(entry, encoder, ids, labels, fingerprint, source, chunk_vertices)
+    data = _entry_data(entry, loaded, ids, labels, fingerprint, source, chunk_vertices)
     rows = chunk_images or chunk_rows(row_nbytes(data), n)
-    job_id = bytes_digest(json.dumps([entry.path, encoder.digest, fingerprint, rows, str(dest),
+    job_id = bytes_digest(json.dumps([entry.path, loaded.digest, fingerprint, rows, str(dest),
                                       data.chunks], sort_keys=True).encode()
                           ).removeprefix("sha256:")[:16]
     url = join(dest, entry.path)

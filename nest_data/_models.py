@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-import functools
 import json
 import logging
 import os
+import weakref
+from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -20,7 +21,8 @@ from nest_data.errors import InputError
 
 logger = logging.getLogger("nest_data")
 
-__all__ = ["ENV_BACKBONE", "EncoderSource", "LoadedEncoder", "load_encoder", "torch_device"]
+__all__ = ["ENV_BACKBONE", "EncoderSource", "LoadedEncoder", "clear_loaded", "load_encoder",
+           "release", "torch_device"]
 
 #: Environment variable naming the converted ViT-B/32 backbone (folder or .safetensors).
 ENV_BACKBONE = "NEST_DATA_VIT_B_32"
@@ -110,6 +112,8 @@ class EncoderSource:
     backbone_url: str = ""
     options_json: str = field(default="{}", repr=False)  # may hold credentials: never shown
     surface: bool = False
+    #: The weights' path relative to the location (the same for every ROI of a surface model).
+    path: str = ""
 
     @classmethod
     def resolve(
@@ -133,7 +137,7 @@ class EncoderSource:
                 os.environ.get(ENV_BACKBONE) or root.join(spec.backbone_path))
         return cls(spec.modality, spec.train_dataset, spec.model, spec.units, root.join(rel),
                    backbone_url, json.dumps(dict(root.storage_options), sort_keys=True,
-                                            default=str), spec.surface)
+                                            default=str), spec.surface, rel)
 
     def load(self) -> LoadedEncoder:
         """The encoder, loaded once per process and version of the weights.
@@ -150,8 +154,41 @@ class EncoderSource:
         return _load_cached(self, digests)
 
 
-@functools.lru_cache(maxsize=2)
+#: Loaded models a process keeps for later calls (the two used last).
+KEPT = 2
+_Key = tuple[EncoderSource, tuple[str, str]]
+_kept: OrderedDict[_Key, LoadedEncoder] = OrderedDict()
+#: Every loaded model still in use (kept above, or held by an :class:`nest_data.Encoder`),
+#: so a model in use is never loaded twice.
+_live: weakref.WeakValueDictionary[_Key, LoadedEncoder] = weakref.WeakValueDictionary()
+
+
 def _load_cached(source: EncoderSource, digests: tuple[str, str]) -> LoadedEncoder:
+    key = (source, digests)
+    loaded = _live.get(key)
+    if loaded is None:
+        loaded = _load(source)
+        _live[key] = loaded
+    _kept[key] = loaded
+    _kept.move_to_end(key)
+    while len(_kept) > KEPT:
+        _kept.popitem(last=False)
+    return loaded
+
+
+def release(loaded: LoadedEncoder) -> None:
+    """Stop keeping ``loaded`` for later calls: its memory goes once nothing else holds it."""
+    for key in [key for key, value in _kept.items() if value is loaded]:
+        del _kept[key]
+
+
+def clear_loaded() -> None:
+    """Forget every loaded model, as a new process would (the next call reads the files)."""
+    _kept.clear()
+    _live.clear()
+
+
+def _load(source: EncoderSource) -> LoadedEncoder:
     options = json.loads(source.options_json)
     keys = {"modality": source.modality, "train_dataset": source.train_dataset,
             "model": source.model}

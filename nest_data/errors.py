@@ -15,6 +15,7 @@ __all__ = [
     "CatalogError",
     "ChecksumError",
     "ConversionError",
+    "EncoderFreedError",
     "IndexFormatError",
     "IndexLockError",
     "IndexVersionError",
@@ -88,6 +89,10 @@ class SourceFormatError(NestDataError, ValueError):
 
 class ConversionError(NestDataError, RuntimeError):
     """Converting one or more entries failed."""
+
+
+class EncoderFreedError(NestDataError, RuntimeError):
+    """An :class:`~nest_data.Encoder` used after :meth:`~nest_data.Encoder.free`."""
 
 
 class InputError(NestDataError, ValueError):

@@ -166,7 +166,7 @@ def test_weights_convert_and_load_without_pickle(tmp_path: Path,
     import pickle
 
     from nest_data._cli import main
-    from nest_data._models import EncoderSource, _load_cached
+    from nest_data._models import EncoderSource, clear_loaded
     from nest_data.converters.weights import convert_fwrf_weights
     from nest_data.errors import ChecksumError, ConversionError
     from nest_data.synthetic import write_fwrf_weights
@@ -211,7 +211,7 @@ def test_weights_convert_and_load_without_pickle(tmp_path: Path,
     data[-1] ^= 0xFF
     (weights / "weights.safetensors").write_bytes(bytes(data))
     with pytest.raises(ChecksumError, match="weights.safetensors has checksum"):
-        _load_cached.cache_clear()  # as in a new process: the files are read again
+        clear_loaded()  # as in a new process: the files are read again
         EncoderSource.resolve(subject=1, roi="V1", location=str(dest)).load()
 
 

@@ -29,7 +29,8 @@ SPACE_DIMS = ("voxel", "vertex")
 
 
 #: Plurals of the units an analysis counts (``"vertex"`` is not ``"vertexs"``).
-PLURALS = {"voxel": "voxels", "vertex": "vertices", "channel": "channels", "image": "images"}
+PLURALS = {"voxel": "voxels", "vertex": "vertices", "channel": "channels", "image": "images",
+           "time": "time points"}
 
 
 def counted(n: int, unit: str) -> str:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import xarray as xr
@@ -20,7 +20,10 @@ from nest_data.gradients._checks import (
     check_memory,
     refuse,
 )
-from nest_data.gradients.objectives import Objective, as_objective
+from nest_data.gradients.objectives import Objective
+
+if TYPE_CHECKING:
+    from nest_data._encode import Encoder
 
 logger = logging.getLogger("nest_data")
 
@@ -39,7 +42,7 @@ IMAGE_COPIES = 16
 def dream(
     objective: str | Objective = "mean",
     *,
-    subject: int | str,
+    subject: int | str | None = None,
     roi: str | None = None,
     modality: str = "fmri",
     train_dataset: str | None = None,
@@ -56,9 +59,10 @@ def dream(
     location: str | None = None,
     storage_options: Mapping[str, Any] | None = None,
     backbone: str | os.PathLike[str] | None = None,
-    device: str = "cpu",
+    device: str | None = None,
     show_progress: bool | None = None,
     catalog: Catalog | None = None,
+    encoder: Encoder | Sequence[Encoder] | None = None,
 ) -> xr.DataTree:
     """Optimise a batch of images for an objective over one subject's encoders.
 
@@ -76,7 +80,7 @@ def dream(
         ``objectives.roi_mean("FFA-1") + 0.2 * objectives.diversity("FFA-1")``; it names
         its own ROIs (then leave ``roi`` out).
     subject : int or str
-        The subject whose encoders answer.
+        The subject whose encoders answer (not with ``encoder=``, which fixes it).
     roi, modality, train_dataset : str, optional
         The encoder of ``objective="mean"`` (as in :func:`nest_data.encode`).
     n : int
@@ -101,10 +105,16 @@ def dream(
         Largest random rotation per step, in degrees, 0 to 180.
     location, storage_options, backbone
         Where the converted weights are, as in :func:`nest_data.encode`.
-    device : str
-        ``"cpu"``, ``"cuda"`` or ``"auto"``.
+    device : str, optional
+        ``"cpu"``, ``"cuda"`` or ``"auto"``; default the device of ``encoder``, else the CPU.
     show_progress : bool, optional
         Progress bar over steps.
+    catalog : Catalog, optional
+        The catalog that resolves the keys (default: the built-in one).
+    encoder : Encoder or list of Encoder, optional
+        Encoders loaded by :func:`nest_data.encoder`, used for the targets whose weights
+        they hold (others are loaded from ``location``); one encoder with
+        ``objective="mean"`` is the target itself.
 
     Returns
     -------
@@ -140,7 +150,9 @@ def dream(
     from nest_data.gradients import _targets
     from nest_data.gradients.parametrise import FourierImage, PixelImage, random_transform
 
-    goal = as_objective(objective, roi, modality, train_dataset)
+    goal, subject, given, device = _targets.prepare(
+        "dream()", objective, subject=subject, roi=roi, modality=modality,
+        train_dataset=train_dataset, encoder=encoder, device=device)
     _check(n=n, steps=steps, size=size, lr=lr, seed=seed, parametrisation=parametrisation,
            jitter=jitter, scale=scale, rotate=rotate)
     target_device = torch_device(device)
@@ -149,7 +161,8 @@ def dream(
                  target_device)
     encoders = _targets.load_targets(goal, subject=subject, location=location,
                                      storage_options=storage_options, backbone=backbone,
-                                     catalog=catalog, device=target_device)
+                                     catalog=catalog, device=target_device,
+                                     given=given)
     generator = torch.Generator().manual_seed(int(seed))
     kind = FourierImage if parametrisation == "fourier" else PixelImage
     image = kind(n, size, generator=generator, decorrelate=decorrelate).to(target_device)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import xarray as xr
@@ -13,7 +13,7 @@ from tqdm.auto import tqdm
 
 from nest_data import _config
 from nest_data._catalog import Catalog
-from nest_data._images import as_images, content_hash
+from nest_data._images import as_images, content_hash, image_labels
 from nest_data.errors import InputError
 from nest_data.gradients._checks import (
     ENCODER_BYTES_PER_IMAGE,
@@ -22,7 +22,10 @@ from nest_data.gradients._checks import (
     check_memory,
     refuse,
 )
-from nest_data.gradients.objectives import Objective, as_objective
+from nest_data.gradients.objectives import Objective
+
+if TYPE_CHECKING:
+    from nest_data._encode import Encoder
 
 logger = logging.getLogger("nest_data")
 
@@ -47,7 +50,7 @@ PATH_COPIES = 8
 def saliency(
     images: Any,
     *,
-    subject: int | str,
+    subject: int | str | None = None,
     roi: str | None = None,
     objective: str | Objective = "mean",
     modality: str = "fmri",
@@ -60,9 +63,10 @@ def saliency(
     location: str | None = None,
     storage_options: Mapping[str, Any] | None = None,
     backbone: str | os.PathLike[str] | None = None,
-    device: str = "cpu",
+    device: str | None = None,
     show_progress: bool | None = None,
     catalog: Catalog | None = None,
+    encoder: Encoder | Sequence[Encoder] | None = None,
 ) -> xr.DataArray:
     """Per-pixel attributions of an objective (by default an ROI's mean response).
 
@@ -77,7 +81,8 @@ def saliency(
     images : array, PIL image, path, or a list of them
         As for :func:`nest_data.encode` (uint8 RGB; non-square images are center-cropped).
     subject, roi, modality, train_dataset
-        The encoder, as for :func:`nest_data.encode`.
+        The encoder, as for :func:`nest_data.encode` (not with ``encoder=``, which fixes
+        the subject, and for ``objective="mean"`` the ROI).
     objective : "mean" or Objective
         What to explain: ``"mean"`` (the ROI's mean response), or any
         :class:`~nest_data.objectives.Objective` (then leave ``roi`` out).
@@ -93,11 +98,19 @@ def saliency(
     batch_size : int
         Path points per forward pass, at least 1 (memory grows with it).
     image_ids : sequence of str, optional
-        Labels of the images (default: a content hash, as :func:`nest_data.encode`).
-    location, storage_options, backbone, device
+        Labels of the images (default: as :func:`nest_data.encode`: file names of images
+        given by path, else the first 16 hexadecimal digits of the pixels' SHA-256).
+    location, storage_options, backbone
         As for :func:`nest_data.encode`.
+    device : str, optional
+        ``"cpu"``, ``"cuda"`` or ``"auto"``; default the device of ``encoder``, else the CPU.
     show_progress : bool, optional
         Progress bar over images.
+    catalog : Catalog, optional
+        The catalog that resolves the keys (default: the built-in one).
+    encoder : Encoder or list of Encoder, optional
+        Encoders loaded by :func:`nest_data.encoder`, used for the targets whose weights
+        they hold (others are loaded from ``location``).
 
     Returns
     -------
@@ -134,7 +147,9 @@ def saliency(
     from nest_data._models import torch_device
     from nest_data.gradients import _targets
 
-    goal = as_objective(objective, roi, modality, train_dataset)
+    goal, subject, given, device = _targets.prepare(
+        "saliency()", objective, subject=subject, roi=roi, modality=modality,
+        train_dataset=train_dataset, encoder=encoder, device=device)
     if method not in METHODS:
         raise InputError(f"method={method!r}; valid: {', '.join(METHODS)}")
     refuse("saliency()", [RANGES[name].problem(name, value) for name, value in
@@ -144,10 +159,11 @@ def saliency(
         raise InputError(f"no images in images={images!r}; give at least one image (an "
                          "array, a PIL image, a path, or a list of them)")
     ids = (list(image_ids) if image_ids is not None
-           else [content_hash(a)[:16] for a in arrays])
+           else image_labels(images, [content_hash(a) for a in arrays]))
     if len(ids) != len(arrays):
         raise InputError(f"{len(ids)} image_ids for {len(arrays)} images; give one id per "
-                         "image, or none to use content hashes")
+                         "image, or none for the default labels (file names, else content "
+                         "hashes)")
     sizes = {a.shape[-1] for a in arrays}
     if len(sizes) > 1:
         raise InputError(f"images of several sizes ({sorted(sizes)} pixels after the center "
@@ -160,7 +176,8 @@ def saliency(
                  "images per call, or set NEST_DATA_MAX_MEMORY", target)
     encoders = _targets.load_targets(goal, subject=subject, location=location,
                                      storage_options=storage_options, backbone=backbone,
-                                     catalog=catalog, device=target)
+                                     catalog=catalog, device=target,
+                                     given=given)
     x0 = torch.from_numpy(base).to(target)[None]
     with torch.no_grad():
         reference = _targets.run(encoders, x0)
