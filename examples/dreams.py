@@ -25,7 +25,7 @@ import numpy as np
 
 import nest_data
 from nest_data import objectives as obj
-from nest_data._plot import draw_saliency
+from nest_data import plot_saliency
 from nest_data.synthetic import test_images
 
 logger = logging.getLogger("examples.dreams")
@@ -81,7 +81,7 @@ def main(argv: list[str] | None = None) -> Path:
     last[1].imshow(chosen)
     last[1].set_title("best FFA-1 image", fontsize=8)
     if args.n > 1:
-        draw_saliency(last[2], chosen, maps.sum("rgb").values[0])
+        plot_saliency(last[2], chosen, maps.sum("rgb").values[0])
         last[2].set_title("FFA-1 saliency\n(integrated gradients)", fontsize=8)
     for ax in axes.ravel():
         ax.set_xticks([])

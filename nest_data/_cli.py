@@ -185,7 +185,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     if args.rebuild:
         build_demo(rebuild=True, show_progress=_progress(args), n_images=args.n_images)
     result = run_demo(args.out, imageset=args.imageset, subject=args.subject, roi=args.roi,
-                      k=args.k, show_progress=_progress(args))
+                      k=args.k, n_images=args.n_images, show_progress=_progress(args))
     print(result.summary)
     return 0
 
@@ -438,8 +438,9 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--roi", default="V1", help="ROI of the main job (default: V1)")
     demo.add_argument("-k", type=int, default=5, help="number of top images to list")
     demo.add_argument("--rebuild", action="store_true", help="rebuild the demo collection")
-    demo.add_argument("--n-images", type=int, default=24,
-                      help="images per image set, 1 to 1000 (with --rebuild or --dest)")
+    demo.add_argument("--n-images", type=int,
+                      help="images per image set, 1 to 1000 (default: the built demo's, else "
+                           "24); a demo built with another number is built again")
     demo.add_argument("--dest", help="write the demo collection to this folder or URL "
                                      "(s3://, gs://) instead of running the main job")
     demo.add_argument("--storage-option", action="append", metavar="KEY=VALUE",

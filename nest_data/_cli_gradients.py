@@ -105,7 +105,7 @@ def _saliency_figure(pixels: np.ndarray, one: Any) -> Any:
     except ImportError as exc:
         raise ImportError("saliency PNGs need matplotlib: pip install 'nest-data[plot]'"
                           ) from exc
-    from nest_data._plot import draw_saliency
+    from nest_data._plot import plot_saliency
 
     image = pixels.transpose(1, 2, 0)
     fig = Figure(figsize=(8, 3.6))
@@ -114,7 +114,7 @@ def _saliency_figure(pixels: np.ndarray, one: Any) -> Any:
     left.set_title(f"{one.image.item()}\nscore {float(one.score):+.4g}", fontsize=9)
     left.set_xticks([])
     left.set_yticks([])
-    draw_saliency(right, image, one.sum("rgb").values)
+    plot_saliency(right, image, one.sum("rgb").values)
     right.set_title(f"{one.attrs.get('objective', '')}: integrated gradients\n"
                     f"baseline {one.attrs.get('baseline')}, {one.attrs.get('steps')} steps",
                     fontsize=9)

@@ -61,7 +61,7 @@ def demo_root(cache_dir: str | Path | None = None) -> Path:
 @_config.progress_option
 def build_demo(
     *,
-    n_images: int = DEMO_IMAGES,
+    n_images: int | None = None,
     rebuild: bool = False,
     workers: int | None = None,
     show_progress: bool | None = None,
@@ -90,8 +90,10 @@ def build_demo(
 
     Parameters
     ----------
-    n_images : int
-        Images per image set, 1 to :data:`DEMO_MAX_IMAGES`.
+    n_images : int, optional
+        Images per image set, 1 to :data:`DEMO_MAX_IMAGES`: a demo built with another
+        number is built again.  Default: any complete demo is used as it is; a new one has
+        :data:`DEMO_IMAGES`.
     rebuild : bool
         Build again even if a complete demo exists.
     workers : int, optional
@@ -135,6 +137,8 @@ def build_demo(
     from nest_data.converters.ned import convert_ned
     from nest_data.synthetic import write_ned
 
+    any_size = n_images is None
+    n_images = DEMO_IMAGES if n_images is None else n_images
     _check_build_arguments(n_images, workers, dest, storage_options)
     if dest is not None:
         make_root(dest)
@@ -149,7 +153,7 @@ def build_demo(
     root = demo_root(cache_dir)
     stamp = _stamp(n_images)
     marker = root / _MARKER
-    if not rebuild and _built(marker, stamp):
+    if not rebuild and _built(marker, stamp, any_size):
         logger.info("demo collection already built at %s", root)
         if not (root / INDEX_FILE).is_file():  # built before nest-data kept an index
             write_index(root)
@@ -157,7 +161,7 @@ def build_demo(
     root.mkdir(parents=True, exist_ok=True)
     # another process building the demo now: wait for it, then use what it built
     with writer_lock(root, "demo build", wait=DEMO_BUILD_WAIT_S):
-        if not rebuild and _built(marker, stamp):
+        if not rebuild and _built(marker, stamp, any_size):
             return root
         marker.unlink(missing_ok=True)
         with tempfile.TemporaryDirectory(prefix="ned-", dir=root.parent) as tmp:
@@ -177,12 +181,16 @@ def _stamp(n_images: int) -> dict[str, Any]:
             "eeg_subjects": list(DEMO_EEG_SUBJECTS)}
 
 
-def _built(marker: Path, stamp: dict[str, Any]) -> bool:
-    """Whether the demo's marker says it was built as ``stamp`` asks."""
+def _built(marker: Path, stamp: dict[str, Any], any_size: bool = False) -> bool:
+    """Whether the demo's marker says it was built as ``stamp`` asks (of any number of
+    images if ``any_size``)."""
     try:
-        return bool(json.loads(marker.read_text()) == stamp)
+        built = json.loads(marker.read_text())
     except (FileNotFoundError, ValueError):
         return False
+    if any_size and isinstance(built, dict):
+        built = {**built, "n_images": stamp["n_images"]}
+    return bool(built == stamp)
 
 
 def _check_build_arguments(n_images: Any, workers: Any, dest: str | None,
@@ -384,12 +392,30 @@ def run_demo(
     subject: int = 1,
     roi: str = "V1",
     k: int = 5,
+    n_images: int | None = None,
     show_progress: bool | None = None,
     cache_dir: str | Path | None = None,
 ) -> DemoResult:
     """The main job on the demo data: open one ROI, summarise it, rank images, plot.
 
     Builds the demo first if needed.
+
+    Parameters
+    ----------
+    out_dir : path
+        Folder for the figures.
+    imageset, subject, roi : str, int, str
+        The entry the job opens (an fMRI entry of the demo).
+    k : int
+        Number of top images to list.
+    n_images : int, optional
+        Images per image set of the demo (see :func:`build_demo`): default the built
+        demo's.
+    show_progress : bool, optional
+        Progress bars.
+    cache_dir : path, optional
+        Cache directory holding the demo (default: ``NEST_DATA_CACHE_DIR``, then the
+        platform cache).
 
     Returns
     -------
@@ -405,7 +431,7 @@ def run_demo(
     >>> "SYNTHETIC" in result.summary
     True
     """
-    root = Path(build_demo(cache_dir=cache_dir))
+    root = Path(build_demo(cache_dir=cache_dir, n_images=n_images))
     da = open_entry(imageset=imageset, subject=subject, roi=roi, location=str(root))
     reliable = 0.5
     n_reliable = int((da["ncsnr"] > reliable).sum())

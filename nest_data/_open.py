@@ -23,6 +23,7 @@ from nest_data import _config
 from nest_data._cache import ChunkCache
 from nest_data._catalog import Catalog, Entry, Root
 from nest_data._catalog import catalog as default_catalog
+from nest_data._catalog.keys import matches
 from nest_data._dask import dask_array
 from nest_data._format import AUX_GROUP, DATA_VAR, consolidated_of, root_document, store_attrs
 from nest_data._labels import label_dtype, read_labels, zarr_array
@@ -213,6 +214,8 @@ def open_many(
     """
     cat = catalog or default_catalog()
     root = cat.location(location, storage_options)
+    if imageset is not None and not matches(imageset, cat.vocabulary("imageset")):
+        cat = cat.at(root)  # the location's own image set: its index is read once, not per entry
     subjects = list(subject) if isinstance(subject, (list, tuple)) else [subject]
     rois: list[str | None] = (list(roi) if isinstance(roi, (list, tuple))
                               else [roi])  # type: ignore[list-item]

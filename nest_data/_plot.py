@@ -7,20 +7,32 @@ from typing import Any
 import numpy as np
 
 
-def draw_saliency(ax: Any, image: np.ndarray, per_pixel: np.ndarray) -> Any:
+def plot_saliency(ax: Any, image: np.ndarray, per_pixel: np.ndarray) -> Any:
     """Draw a saliency map over its image (in grey) on ``ax``, with a labelled colorbar.
 
-    ``image`` is (height, width, 3) and ``per_pixel`` (height, width), e.g.
-    ``saliency(...).sum("rgb")`` of one image.  The colours are clipped at the 99th
-    percentile of the absolute values (a few pixels would wash the map out).  Returns the
-    colorbar.
+    The colours are clipped at the 99th percentile of the absolute values (a few pixels
+    would wash the map out).  Needs matplotlib (the ``plot`` extra).
+
+    Parameters
+    ----------
+    ax : matplotlib.axes.Axes
+        Where to draw.
+    image : array (height, width, 3)
+        The image the map explains (uint8, or floats in [0, 1]).
+    per_pixel : array (height, width)
+        One value per pixel, e.g. ``nest_data.saliency(...).sum("rgb")[0]``.
+
+    Returns
+    -------
+    matplotlib.colorbar.Colorbar
+        The colorbar, labelled.
 
     Examples
     --------
     >>> import numpy as np
     >>> from matplotlib.figure import Figure
     >>> ax = Figure().subplots()
-    >>> draw_saliency(ax, np.zeros((8, 8, 3)), np.arange(64.0).reshape(8, 8)).ax.get_ylabel()
+    >>> plot_saliency(ax, np.zeros((8, 8, 3)), np.arange(64.0).reshape(8, 8)).ax.get_ylabel()
     'objective per pixel\\n(summed over R, G, B;\\nclipped at the 99th pct)'
     """
     from matplotlib.ticker import FormatStrFormatter

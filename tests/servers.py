@@ -559,6 +559,11 @@ class HTTPServer(Served):
     ``hang_every``-th request waits ``hang_seconds`` before answering; every
     ``stall_every``-th request sends its headers and half its body, then holds the
     connection for ``stall_seconds`` and closes it.
+
+    ``gather(first, count)``: requests ``first`` to ``first + count - 1`` each wait until all
+    ``count`` of them have arrived (at most ``gather_timeout`` seconds), so a client that
+    sends them together has them all in flight at once whatever the machine's load, and a
+    client that sends them one by one shows a peak of 1.
     """
 
     def __init__(self, latency: float = 0.0, fail_every: int = 0, fail_first: int = 0,
@@ -582,6 +587,10 @@ class HTTPServer(Served):
         self._in_flight = 0
         self.peak_in_flight = 0
         self._stopping = threading.Event()
+        self._gather = (0, 0)
+        self._gathered = threading.Condition()
+        self._arrived = 0
+        self.gather_timeout = 10.0
         self._tmp: tempfile.TemporaryDirectory[str] | None = None
         self._httpd: _QuietThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
@@ -592,10 +601,27 @@ class HTTPServer(Served):
         assert self._tmp is not None, "server not started"
         return Path(self._tmp.name) / ROOT
 
+    def gather(self, first: int = 0, count: int = 0) -> None:
+        """Hold requests ``first`` .. ``first + count - 1`` until all have arrived (0: off)."""
+        with self._gathered:
+            self._gather, self._arrived = (first, count), 0
+
+    def _wait_for_the_others(self, number: int) -> None:
+        first, count = self._gather
+        if not count or not first <= number < first + count:
+            return
+        with self._gathered:
+            self._arrived += 1
+            self._gathered.notify_all()
+            self._gathered.wait_for(lambda: self._arrived >= count or self._stopping.is_set(),
+                                    timeout=self.gather_timeout)
+
     def reset(self) -> None:
         """Clear ``requests`` and restart request numbering (for fail_*/hang_every)."""
         with self._count_lock:
             self._count = 0
+        with self._gathered:
+            self._arrived = 0
         super().reset()
         with self._count_lock:
             self.peak_in_flight = self._in_flight
@@ -697,6 +723,7 @@ class HTTPServer(Served):
             def _serve(self, head: bool) -> None:
                 seq = recorder.arrived()
                 number = served._next_number()
+                served._wait_for_the_others(number)
                 path, query = _split_target(self.path)
                 rng = self.headers.get("Range")
                 wait = max(0.0, float(served.latency))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -185,3 +186,38 @@ def test_readme_quickstart_runs_and_selects_something(demo: Path) -> None:
     assert da.groupby("concept").mean("image").sizes["concept"] > 1
     assert da.sel(image=da.concept == da.concept.values[0]).sizes["image"] >= 1
     assert da.where(da.ncsnr > 0.5, drop=True).sizes["voxel"] > 0
+
+
+def test_a_demo_of_any_size_is_used_unless_a_size_is_asked_for(tmp_path: Path) -> None:
+    from nest_data._demo import _built, _stamp
+
+    marker = tmp_path / "marker.json"
+    marker.write_text(json.dumps(_stamp(100)))
+    assert _built(marker, _stamp(24), any_size=True)  # no size asked: the built one
+    assert not _built(marker, _stamp(24))  # 24 asked: built again
+    assert _built(marker, _stamp(100))
+    marker.write_text(json.dumps({**_stamp(100), "seed": -1}))
+    assert not _built(marker, _stamp(24), any_size=True)  # another build: never reused
+
+
+def test_the_demo_command_builds_once_with_the_size_asked(monkeypatch: pytest.MonkeyPatch,
+                                                          tmp_path: Path) -> None:
+    from nest_data import _demo
+    from nest_data._cli import main
+
+    calls: list[tuple[str, dict[str, object]]] = []
+
+    class Result:
+        summary = "done"
+
+    monkeypatch.setattr(_demo, "build_demo", lambda **kw: calls.append(("build", kw)))
+    monkeypatch.setattr(_demo, "run_demo",
+                        lambda out, **kw: calls.append(("run", kw)) or Result())
+    assert main(["demo", "--rebuild", "--n-images", "3", "--out", str(tmp_path)]) == 0
+    assert [(name, kw.get("n_images")) for name, kw in calls] == [("build", 3), ("run", 3)]
+    calls.clear()
+    assert main(["demo", "--n-images", "5", "--out", str(tmp_path)]) == 0
+    assert [(name, kw.get("n_images")) for name, kw in calls] == [("run", 5)]
+    calls.clear()
+    assert main(["demo", "--out", str(tmp_path)]) == 0
+    assert [(name, kw.get("n_images")) for name, kw in calls] == [("run", None)]

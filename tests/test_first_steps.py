@@ -145,7 +145,17 @@ def test_generated_stores_open_by_their_keys(generated: Path,
     np.testing.assert_allclose(fwrf.values, nest_data.encode(images, subject=1, roi="FFA-1",
                                                              location="demo").values,
                                rtol=1e-5, atol=1e-6)
-    # the other openers take the new image set too
+    # the other openers take the new image set too; open_many reads the index once
+    from nest_data._catalog import catalog as catalog_module
+
+    reads = []
+    read_index = catalog_module._read_index
+    with monkeypatch.context() as patch:
+        patch.setattr(catalog_module, "_read_index",
+                      lambda root: reads.append(root.url) or read_index(root))
+        both = nest_data.open_many(imageset="my_stimuli", subject=[1], roi=["FFA-1", "PPA"],
+                                   train_dataset="nsd_fsaverage", location="gen")
+    assert len(reads) == 1 and sorted(both["sub-01"].children) == ["FFA-1", "PPA"]
     tree = nest_data.open_many(imageset="my_stimuli", subject=[1], roi=["FFA-1"],
                                location="gen")
     np.testing.assert_array_equal(tree["sub-01/FFA-1"].responses.values, fwrf.values)

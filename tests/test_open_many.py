@@ -47,7 +47,11 @@ def test_one_remote_entry_is_two_round_trips(served: HTTPServer, collection: Pat
     entry = nest_data.catalog().resolve(imageset="nsd", subject=1, roi="V1")
     labels = _labels(collection / entry.path)
     served.reset()
-    da = nest_data.open(imageset="nsd", subject=1, roi="V1", location=served.url)
+    served.gather(2, len(labels))  # the labels wait for each other: sent together, all in flight
+    try:
+        da = nest_data.open(imageset="nsd", subject=1, roi="V1", location=served.url)
+    finally:
+        served.gather()
     paths = [r.path.split(".zarr/", 1)[1] for r in served.requests]
     assert paths[0] == "zarr.json"
     assert sorted(paths[1:]) == sorted(f"{name}/c/0" for name in labels)
