@@ -243,8 +243,8 @@ class Encoder:
         self._selection = {**_eeg_selection(loaded, channels, timepoints),
                            **_surface_selection(loaded, roi, lh_vertices, rh_vertices)}
         self._keys = dict(loaded.keys)
-        self._roi = roi
-        self._roi_label = roi if roi is not None or "vertex" not in loaded.dims else (
+        self._roi = loaded.keys.get("roi", roi)  # the catalog's spelling of an fwRF ROI
+        self._roi_label = self._roi if self._roi is not None or "vertex" not in loaded.dims else (
             "selected vertices" if self._selection else "whole surface")
         spec = (catalog or default_catalog()).resolve_weights(
             modality=source.modality, train_dataset=source.train_dataset, model=source.model,
@@ -287,7 +287,8 @@ class Encoder:
         if self._selection and self._roi is None:
             raise InputError(
                 f"{what} reads an encoder's ROI, but this encoder ({self._name}) keeps "
-                f"a selection of {', '.join(self._selection)}s; load it without "
+                "a selection of " + " and ".join(counted(len(index), dim) for dim, index in
+                                                 self._selection.items()) + "; load it without "
                 "channels=/timepoints=/lh_vertices=/rh_vertices= (objectives.eeg(channels=, "
                 "times=) selects EEG outputs)")
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 from pathlib import Path
 from typing import Any
@@ -186,6 +187,15 @@ def test_readme_quickstart_runs_and_selects_something(demo: Path) -> None:
     assert da.groupby("concept").mean("image").sizes["concept"] > 1
     assert da.sel(image=da.concept == da.concept.values[0]).sizes["image"] >= 1
     assert da.where(da.ncsnr > 0.5, drop=True).sizes["voxel"] > 0
+    if importlib.util.find_spec("torch") is None:
+        return
+    new_images = readme.split("Responses to new images", 1)[1]
+    block = new_images.split("```python\n", 1)[1].split("```", 1)[0]
+    exec(compile(block, "README.md (new images)", "exec"), namespace)
+    new, more = namespace["new"], namespace["more"]
+    assert isinstance(new, xr.DataArray) and isinstance(more, xr.DataArray)
+    assert new.dims == ("image", "voxel")
+    assert more.sizes == {"image": 8, "voxel": new.sizes["voxel"]}
 
 
 def test_a_demo_of_any_size_is_used_unless_a_size_is_asked_for(tmp_path: Path) -> None:

@@ -53,8 +53,8 @@ def test_an_encoder_loads_once_and_encodes_many_batches(fwrf_weights: Path,
 
 
 def test_the_model_card_and_metadata_say_what_the_encoder_is(fwrf_weights: Path) -> None:
-    with nest_data.encoder(subject=1, roi="V1", location=str(fwrf_weights),
-                           device="cpu") as v1:
+    with nest_data.encoder(subject=1, roi="v1", location=str(fwrf_weights),
+                           device="cpu") as v1:  # keys match case-insensitively
         card = v1.describe().splitlines()
         meta = v1.get_metadata()
         encoded = v1.encode(test_images(1, 64), cache=False)
@@ -158,7 +158,7 @@ def test_keys_given_with_an_encoder_are_refused(fwrf_weights: Path) -> None:
     with nest_data.encoder(modality="eeg", subject=1, channels=["Oz"],
                            location="demo") as eeg, pytest.raises(
             InputError, match=r"dream\(\) reads an encoder's ROI, but this encoder .* keeps a "
-                              r"selection of channels"):
+                              r"selection of 1 channel; load it without"):
         nest_data.dream(encoder=eeg, n=1, steps=1, size=32)
 
 
