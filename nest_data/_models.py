@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import weakref
@@ -110,7 +109,10 @@ class EncoderSource:
     units: str
     weights_url: str
     backbone_url: str = ""
-    options_json: str = field(default="{}", repr=False)  # may hold credentials: never shown
+    #: fsspec options of the weights' location: may hold credentials (objects too), so never
+    #: shown, and not part of the source's identity (the same weights, whoever reads them).
+    storage_options: Mapping[str, Any] = field(default_factory=dict, repr=False,
+                                               compare=False)
     surface: bool = False
     #: The weights' path relative to the location (the same for every ROI of a surface model).
     path: str = ""
@@ -136,8 +138,7 @@ class EncoderSource:
             backbone_url = os.fspath(backbone) if backbone is not None else (
                 os.environ.get(ENV_BACKBONE) or root.join(spec.backbone_path))
         return cls(spec.modality, spec.train_dataset, spec.model, spec.units, root.join(rel),
-                   backbone_url, json.dumps(dict(root.storage_options), sort_keys=True,
-                                            default=str), spec.surface, rel)
+                   backbone_url, dict(root.storage_options), spec.surface, rel)
 
     def load(self) -> LoadedEncoder:
         """The encoder, loaded once per process and version of the weights.
@@ -148,7 +149,7 @@ class EncoderSource:
         """
         from nest_data.encoders.weights import recorded_digest
 
-        options = json.loads(self.options_json)
+        options = self.storage_options
         digests = (recorded_digest(self.weights_url, options),
                    recorded_digest(self.backbone_url, options) if self.backbone_url else "")
         return _load_cached(self, digests)
@@ -189,7 +190,7 @@ def clear_loaded() -> None:
 
 
 def _load(source: EncoderSource) -> LoadedEncoder:
-    options = json.loads(source.options_json)
+    options = source.storage_options
     keys = {"modality": source.modality, "train_dataset": source.train_dataset,
             "model": source.model}
     attrs: dict[str, Any] = {**keys, "units": source.units}

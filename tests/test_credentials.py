@@ -115,8 +115,7 @@ class Served:
     """One server's root URL, sentinel credentials for it, and every object it holds.
 
     ``json_options`` are the credentials in a form JSON can hold (GCS: ``token="anon"``
-    and the sentinel in a header instead of a credentials object), for the command line and
-    for the encoders, which carry their options to the workers as JSON.
+    and the sentinel in a header instead of a credentials object), for the command line.
     """
 
     def __init__(self, name: str, server: Any, url: str, missing_url: str,
@@ -250,7 +249,7 @@ def test_reprs_of_locations_stores_and_encoders_mask_credentials(leaks: Leaks) -
                 make_store(f"https://u:{URL_PASSWORD}@data.lab/nest/x.zarr"))
     leaks.shown("an encoder source", EncoderSource(
         "fmri", "nsd", "fwrf", "a.u.", "s3://lab/nest/weights",
-        options_json=json.dumps({"secret": SECRET})))
+        storage_options={"secret": SECRET}))
 
 
 def test_a_file_system_error_quoting_a_credential_is_masked(leaks: Leaks) -> None:
@@ -386,7 +385,7 @@ def test_encode_and_generate_keep_credentials_out(served: Served, leaks: Leaks,
     leaks.folders += [tmp_path]
     images = test_images(4, (64, 64), seed=2)
     kw = {"subject": 1, "roi": "V1", "location": served.url,
-          "storage_options": served.json_options}
+          "storage_options": served.options}  # GCS: a credentials object, used as it is
     da = nest_data.encode(images, **kw, show_progress=False)
     leaks.shown("encoded responses", da, da.attrs)
     write_image_zarr(tmp_path / "images.zarr", images)
@@ -396,8 +395,7 @@ def test_encode_and_generate_keep_credentials_out(served: Served, leaks: Leaks,
                              chunk_images=2, show_progress=False)
     leaks.shown("a generated store", url)
     leaks.raised("weights that are not there", lambda: nest_data.encode(
-        images, subject=2, roi="V1", location=served.url,
-        storage_options=served.json_options))
+        images, subject=2, roi="V1", location=served.url, storage_options=served.options))
 
 
 # --------------------------------------------------------------------------------------
