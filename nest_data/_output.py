@@ -15,11 +15,14 @@ and their PNGs, under the rules that stores follow:
 
 from __future__ import annotations
 
+import glob
 import io
 import json
 import logging
 import os
+import re
 import shutil
+import socket
 import uuid
 from pathlib import Path
 from typing import Any
@@ -191,9 +194,21 @@ def write_image(image: Any, out: str | os.PathLike[str], *, overwrite: bool = Fa
     return path
 
 
+#: This host's name as temporary outputs carry it (letters, digits and ``-`` only).
+_HOST = re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname())[:32] or "host"
+
+
 def _place(files: dict[str, memoryview], path: Path, overwrite: bool) -> None:
-    """Write an output's files under a hidden temporary name, then rename them into place."""
-    temp = path.parent / f".{path.name}.{uuid.uuid4().hex[:12]}.nest-data-tmp"
+    """Write an output's files under a hidden temporary name, then rename them into place.
+
+    The temporary name holds this host and process (``.<name>.<host>-<pid>-<random>
+    .nest-data-tmp``), so the temporary files of a killed writer are removed by the next
+    write of the same output on that host.
+    """
+    for stale in _stale_temps(path):
+        logger.info("removing %s, left by a writer that was killed", stale)
+        _remove(stale)
+    temp = path.parent / f".{path.name}.{_HOST}-{os.getpid()}-{uuid.uuid4().hex[:12]}.nest-data-tmp"
     try:
         with no_space(path, needs=sum(data.nbytes for data in files.values())):
             for name, data in files.items():
@@ -274,6 +289,29 @@ def _replace(temp: Path, path: Path) -> None:
     os.replace(path, old)
     os.replace(temp, path)
     _remove(old)
+
+
+def _stale_temps(path: Path) -> list[Path]:
+    """Temporary files of ``path`` that a process of this host, no longer running, left."""
+    pattern = re.compile(re.escape(f".{path.name}.{_HOST}-") + r"(\d+)-[0-9a-f]{12}"
+                         + re.escape(".nest-data-tmp"))
+    stale = []
+    for item in path.parent.glob(f".{glob.escape(path.name)}.*.nest-data-tmp"):
+        found = pattern.fullmatch(item.name)
+        if found and not _running(int(found.group(1))):
+            stale.append(item)
+    return stale
+
+
+def _running(pid: int) -> bool:
+    """Whether a process ``pid`` runs on this host."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
 
 
 def _remove(path: Path) -> None:

@@ -1070,6 +1070,28 @@ def test_missing_parent_folders_are_created(encode_cli: EncodeCLI, fwrf_weights:
     _no_leftovers(out.parent, "r.nc")
 
 
+def test_a_killed_writers_temporary_output_goes_with_the_next_write(
+        encode_cli: EncodeCLI, fwrf_weights: Path, image_files: list[str], tmp_path: Path) -> None:
+    """kill -9 leaves the hidden temporary output; the next write of that output on this host
+    removes it, and keeps those of running processes and of other hosts."""
+    from nest_data._output import _HOST
+
+    ended = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                           capture_output=True, text=True, check=True, timeout=60)
+    gone = int(ended.stdout)
+    temps = {name: tmp_path / f".r.zarr.{name}-{hexa * 12}.nest-data-tmp" for name, hexa in (
+        (f"{_HOST}-{gone}", "0"), (f"{_HOST}-{os.getpid()}", "1"), (f"elsewhere-{gone}", "2"))}
+    for temp in temps.values():
+        temp.mkdir()
+        (temp / "zarr.json").write_text("{}")
+    out = tmp_path / "r.zarr"
+    status, err = encode_cli("--out", str(out))
+    assert (status, err) == (0, "")
+    np.testing.assert_array_equal(_responses(out), _expected(fwrf_weights, image_files).values)
+    _no_leftovers(tmp_path, "r.zarr", *(temps[name].name for name in temps
+                                        if name != f"{_HOST}-{gone}"))
+
+
 @pytest.mark.parametrize("name", ["r.nc", "r.zarr"])
 def test_unwritable_places_are_refused_before_encoding(
         encode_cli: EncodeCLI, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str) -> None:
