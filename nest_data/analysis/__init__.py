@@ -23,6 +23,7 @@ from nest_data.analysis.means import roi_mean, roi_means
 from nest_data.analysis.rnc import RNC_CONDITIONS, random_batches, univariate_rnc
 from nest_data.analysis.selection import select_images
 from nest_data.analysis.similarity import rsa, rsa_matrix, rsm
+from nest_data.analysis.surface import SURFACE_SPACES, surface_space  # noqa: F401
 from nest_data.analysis.top import top_images
 
 __all__ = ["RNC_CONDITIONS", "random_batches", "roi_mean", "roi_means", "rsa", "rsa_matrix",
