@@ -71,7 +71,8 @@ def surface_space(data: Surface, space: str = "fsaverage5") -> Surface:
     >>> import nest_data
     >>> whole = nest_data.open(imageset="things", subject=1, train_dataset="nsd_fsaverage",
     ...                        location="demo")
-    >>> fs5 = nest_data.surface_space(whole, "fsaverage5")
+    >>> from nest_data.analysis import surface_space
+    >>> fs5 = surface_space(whole, "fsaverage5")
     >>> fs5.sizes["vertex"], fs5.attrs["mesh"], int(fs5.fsaverage_index.max())
     (20484, 'fsaverage5', 10241)
     """
