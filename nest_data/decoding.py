@@ -247,7 +247,10 @@ def decode_images(
         other dimensions flattened into features) or batches as a DataLoader yields them,
         dicts with ``"responses"`` (``(B, n)`` float tensor) and ``"image"`` (labels).  An
         iterable is read once (ridge, test) or ``epochs + 1`` times (clip), so it must
-        be re-iterable (a DataLoader is; a generator is not).  No image may be in both.
+        be re-iterable (a DataLoader is; a generator is not); ``set_epoch(epoch)`` is
+        called before each contrastive epoch on an iterable, its ``dataset`` or its
+        ``sampler`` that has it (:class:`nest_data.torch.ResponseBatches`,
+        ``DistributedSampler``), so each epoch is shuffled anew.  No image may be in both.
     embeddings : xarray.DataArray
         ``(image, feature)`` embeddings, labelled as the responses' images
         (:func:`image_embeddings`); an entry's images are labelled by its ``image_id``
@@ -534,6 +537,7 @@ def _fit_clip(train: Any, batch_size: int, table: _EmbeddingTable,
     optimiser = torch.optim.Adam(layer.parameters(), lr=learning_rate)
     for epoch in tqdm(range(epochs), desc="contrastive training", unit="epoch",
                       disable=not _config.show_progress()):
+        _set_epoch(train, epoch)
         n_batches = 0
         for batch in _batches(train, batch_size):
             n_batches += 1
@@ -556,6 +560,15 @@ def _fit_clip(train: Any, batch_size: int, table: _EmbeddingTable,
             raise InputError(f"the train batches were empty on pass {epoch + 2} (a generator "
                              "is spent after one pass): give a DataLoader or a list")
     return layer.weight.detach().T.contiguous(), layer.bias.detach()
+
+
+def _set_epoch(source: Any, epoch: int) -> None:
+    """Tell a loader the epoch, as ``DistributedSampler`` and
+    :class:`nest_data.torch.ResponseBatches` expect, so each epoch has its own order."""
+    for part in (source, getattr(source, "dataset", None), getattr(source, "sampler", None)):
+        set_epoch = getattr(part, "set_epoch", None)
+        if callable(set_epoch):
+            set_epoch(epoch)
 
 
 def _cosine(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:

@@ -255,18 +255,24 @@ def test_held_out_images_are_never_trained_on() -> None:
                                          "never be trained on"):
         decode_images(leaked, test, embeddings)
     seen: list[str] = []
+    epochs: list[int] = []
 
     class Recording:
-        """Batches that record which images the decoder read for training."""
+        """Batches that record which images the decoder read for training, and the
+        epochs it announced (as nest_data.torch.ResponseBatches takes them)."""
+
+        def set_epoch(self, epoch: int) -> None:
+            epochs.append(epoch)
 
         def __iter__(self) -> Iterator[dict[str, Any]]:
             for batch in loader(train, 64):
                 seen.extend(batch["image"])
                 yield batch
 
-    decode_images(Recording(), test, embeddings, decoder="clip", epochs=2)
-    assert set(seen) == set(train.image.values)
+    decode_images(Recording(), test, embeddings, decoder="clip", epochs=3)
+    assert set(seen) == set(train.image.values) and len(seen) == 4 * 240  # stats + 3 epochs
     assert not set(seen) & set(test.image.values)
+    assert epochs == [0, 1, 2]
 
 
 def test_bad_inputs() -> None:
