@@ -47,7 +47,7 @@ __all__ = ["DECODERS", "decode_images", "heldout_split", "image_embeddings"]
 DECODERS = ("ridge", "clip")
 #: Ridge penalties tried by default (on standardised responses), chosen on a validation
 #: split of the training images.
-RIDGE_ALPHAS = (1e-1, 1e0, 1e1, 1e2, 1e3, 1e4, 1e5)
+RIDGE_ALPHAS = (1e-1, 1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7)
 #: Fraction of the training images held out to choose the ridge penalty (neuralbench's
 #: validation ratio), and the seed of that split.
 VALIDATION_FRACTION = 0.2
@@ -314,7 +314,7 @@ def decode_images(
         raise InputError(f"train responses have {train_x.shape[1]} values per image, test "
                          f"responses {test_x.shape[1]}: give both from the same entry (the "
                          "same vertices or voxels)")
-    mean, std = train_x.mean(0), train_x.std(0)
+    mean, std = train_x.mean(0, dtype=np.float64), train_x.std(0, dtype=np.float64)
     std[std == 0] = 1.0
     labels, test_x = _average_by_image(test_ids, (test_x - mean) / std)
     if len(labels) < ks[-1]:
@@ -323,8 +323,8 @@ def decode_images(
     candidates = table.rows(labels)
     attrs: dict[str, Any] = {"decoder": decoder}
     if decoder == "ridge":
-        weights, bias, alpha = _fit_ridge((train_x - mean) / std, table.rows(train_ids),
-                                          alphas, seed, target)
+        weights, bias, alpha = _fit_ridge(((train_x - mean) / std).astype(np.float32),
+                                          table.rows(train_ids), alphas, seed, target)
         attrs["alpha"] = alpha
     else:
         weights, bias = _fit_clip(train, batch_size, table, (mean, std), epochs,
@@ -413,7 +413,7 @@ def _entry_labels(da: xr.DataArray) -> list[str]:
 
 
 def _collect(batches: Iterable[Batch], what: str) -> tuple[np.ndarray, list[str]]:
-    """All responses (float64, ``(N, n)``) and image labels of one pass over the batches."""
+    """All responses (float32, ``(N, n)``) and image labels of one pass over the batches."""
     from tqdm.auto import tqdm
 
     rows, labels = [], []
@@ -421,7 +421,7 @@ def _collect(batches: Iterable[Batch], what: str) -> tuple[np.ndarray, list[str]
     for batch in tqdm(batches, desc=f"reading {what} responses", unit="batch", total=total,
                       disable=not _config.show_progress()):
         x, ids = _unpack(batch)
-        rows.append(x.astype(np.float64))
+        rows.append(x)
         labels += ids
     if not rows:
         raise InputError(f"the {what} batches are empty: give at least one image (a "

@@ -31,7 +31,9 @@ def surface_space(data: Surface, space: str = "fsaverage5") -> Surface:
 
     A coarser mesh's vertices are the first ones of fsaverage's in each hemisphere (the
     icosahedral mesh numbers coarser vertices first), so this is a selection of vertices:
-    nothing is interpolated and nothing is read (the result is as lazy as ``data``).  The
+    nothing is interpolated and no response is read (the result is as lazy as ``data``;
+    only the ``hemisphere`` and ``fsaverage_index`` labels are read if an entry opened with
+    ``load_labels=False`` left them lazy).  The
     vertices come in the order of the coarser mesh's own files (left hemisphere first, by
     index), so ``values.sel(hemisphere=...)`` lines up with nilearn's
     ``load_fsaverage("fsaverage5")`` mesh; ``vertex``, ``hemisphere`` and
