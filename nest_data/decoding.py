@@ -303,6 +303,13 @@ def decode_images(
     ks = sorted({_positive_int(k, "top_k") for k in top_k})
     if not ks:
         raise InputError("top_k is empty; give the k of the accuracies, e.g. (1, 5)")
+    alphas = [float(a) for a in alphas]
+    if not alphas or min(alphas) <= 0:
+        raise InputError(f"alphas={alphas}: give positive ridge penalties, e.g. "
+                         f"{RIDGE_ALPHAS[:3]}")
+    if not temperature > 0 or not learning_rate > 0:
+        raise InputError(f"temperature={temperature} and learning_rate={learning_rate} must "
+                         "be positive (defaults 0.1 and 1e-3)")
     from nest_data._models import torch_device
 
     target = torch_device(device)
@@ -474,9 +481,6 @@ def _fit_ridge(x: np.ndarray, y: np.ndarray, alphas: Sequence[float], seed: int,
                device: Any) -> tuple[torch.Tensor, torch.Tensor, float]:
     """Ridge weights ``(n, d)`` and intercept ``(d,)``, with the penalty of best validation
     top-5 retrieval."""
-    alphas = [float(a) for a in alphas]
-    if not alphas or min(alphas) <= 0:
-        raise InputError(f"alphas={alphas}: give positive ridge penalties")
     alpha = alphas[0]
     if len(alphas) > 1:
         rng = np.random.default_rng(seed)
@@ -528,9 +532,6 @@ def _fit_clip(train: Any, batch_size: int, table: _EmbeddingTable,
     """A linear decoder trained contrastively over ``epochs`` passes of the batches."""
     from tqdm.auto import tqdm
 
-    if not temperature > 0 or not learning_rate > 0:
-        raise InputError(f"temperature={temperature} and learning_rate={learning_rate} must "
-                         "be positive")
     torch.manual_seed(seed)
     mean, std = (torch.from_numpy(v.astype(np.float32)).to(device) for v in scaling)
     layer = torch.nn.Linear(len(mean), table.values.shape[1]).to(device)

@@ -299,6 +299,8 @@ def test_bad_inputs() -> None:
         decode_images(spent, test, embeddings, decoder="clip", epochs=2)
     with pytest.raises(InputError, match="alphas=\\[0.0\\]: give positive"):
         decode_images(train, test, embeddings, alphas=[0.0])
+    with pytest.raises(InputError, match="temperature=0 .* must be positive"):
+        decode_images(train, test, embeddings, decoder="clip", temperature=0)
 
 
 def test_image_embeddings_with_a_converted_backbone(tmp_path: Any) -> None:
