@@ -210,7 +210,8 @@ def test_heldout_split_holds_shared_images_out() -> None:
 def test_decoding_retrieves_planted_images_well_above_chance(decoder: str) -> None:
     embeddings, responses = planted()
     train, test = heldout_split(responses)
-    result = decode_images(train, test, embeddings, decoder=decoder, epochs=30, seed=0)
+    result = decode_images(train, test, embeddings, decoder=decoder, epochs=10,
+                           learning_rate=1e-2, seed=0)
     chance = result.chance.sel(k=1).item()
     assert chance == 1 / 60 and result.chance.sel(k=5).item() == 5 / 60
     assert 5 * chance < result.accuracy.sel(k=1).item() < 1
@@ -245,6 +246,28 @@ def test_batches_from_a_loader_decode_as_the_entry() -> None:
     repeated = decode_images(loader(train, 64), loader(test, 25, repeats=2), embeddings,
                              alphas=[10.0])
     assert repeated.sizes["image"] == 60
+
+
+def test_decoding_from_nest_data_torch_batches() -> None:
+    """Training from the PyTorch pipeline: shuffled batches of nest_data.torch through a
+    DataLoader, a new order every epoch."""
+    from torch.utils.data import DataLoader
+
+    from nest_data.torch import ResponseBatches
+
+    embeddings, responses = planted()
+    train, test = heldout_split(responses)
+    batches = ResponseBatches(train, batch_size=64, seed=3)
+    pipeline = DataLoader(batches, batch_size=None)
+    ridge = decode_images(pipeline, test, embeddings, alphas=[10.0])
+    from_entry = decode_images(train, test, embeddings, alphas=[10.0])
+    # the same regression whatever the order of the training images
+    assert abs(ridge.accuracy.sel(k=1).item() - from_entry.accuracy.sel(k=1).item()) <= 1 / 60
+    assert ridge.attrs["n_train"] == 240
+    clip = decode_images(pipeline, test, embeddings, decoder="clip", epochs=10,
+                         learning_rate=1e-2)
+    assert clip.accuracy.sel(k=1).item() > 5 * clip.chance.sel(k=1).item()
+    assert batches.epoch == 9  # the decoder moved the pipeline to each epoch in turn
 
 
 def test_held_out_images_are_never_trained_on() -> None:
