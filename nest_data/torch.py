@@ -616,10 +616,10 @@ class ResponseBatches(IterableDataset[Sample]):
         pending: list[Sample] = []
         held = 0
         for buffer in self.plan(epoch, worker, workers):
-            order = np.argsort(buffer, kind="stable")
-            batch = self.entries.read(buffer[order])  # in stored order: runs of inner chunks
-            mix = rng.permutation(buffer.size) if self.shuffle else np.arange(buffer.size)
-            pending.append(_select(batch, mix))
+            # read in the shuffled order: the reader still reads each shard's inner chunks
+            # in stored order, and puts every row in its place
+            pending.append(self.entries.read(rng.permutation(buffer) if self.shuffle
+                                             else buffer))
             held += buffer.size
             while held >= self.batch_size:
                 out, pending, held = _split_off(pending, self.batch_size)
@@ -629,14 +629,12 @@ class ResponseBatches(IterableDataset[Sample]):
             yield _tensors(out)
 
 
-def _select(batch: Sample, rows: np.ndarray) -> Sample:
-    """The rows ``rows`` of a batch (numpy values and lists)."""
+def _select(batch: Sample, rows: slice) -> Sample:
+    """The rows ``rows`` of a batch (views of its numpy values)."""
     out: Sample = {}
     for key, value in batch.items():
         if isinstance(value, dict):
             out[key] = {k: v[rows] for k, v in value.items()}
-        elif isinstance(value, list):
-            out[key] = [value[k] for k in rows.tolist()]
         else:
             out[key] = value[rows]
     return out
@@ -653,9 +651,8 @@ def _split_off(parts: list[Sample], count: int) -> tuple[Sample, list[Sample], i
             taken.append(parts.pop(0))
             need -= size
         else:
-            idx = np.arange(size)
-            taken.append(_select(part, idx[:need]))
-            parts[0] = _select(part, idx[need:])
+            taken.append(_select(part, slice(0, need)))
+            parts[0] = _select(part, slice(need, None))
             need = 0
     rest = sum(len(p["image"]) for p in parts)
     return _join(taken), parts, rest
