@@ -1,8 +1,9 @@
 """neuralbench's fMRI image-decoding task on in silico fsaverage5 responses.
 
 Responses on fsaverage5 (the first 10,242 vertices of each fsaverage hemisphere) -> a linear
-decoder (ridge, or contrastive as CLIP) -> ViT-B/32 embeddings of the images -> retrieval of
-each held-out image among all held-out images, top-1 and top-5 accuracy against chance.
+decoder (ridge, or contrastive as CLIP) trained from nest_data.torch's batches -> ViT-B/32
+embeddings of the images -> retrieval of each held-out image among all held-out images,
+top-1 and top-5 accuracy against chance.
 
 On real data the responses are a stored nsd entry and NSD's shared 1,000 images are held
 out (``heldout_split`` does it by the ``shared1000`` coordinate; see
@@ -31,10 +32,12 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 import xarray as xr
+from torch.utils.data import DataLoader
 
 import nest_data
 from nest_data.analysis import surface_space
 from nest_data.decoding import decode_images, heldout_split, image_embeddings
+from nest_data.torch import ResponseBatches
 
 logger = logging.getLogger("examples.decoding")
 
@@ -85,13 +88,16 @@ def main(argv: list[str] | None = None) -> Path:
             f"fsaverage encoder (sub-{args.subject:02d}) on fsaverage5, embeddings by its "
             "random ViT-B/32")
 
+    # the decoders train from the PyTorch pipeline: shuffled batches, a new order per epoch
+    pipeline = DataLoader(ResponseBatches(train, batch_size=128, seed=args.seed),
+                          batch_size=None)
     results = {}
     for decoder in ("ridge", "clip"):
-        results[decoder] = decode_images(train, held_out, embeddings, decoder=decoder,
+        results[decoder] = decode_images(pipeline, held_out, embeddings, decoder=decoder,
                                          epochs=args.epochs, seed=args.seed)
     shuffled = embeddings.copy()
     shuffled["image"] = np.random.default_rng(args.seed + 1).permutation(ids)
-    results["ridge, shuffled labels"] = decode_images(train, held_out, shuffled)
+    results["ridge, shuffled labels"] = decode_images(pipeline, held_out, shuffled)
     for name, result in results.items():
         logger.info("%-23s top-1 %.3f  top-5 %.3f  (chance %.3f, %.3f; %d test images)%s",
                     name, *result.accuracy.values, *result.chance.values,
