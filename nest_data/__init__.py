@@ -32,6 +32,7 @@ from nest_data.analysis import (
     rsa_matrix,
     rsm,
     select_images,
+    surface_space,
     top_images,
     univariate_rnc,
 )
@@ -145,6 +146,7 @@ __all__ = [
     "saliency",
     "select_images",
     "set_options",
+    "surface_space",
     "top_images",
     "univariate_rnc",
     "verify",

@@ -32,6 +32,7 @@ from nest_data._reader import shard_reader
 from nest_data._storage import NestStore, make_store
 from nest_data._surface import ROI_AUX_PREFIX
 from nest_data._urls import check_storage_options, is_local, local_path
+from nest_data.analysis.surface import surface_space
 from nest_data.errors import InputError, StoreNotFoundError
 
 logger = logging.getLogger("nest_data")
@@ -59,6 +60,7 @@ def open(
     verify: bool | None = None,
     load_labels: bool = True,
     images: Any = None,
+    space: str | None = None,
     catalog: Catalog | None = None,
 ) -> xr.DataArray:
     """Open one entry of the NEST collection as a lazy, labelled DataArray.
@@ -144,7 +146,8 @@ def open(
                                  subject=subject, roi=roi)
     ds = _open_dataset(cat, entry, root, chunks, group=None, cache=cache, verify=verify,
                        load_labels=load_labels)
-    return ds[DATA_VAR]
+    da = ds[DATA_VAR]
+    return da if space is None else surface_space(da, space)
 
 
 def open_metadata(

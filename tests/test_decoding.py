@@ -102,6 +102,19 @@ def test_other_spaces_datasets_and_rois() -> None:
         surface_space(surface_space(da), "fsaverage6")
 
 
+def test_open_takes_the_space(demo: Any) -> None:
+    import nest_data
+
+    keys = {"imageset": "things", "subject": 1, "train_dataset": "nsd_fsaverage",
+            "location": "demo"}
+    fs5 = nest_data.open(**keys, space="fsaverage5")
+    xr.testing.assert_identical(fs5, surface_space(nest_data.open(**keys)))
+    assert fs5.sizes["vertex"] == 2 * N5 and fs5.attrs["mesh"] == "fsaverage5"
+    with pytest.raises(InputError, match="fsaverage"):
+        nest_data.open(imageset="things", subject=1, roi="V1", location="demo",
+                       space="fsaverage5")
+
+
 def test_fsaverage5_is_the_nested_head_of_the_icosahedral_mesh() -> None:
     """nilearn ships fsaverage5 only (not fsaverage): check on its sphere that every mesh
     level is the head of the next, so fsaverage5 is fsaverage's first 10,242 vertices.
