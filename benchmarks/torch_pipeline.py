@@ -52,7 +52,7 @@ from nest_data.synthetic import ned_file_paths, write_ned
 from nest_data.torch import ResponseBatches, ResponseDataset
 from tests.servers import HTTPServer
 
-KEYS = {"imageset": "things", "subject": 1, "roi": "lateral"}
+KEYS: dict[str, Any] = {"imageset": "things", "subject": 1, "roi": "lateral"}
 H5_NAME = "synthetic_neural_responses"
 
 
