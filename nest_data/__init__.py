@@ -26,6 +26,7 @@ from nest_data._open import open, open_collection, open_many, open_metadata, ope
 from nest_data._plot import plot_saliency
 from nest_data._verify import build_index, verify
 from nest_data.analysis import (
+    multivariate_rnc,
     roi_mean,
     roi_means,
     rsa,
@@ -128,6 +129,7 @@ __all__ = [
     "encoder",
     "generate",
     "mirror",
+    "multivariate_rnc",
     "objectives",
     "open",
     "open_collection",

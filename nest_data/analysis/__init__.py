@@ -7,10 +7,13 @@ returns labelled xarray objects:
   for one entry or for subjects x ROIs whose voxel counts differ;
 - :func:`top_images`: the images that drive an ROI (or a subject-averaged ROI) most or least;
 - :func:`univariate_rnc`: univariate relational neural control for a pair of ROIs;
+- :func:`multivariate_rnc`: multivariate relational neural control (RSMs of two ROIs aligned
+  or disentangled by a genetic search), without RSMs on disk;
 - :func:`rsm`, :func:`rsa` and :func:`rsa_matrix`: representational similarity of an image
   subset computed on the fly from the responses, and its comparison between entries;
 - :func:`select_images`: ``da.isel(image=...)`` reading only the stored chunks that hold
-  the chosen images.
+  the chosen images;
+- :func:`surface_space`: fsaverage5 (or another coarser mesh) of an fsaverage entry.
 
 Functions that return values of the responses return them dask-backed: nothing is read
 until you compute, and then it runs on whatever dask scheduler is active (a
@@ -20,12 +23,13 @@ only pass over the responses, with a progress bar) and work on those few numbers
 """
 
 from nest_data.analysis.means import roi_mean, roi_means
-from nest_data.analysis.multivariate_rnc import multivariate_rnc  # noqa: F401
+from nest_data.analysis.multivariate_rnc import multivariate_rnc
 from nest_data.analysis.rnc import RNC_CONDITIONS, random_batches, univariate_rnc
 from nest_data.analysis.selection import select_images
 from nest_data.analysis.similarity import rsa, rsa_matrix, rsm
-from nest_data.analysis.surface import SURFACE_SPACES, surface_space  # noqa: F401
+from nest_data.analysis.surface import SURFACE_SPACES, surface_space
 from nest_data.analysis.top import top_images
 
-__all__ = ["RNC_CONDITIONS", "random_batches", "roi_mean", "roi_means", "rsa", "rsa_matrix",
-           "rsm", "select_images", "top_images", "univariate_rnc"]
+__all__ = ["RNC_CONDITIONS", "SURFACE_SPACES", "multivariate_rnc", "random_batches", "roi_mean",
+           "roi_means", "rsa", "rsa_matrix", "rsm", "select_images", "surface_space",
+           "top_images", "univariate_rnc"]
