@@ -167,10 +167,11 @@ class set_options:  # a function-like name, as xarray.set_options
     Examples
     --------
     >>> import nest_data
+    >>> da = nest_data.open(imageset="things", subject=1, roi="V1", location="demo")
     >>> with nest_data.set_options(progress=False):
-    ...     report = nest_data.verify("demo")  # no progress bar
-    >>> report.ok
-    True
+    ...     top = nest_data.top_images(da, k=3)  # no progress bar
+    >>> top.sizes["image"]
+    3
     """
 
     def __init__(self, *, progress: bool | object | None = _UNCHANGED,

@@ -392,6 +392,7 @@ def test_error_messages(collection: Path) -> None:
 @pytest.mark.parametrize(("script", "extra"), [
     ("top_images", []), ("rnc", []), ("rsa", []),
     ("dreams", ["--steps", "6", "--size", "96"]),  # few steps: the figure, not the dreams
+    ("decoding", ["--n-images", "36", "--test-fraction", "0.25", "--epochs", "1"]),  # end to end
 ])
 def test_example_writes_its_figure(demo: Path, tmp_path: Path, script: str,
                                    extra: list[str]) -> None:

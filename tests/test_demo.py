@@ -164,8 +164,8 @@ def test_commands_take_location_names_and_fit_80_columns(demo: Path,
 
     assert cli(["--no-progress", "verify", "demo"]) == 0
     out = capsys.readouterr().out
-    assert out.startswith(f"{nest_data.verify(demo, show_progress=False).stores} store(s) "
-                          "checked under demo: all checksums match")
+    stores = sum(1 for meta in demo.rglob("*.zarr/zarr.json"))  # verify reads 1 GB: once
+    assert out.startswith(f"{stores} store(s) checked under demo: all checksums match")
     assert cli(["verify", "demmo"]) == 2
     assert "unknown location 'demmo'" in capsys.readouterr().err
     assert cli(["catalog"]) == 0

@@ -27,9 +27,9 @@ from nest_data.analysis.multivariate_rnc import multivariate_rnc
 from nest_data.analysis.rnc import RNC_CONDITIONS, random_batches, univariate_rnc
 from nest_data.analysis.selection import select_images
 from nest_data.analysis.similarity import rsa, rsa_matrix, rsm
-from nest_data.analysis.surface import SURFACE_SPACES, surface_space
+from nest_data.analysis.surface import surface_space
 from nest_data.analysis.top import top_images
 
-__all__ = ["RNC_CONDITIONS", "SURFACE_SPACES", "multivariate_rnc", "random_batches", "roi_mean",
+__all__ = ["RNC_CONDITIONS", "multivariate_rnc", "random_batches", "roi_mean",
            "roi_means", "rsa", "rsa_matrix", "rsm", "select_images", "surface_space",
            "top_images", "univariate_rnc"]
