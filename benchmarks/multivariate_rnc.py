@@ -70,6 +70,7 @@ SIZES = {"full": {"n_images": 3000, "generations": 100, "seeds": [1, 2, 3, 4, 5]
          "quick": {"n_images": 600, "generations": 20, "seeds": [1, 2],
                    "null_samples": 5_000}}
 N_BATCHES, BATCH_SIZE, SPLITS = 200, 50, 50  # RNC's defaults
+REFINE = 50  # single-image swaps after nest-data's search (not in RNC)
 FULL = {"n_images": 73000, "generations": 2000, "null_samples": 1_000_000}
 H200 = {"flops": 67e12, "bytes_per_s": 4.8e12, "efficiency": 0.5, "memory": 141e9}
 
@@ -277,13 +278,19 @@ tree = nest_data.open_many(imageset="nsd", subject=a["subjects"], roi=["V1", "V2
                            location=a["root"])
 res = nest_data.multivariate_rnc(tree, rois=("V1", "V2"), generations=a["generations"],
                                  seed=a["seeds"], null_samples=a["null_samples"],
-                                 show_progress=False)
+                                 refine=a["refine"], show_progress=False)
 t2 = time.perf_counter()
 out = {"import_s": t1 - t0, "seconds": t2 - t1, "rsm_entries": res.attrs["rsm_entries"],
        "n_voxels": res.n_voxels.values.tolist(),
        "scores": {c: res.score.sel(control=c).values.tolist() for c in ("align", "disentangle")},
        "image_index": {c: res.image_index.sel(control=c).isel(generation=-1).values.tolist()
                        for c in ("align", "disentangle")},
+       "refined_score": {c: res.refined_score.sel(control=c).values.tolist()
+                         for c in ("align", "disentangle")},
+       "refined_swaps": {c: res.refined_swaps.sel(control=c).values.tolist()
+                         for c in ("align", "disentangle")},
+       "refined_index": {c: res.refined_image_index.sel(control=c).values.tolist()
+                         for c in ("align", "disentangle")},
        "baseline_score": res.baseline_score.values.tolist(),
        "null_mean": res.null_distribution.mean("null_sample").values.tolist()}
 print(json.dumps(out))
@@ -308,6 +315,20 @@ out["pass_s"] = timed(generations=1, n_batches=1, rsm_entries="on_demand")
 gens = a["rate_generations"]
 out["on_demand_s"] = timed(generations=gens, rsm_entries="on_demand") - out["pass_s"]
 out["in_memory_s"] = timed(generations=gens, rsm_entries="in_memory")
+# a refinement step on demand: one search with and one without refinement, best of 3
+# each; the steps are the swaps taken plus the one that found no better swap
+kw = dict(rois=("V1", "V2"), control="align", null_samples=0, generations=1, n_batches=1,
+          rsm_entries="on_demand", show_progress=False)
+best = {0: float("inf"), a["refine"]: float("inf")}
+for _ in range(3):
+    for refine in best:
+        t = time.perf_counter()
+        res = nest_data.multivariate_rnc(tree, refine=refine, **kw)
+        best[refine] = min(best[refine], time.perf_counter() - t)
+        if refine:
+            swaps = int(res.refined_swaps)
+out["refine_step_s"] = ((best[a["refine"]] - best[0])
+                        / (swaps + (swaps < a["refine"])))
 try:
     import torch  # noqa: F401
     out["torch_cpu_on_demand_s"] = (timed(generations=gens, rsm_entries="on_demand",
@@ -400,10 +421,10 @@ def run_rnc(root: Path, n_images: int, size: dict[str, Any]) -> dict[str, Any]:
 def run_nest(zarr: Path, size: dict[str, Any]) -> dict[str, Any]:
     out = child(_NEST, {"root": str(zarr), "subjects": SUBJECTS,
                         "generations": size["generations"], "seeds": size["seeds"],
-                        "null_samples": size["null_samples"]})
+                        "null_samples": size["null_samples"], "refine": REFINE})
     logger.info("nest-data: %.1f s (%s)", out["seconds"], out["rsm_entries"])
     rates = child(_NEST_RATES, {"root": str(zarr), "subjects": SUBJECTS,
-                                "rate_generations": 3})
+                                "rate_generations": 3, "refine": 10})
     out.update({k: v for k, v in rates.items() if k != "peak_rss_mib"})
     return out
 
@@ -414,6 +435,7 @@ def rescore(root: Path, zarr: Path, res: dict[str, Any]) -> dict[str, Any]:
     batches = {}
     for c in ("align", "disentangle"):
         batches[f"nest-{c}"] = res["nest"]["image_index"][c]
+        batches[f"refined-{c}"] = res["nest"]["refined_index"][c]
         batches[f"rnc-{c}"] = [res["rnc"]["search"][f"{c}-{s}"]["final_batch"]
                                for s in res["seeds"]]
     rsm_dir = root / "rnc"
@@ -512,6 +534,7 @@ def project(res: dict[str, Any]) -> dict[str, Any]:
         "search_hours_per_control": g * (per_gen * per_batch + r["host_generation_s"]) / 3600,
         "null_hours": nulls * (per_batch + r["null_draw_s"]) / 3600,
         "memory_gb": n * d.sum() * 8 / 1e9,
+        "refine_min": REFINE * nest["refine_step_s"] * n / n_small / 60,
         "in_memory_rsms_gb": len(ROIS) * n * n * 8 / 1e9,
     }
     # nest-data on an H200 (projection from the data sheet)
@@ -528,6 +551,8 @@ def project(res: dict[str, Any]) -> dict[str, Any]:
         "search_min_per_control_on_demand": g * (r["host_generation_s"] + on_demand_gen) / 60,
         "null_s_in_memory": nulls * (BATCH_SIZE**2 * 8 * len(ROIS) / bandwidth * 8
                                      + r["null_draw_s"]),
+        "refine_s_on_demand": REFINE * max(2 * n * BATCH_SIZE * d.sum() / flops,
+                                           n * d.sum() * 8 / bandwidth),
     }
     return out
 
@@ -598,21 +623,25 @@ def markdown(res: dict[str, Any]) -> str:
         f"Final scores after {res['generations']} generations (mean ± SD over seeds "
         f"{', '.join(map(str, seeds))}):",
         "",
-        "| control | RNC's search | nest-data | per seed (RNC / nest-data) |",
-        "|---|---:|---:|---|",
+        f"| control | RNC's search | nest-data | nest-data, `refine={REFINE}` | per seed (RNC "
+        "/ nest-data / refined) | swaps taken |",
+        "|---|---:|---:|---:|---|---|",
     ]
     for c in ("align", "disentangle"):
         ours = [s[-1] for s in nest["scores"][c]]
+        refined = nest["refined_score"][c]
         theirs = [rnc["search"][f"{c}-{s}"]["scores"][-1] for s in seeds]
         f = (lambda v: v) if c == "align" else abs
         what = "r" if c == "align" else "\\|r\\|"  # escaped: a cell of a Markdown table
         lines.append(f"| {c} ({what}) | "
                      f"{spread([f(v) for v in theirs])} | {spread([f(v) for v in ours])} | "
-                     + ", ".join(f"{fmt(f(a))} / {fmt(f(b))}"
-                                 for a, b in zip(theirs, ours, strict=True)) + " |")
+                     f"{spread([f(v) for v in refined])} | "
+                     + ", ".join(f"{fmt(f(a))} / {fmt(f(b))} / {fmt(f(x))}"
+                                 for a, b, x in zip(theirs, ours, refined, strict=True))
+                     + f" | {', '.join(map(str, nest['refined_swaps'][c]))} |")
     lines += [
         f"| baseline | {rnc['baseline']['baseline_score']:.4f} | "
-        f"{spread(list(np.ravel(nest['baseline_score'])))} | |",
+        f"{spread(list(np.ravel(nest['baseline_score'])))} | | | |",
         "",
     ]
     if "rescored" in res:
@@ -626,7 +655,8 @@ def markdown(res: dict[str, Any]) -> str:
         ]
         for c in ("align", "disentangle"):
             f = (lambda v: v) if c == "align" else abs
-            for who, name in (("rnc", "RNC's search"), ("nest", "nest-data")):
+            for who, name in (("rnc", "RNC's search"), ("nest", "nest-data"),
+                              ("refined", f"nest-data, `refine={REFINE}`")):
                 key = f"{who}-{c}"
                 lines.append(f"| {c} | {name} | "
                              f"{spread([f(v) for v in res['rescored']['exact'][key]])} | "
@@ -652,6 +682,9 @@ def markdown(res: dict[str, Any]) -> str:
         f"{p['nest_gpu']['search_min_per_control_on_demand']:.1f} min) |",
         f"| Null | {p['rnc']['baseline_hours']:.1f} h | {p['nest_cpu']['null_hours']:.1f} h | "
         f"{p['nest_gpu']['null_s_in_memory']:.1f} s |",
+        f"| `refine={REFINE}` (not in RNC), per control | | "
+        f"{p['nest_cpu']['refine_min']:.1f} min | "
+        f"{p['nest_gpu']['refine_s_on_demand']:.1f} s (on demand) |",
         "",
         f"Rates measured here: `pearsonr` of one pair {res['rates']['pearsonr_pair_s'] * 1e6:.0f}"
         f" µs; RNC's `evaluate` of one batch with 73,000-image RSMs "
@@ -660,6 +693,7 @@ def markdown(res: dict[str, Any]) -> str:
         + (f", {nest['torch_cpu_on_demand_s'] / (N_BATCHES * 34) * 1e3:.2f} ms (torch, CPU)"
            if "torch_cpu_on_demand_s" in nest else "")
         + f"; in memory, building the RSMs then 3 generations {nest['in_memory_s']:.1f} s; "
+        f"a refinement step on demand {nest['refine_step_s'] * 1e3:.0f} ms; "
         f"host-side work of a generation {res['rates']['host_generation_s'] * 1e3:.0f} ms, "
         f"of a null batch {res['rates'].get('null_draw_s', float('nan')) * 1e6:.1f} µs.",
     ]

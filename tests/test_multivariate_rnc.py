@@ -21,7 +21,13 @@ import xarray as xr
 from nest_data.analysis.multivariate_rnc import (
     _bh,
     _binomial_tail,
+    _cells,
     _mutate,
+    _Ops,
+    _prepare,
+    _Run,
+    _Scorer,
+    _swap_scores,
     multivariate_rnc,
     mutation_sizes,
 )
@@ -137,6 +143,89 @@ def test_cross_validation_scores_train_and_held_out_subjects(das: list[xr.DataAr
                                                              ).argmin()
 
 
+@pytest.mark.parametrize(("rsm_entries", "group"), [("on_demand", (0, 1, 2)),
+                                                   ("in_memory", (0, 1, 2)),
+                                                   ("in_memory", (0, 2)), ("in_memory", (1,))])
+def test_swap_scores_equal_exact_scores_of_every_swap(das: list[xr.DataArray],
+                                                      rsm_entries: str,
+                                                      group: tuple[int, ...]) -> None:
+    """Every single-image swap scored at once equals that batch scored from scratch."""
+    n, size = das[0].sizes["image"], 12
+    run = _Run(n_images=n, batch_size=size, n_batches=6, generations=1,
+               sizes=mutation_sizes(size), cv=True, n_subjects=3)
+    tables = _prepare(_cells(das, "test"), [1, 2, 3], ["A", "B"], 0.5, _Ops(), rsm_entries,
+                      cv=True)
+    scorer = _Scorer(tables["A"], tables["B"], _Ops(), run)
+    batch = np.sort(np.random.default_rng(5).choice(n, size, replace=False))
+    swapped = _swap_scores(scorer.cross(batch, 0, group), scorer.cross(batch, 1, group),
+                           batch)
+    assert swapped.shape == (n, size)
+    assert np.isnan(swapped[batch]).all() and np.isfinite(np.delete(swapped, batch, 0)).all()
+    outside = np.setdiff1d(np.arange(n), batch)
+    every = np.repeat(batch[None], len(outside) * size, axis=0)
+    every[np.arange(len(every)), np.tile(np.arange(size), len(outside))] = \
+        np.repeat(outside, size)
+    every.sort(axis=1)
+    exact = scorer.scores(every, group).reshape(len(outside), size)
+    np.testing.assert_allclose(swapped[outside], exact, rtol=0, atol=1e-12)
+
+
+def test_refine_improves_the_final_batch_by_exact_single_swaps(das: list[xr.DataArray]
+                                                               ) -> None:
+    plain = multivariate_rnc(das, rois=("A", "B"), **SMALL)
+    res = multivariate_rnc(das, rois=("A", "B"), refine=8, **SMALL)
+    assert "refined_score" not in plain and res.attrs["refine"] == 8
+    # the generations stay RNC's search: refinement draws nothing
+    np.testing.assert_array_equal(res.image_index.values, plain.image_index.values)
+    np.testing.assert_array_equal(res.score.values, plain.score.values)
+    rsms = [rnc_rsm(das, roi, {1, 2, 3}) for roi in "AB"]
+    labels = das[0]["image"].values
+    for control in ("align", "disentangle"):
+        run = res.sel(control=control)
+        batch = run.refined_image_index.values
+        assert (np.diff(batch) > 0).all()
+        np.testing.assert_array_equal(run.refined_image.values, labels[batch])
+        score = float(run.refined_score)
+        np.testing.assert_allclose(score, rnc_evaluate(batch[None], *rsms)[0], atol=1e-6)
+        final = float(run.score[-1])
+        swaps = int(run.refined_swaps)
+        assert 1 <= swaps <= 8
+        changed = np.setdiff1d(batch, run.image_index.values[-1]).size
+        assert 1 <= changed <= swaps
+        if control == "align":
+            assert score > final
+        else:
+            assert abs(score) < abs(final)
+        if swaps < 8:  # stopped early: no single swap improves (RNC's float32 RSMs: 1e-6)
+            outside = np.setdiff1d(np.arange(len(labels)), batch)
+            trials = np.repeat(batch[None], len(outside) * len(batch), axis=0)
+            trials[np.arange(len(trials)), np.tile(np.arange(len(batch)), len(outside))] = \
+                np.repeat(outside, len(batch))
+            others = rnc_evaluate(trials, *rsms)
+            if control == "align":
+                assert others.max() <= score + 1e-6
+            else:
+                assert np.abs(others).min() >= abs(score) - 1e-6
+
+
+def test_refine_with_cross_validation_scores_the_held_out_subject(das: list[xr.DataArray]
+                                                                  ) -> None:
+    res = multivariate_rnc(das, rois=("A", "B"), cv=True, stats_iterations=100, refine=3,
+                           **SMALL)
+    assert res.refined_score.dims == res.refined_score_test.dims == ("control",
+                                                                      "test_subject")
+    for held_out in (1, 2, 3):
+        train = [rnc_rsm(das, roi, {1, 2, 3} - {held_out}) for roi in "AB"]
+        test = [rnc_rsm(das, roi, {held_out}) for roi in "AB"]
+        run = res.sel(control="disentangle", test_subject=held_out)
+        batch = run.refined_image_index.values[None]
+        np.testing.assert_allclose(run.refined_score.values, rnc_evaluate(batch, *train)[0],
+                                   atol=1e-6)
+        np.testing.assert_allclose(run.refined_score_test.values,
+                                   rnc_evaluate(batch, *test)[0], atol=1e-6)
+        assert abs(float(run.refined_score)) <= abs(float(run.score[-1]))
+
+
 def test_statistics_follow_rnc_06_stats(das: list[xr.DataArray]) -> None:
     n_iter = 100
     res = multivariate_rnc(das, rois=("A", "B"), cv=True, stats_iterations=n_iter, **SMALL)
@@ -240,7 +329,8 @@ def test_mutations_replace_distinct_images_from_outside_the_batch() -> None:
 
 def test_distributed_cluster_gives_the_same_result(das: list[xr.DataArray]) -> None:
     distributed = pytest.importorskip("distributed")
-    kw = {**SMALL, "rois": ("A", "B"), "seed": [1, 2], "cv": True, "stats_iterations": 100}
+    kw = {**SMALL, "rois": ("A", "B"), "seed": [1, 2], "cv": True, "stats_iterations": 100,
+          "refine": 2}
     local = multivariate_rnc(das, **kw)
     with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=False,
                                   protocol="tcp", host="127.0.0.1",
@@ -252,12 +342,14 @@ def test_distributed_cluster_gives_the_same_result(das: list[xr.DataArray]) -> N
 
 def test_torch_device_gives_numpy_scores(das: list[xr.DataArray]) -> None:
     pytest.importorskip("torch")
-    kw = {**SMALL, "rois": ("A", "B"), "control": "align"}
+    kw = {**SMALL, "rois": ("A", "B"), "control": "align", "refine": 3}
     for mode in ("on_demand", "in_memory"):
         ref = multivariate_rnc(das, rsm_entries=mode, **kw)
         res = multivariate_rnc(das, rsm_entries=mode, device="cpu", **kw)
-        np.testing.assert_array_equal(res.image_index.values, ref.image_index.values)
-        np.testing.assert_allclose(res.score.values, ref.score.values, atol=1e-12)
+        for name in ("image_index", "refined_image_index", "refined_swaps"):
+            np.testing.assert_array_equal(res[name].values, ref[name].values)
+        for name in ("score", "refined_score"):
+            np.testing.assert_allclose(res[name].values, ref[name].values, atol=1e-12)
 
 
 def test_progress_bar_counts_generations(das: list[xr.DataArray],
@@ -296,6 +388,8 @@ def test_example_writes_its_figure(demo: Path, tmp_path: Path) -> None:
     ({"batch_size": 2}, "batch_size must be at least 3"),
     ({"batch_size": 200}, "batch_size=200 needs at least 350 images"),
     ({"null_samples": -1}, "null_samples must be an integer >= 0"),
+    ({"refine": -1}, "refine must be an integer >= 0 (0: RNC's search only; try 50)"),
+    ({"refine": True}, "refine must be an integer >= 0"),
     ({"seed": [1, 1]}, "distinct seeds"),
     ({"seed": -3}, "seed must be an integer >= 0"),
     ({"rsm_entries": "disk"}, "rsm_entries must be one of"),

@@ -77,6 +77,7 @@ def multivariate_rnc(
     null_samples: int = 1_000_000,
     stats_iterations: int = 100_000,
     seed: int | Sequence[int] = 20200220,
+    refine: int = 0,
     device: str | None = None,
     rsm_entries: str = "auto",
     show_progress: bool | None = None,
@@ -104,7 +105,16 @@ def multivariate_rnc(
     4. **Null.**  ``null_samples`` random batches scored the same way; the *baseline* is
        the batch whose score is closest to the null distribution's mean (RNC's
        ``04_baseline.py``).
-    5. **Cross-validation** (``cv=True``).  For every subject in turn, the search runs on
+    5. **Refinement** (``refine > 0``; not in RNC).  The final generation's best batch is
+       improved by up to ``refine`` single-image swaps, each the best of every swap of one
+       of its images for one outside it: the scores of all of them at once (from the RSM
+       entries between every image and the batch's, updating the sums of the Pearson
+       correlation), the chosen swap scored again exactly and kept only if it improves.
+       It stops early when no swap improves.  A step costs about one generation on
+       demand and a look-up in memory; a search plateaus where single swaps still help,
+       so a few dozen steps drive a disentangling score orders of magnitude closer to
+       zero and raise an aligning one.  The generations themselves stay RNC's.
+    6. **Cross-validation** (``cv=True``).  For every subject in turn, the search runs on
        the RSMs averaged over the other subjects and the best batches are scored on the
        held-out subject's RSMs (``score_test``); the null batches are scored on both and the
        baseline chosen on the training subjects.  Then RNC's statistics
@@ -147,6 +157,9 @@ def multivariate_rnc(
     seed : int or sequence of int
         Seed of every random draw (RNC's: 20200220); a sequence runs independent
         repetitions side by side (dim ``seed``).  The same seed gives the same result.
+    refine : int
+        Single-image swaps that may improve the final best batch after the search (step
+        5; default 0: RNC's search only).  Deterministic: no random draws.
     device : str, optional
         None: NumPy on the CPU.  A torch device (``"cuda"``, ``"cuda:1"``, ``"cpu"``):
         the entries and scores are computed with torch there (float64; needs the
@@ -174,7 +187,9 @@ def multivariate_rnc(
         ascending) and, named as the image coordinates shared by every entry (``image``,
         ``nsd_id``...), their labels.  With a null: ``baseline_score``,
         ``baseline_image_index`` and the baseline's labels (``baseline_image``...) and
-        ``null_distribution`` (dim ``null_sample``).  With ``cv``: ``score_test``,
+        ``null_distribution`` (dim ``null_sample``).  With ``refine``: ``refined_score``,
+        ``refined_image_index``, the labels (``refined_image``...), ``refined_swaps``
+        (swaps taken) and, with ``cv``, ``refined_score_test``.  With ``cv``: ``score_test``,
         ``baseline_score_test``, ``null_distribution_test``, ``p_value``,
         ``significant``, ``p_value_between`` and the intervals ``score_test_ci`` and
         ``baseline_score_test_ci`` (dim ``bound``: 2.5 and 97.5 percent).  ``attrs`` record
@@ -209,7 +224,7 @@ def multivariate_rnc(
     what = "multivariate_rnc"
     _check_counts(generations=generations, n_batches=n_batches, batch_size=batch_size,
                   null_samples=null_samples, stats_iterations=stats_iterations,
-                  rsm_entries=rsm_entries)
+                  refine=refine, rsm_entries=rsm_entries)
     controls, one_control = _names(control, MULTIVARIATE_RNC_CONTROLS, "control")
     seeds, one_seed = _seeds(seed)
     das = _entry_list(data, what)
@@ -246,7 +261,8 @@ def multivariate_rnc(
     ops = _ops(device)
 
     run = _Run(n_images=n_images, batch_size=batch_size, n_batches=n_batches,
-               generations=generations, sizes=sizes, cv=cv, n_subjects=len(subjects))
+               generations=generations, sizes=sizes, cv=cv, n_subjects=len(subjects),
+               refine=refine)
     mode = _choose_mode(rsm_entries, run, len(used), ops,
                         n_searches=len(pairs) * len(controls) * len(seeds)
                         * (len(subjects) if cv else 1),
@@ -282,6 +298,7 @@ def multivariate_rnc(
         "analysis": "multivariate relational neural control (Gifford et al. 2025)",
         "generations": generations, "n_batches": n_batches, "batch_size": batch_size,
         "mutation_sizes": list(sizes), "cv": int(cv), "null_samples": null_samples,
+        "refine": refine,
         "subjects": subjects, "rsm_entries": mode, "device": str(device or "numpy"),
     })
     if min_ncsnr is not None:
@@ -301,14 +318,15 @@ def multivariate_rnc(
 
 
 def _check_counts(*, generations: int, n_batches: int, batch_size: int, null_samples: int,
-                  stats_iterations: int, rsm_entries: str) -> None:
+                  stats_iterations: int, refine: int, rsm_entries: str) -> None:
     for name, value in (("generations", generations), ("n_batches", n_batches),
                         ("batch_size", batch_size), ("stats_iterations", stats_iterations)):
         _positive_int(value, name)
-    if isinstance(null_samples, bool) or not isinstance(null_samples, (int, np.integer)) \
-            or null_samples < 0:
-        raise InputError(f"null_samples must be an integer >= 0 (0 skips the null; RNC uses "
-                         f"1,000,000), got {null_samples!r}")
+    for name, value, what in (("null_samples", null_samples,
+                               "0 skips the null; RNC uses 1,000,000"),
+                              ("refine", refine, "0: RNC's search only; try 50")):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
+            raise InputError(f"{name} must be an integer >= 0 ({what}), got {value!r}")
     if batch_size < 3:
         raise InputError(f"batch_size must be at least 3 (an RSM of n images has n(n-1)/2 "
                          f"entries to correlate; RNC uses 50), got {batch_size}")
@@ -513,6 +531,7 @@ class _Run:
     sizes: tuple[int, ...]
     cv: bool
     n_subjects: int
+    refine: int = 0
 
 
 @dataclass
@@ -638,6 +657,22 @@ class _Scorer:
             out = out + p
         return out
 
+    def cross(self, batch: np.ndarray, roi: int, group: tuple[int, ...]) -> np.ndarray:
+        """The RSM entries, summed over the subjects ``group``, between every image and
+        the images of ``batch``: ``(n_images, batch_size)``, on the host."""
+        t = self.tables[roi]
+        if t.total is not None:
+            every = np.arange(self.run.n_images)[:, None]
+            key = np.maximum(every, batch) * self.run.n_images + np.minimum(every, batch)
+            return self.ops.host(self.entries(self.ops.put(key), roi, group))
+        index = self.ops.put(np.ascontiguousarray(batch))
+        out = None
+        for s in group:
+            z = t.responses[s]
+            part = z @ self.ops.rows(z, index).mT
+            out = part if out is None else out + part
+        return self.ops.host(out)
+
     def scores(self, batches: np.ndarray, group: tuple[int, ...]) -> np.ndarray:
         out = np.empty(len(batches))
         for start, key in self.chunks(batches):
@@ -749,9 +784,67 @@ def _search(scorer: _Scorer, run: _Run, control: str, rng: np.random.Generator,
         best[g], best_scores[g] = batches[0], scores[0]
         tick()
     out = {"batches": best, "scores": best_scores}
+    if run.refine:
+        batch, score, swaps = _refine(scorer, best[-1], float(best_scores[-1]), group,
+                                      control, run.refine)
+        out.update(refined=batch, refined_score=np.asarray(score),
+                   refined_swaps=np.asarray(swaps))
     if fold is not None:
         out["test"] = scorer.scores(best, (fold,))
+        if run.refine:
+            out["refined_test"] = scorer.scores(out["refined"][None], (fold,)).reshape(())
     return out
+
+
+def _refine(scorer: _Scorer, batch: np.ndarray, score: float, group: tuple[int, ...],
+            control: str, steps: int) -> tuple[np.ndarray, float, int]:
+    """Up to ``steps`` best single-image swaps of ``batch`` (its score ``score``), each kept
+    only if its exact score improves on the last."""
+    swaps = 0
+    for _ in range(steps):
+        candidates = _swap_scores(scorer.cross(batch, 0, group), scorer.cross(batch, 1, group),
+                                  batch)
+        key = -candidates if control == "align" else np.abs(candidates)
+        key[np.isnan(key)] = np.inf
+        image, position = np.unravel_index(np.argmin(key), key.shape)
+        new = batch.copy()
+        new[position] = image
+        new.sort()
+        exact = float(scorer.scores(new[None], group)[0])
+        better = exact > score if control == "align" else abs(exact) < abs(score)
+        if not better:
+            break
+        batch, score, swaps = new, exact, swaps + 1
+    logger.debug("multivariate_rnc: %s refined by %d swaps to %.3g", control, swaps, score)
+    return batch, score, swaps
+
+
+def _swap_scores(first: np.ndarray, second: np.ndarray, batch: np.ndarray) -> np.ndarray:
+    """The score of ``batch`` with its image at position ``p`` replaced by image ``j``, for
+    every ``(j, p)``: ``(n_images, batch_size)``, NaN where ``j`` is in the batch.
+
+    ``first`` and ``second`` are the two ROIs' RSM entries between every image and the
+    batch's (:meth:`_Scorer.cross`).  A swap takes out the ``batch_size - 1`` entries of
+    row ``p`` of the batch's RSMs and puts in those of image ``j`` with the other images,
+    so the sums of the Pearson correlation (of ``x``, ``y``, ``x**2``, ``y**2`` and
+    ``x*y`` over the lower triangle) update in one step for every swap."""
+    m = len(batch)
+    n_pairs = m * (m - 1) / 2
+    off = ~np.eye(m, dtype=bool)
+    inside = [np.where(off, c[batch], 0.0) for c in (first, second)]  # the batch's RSMs
+    products = (inside[0] * inside[0], inside[1] * inside[1], inside[0] * inside[1])
+    now = [a.sum() / 2 for a in (*inside, *products)]  # sums over the lower triangle
+    out_rows = [a.sum(axis=1) for a in (*inside, *products)]  # what row p contributes
+    cand = (first, second, first * first, second * second, first * second)
+    # what image j brings in at position p: its entries with every batch image but p's
+    in_rows = [c.sum(axis=1, keepdims=True) - c for c in cand]
+    sx, sy, sxx, syy, sxy = (total - out + new for total, out, new
+                             in zip(now, out_rows, in_rows, strict=True))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        r = (n_pairs * sxy - sx * sy) / np.sqrt((n_pairs * sxx - sx * sx)
+                                                 * (n_pairs * syy - sy * sy))
+    r[batch] = np.nan
+    return r
 
 
 def _null(scorer: _Scorer, run: _Run, count: int, seed: int, tick: Callable[[int], None]
@@ -952,16 +1045,25 @@ def _assemble(results: dict[tuple[Any, ...], dict[str, np.ndarray]],
                 for name, var in labels.items()}
 
     search_dims = ("pair", "control", "seed", "test_subject")
-    index = grid(results, search_dims, "batches")
-    scores = grid(results, search_dims, "scores")
-    if not run.cv:
-        index, scores = index[:, :, :, 0], scores[:, :, :, 0]
+    def per_search(key: str) -> np.ndarray:  # (pair, control, seed[, test_subject], ...)
+        arr = grid(results, search_dims, key)
+        return arr if run.cv else arr[:, :, :, 0]
+
+    index, scores = per_search("batches"), per_search("scores")
     gen = (*lead, "generation")
     data: dict[Hashable, Any] = {"score": (gen, scores),
                                  "image_index": ((*gen, "batch_image"), index),
                                  **labelled(index, (*gen, "batch_image"), "")}
     if run.cv:
-        data["score_test"] = (gen, grid(results, search_dims, "test"))
+        data["score_test"] = (gen, per_search("test"))
+    if run.refine:
+        refined = per_search("refined")
+        data.update({"refined_score": (lead, per_search("refined_score")),
+                     "refined_image_index": ((*lead, "batch_image"), refined),
+                     **labelled(refined, (*lead, "batch_image"), "refined_"),
+                     "refined_swaps": (lead, per_search("refined_swaps"))})
+        if run.cv:
+            data["refined_score_test"] = (lead, per_search("refined_test"))
     if nulls:
         def per_fold(key: str) -> np.ndarray:  # (pair, seed, fold, ...) or (pair, seed, ...)
             arr = grid(nulls, ("pair", "seed"), key)
