@@ -453,7 +453,7 @@ def rates(n_voxels: list[float]) -> dict[str, float]:
     nest-data's host-side work of one generation (mutations, new batches, ranking)."""
     from scipy.stats import pearsonr
 
-    from nest_data.analysis.multivariate_rnc import _draw, _mutate, _ranked, mutation_sizes
+    from nest_data.analysis.multivariate import _draw, _mutate, _ranked, mutation_sizes
 
     rng = np.random.default_rng(0)
     out: dict[str, float] = {}

@@ -19,7 +19,6 @@ retrieved for a few held-out images::
 
 from __future__ import annotations
 
-import argparse
 import logging
 import os
 from datetime import UTC, datetime
@@ -29,6 +28,7 @@ from typing import Any
 import matplotlib
 
 matplotlib.use("Agg")
+import _example
 import matplotlib.pyplot as plt
 import numpy as np
 import xarray as xr
@@ -60,18 +60,14 @@ def demo_responses(n_images: int, subject: int, seed: int
 
 def main(argv: list[str] | None = None) -> Path:
     """Decode, log the accuracies, write the figure; return its path."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=Path("."), help="folder for the PNG")
+    parser = _example.parser(__doc__, location=None)
     parser.add_argument("--subject", type=int, default=1)
     parser.add_argument("--n-images", type=int, default=600, help="synthetic images")
     parser.add_argument("--test-fraction", type=float, default=1 / 6,
                         help="images held out (on nsd: the shared 1,000)")
     parser.add_argument("--epochs", type=int, default=50, help="contrastive decoder")
     parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-
-    nest_data.build_demo()
+    args = _example.start(parser, argv)
     stored = nest_data.open(imageset="things", subject=args.subject,
                             train_dataset="nsd_fsaverage", location="demo")
     fs5 = surface_space(stored, "fsaverage5")
@@ -104,9 +100,7 @@ def main(argv: list[str] | None = None) -> Path:
                     result.attrs["n_test"],
                     f"  ridge penalty {result.attrs['alpha']:g}" if "alpha" in result.attrs
                     else "")
-    png = plot(results, pixels, what, args.out / "decoding.png")
-    logger.info("wrote %s", png)
-    return png
+    return plot(results, pixels, what, args.out / "decoding.png")
 
 
 def plot(results: dict[str, xr.Dataset], pixels: dict[str, Any], what: str,
@@ -149,10 +143,7 @@ def plot(results: dict[str, xr.Dataset], pixels: dict[str, Any], what: str,
     right.suptitle(f"Ridge: the images retrieved for the first {n_rows} held-out images "
                    "(green: the image itself)", fontsize=9)
     fig.suptitle(f"{what}\n{machine()}, {datetime.now(UTC):%Y-%m-%d}", fontsize=8)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _example.save(fig, path, dpi=110)
 
 
 def machine() -> str:

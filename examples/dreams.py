@@ -13,13 +13,13 @@ of the demo's image set; one dream of the FFA-1-up/PPA-down contrast; and a sali
 
 from __future__ import annotations
 
-import argparse
 import logging
 from pathlib import Path
 
 import matplotlib
 
 matplotlib.use("Agg")
+import _example
 import matplotlib.pyplot as plt
 import numpy as np
 
@@ -33,19 +33,14 @@ logger = logging.getLogger("examples.dreams")
 
 def main(argv: list[str] | None = None) -> Path:
     """Dream for each ROI and a contrast, explain one image, write the figure."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=Path("."), help="folder for the PNG")
-    parser.add_argument("--location", default="demo", help="where the converted weights are")
+    parser = _example.parser(__doc__, location="where the converted weights are")
     parser.add_argument("--subject", type=int, default=1)
     parser.add_argument("--rois", nargs="+", default=["V1", "FFA-1", "PPA"])
     parser.add_argument("--n", type=int, default=2, help="dreams per ROI")
     parser.add_argument("--steps", type=int, default=128)
     parser.add_argument("--size", type=int, default=227)
     parser.add_argument("--device", default="cpu")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    if args.location == "demo":
-        nest_data.build_demo()
+    args = _example.start(parser, argv)
     keys = {"subject": args.subject, "location": args.location}
     # the demo's image set: the images its fsaverage store was generated from
     images = test_images(24, 256, seed=0)
@@ -89,15 +84,10 @@ def main(argv: list[str] | None = None) -> Path:
     for ax in last[3 if args.n > 1 else 2:]:
         ax.set_visible(False)
     fig.suptitle(f"nest-data dreams, subject {args.subject}, {args.steps} steps"
-                 + (" (demo: random weights, synthetic-looking dreams)"
-                    if args.location == "demo" else ""), fontsize=10)
+                 + _example.demo_note(args, "random weights, synthetic-looking dreams"),
+                 fontsize=10)
     fig.tight_layout()
-    args.out.mkdir(parents=True, exist_ok=True)
-    path = args.out / "dreams.png"
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-    logger.info("wrote %s", path)
-    return path
+    return _example.save(fig, args.out / "dreams.png", dpi=90)
 
 
 if __name__ == "__main__":

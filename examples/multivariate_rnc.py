@@ -9,19 +9,20 @@ batches are small)::
         --batch-size 50 --n-batches 200 --generations 2000 --null-samples 1000000
 
 Writes ``multivariate_rnc.png``: the score of the best batch per generation for both
-controls against the null distribution of random batches, and the subject-averaged RSMs of
-both ROIs on the images each control chose.
+controls against the null distribution of random batches, the final batches after
+single-image swaps (``--refine``; 0 for RNC's search alone), and the subject-averaged RSMs
+of both ROIs on the images each control chose.
 """
 
 from __future__ import annotations
 
-import argparse
 import logging
 from pathlib import Path
 
 import matplotlib
 
 matplotlib.use("Agg")
+import _example
 import matplotlib.pyplot as plt
 import numpy as np
 import xarray as xr
@@ -43,9 +44,7 @@ def subject_mean_rsm(tree: xr.DataTree, roi: str, images: np.ndarray,
 
 def main(argv: list[str] | None = None) -> Path:
     """Run multivariate RNC for both controls, log the batches, write the figure."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=Path("."), help="folder for the PNG")
-    parser.add_argument("--location", default="demo", help="where the stores are")
+    parser = _example.parser(__doc__)
     parser.add_argument("--imageset", default="nsd")
     parser.add_argument("--rois", nargs=2, default=["V1", "FFA-1"])
     parser.add_argument("--subjects", type=int, nargs="+", default=list(range(1, 9)))
@@ -53,25 +52,29 @@ def main(argv: list[str] | None = None) -> Path:
     parser.add_argument("--n-batches", type=int, default=20, help="RNC: 200")
     parser.add_argument("--generations", type=int, default=60, help="RNC: 2000")
     parser.add_argument("--null-samples", type=int, default=20_000, help="RNC: 1000000")
+    parser.add_argument("--refine", type=int, default=20, help="swaps after the search")
     parser.add_argument("--seed", type=int, default=20200220)
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    if args.location == "demo":
-        nest_data.build_demo()
+    args = _example.start(parser, argv)
 
     tree = nest_data.open_many(imageset=args.imageset, subject=args.subjects, roi=args.rois,
                                location=args.location)
     res = nest_data.multivariate_rnc(tree, rois=args.rois, generations=args.generations,
                                      n_batches=args.n_batches, batch_size=args.batch_size,
-                                     null_samples=args.null_samples, seed=args.seed)
+                                     null_samples=args.null_samples, seed=args.seed,
+                                     refine=args.refine)
     roi_1, roi_2 = args.rois
     null = res.null_distribution.values
     logger.info("null: mean %+.3f, 2.5-97.5%% %+.3f..%+.3f; baseline %+.3f", null.mean(),
                 *np.percentile(null, [2.5, 97.5]), float(res.baseline_score))
     final = res.isel(generation=-1)
+    if args.refine:  # the refined batches are the chosen ones
+        final = final.assign(score=res.refined_score, image_index=res.refined_image_index,
+                             image=res.refined_image)
     for control in ("align", "disentangle"):
         run = final.sel(control=control)
-        logger.info("%-11s r = %+.4f on images %s", control, float(run.score),
+        swaps = f" after {int(res.refined_swaps.sel(control=control))} swaps" \
+            if args.refine else ""
+        logger.info("%-11s r = %+.4f%s on images %s", control, float(run.score), swaps,
                     ", ".join(str(v) for v in run.image.values))
 
     fig = plt.figure(figsize=(11, 6.8))
@@ -87,6 +90,11 @@ def main(argv: list[str] | None = None) -> Path:
     for control in ("align", "disentangle"):
         curve.plot(generation, res.score.sel(control=control), color=COLORS[control], lw=2,
                    label=f"{control}: best batch")
+        if args.refine:
+            curve.plot(generation[-1], float(final.score.sel(control=control)), marker="*",
+                       ms=12, color=COLORS[control], mec="k", clip_on=False, ls="none",
+                       label=f"{control}: after "
+                             f"{int(res.refined_swaps.sel(control=control))} swaps")
     curve.axhline(0, color="k", lw=0.5)
     curve.set_xlim(generation[0], generation[-1])
     ylim = (min(-0.1, float(res.score.min()), float(null.min())) - 0.02, 1.02)
@@ -105,7 +113,7 @@ def main(argv: list[str] | None = None) -> Path:
     hist.tick_params(labelleft=False)
     fig.suptitle(f"multivariate RNC, {args.imageset}: {roi_1} vs {roi_2}, RSMs averaged over "
                  f"{len(args.subjects)} subjects, batches of {args.batch_size}"
-                 + ("\n(demo: synthetic values)" if args.location == "demo" else ""),
+                 + _example.demo_note(args, sep="\n"),
                  fontsize=10, y=0.995)
 
     for col, (control, roi) in enumerate([(c, r) for c in ("align", "disentangle")
@@ -122,12 +130,7 @@ def main(argv: list[str] | None = None) -> Path:
         if col == 0:
             ax.set_ylabel("chosen images (image label)", fontsize=8)
     fig.colorbar(im, ax=fig.axes[-4:], shrink=0.8, label="Pearson r (mean of subjects)")
-    args.out.mkdir(parents=True, exist_ok=True)
-    path = args.out / "multivariate_rnc.png"
-    fig.savefig(path, dpi=90, bbox_inches="tight")
-    plt.close(fig)
-    logger.info("wrote %s", path)
-    return path
+    return _example.save(fig, args.out / "multivariate_rnc.png", dpi=90, bbox_inches="tight")
 
 
 if __name__ == "__main__":

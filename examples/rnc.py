@@ -13,13 +13,13 @@ the images selected for each control condition.
 
 from __future__ import annotations
 
-import argparse
 import logging
 from pathlib import Path
 
 import matplotlib
 
 matplotlib.use("Agg")
+import _example
 import matplotlib.pyplot as plt
 
 import nest_data
@@ -32,9 +32,7 @@ STYLE = {"up_up": ("#228833", "^"), "down_down": ("#4477aa", "v"),
 
 def main(argv: list[str] | None = None) -> Path:
     """Run univariate RNC, log the selected images, and write the figure; return its path."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=Path("."), help="folder for the PNG")
-    parser.add_argument("--location", default="demo", help="where the stores are")
+    parser = _example.parser(__doc__)
     parser.add_argument("--imageset", default="nsd")
     parser.add_argument("--rois", nargs=2, default=["V1", "FFA-1"])
     parser.add_argument("--subjects", type=int, nargs="+", default=list(range(1, 9)))
@@ -43,10 +41,7 @@ def main(argv: list[str] | None = None) -> Path:
     parser.add_argument("--n-batches", type=int, default=100_000)
     parser.add_argument("--margin", type=float, default=0.04)
     parser.add_argument("--seed", type=int, default=20200220)
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    if args.location == "demo":
-        nest_data.build_demo()
+    args = _example.start(parser, argv)
 
     tree = nest_data.open_many(imageset=args.imageset, subject=args.subjects, roi=args.rois,
                                location=args.location)
@@ -82,15 +77,10 @@ def main(argv: list[str] | None = None) -> Path:
     ax.set_xlabel(f"{roi_1} mean response (mean of {len(args.subjects)} subjects)")
     ax.set_ylabel(f"{roi_2} mean response (mean of {len(args.subjects)} subjects)")
     ax.set_title(f"univariate RNC, {args.imageset}: {roi_1} vs {roi_2}"
-                 + ("\n(demo: synthetic values)" if args.location == "demo" else ""))
+                 + _example.demo_note(args, sep="\n"))
     ax.legend(frameon=False, fontsize=8, loc="best")
     fig.tight_layout()
-    args.out.mkdir(parents=True, exist_ok=True)
-    path = args.out / "rnc.png"
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-    logger.info("wrote %s", path)
-    return path
+    return _example.save(fig, args.out / "rnc.png", dpi=90)
 
 
 if __name__ == "__main__":

@@ -12,13 +12,13 @@ response patterns, computed from the responses of the chosen images only) and th
 
 from __future__ import annotations
 
-import argparse
 import logging
 from pathlib import Path
 
 import matplotlib
 
 matplotlib.use("Agg")
+import _example
 import matplotlib.pyplot as plt
 import numpy as np
 
@@ -29,19 +29,14 @@ logger = logging.getLogger("examples.rsa")
 
 def main(argv: list[str] | None = None) -> Path:
     """Compute the RSMs and the RSA matrix, and write the figure; return its path."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=Path("."), help="folder for the PNG")
-    parser.add_argument("--location", default="demo", help="where the stores are")
+    parser = _example.parser(__doc__)
     parser.add_argument("--imageset", default="things")
     parser.add_argument("--rois", nargs="+", default=["V1", "V2", "FFA-1", "PPA"])
     parser.add_argument("--subjects", type=int, nargs="+", default=list(range(1, 9)))
     parser.add_argument("--n-images", type=int, default=None,
                         help="a random subset of this many images (default: all)")
     parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    if args.location == "demo":
-        nest_data.build_demo()
+    args = _example.start(parser, argv)
 
     tree = nest_data.open_many(imageset=args.imageset, subject=args.subjects, roi=args.rois,
                                location=args.location)
@@ -92,14 +87,9 @@ def main(argv: list[str] | None = None) -> Path:
     fig.colorbar(im, ax=axes[2], fraction=0.046, label="Spearman r between RSMs")
     fig.suptitle(f"nest-data rsm / rsa, {args.imageset}: RSA({args.rois[0]}, "
                  f"{args.rois[-1]}) = {float(pair):.2f}"
-                 + (" (demo: synthetic values)" if args.location == "demo" else ""))
+                 + _example.demo_note(args))
     fig.tight_layout()
-    args.out.mkdir(parents=True, exist_ok=True)
-    path = args.out / "rsa.png"
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
-    logger.info("wrote %s", path)
-    return path
+    return _example.save(fig, args.out / "rsa.png", dpi=80)
 
 
 if __name__ == "__main__":

@@ -11,13 +11,13 @@ top and bottom ``k`` marked, and the scores of those images by name.
 
 from __future__ import annotations
 
-import argparse
 import logging
 from pathlib import Path
 
 import matplotlib
 
 matplotlib.use("Agg")
+import _example
 import matplotlib.pyplot as plt
 import numpy as np
 import xarray as xr
@@ -29,18 +29,13 @@ logger = logging.getLogger("examples.top_images")
 
 def main(argv: list[str] | None = None) -> Path:
     """Rank the images, log the best and worst, and write the figure; return its path."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=Path("."), help="folder for the PNG")
-    parser.add_argument("--location", default="demo", help="where the stores are")
+    parser = _example.parser(__doc__)
     parser.add_argument("--imageset", default="things")
     parser.add_argument("--roi", default="FFA-1")
     parser.add_argument("--subjects", type=int, nargs="+", default=list(range(1, 9)))
     parser.add_argument("--k", type=int, default=5, help="images at each end")
     parser.add_argument("--min-ncsnr", type=float, default=0.5)
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    if args.location == "demo":
-        nest_data.build_demo()
+    args = _example.start(parser, argv)
 
     tree = nest_data.open_many(imageset=args.imageset, subject=args.subjects, roi=args.roi,
                                location=args.location)
@@ -85,14 +80,9 @@ def main(argv: list[str] | None = None) -> Path:
     ax1.set_title(f"top and bottom {args.k}")
     ax1.legend(frameon=False, fontsize=8, loc="lower right")
     fig.suptitle(f"nest-data top_images: {args.roi}, mean of {len(args.subjects)} subjects"
-                 + (" (demo: synthetic values)" if args.location == "demo" else ""))
+                 + _example.demo_note(args))
     fig.tight_layout()
-    args.out.mkdir(parents=True, exist_ok=True)
-    path = args.out / "top_images.png"
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-    logger.info("wrote %s", path)
-    return path
+    return _example.save(fig, args.out / "top_images.png", dpi=90)
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import xarray as xr
 
-from nest_data.analysis.multivariate_rnc import (
+from nest_data.analysis.multivariate import (
     _bh,
     _binomial_tail,
     _cells,

@@ -23,7 +23,7 @@ only pass over the responses, with a progress bar) and work on those few numbers
 """
 
 from nest_data.analysis.means import roi_mean, roi_means
-from nest_data.analysis.multivariate_rnc import multivariate_rnc
+from nest_data.analysis.multivariate import multivariate_rnc
 from nest_data.analysis.rnc import RNC_CONDITIONS, random_batches, univariate_rnc
 from nest_data.analysis.selection import select_images
 from nest_data.analysis.similarity import rsa, rsa_matrix, rsm
