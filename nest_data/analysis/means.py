@@ -51,6 +51,23 @@ def _space(da: Any) -> str | None:
     return next((d for d in SPACE_DIMS if d in da.dims), None)
 
 
+def _cells(das: list[xr.DataArray], what: str) -> dict[tuple[int, str], xr.DataArray]:
+    """fMRI entries by ``(subject, roi)``, each given once."""
+    cells: dict[tuple[int, str], xr.DataArray] = {}
+    for da in das:
+        _require_fmri(da, what)
+        if "subject" not in da.attrs or not da.attrs.get("roi"):
+            raise InputError(f"{what} needs the 'subject' and 'roi' attributes that "
+                             f"nest_data.open sets; {_label(da)} has attrs "
+                             f"{sorted(da.attrs)}. Open entries with nest_data.open.")
+        key = (int(da.attrs["subject"]), str(da.attrs["roi"]))
+        if key in cells:
+            raise InputError(f"sub-{key[0]:02d} {key[1]} is given twice; pass each "
+                             "subject and ROI once")
+        cells[key] = da
+    return cells
+
+
 def _require_fmri(da: xr.DataArray, what: str) -> str:
     space = _space(da)
     if space is None:
@@ -237,18 +254,7 @@ def roi_means(entries: Entries, *, min_ncsnr: float | None = None) -> xr.DataArr
     """
     das = _entry_list(entries, "roi_means")
     image_coords = _shared_image_coords(das, "roi_means")
-    cells: dict[tuple[int, str], xr.DataArray] = {}
-    for da in das:
-        _require_fmri(da, "roi_means")
-        if "subject" not in da.attrs or not da.attrs.get("roi"):
-            raise InputError(f"roi_means needs the 'subject' and 'roi' attributes that "
-                             f"nest_data.open sets; {_label(da)} has attrs "
-                             f"{sorted(da.attrs)}. Open entries with nest_data.open.")
-        key = (int(da.attrs["subject"]), str(da.attrs["roi"]))
-        if key in cells:
-            raise InputError(f"sub-{key[0]:02d} {key[1]} is given twice; pass each "
-                             "subject and ROI once")
-        cells[key] = da
+    cells = _cells(das, "roi_means")
     subjects = sorted({s for s, _ in cells})
     rois = list(dict.fromkeys(r for _, r in cells))
     missing = [f"sub-{s:02d} {r}" for s in subjects for r in rois if (s, r) not in cells]

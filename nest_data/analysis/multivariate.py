@@ -22,10 +22,9 @@ from nest_data._progress import active_client, compute
 from nest_data.analysis.means import (
     Entries,
     _as_dask,
+    _cells,
     _entry_list,
-    _label,
     _reliable,
-    _require_fmri,
     _shared_image_coords,
 )
 from nest_data.analysis.rnc import _batch_blocks, _positive_int, random_batches
@@ -355,21 +354,6 @@ def _seeds(seed: int | Sequence[int]) -> tuple[list[int], bool]:
     if not seeds or len(set(seeds)) != len(seeds):
         raise InputError(f"seed= as a sequence must hold distinct seeds, got {seed!r}")
     return [int(s) for s in seeds], one
-
-
-def _cells(das: list[xr.DataArray], what: str) -> dict[tuple[int, str], xr.DataArray]:
-    cells: dict[tuple[int, str], xr.DataArray] = {}
-    for da in das:
-        _require_fmri(da, what)
-        if "subject" not in da.attrs or not da.attrs.get("roi"):
-            raise InputError(f"{what} needs the 'subject' and 'roi' attributes that "
-                             f"nest_data.open sets; {_label(da)} has attrs {sorted(da.attrs)}")
-        key = (int(da.attrs["subject"]), str(da.attrs["roi"]))
-        if key in cells:
-            raise InputError(f"sub-{key[0]:02d} {key[1]} is given twice; pass each subject "
-                             "and ROI once")
-        cells[key] = da
-    return cells
 
 
 def _pairs(rois: Any, present: list[str]) -> tuple[list[tuple[str, str]], bool]:
