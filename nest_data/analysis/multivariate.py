@@ -109,10 +109,11 @@ def multivariate_rnc(
        of its images for one outside it: the scores of all of them at once (from the RSM
        entries between every image and the batch's, updating the sums of the Pearson
        correlation), the chosen swap scored again exactly and kept only if it improves.
-       It stops early when no swap improves.  A step costs about one generation on
-       demand and a look-up in memory; a search plateaus where single swaps still help,
-       so a few dozen steps drive a disentangling score orders of magnitude closer to
-       zero and raise an aligning one.  The generations themselves stay RNC's.
+       It stops early when no swap improves.  A step costs less than a generation on
+       demand and a look-up in memory.  The search plateaus where single swaps still
+       help: on 3,000 images, after 100 generations, 1-2 swaps bring a disentangling
+       score about 70 times closer to zero and 40-50 raise an aligning one from 0.998 to
+       0.9998.  The generations themselves stay RNC's.
     6. **Cross-validation** (``cv=True``).  For every subject in turn, the search runs on
        the RSMs averaged over the other subjects and the best batches are scored on the
        held-out subject's RSMs (``score_test``); the null batches are scored on both and the
